@@ -1,0 +1,192 @@
+"""The one interface both worlds implement: the executable model and the real ``/dev/kvm``.
+
+DESIGN.md principle 2. The shape follows the uAPI: system (``/dev/kvm``) -> VM -> guest_memfd ->
+host mapping / vCPU access. Every call either returns or raises what the kernel would:
+
+* :class:`gmemlab.errors.KvmError` (an ``OSError`` with the kernel's errno) for a failing syscall;
+* :class:`gmemlab.errors.ConversionError` with ``error_offset`` for a refused conversion (rfc-v2);
+* :class:`gmemlab.errors.HostSigbus` / :class:`gmemlab.errors.HostSigsegv` for a host touch the
+  kernel kills with a signal (the real backend observes it without dying);
+* :class:`gmemlab.errors.VcpuExit` when ``KVM_RUN`` stops before a guest access completes;
+* :class:`gmemlab.errors.UnsupportedByBackend` when the backend lacks the feature entirely (a
+  conformance case then skips and names it).
+
+Objects expose ``fd`` (a real fd number on the kernel, a number from the model's own fd table) so
+cases can pass "an fd that is not a guest_memfd" or "a closed fd" to binding calls on both backends.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .uapi import ApiProfile, VmType
+
+PROT_NONE = _mmap.PROT_READ & 0  # 0
+PROT_READ = _mmap.PROT_READ
+PROT_WRITE = _mmap.PROT_WRITE
+PROT_EXEC = getattr(_mmap, "PROT_EXEC", 4)
+MAP_SHARED = _mmap.MAP_SHARED
+MAP_PRIVATE = _mmap.MAP_PRIVATE
+
+MADV_DONTNEED = 4
+MADV_REMOVE = 9
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """The fields of ``fstat`` that guest_memfd defines (spec 2.3)."""
+
+    st_size: int
+    st_blksize: int
+    st_blocks: int
+    st_ino: int
+
+
+@runtime_checkable
+class HasFd(Protocol):
+    fd: int
+
+
+class HostMapping(Protocol):
+    """A host userspace mapping (``mmap``) of a guest_memfd or of anonymous shared memory.
+
+    Offsets are relative to the start of the mapping. An access that crosses pages is performed page by
+    page in ascending order and stops at the first page the kernel refuses (SIGBUS/SIGSEGV), like a
+    ``memset`` would; bytes before it have been written.
+    """
+
+    address: int
+    length: int
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def fill(self, offset: int, length: int, byte: int) -> None: ...
+
+    def madvise(self, offset: int, length: int, advice: int) -> None: ...
+
+    def pin(self, offset: int, length: int) -> Pin:
+        """Long-term GUP pin (``FOLL_LONGTERM``) of the pages under ``[offset, offset+length)``."""
+        ...
+
+    def munmap(self) -> None: ...
+
+
+class Pin(Protocol):
+    def unpin(self) -> None: ...
+
+
+class GuestMemfd(Protocol):
+    """A guest_memfd file (``KVM_CREATE_GUEST_MEMFD``)."""
+
+    fd: int
+    size: int
+    flags: int
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None: ...
+
+    def mmap(
+        self, length: int, offset: int = 0, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_SHARED
+    ) -> HostMapping: ...
+
+    def fstat(self) -> FileStat: ...
+
+    # Generic file operations, all of which guest_memfd refuses (spec 2.3).
+    def read(self, length: int) -> bytes: ...
+
+    def write(self, data: bytes) -> int: ...
+
+    def pread(self, length: int, offset: int) -> bytes: ...
+
+    def pwrite(self, data: bytes, offset: int) -> int: ...
+
+    def lseek(self, offset: int, whence: int) -> int: ...
+
+    def ftruncate(self, length: int) -> None: ...
+
+    def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
+        """RFC2 ``KVM_GMEM_CONVERT_SHARED`` / ``KVM_GMEM_CONVERT_PRIVATE`` (spec 2.14)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Vcpu(Protocol):
+    """A vCPU that performs guest accesses at guest physical addresses.
+
+    ``private`` selects the access type for VMs with private memory: ``None`` lets the VM decide
+    (attribute-driven for SW_PROTECTED, always shared for the default VM).
+    """
+
+    def read(self, gpa: int, length: int, private: bool | None = None) -> bytes: ...
+
+    def write(self, gpa: int, data: bytes, private: bool | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Vm(Protocol):
+    fd: int
+    vm_type: VmType
+
+    def check_extension(self, cap: int) -> int: ...
+
+    def create_guest_memfd(self, size: int, flags: int = 0, reserved: tuple[int, ...] = ()) -> GuestMemfd: ...
+
+    def set_user_memory_region2(
+        self,
+        slot: int,
+        flags: int,
+        guest_phys_addr: int,
+        memory_size: int,
+        userspace_addr: int = 0,
+        guest_memfd: HasFd | int | None = None,
+        guest_memfd_offset: int = 0,
+    ) -> None: ...
+
+    def set_user_memory_region(
+        self, slot: int, flags: int, guest_phys_addr: int, memory_size: int, userspace_addr: int = 0
+    ) -> None: ...
+
+    def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None: ...
+
+    def create_vcpu(self, vcpu_id: int = 0) -> Vcpu: ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    """The system: ``/dev/kvm`` of the running kernel, or the model's simulated one."""
+
+    name: str
+    profile: ApiProfile
+    fd: int
+
+    def check_extension(self, cap: int) -> int: ...
+
+    def vm_types(self) -> list[VmType]:
+        """The VM types ``KVM_CREATE_VM`` accepts (``KVM_CAP_VM_TYPES``)."""
+        ...
+
+    def create_vm(self, vm_type: int = 0) -> Vm: ...
+
+    def mmap_anonymous(self, length: int) -> HostMapping:
+        """Anonymous ``MAP_SHARED`` memory, for non-guest_memfd memslots."""
+        ...
+
+    def memfd_create(self, size: int) -> HasFd:
+        """A regular memfd (a file that is *not* a guest_memfd, for binding checks)."""
+        ...
+
+    def guest_gpa_window(self) -> tuple[int, int]:
+        """``[lo, hi)``: GPAs where cases may place memslots that vCPUs can access."""
+        ...
+
+    def reserved_slots(self) -> frozenset[int]:
+        """Memslot ids the backend uses itself (the kernel backend's guest code slot)."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,46 @@
+"""The ``gmemlab`` command: a thin layer over the library (the top layer; nothing imports it).
+
+Each sub-command lives in its own module exposing ``register(app)``. Errors gmemlab raises on purpose
+(bad arguments, bad scenario files) are printed as one line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from ..errors import GmemlabError
+
+# Modules that add commands; each defines register(app: typer.Typer) -> None.
+COMMAND_MODULES = [
+    "gmemlab.cli.conformance",
+]
+
+app = typer.Typer(
+    name="gmemlab",
+    help="A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    try:
+        app()
+    except GmemlabError as exc:
+        print(f"gmemlab: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("gmemlab: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,141 @@
+"""Errors as the kernel reports them (DESIGN.md principle 4).
+
+* A failing call raises :class:`KvmError`, an ``OSError`` carrying the kernel's errno, the operation
+  (``KVM_CREATE_GUEST_MEMFD``, ``fallocate``...) and a short reason naming the offending argument.
+* A conversion refused with EAGAIN carries ``error_offset`` (spec 2.14 step 7).
+* A host touch the kernel answers with SIGBUS raises :class:`HostSigbus`.
+* A guest access KVM cannot serve ends ``KVM_RUN`` with a :class:`VcpuExit` (memory fault, MMIO, ...).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from dataclasses import dataclass
+
+
+class GmemlabError(Exception):
+    """Base of every error gmemlab raises on purpose."""
+
+
+class KvmError(OSError, GmemlabError):
+    """A system call failed with the kernel's errno.
+
+    ``str()`` reads like ``KVM_CREATE_GUEST_MEMFD: EINVAL (Invalid argument): size 4097 not page aligned``.
+    """
+
+    def __init__(self, err: int, op: str, reason: str = "") -> None:
+        super().__init__(err, os.strerror(err))
+        self.op = op
+        self.reason = reason
+
+    @property
+    def errname(self) -> str:
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+
+    def __str__(self) -> str:
+        text = f"{self.op}: {self.errname} ({self.strerror})"
+        return f"{text}: {self.reason}" if self.reason else text
+
+    def __reduce__(self):  # keep pickling (multiprocessing) working with the extra arguments
+        return (type(self), (self.errno, self.op, self.reason))
+
+
+class ConversionError(KvmError):
+    """KVM_GMEM_CONVERT_* failed; ``error_offset`` is the byte offset of the failing folio (EAGAIN)."""
+
+    def __init__(self, err: int, op: str, reason: str = "", error_offset: int = 0) -> None:
+        super().__init__(err, op, reason)
+        self.error_offset = error_offset
+
+    def __reduce__(self):
+        return (type(self), (self.errno, self.op, self.reason, self.error_offset))
+
+
+class HostSigbus(GmemlabError):
+    """A host userspace access through a guest_memfd mapping that the kernel answers with SIGBUS."""
+
+    def __init__(self, offset: int, write: bool, reason: str = "") -> None:
+        self.offset = offset
+        self.write = write
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        kind = "write" if self.write else "read"
+        text = f"SIGBUS on host {kind} at mapping offset {self.offset:#x}"
+        return f"{text}: {self.reason}" if self.reason else text
+
+    def __reduce__(self):
+        return (type(self), (self.offset, self.write, self.reason))
+
+
+class HostSigsegv(GmemlabError):
+    """A host access outside any mapping, or a write through a read-only mapping (SIGSEGV)."""
+
+    def __init__(self, offset: int, write: bool, reason: str = "") -> None:
+        self.offset = offset
+        self.write = write
+        self.reason = reason
+        super().__init__(f"SIGSEGV on host {'write' if write else 'read'} at offset {offset:#x}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.offset, self.write, self.reason))
+
+
+@dataclass(frozen=True)
+class VcpuExit(GmemlabError):
+    """``KVM_RUN`` stopped before the guest access completed.
+
+    ``exit_reason`` uses the uAPI numbers (39 = KVM_EXIT_MEMORY_FAULT, 6 = KVM_EXIT_MMIO, ...);
+    ``errno`` is KVM_RUN's negative return (0 when KVM_RUN returned 0 with the exit).
+    """
+
+    exit_reason: int
+    errno: int = 0
+    gpa: int = 0
+    size: int = 0
+    flags: int = 0
+    is_write: bool = False
+    detail: str = ""
+
+    def __str__(self) -> str:
+        from .uapi import KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO
+
+        run = f"KVM_RUN=-1 {_errno.errorcode.get(self.errno, self.errno)}" if self.errno else "KVM_RUN=0"
+        if self.exit_reason == KVM_EXIT_MEMORY_FAULT:
+            what = f"MEMORY_FAULT(gpa {self.gpa:#x} size {self.size:#x} flags {self.flags:#x})"
+        elif self.exit_reason == KVM_EXIT_MMIO:
+            what = f"MMIO(gpa {self.gpa:#x} {'write' if self.is_write else 'read'})"
+        else:
+            what = EXIT_NAMES.get(self.exit_reason, f"exit {self.exit_reason}")
+        text = f"{run}, exit={what}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+EXIT_NAMES = {
+    0: "UNKNOWN",
+    2: "IO",
+    5: "HLT",
+    6: "MMIO",
+    8: "SHUTDOWN",
+    9: "FAIL_ENTRY",
+    10: "INTR",
+    17: "INTERNAL_ERROR",
+    39: "MEMORY_FAULT",
+}
+
+
+class UnsupportedByBackend(GmemlabError):
+    """The backend cannot perform this operation at all (e.g. a capability the kernel lacks).
+
+    Conformance cases that need it are skipped with ``what`` as the reason.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(what)
+
+
+class UsageError(GmemlabError):
+    """Bad input to gmemlab itself (a CLI argument, a scenario file); printed without a traceback."""
