@@ -30,19 +30,19 @@ def _ioc(direction: int, type_: int, nr: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (type_ << 8) | nr
 
 
-def IO(type_: int, nr: int) -> int:  # noqa: N802 - kernel macro names
+def IO(type_: int, nr: int) -> int:
     return _ioc(_IOC_NONE, type_, nr, 0)
 
 
-def IOW(type_: int, nr: int, size: int) -> int:  # noqa: N802
+def IOW(type_: int, nr: int, size: int) -> int:
     return _ioc(_IOC_WRITE, type_, nr, size)
 
 
-def IOR(type_: int, nr: int, size: int) -> int:  # noqa: N802
+def IOR(type_: int, nr: int, size: int) -> int:
     return _ioc(_IOC_READ, type_, nr, size)
 
 
-def IOWR(type_: int, nr: int, size: int) -> int:  # noqa: N802
+def IOWR(type_: int, nr: int, size: int) -> int:
     return _ioc(_IOC_READ | _IOC_WRITE, type_, nr, size)
 
 

@@ -1,0 +1,7 @@
+"""The executable model of guest_memfd: merged Linux 6.18 and the seed's RFC v2 (spec section 2)."""
+
+from .config import HostConfig
+from .invariants import InvariantViolation
+from .kvm import Memslot, ModelBackend, ModelVcpu, ModelVm
+
+__all__ = ["HostConfig", "InvariantViolation", "Memslot", "ModelBackend", "ModelVcpu", "ModelVm"]

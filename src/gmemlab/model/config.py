@@ -1,0 +1,50 @@
+"""Host configuration of a modelled kernel: what the build and the machine provide.
+
+The same guest_memfd code behaves differently with different Kconfig options and hardware (spec 1.4,
+realkernel.md section 2). ``HostConfig.upstream()`` is an x86-64 host with every option on; the real
+backend's probe turns this machine's answers into a config so the model mirrors it
+(``HostConfig.from_probe``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..uapi import VmType
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """Build and machine facts the model needs.
+
+    * ``vm_types``: VM types KVM_CREATE_VM accepts (KVM_CAP_VM_TYPES).
+    * ``memory_attributes``: CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES; without it KVM_SET_MEMORY_ATTRIBUTES
+      is ENOTTY and KVM_CAP_MEMORY_ATTRIBUTES is 0 (realkernel #10, #261).
+    * ``pre_fault``: KVM_CAP_PRE_FAULT_MEMORY (TDP MMU only).
+    * ``address_spaces``: memslot address spaces (2 with SMM, 1 without; realkernel #229).
+    * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound; 52 under the shadow MMU.
+    * ``hugetlb``: CONFIG_KVM_GMEM_HUGETLB (rfc-v2 only).
+    * ``readonly_mem``: ``kvm_arch_has_readonly_mem`` for VMs without protected state.
+    """
+
+    vm_types: tuple[VmType, ...] = tuple(VmType)
+    memory_attributes: bool = True
+    pre_fault: bool = True
+    address_spaces: int = 1
+    max_gpa_bits: int = 52
+    hugetlb: bool = False
+    readonly_mem: bool = True
+    nr_memslots: int = 32764
+    hugetlb_pool_pages: dict[int, int] = field(default_factory=dict)
+
+    @classmethod
+    def upstream(cls) -> HostConfig:
+        return cls()
+
+    @classmethod
+    def like_this_host(cls) -> HostConfig:
+        """The PVM host of realkernel.md: default VMs only, no memory attributes, no pre-fault."""
+        return cls(vm_types=(VmType.DEFAULT,), memory_attributes=False, pre_fault=False)
+
+    def with_(self, **changes: object) -> HostConfig:
+        return replace(self, **changes)  # type: ignore[arg-type]

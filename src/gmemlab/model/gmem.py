@@ -1,0 +1,456 @@
+"""guest_memfd: the inode (the memory) and the file (one VM's view), after ``virt/kvm/guest_memfd.c``.
+
+* :class:`GmemInode` holds the size, flags, page cache, shareability, pins and host mappings
+  (spec 2.1). Its methods are named for the kernel functions they model: ``kvm_gmem_allocate``,
+  ``kvm_gmem_punch_hole``, ``fault_user_mapping``, ``kvm_gmem_get_pfn``, ``kvm_gmem_populate``,
+  ``kvm_gmem_convert`` (RFC v2), ``kvm_gmem_invalidate_begin``.
+* :class:`GmemFile` is the fd-facing object implementing :class:`gmemlab.backend.GuestMemfd`: generic
+  file operations (2.3), fallocate (2.5), mmap (2.4), conversion ioctls (2.14), bindings (2.6) and
+  release (2.12).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from typing import TYPE_CHECKING
+
+from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_EXEC, FileStat
+from ..errors import ConversionError, KvmError
+from ..rangemap import RangeMap
+from ..uapi import (
+    FALLOC_FL_COLLAPSE_RANGE,
+    FALLOC_FL_INSERT_RANGE,
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    FALLOC_FL_UNSHARE_RANGE,
+    FALLOC_FL_WRITE_ZEROES,
+    FALLOC_FL_ZERO_RANGE,
+    LOFF_MAX,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    U64_MAX,
+    VmType,
+    page_aligned,
+)
+from .host import FaultRefused, ModelHostMapping, ModelPin
+from .pagecache import UPTODATE, PageCache
+from .shareability import RangeShareability, Shareability, WholeFileShareability
+
+if TYPE_CHECKING:
+    from .kvm import Memslot, ModelBackend, ModelVm
+    from .profiles import Behaviour
+
+# vfs_fallocate(): the operation bits and their exclusivity (fs/open.c).
+FALLOC_FL_MODE_MASK = (
+    FALLOC_FL_PUNCH_HOLE
+    | FALLOC_FL_COLLAPSE_RANGE
+    | FALLOC_FL_ZERO_RANGE
+    | FALLOC_FL_INSERT_RANGE
+    | FALLOC_FL_UNSHARE_RANGE
+    | FALLOC_FL_WRITE_ZEROES
+)
+
+_inode_numbers = itertools.count(45057)  # any distinct numbers do (realkernel #74)
+
+
+class GmemError(Exception):
+    """Internal: a kvm_gmem_get_pfn failure carrying the errno KVM returns (spec 2.8)."""
+
+    def __init__(self, err: int, reason: str) -> None:
+        super().__init__(reason)
+        self.errno = err
+        self.reason = reason
+
+
+class GmemInode:
+    """The memory of a guest_memfd: everything that outlives a file (spec 2.1)."""
+
+    def __init__(self, behaviour: Behaviour, size: int, flags: int) -> None:
+        self.behaviour = behaviour
+        self.ino = next(_inode_numbers)
+        self.size = size
+        self.npages = size >> PAGE_SHIFT
+        self.flags = flags
+        self.pagecache = PageCache(self.npages)
+        shared = behaviour.initially_shared(flags)
+        self.shareability: Shareability = (
+            RangeShareability(self.npages, shared)
+            if behaviour.per_index_shareability(flags)
+            else WholeFileShareability(shared)
+        )
+        self.pins: RangeMap[int] = RangeMap(self.npages, 0)  # extra (pinned) references per index
+        self.pin_objs: list[ModelPin] = []
+        self.files: list[GmemFile] = []
+        self.mappings: list[ModelHostMapping] = []
+        self.stats = {
+            "host_faults": 0,
+            "conversions": 0,
+            "conversions_eagain": 0,
+            "invalidations": 0,
+            "host_ptes_zapped": 0,
+            "punches": 0,
+        }
+
+    # -- host faults (spec 2.4) ---------------------------------------------------------------------
+    def fault_user_mapping(self, index: int) -> None:
+        """``kvm_gmem_fault_user_mapping`` (6.18) / ``kvm_gmem_fault_shared`` (RFC v2).
+
+        Refuses past EOF and on indices the host may not fault; otherwise allocates the folio, zeroes it
+        if it is not uptodate (the host never sees stale memory) and lets the caller install the PTE.
+        """
+        if index >= self.npages:
+            raise FaultRefused(f"file index {index:#x} is at or beyond EOF ({self.npages:#x} pages)")
+        if not self.shareability.is_shared(index):
+            raise FaultRefused(f"file index {index:#x} is private (not host-faultable)")
+        self.pagecache.make_uptodate(index)
+        self.stats["host_faults"] += 1
+
+    def unmap_host(self, start: int, end: int) -> int:
+        """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
+        zapped = 0
+        for vma in self.mappings:
+            first, last = vma.file_range_to_pages(start, end)
+            zapped += vma.zap(first, last)
+        self.stats["host_ptes_zapped"] += zapped
+        return zapped
+
+    # -- invalidation (spec 2.11) ---------------------------------------------------------------------
+    def kvm_gmem_invalidate_begin(self, start: int, end: int, private: bool | None = None) -> int:
+        """Zap stage-2 leaves of every bound gfn in ``[start, end)`` in every VM using this inode.
+
+        ``private`` filters by leaf type; KVM applies the filter only to VMs with mirrored (TDX)
+        page tables, every other VM loses both kinds (``kvm_gfn_range_filter_to_root_types``).
+        """
+        zapped = 0
+        self.stats["invalidations"] += 1
+        for file in self.files:
+            use_filter = private if file.vm.vm_type == VmType.TDX else None
+            for s, e, slot in file.bindings.runs(start, end):
+                if slot is None:
+                    continue
+                gfn = slot.base_gfn + (s - slot.gmem_pgoff)
+                zapped += file.vm.stage2.zap(gfn, gfn + (e - s), use_filter)
+        return zapped
+
+    def invalidate_filter(self) -> bool | None:
+        """6.18 "Invalidate SHARED GPAs if gmem supports INIT_SHARED": which leaves punch/release zap."""
+        if isinstance(self.shareability, WholeFileShareability):
+            return not self.shareability.shared  # INIT_SHARED -> SHARED leaves, else PRIVATE
+        return None  # RFC v2 punch hole zaps both
+
+    # -- fallocate (spec 2.5) -------------------------------------------------------------------------
+    def kvm_gmem_allocate(self, start: int, end: int) -> int:
+        """Ensure a folio exists for every index; folios are neither zeroed nor made uptodate."""
+        return self.pagecache.allocate(start, end)
+
+    def kvm_gmem_punch_hole(self, start: int, end: int) -> int:
+        """Zap guest mappings, remove folios (unmapping them from host page tables), keep shareability."""
+        end = min(end, self.npages)
+        self.stats["punches"] += 1
+        if start >= end:
+            return 0
+        self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
+        self.unmap_host(start, end)
+        for pin in self.pin_objs:
+            for s, e in pin.detach(start, end):
+                self.pins.update(s, e, lambda n: n - 1)
+        return self.pagecache.truncate(start, end)
+
+    # -- pins -------------------------------------------------------------------------------------------
+    def pin(self, start: int, end: int) -> ModelPin:
+        pin = ModelPin(self, start, end)
+        self.pins.update(start, end, lambda n: n + 1)
+        self.pin_objs.append(pin)
+        return pin
+
+    def unpin(self, pin: ModelPin) -> None:
+        for s, e in pin.attached:
+            self.pins.update(s, e, lambda n: n - 1)
+        pin.attached = []
+        self.pin_objs.remove(pin)
+
+    def first_elevated_refcount(self, start: int, end: int) -> int | None:
+        """Index of the first folio in ``[start, end)`` with references beyond the page cache's."""
+        for s, _, n in self.pins.runs(start, end):
+            if n:
+                return s
+        return None
+
+    # -- kvm_gmem_get_pfn (spec 2.8) -------------------------------------------------------------------
+    def kvm_gmem_get_pfn(self, index: int) -> int:
+        """Get (allocating if needed) and prepare the folio at ``index``; returns max_order (0).
+
+        Preparation = folio uptodate: zero the folio and run the arch hook once (6.18). Host-written
+        data in an already-uptodate folio is kept, which is how a VMM hands data to the guest.
+        """
+        self.pagecache.make_uptodate(index)
+        return 0
+
+    def is_private(self, index: int) -> bool:
+        """RFC v2 ``kvm_gmem_is_private``: SHAREABILITY_GUEST at the index."""
+        return not self.shareability.is_shared(index)
+
+    # -- conversion (RFC v2, spec 2.14) ----------------------------------------------------------------
+    def kvm_gmem_convert(self, start: int, end: int, to_shared: bool, op: str) -> None:
+        """Convert ``[start, end)`` (indices). Raises ConversionError(EAGAIN) on elevated refcounts.
+
+        Work list = sub-ranges not yet in the target state. For each: invalidate bound VMs; to private,
+        unmap host PTEs everywhere and require safe refcounts (these side effects stay on failure,
+        spec 5.8); then store the target. Stage-2 leaves that disagree with the new state are zapped.
+        Contents are preserved.
+        """
+        if not self.shareability.convertible:
+            return  # stitched RFC tree: no tree for non-SUPPORT_SHARED files -> silent success (5.6)
+        work = self.shareability.work_list(start, end, to_shared)
+        self.stats["conversions"] += 1
+        if not work:
+            return
+        for s, e in work:
+            # to shared: private leaves go; to private: shared leaves go.
+            self.kvm_gmem_invalidate_begin(s, e, private=to_shared)
+        if not to_shared:
+            for s, e in work:
+                self.unmap_host(s, e)
+            for s, e in work:
+                bad = self.first_elevated_refcount(s, e)
+                if bad is not None:
+                    self.stats["conversions_eagain"] += 1
+                    raise ConversionError(
+                        errno.EAGAIN,
+                        op,
+                        f"folio at index {bad:#x} has an elevated refcount (pinned)",
+                        error_offset=bad << PAGE_SHIFT,
+                    )
+        for s, e in work:
+            self.shareability.store(s, e, to_shared)
+
+    # -- accounting -------------------------------------------------------------------------------------
+    def release_memory(self) -> int:
+        """Inode eviction: truncate every folio (called when the last file is gone)."""
+        for pin in list(self.pin_objs):
+            pin.detach(0, self.npages)
+        return self.pagecache.truncate(0, self.npages)
+
+
+class GmemFile:
+    """A guest_memfd file: implements :class:`gmemlab.backend.GuestMemfd` for the model."""
+
+    def __init__(self, system: ModelBackend, vm: ModelVm, inode: GmemInode) -> None:
+        self.system = system
+        self.vm = vm
+        self.inode = inode
+        self.size = inode.size
+        self.flags = inode.flags
+        # index -> memslot, like gmem->bindings (an xarray); may extend past EOF (spec 5.2 quirk).
+        self.bindings: RangeMap[Memslot | None] = RangeMap(1 << 64, None)
+        self._refs = 1  # the fd
+        self.fd_open = True
+        self.released = False
+        self.fd = system.fdtable.install(self)
+        inode.files.append(self)
+        vm.get_ref()  # the file pins the VM (kvm_get_kvm in __kvm_gmem_create)
+
+    # -- references and release (spec 2.12) --------------------------------------------------------------
+    def get_ref(self) -> None:
+        self._refs += 1
+
+    def put_ref(self) -> None:
+        self._refs -= 1
+        if self._refs == 0:
+            self.kvm_gmem_release()
+
+    def close(self) -> None:
+        self._check_fd("close")
+        self.fd_open = False
+        self.system.fdtable.remove(self.fd)
+        self.put_ref()
+
+    def kvm_gmem_release(self) -> None:
+        """Last reference gone: unhook bound memslots, zap their leaves, drop the VM reference."""
+        self.released = True
+        inode = self.inode
+        inode.kvm_gmem_invalidate_begin(0, inode.npages, inode.invalidate_filter())
+        for s, e, slot in list(self.bindings.runs()):
+            if slot is not None:
+                gfn = slot.base_gfn + (s - slot.gmem_pgoff)
+                self.vm.stage2.zap(gfn, gfn + (e - s))  # all leaves of the slot's gmem range
+                slot.gmem_file = None
+        self.bindings.store(0, self.bindings.limit, None)
+        inode.files.remove(self)
+        if not inode.files:
+            freed = inode.release_memory()
+            self.system.stats["pages_freed_at_release"] += freed
+        self.vm.put_ref()
+
+    def _check_fd(self, op: str) -> None:
+        if not self.fd_open:
+            raise KvmError(errno.EBADF, op, f"fd {self.fd} is closed")
+
+    # -- generic file operations (spec 2.3; realkernel #83-#113) ------------------------------------------
+    def read(self, length: int) -> bytes:
+        self._check_fd("read")
+        raise KvmError(errno.EINVAL, "read", "guest_memfd has no read method")
+
+    def write(self, data: bytes) -> int:
+        self._check_fd("write")
+        raise KvmError(errno.EINVAL, "write", "guest_memfd has no write method")
+
+    def pread(self, length: int, offset: int) -> bytes:
+        self._check_fd("pread64")
+        raise KvmError(errno.ESPIPE, "pread64", "guest_memfd is not positionable (no FMODE_PREAD)")
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        self._check_fd("pwrite64")
+        raise KvmError(errno.ESPIPE, "pwrite64", "guest_memfd is not positionable (no FMODE_PWRITE)")
+
+    def lseek(self, offset: int, whence: int) -> int:
+        self._check_fd("lseek")
+        raise KvmError(errno.ESPIPE, "lseek", "guest_memfd has no llseek method")
+
+    def ftruncate(self, length: int) -> None:
+        self._check_fd("ftruncate")
+        if length < 0:
+            raise KvmError(errno.EINVAL, "ftruncate", f"negative length {length}")
+        raise KvmError(errno.EINVAL, "ftruncate", "kvm_gmem_setattr() refuses every change; size is fixed")
+
+    def fstat(self) -> FileStat:
+        self._check_fd("fstat")
+        return FileStat(st_size=self.inode.size, st_blksize=PAGE_SIZE, st_blocks=0, st_ino=self.inode.ino)
+
+    # -- fallocate (spec 2.5) ------------------------------------------------------------------------------
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        op = "fallocate"
+        self._check_fd(op)
+        # vfs_fallocate() first (fs/open.c)
+        if offset < 0 or length <= 0:
+            raise KvmError(errno.EINVAL, op, f"offset {offset} must be >= 0 and len {length} > 0")
+        if mode & ~(FALLOC_FL_MODE_MASK | FALLOC_FL_KEEP_SIZE):
+            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} has bits outside the known modes")
+        operation = mode & FALLOC_FL_MODE_MASK
+        if operation == FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
+            raise KvmError(errno.EOPNOTSUPP, op, "PUNCH_HOLE requires KEEP_SIZE")
+        if operation in (FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_WRITE_ZEROES) and (
+            mode & FALLOC_FL_KEEP_SIZE
+        ):
+            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} cannot be combined with KEEP_SIZE")
+        if operation not in (0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_ZERO_RANGE,
+                             FALLOC_FL_INSERT_RANGE, FALLOC_FL_UNSHARE_RANGE, FALLOC_FL_WRITE_ZEROES):
+            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} combines exclusive operations")
+        if offset + length > LOFF_MAX:
+            raise KvmError(errno.EFBIG, op, f"offset + len = {offset + length:#x} overflows loff_t")
+        # kvm_gmem_fallocate()
+        if not mode & FALLOC_FL_KEEP_SIZE:
+            raise KvmError(errno.EOPNOTSUPP, op, "guest_memfd requires FALLOC_FL_KEEP_SIZE")
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x}: only KEEP_SIZE and PUNCH_HOLE are supported")
+        if not page_aligned(offset) or not page_aligned(length):
+            raise KvmError(errno.EINVAL, op, f"offset {offset:#x} and len {length:#x} must be page aligned")
+        start, end = offset >> PAGE_SHIFT, (offset + length) >> PAGE_SHIFT
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            self.inode.kvm_gmem_punch_hole(start, end)
+        else:
+            if offset + length > self.inode.size:
+                raise KvmError(
+                    errno.EINVAL, op, f"range end {offset + length:#x} is past EOF ({self.inode.size:#x})"
+                )
+            self.inode.kvm_gmem_allocate(start, end)
+
+    # -- mmap (spec 2.4) -----------------------------------------------------------------------------------
+    def mmap(self, length: int, offset: int = 0, prot: int = 3, flags: int = MAP_SHARED) -> ModelHostMapping:
+        op = "mmap"
+        self._check_fd(op)
+        if length <= 0:
+            raise KvmError(errno.EINVAL, op, f"length {length} must be positive")
+        if offset < 0 or not page_aligned(offset):
+            raise KvmError(errno.EINVAL, op, f"offset {offset:#x} is not page aligned")
+        if flags & 3 not in (MAP_SHARED, MAP_PRIVATE, 3):  # MAP_SHARED_VALIDATE == 3
+            raise KvmError(errno.EINVAL, op, "flags must contain MAP_SHARED or MAP_PRIVATE")
+        if prot & PROT_EXEC:
+            raise KvmError(errno.EPERM, op, "the guest_memfd mount is noexec (PROT_EXEC refused)")
+        if not self.inode.behaviour.supports_mmap(self.inode.flags):
+            name = self.inode.behaviour.api.flag_name(1)
+            raise KvmError(errno.ENODEV, op, f"guest_memfd was created without {name}")
+        if flags & 3 == MAP_PRIVATE:
+            raise KvmError(errno.EINVAL, op, "guest_memfd needs MAP_SHARED (copy-on-write is refused)")
+        return ModelHostMapping(self.system.address_space, length, prot, self, offset >> PAGE_SHIFT)
+
+    # -- conversion ioctls (RFC v2, spec 2.14) -------------------------------------------------------------
+    def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
+        op = "KVM_GMEM_CONVERT_SHARED" if to_shared else "KVM_GMEM_CONVERT_PRIVATE"
+        self._check_fd(op)
+        if not self.inode.behaviour.api.has_conversion_ioctls:
+            raise KvmError(errno.ENOTTY, op, "guest_memfd has no ioctls in this kernel")
+        offset &= U64_MAX
+        size &= U64_MAX
+        if error_offset:
+            raise KvmError(errno.EINVAL, op, f"error_offset must be 0 on input, got {error_offset:#x}")
+        if size == 0:
+            return
+        i_size = self.inode.size
+        if offset + size > U64_MAX or offset > i_size or offset + size > i_size:
+            raise KvmError(errno.EINVAL, op, f"range [{offset:#x}, +{size:#x}) exceeds i_size {i_size:#x}")
+        if not page_aligned(offset) or not page_aligned(size):
+            raise KvmError(errno.EINVAL, op, f"offset {offset:#x} and size {size:#x} must be page aligned")
+        self.inode.kvm_gmem_convert(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, to_shared, op)
+
+    # -- bindings (spec 2.6) ---------------------------------------------------------------------------------
+    def kvm_gmem_bind(self, slot: Memslot, offset: int) -> None:
+        """Bind ``slot`` to ``[offset, offset + size)``; checks in the kernel's order."""
+        op = "KVM_SET_USER_MEMORY_REGION2"
+        size = slot.npages << PAGE_SHIFT
+        loff = offset - (1 << 64) if offset >> 63 else offset
+        # `offset + size > i_size` is computed in signed loff_t: a sum that wraps negative passes
+        # (spec 5.2, fixed only in 7.2).
+        total = loff + size
+        if total > LOFF_MAX:
+            total -= 1 << 64
+        if loff < 0 or not page_aligned(loff) or total > self.inode.size:
+            raise KvmError(
+                errno.EINVAL,
+                op,
+                f"guest_memfd_offset {offset:#x} + size {size:#x} must be aligned and within i_size "
+                f"{self.inode.size:#x}",
+            )
+        start = loff >> PAGE_SHIFT
+        end = start + slot.npages
+        if any(s is not None for _, _, s in self.bindings.runs(start, end)):
+            raise KvmError(errno.EINVAL, op, f"file range [{loff:#x}, +{size:#x}) is already bound")
+        behaviour = self.inode.behaviour
+        if behaviour.checks_userspace_addr_at_bind(self.inode.flags) and slot.userspace_addr:
+            self._check_bind_userspace_addr(slot.userspace_addr, start, op)
+        slot.gmem_file = self
+        slot.gmem_pgoff = start
+        slot.gmem_only = behaviour.gmem_only(self.inode.flags)
+        slot.gmem_tracks_shareability = self.inode.shareability.convertible
+        self.bindings.store(start, end, slot)
+
+    def _check_bind_userspace_addr(self, uaddr: int, pgoff: int, op: str) -> None:
+        vma = self.system.address_space.find(uaddr)
+        if (
+            vma is None
+            or vma.file is None
+            or vma.file.inode is not self.inode
+            or vma.pgoff + ((uaddr - vma.address) >> PAGE_SHIFT) != pgoff
+        ):
+            raise KvmError(
+                errno.EINVAL, op, "userspace_addr must map this guest_memfd at guest_memfd_offset (FT9 check)"
+            )
+
+    def kvm_gmem_unbind(self, slot: Memslot) -> None:
+        if slot.gmem_file is self:
+            self.bindings.store(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages, None)
+        slot.gmem_file = None
+
+    # -- the guest side -----------------------------------------------------------------------------------
+    def get_pfn(self, slot: Memslot, gfn: int) -> int:
+        """``kvm_gmem_get_pfn`` through a memslot: EFAULT if released, EIO on a bad binding."""
+        if self.released:
+            raise GmemError(errno.EFAULT, "guest_memfd file was released")
+        index = gfn - slot.base_gfn + slot.gmem_pgoff
+        if self.bindings.load(index) is not slot:
+            raise GmemError(errno.EIO, f"index {index:#x} is not bound to slot {slot.id}")
+        return self.inode.kvm_gmem_get_pfn(index)
+
+    def is_uptodate(self, index: int) -> bool:
+        return self.inode.pagecache.folio_state(index) == UPTODATE

@@ -1,0 +1,239 @@
+"""Host userspace: the address space, mappings (VMAs) of guest_memfd or anonymous memory, and pins.
+
+A mapping of a guest_memfd installs a host PTE on first touch through the file's fault handler
+(``kvm_gmem_fault_user_mapping`` in 6.18, ``kvm_gmem_fault_shared`` in RFC v2; spec 2.4), which may
+refuse with SIGBUS. A mapping holds a reference on the file (spec 2.12). Long-term pins
+(``pin_user_pages(FOLL_LONGTERM)``, e.g. VFIO) raise the refcount of the pinned folios, which makes
+RFC v2 conversion to private fail with EAGAIN (spec 2.14 step 4).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
+from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
+from ..rangemap import RangeMap
+from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:
+    from .gmem import GmemFile
+
+USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
+_MMAP_BASE = 0x7E00_0000_0000
+
+
+class FaultRefused(Exception):
+    """Internal: the fault handler refused (becomes SIGBUS for a CPU access, EFAULT for GUP)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AddressSpace:
+    """The modelled process's mappings, ordered by address; hands out addresses like mmap does."""
+
+    def __init__(self) -> None:
+        self.vmas: list[ModelHostMapping] = []
+        self._next = _MMAP_BASE
+
+    def place(self, length: int) -> int:
+        align = 1 << 30 if length >= 1 << 30 else 1 << 21
+        addr = (self._next + align - 1) & ~(align - 1)
+        self._next = addr + length + PAGE_SIZE  # a guard gap keeps mappings apart
+        if self._next > USER_ADDR_LIMIT:
+            raise KvmError(errno.ENOMEM, "mmap", f"no room for {length:#x} bytes in the address space")
+        return addr
+
+    def find(self, addr: int) -> ModelHostMapping | None:
+        for vma in self.vmas:
+            if vma.address <= addr < vma.address + vma.length:
+                return vma
+        return None
+
+
+class ModelHostMapping:
+    """One ``mmap`` of a guest_memfd (``file`` set) or of anonymous shared memory (``file`` None)."""
+
+    def __init__(
+        self, space: AddressSpace, length: int, prot: int, file: GmemFile | None = None, pgoff: int = 0
+    ) -> None:
+        self.space = space
+        self.length = length
+        self.npages = (length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        self.prot = prot
+        self.file = file
+        self.pgoff = pgoff
+        self.address = space.place(length)
+        self.ptes: RangeMap[bool] = RangeMap(self.npages, False)  # host PTEs installed
+        self.anon: dict[int, bytearray] = {}
+        self.unmapped = False
+        space.vmas.append(self)
+        if file is not None:
+            file.get_ref()
+            file.inode.mappings.append(self)
+
+    # -- faults ----------------------------------------------------------------------------------
+    def _fault(self, page: int, write: bool, gup: bool = False) -> None:
+        """Make ``page`` accessible or raise: SIGSEGV (no VMA / prot), SIGBUS (the file refused)."""
+        offset = page << PAGE_SHIFT
+        if self.unmapped or page >= self.npages:
+            raise HostSigsegv(offset, write, "address not mapped")
+        if not self.prot & PROT_READ or (write and not self.prot & PROT_WRITE):
+            raise HostSigsegv(offset, write, "access not permitted by the mapping's protection")
+        if self.ptes.load(page):
+            return
+        if self.file is not None:
+            try:
+                self.file.inode.fault_user_mapping(self.pgoff + page)
+            except FaultRefused as exc:
+                raise HostSigbus(offset, write, exc.reason) from None
+        self.ptes.store(page, page + 1, True)
+
+    def _pages(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """Split ``[offset, offset+length)`` into (page, offset in page, chunk length) pieces."""
+        if offset < 0 or length < 0:
+            raise HostSigsegv(offset, False, "negative offset or length")
+        pos, end = offset, offset + length
+        while pos < end:
+            page, in_page = pos >> PAGE_SHIFT, pos & (PAGE_SIZE - 1)
+            chunk = min(PAGE_SIZE - in_page, end - pos)
+            yield page, in_page, chunk
+            pos += chunk
+
+    def _read_page(self, page: int, in_page: int, length: int) -> bytes:
+        if self.file is None:
+            data = self.anon.get(page)
+            return bytes(length) if data is None else bytes(data[in_page : in_page + length])
+        return self.file.inode.pagecache.read(self.pgoff + page, in_page, length)
+
+    def _write_page(self, page: int, in_page: int, data: bytes) -> None:
+        if self.file is None:
+            buf = self.anon.setdefault(page, bytearray(PAGE_SIZE))
+            buf[in_page : in_page + len(data)] = data
+        else:
+            self.file.inode.pagecache.write(self.pgoff + page, in_page, data)
+
+    # -- HostMapping protocol ---------------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray()
+        for page, in_page, chunk in self._pages(offset, length):
+            self._fault(page, write=False)
+            out += self._read_page(page, in_page, chunk)
+        return bytes(out)
+
+    def write(self, offset: int, data: bytes) -> None:
+        pos = 0
+        for page, in_page, chunk in self._pages(offset, len(data)):
+            self._fault(page, write=True)
+            self._write_page(page, in_page, data[pos : pos + chunk])
+            pos += chunk
+
+    def fill(self, offset: int, length: int, byte: int) -> None:
+        for page, in_page, chunk in self._pages(offset, length):
+            self._fault(page, write=True)
+            self._write_page(page, in_page, bytes([byte]) * chunk)
+
+    def madvise(self, offset: int, length: int, advice: int) -> None:
+        if offset & (PAGE_SIZE - 1):
+            raise KvmError(errno.EINVAL, "madvise", f"start {offset:#x} is not page aligned")
+        first = offset >> PAGE_SHIFT
+        last = min(self.npages, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        if advice == MADV_DONTNEED:
+            self.zap(first, last)
+        elif advice == MADV_REMOVE:
+            if self.file is None:
+                self.zap(first, last)
+                for page in [p for p in self.anon if first <= p < last]:
+                    del self.anon[page]
+            else:
+                self.file.fallocate(
+                    FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
+                    (self.pgoff + first) << PAGE_SHIFT,
+                    (last - first) << PAGE_SHIFT,
+                )
+        else:
+            raise UnsupportedByBackend(f"madvise advice {advice} is not modelled")
+
+    def pin(self, offset: int, length: int) -> ModelPin:
+        """``pin_user_pages(FOLL_LONGTERM | FOLL_WRITE)``: fault each page in, then raise refcounts."""
+        if self.file is None:
+            raise UnsupportedByBackend("pins on anonymous memory are not modelled")
+        pages = list(self._pages(offset, length))
+        for page, _, _ in pages:
+            try:
+                self._fault(page, write=True, gup=True)
+            except (HostSigbus, HostSigsegv) as exc:
+                # GUP turns VM_FAULT_SIGBUS into -EFAULT for the caller.
+                raise KvmError(errno.EFAULT, "pin_user_pages(FOLL_LONGTERM)", str(exc)) from None
+        first = self.pgoff + pages[0][0] if pages else self.pgoff
+        last = self.pgoff + pages[-1][0] + 1 if pages else first
+        return self.file.inode.pin(first, last)
+
+    def munmap(self) -> None:
+        if self.unmapped:
+            return
+        self.unmapped = True
+        self.zap(0, self.npages)
+        self.space.vmas.remove(self)
+        if self.file is not None:
+            self.file.inode.mappings.remove(self)
+            self.file.put_ref()
+
+    # -- helpers for the inode ----------------------------------------------------------------------
+    def zap(self, first: int, last: int) -> int:
+        """Remove host PTEs for mapping pages ``[first, last)`` (``unmap_mapping_pages``)."""
+        last = min(last, self.npages)
+        if first >= last:
+            return 0
+        n = self.ptes.count(first, last, bool)
+        if n:
+            self.ptes.store(first, last, False)
+        return n
+
+    def file_range_to_pages(self, start: int, end: int) -> tuple[int, int]:
+        """Mapping pages that show file indices ``[start, end)`` (possibly empty)."""
+        return max(start - self.pgoff, 0), max(min(end - self.pgoff, self.npages), 0)
+
+    def mapped_file_runs(self) -> list[tuple[int, int]]:
+        """File index runs that have a host PTE in this mapping."""
+        return [(self.pgoff + s, self.pgoff + e) for s, e, v in self.ptes.runs() if v]
+
+    def guest_access(self, hva_offset: int, write: bool) -> Callable[[], None]:
+        """GUP-style fault for KVM's HVA path; raises FaultRefused-derived errors as HostSigbus."""
+        page = hva_offset >> PAGE_SHIFT
+        return lambda: self._fault(page, write)
+
+
+class ModelPin:
+    """A long-term pin on file indices ``[start, end)``; truncation detaches pinned folios."""
+
+    def __init__(self, inode: object, start: int, end: int) -> None:
+        self.inode = inode
+        self.attached: list[tuple[int, int]] = [(start, end)]
+        self.released = False
+
+    def detach(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Drop ``[start, end)`` from the attached ranges (the folios left the page cache)."""
+        dropped, kept = [], []
+        for s, e in self.attached:
+            lo, hi = max(s, start), min(e, end)
+            if lo < hi:
+                dropped.append((lo, hi))
+                if s < lo:
+                    kept.append((s, lo))
+                if hi < e:
+                    kept.append((hi, e))
+            else:
+                kept.append((s, e))
+        self.attached = kept
+        return dropped
+
+    def unpin(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.inode.unpin(self)  # type: ignore[attr-defined]

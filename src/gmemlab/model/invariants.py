@@ -1,0 +1,110 @@
+"""Invariants of the model, checkable at any time (spec 2.15 "Invariants").
+
+* bindings of one file are disjoint and each binding matches its memslot;
+* host PTEs exist only on allocated, uptodate, host-faultable (shared) indices inside the file;
+* no stage-2 leaf disagrees with ``kvm_mem_is_private``, and every leaf lies in a memslot whose backing
+  is still there;
+* page accounting is conserved: the incremental allocation counters equal a recount, allocations minus
+  frees equal what is resident, and pins sit only on resident folios.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .pagecache import ABSENT, UPTODATE
+
+if TYPE_CHECKING:
+    from .gmem import GmemInode
+    from .kvm import ModelBackend
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+def _fail(message: str) -> None:
+    raise InvariantViolation(message)
+
+
+def check(system: ModelBackend) -> None:
+    for inode in system.inodes():
+        _check_inode(inode)
+    for vm in system.vms:
+        for (as_id, slot_id), slot in vm.memslots.items():
+            if (slot.as_id, slot.id) != (as_id, slot_id):
+                _fail(f"memslot {slot_id} filed under the wrong key")
+            file = slot.gmem_file
+            if file is not None:
+                if file.released:
+                    _fail(f"slot {slot_id} still points at a released guest_memfd")
+                for s, e, bound in file.bindings.runs(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages):
+                    if bound is not slot:
+                        _fail(f"slot {slot_id}: file indices [{s:#x},{e:#x}) bound to {bound!r}")
+        for s, e, spte in vm.stage2.mapped():
+            for gfn in (s, e - 1):
+                slot = vm.find_memslot(gfn)
+                if slot is None:
+                    _fail(f"stage-2 leaf at gfn {gfn:#x} outside every memslot")
+                    return
+                if slot.has_gmem and slot.gmem_file is None and (spte.private or slot.gmem_only):
+                    _fail(f"stage-2 leaf at gfn {gfn:#x} survives its released guest_memfd")
+            # Compare against kvm_mem_is_private run by run (attributes and gmem state are range maps).
+            for gfn in _boundaries(vm, s, e):
+                if spte.private != vm.kvm_mem_is_private(gfn):
+                    _fail(f"stage-2 leaf at gfn {gfn:#x} is {'private' if spte.private else 'shared'} "
+                          "but the memory is not")
+
+
+def _boundaries(vm: object, start: int, end: int) -> list[int]:
+    """Gfns at which kvm_mem_is_private may change inside ``[start, end)``: run starts of the inputs."""
+    points = {start}
+    points.update(s for s, _, _ in vm.attributes.runs(start, end))  # type: ignore[attr-defined]
+    for slot in vm.memslots.values():  # type: ignore[attr-defined]
+        lo, hi = max(start, slot.base_gfn), min(end, slot.end_gfn)
+        if lo >= hi:
+            continue
+        points.add(lo)
+        if slot.gmem_file is not None:
+            base = slot.base_gfn - slot.gmem_pgoff
+            for s, _, _ in slot.gmem_file.inode.shareability.runs(lo - base, hi - base):
+                points.add(s + base)
+    return sorted(points)
+
+
+def _check_inode(inode: GmemInode) -> None:
+    pc = inode.pagecache
+    pc.state.check()
+    inode.pins.check()
+    recount = pc.count_allocated()
+    if recount != pc.nr_allocated:
+        _fail(f"inode {inode.ino}: {pc.nr_allocated} folios counted, {recount} resident")
+    if pc.stats["folios_allocated"] - pc.stats["folios_freed"] != recount:
+        _fail(f"inode {inode.ino}: allocated - freed != resident")
+    for index in pc.data:
+        if pc.state.load(index) != UPTODATE:
+            _fail(f"inode {inode.ino}: contents held for index {index:#x} that is not uptodate")
+    for s, e, n in inode.pins.runs():
+        if n < 0:
+            _fail(f"inode {inode.ino}: negative pin count at [{s:#x},{e:#x})")
+        if n and pc.state.any_match(s, e, lambda v: v == ABSENT):
+            _fail(f"inode {inode.ino}: pin on an absent folio in [{s:#x},{e:#x})")
+    seen: set[int] = set()
+    for file in inode.files:
+        file.bindings.check()
+        for s, e, slot in file.bindings.runs():
+            if slot is None:
+                continue
+            if id(slot) in seen and not (slot.gmem_pgoff <= s and e <= slot.gmem_pgoff + slot.npages):
+                _fail(f"slot {slot.id} bound to disjoint file ranges")
+            seen.add(id(slot))
+            if slot.gmem_file is not file:
+                _fail(f"binding [{s:#x},{e:#x}) names slot {slot.id}, which points elsewhere")
+    for vma in inode.mappings:
+        for s, e in vma.mapped_file_runs():
+            if e > inode.npages:
+                _fail(f"host PTE beyond EOF at file index {e - 1:#x}")
+            if not inode.shareability.all_shared(s, e):
+                _fail(f"host maps private file indices in [{s:#x},{e:#x})")
+            if not pc.state.all_equal(s, e, UPTODATE):
+                _fail(f"host maps a folio that is not uptodate in [{s:#x},{e:#x})")
