@@ -13,6 +13,14 @@ import errno as _errno
 import os
 from dataclasses import dataclass
 
+# The kernel's spelling where libc has aliases (ENOTSUP == EOPNOTSUPP, EWOULDBLOCK == EAGAIN).
+_PREFERRED = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
+
+
+def errno_name(err: int) -> str:
+    """Symbolic name of an errno as the kernel spells it."""
+    return _PREFERRED.get(err) or _errno.errorcode.get(err, str(err))
+
 
 class GmemlabError(Exception):
     """Base of every error gmemlab raises on purpose."""
@@ -31,7 +39,7 @@ class KvmError(OSError, GmemlabError):
 
     @property
     def errname(self) -> str:
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+        return errno_name(self.errno or 0)
 
     def __str__(self) -> str:
         text = f"{self.op}: {self.errname} ({self.strerror})"
@@ -102,7 +110,7 @@ class VcpuExit(GmemlabError):
     def __str__(self) -> str:
         from .uapi import KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO
 
-        run = f"KVM_RUN=-1 {_errno.errorcode.get(self.errno, self.errno)}" if self.errno else "KVM_RUN=0"
+        run = f"KVM_RUN=-1 {errno_name(self.errno)}" if self.errno else "KVM_RUN=0"
         if self.exit_reason == KVM_EXIT_MEMORY_FAULT:
             what = f"MEMORY_FAULT(gpa {self.gpa:#x} size {self.size:#x} flags {self.flags:#x})"
         elif self.exit_reason == KVM_EXIT_MMIO:

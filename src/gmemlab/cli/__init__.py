@@ -27,6 +27,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker."""
+
+
 def _register_all() -> None:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(app)

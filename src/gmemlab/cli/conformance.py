@@ -1,8 +1,141 @@
-"""``gmemlab conformance``: placeholder replaced below in this session."""
+"""``gmemlab conformance``: run the spec section 3 cases on the model, the kernel, or both."""
+
 from __future__ import annotations
 
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..conformance import CaseResult, Divergence, run_suite, summary
+from ..errors import UnsupportedByBackend, UsageError
+from ..uapi import PROFILES
+
+
+class BackendChoice(StrEnum):
+    model = "model"
+    kernel = "kernel"
+    both = "both"
+
+
+def _kernel_factory() -> Any:
+    from ..kernel import open_kernel_backend
+
+    def factory(profile: str) -> Any:
+        return open_kernel_backend(profile)
+
+    return factory
+
+
+def _model_factory(like_kernel: bool) -> Any:
+    from ..model import HostConfig, ModelBackend
+
+    config = HostConfig.upstream()
+    if like_kernel:
+        from ..kernel import open_kernel_backend
+
+        probe = open_kernel_backend("linux-6.18")
+        try:
+            config = HostConfig.from_backend(probe)
+        finally:
+            probe.close()
+    return lambda profile: ModelBackend(profile, config)
+
+
+def backends_for(choice: str) -> dict[str, Any]:
+    if choice == "model":
+        return {"model": _model_factory(False)}
+    if choice == "kernel":
+        return {"kernel": _kernel_factory()}
+    try:
+        model = _model_factory(True)
+    except UnsupportedByBackend as exc:
+        raise UsageError(f"--backend both needs the kernel backend: {exc.what}") from None
+    return {"model": model, "kernel": _kernel_factory()}
+
+
+def _status_style(status: str) -> str:
+    return {"pass": "green", "fail": "bold red", "skip": "yellow"}[status]
+
+
+def print_table(console: Console, results: list[CaseResult], divergences: list[Divergence], verbose: bool) -> None:
+    table = Table(title="guest_memfd conformance", show_lines=False)
+    for col in ("case", "§", "backend", "profile", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        if r.status == "pass" and not verbose:
+            detail = ""
+        else:
+            detail = r.detail
+        table.add_row(r.name, r.section, r.backend, r.profile,
+                      f"[{_status_style(r.status)}]{r.status}[/]", detail)
+    console.print(table)
+    if divergences:
+        div = Table(title="divergences (model vs kernel)", show_lines=True)
+        for col in ("case", "profile", "call", "model", "kernel"):
+            div.add_column(col, overflow="fold")
+        for d in divergences:
+            div.add_row(d.case, d.profile, str(d.index), d.model, d.kernel)
+        console.print(div)
+    counts = summary(results)
+    console.print(
+        f"[green]{counts['pass']} passed[/], [red]{counts['fail']} failed[/], "
+        f"[yellow]{counts['skip']} skipped[/]" + (f", [bold red]{len(divergences)} divergences[/]" if
+                                                   divergences else "")
+    )
+
+
+def print_ktap(results: list[CaseResult], divergences: list[Divergence]) -> None:
+    print("KTAP version 1")
+    print(f"1..{len(results)}")
+    diverged = {(d.case, d.profile) for d in divergences}
+    for i, r in enumerate(results, 1):
+        name = f"{r.name}.{r.backend}.{r.profile}"
+        if r.status == "skip":
+            print(f"ok {i} {name} # SKIP {r.detail}")
+        elif r.status == "pass" and (r.name, r.profile) not in diverged:
+            print(f"ok {i} {name}")
+        else:
+            print(f"not ok {i} {name}")
+            reason = r.detail or "diverges from the other backend"
+            print(f"# {reason}")
+    counts = summary(results)
+    print(f"# Totals: pass:{counts['pass']} fail:{counts['fail']} xfail:0 xpass:0 skip:{counts['skip']} error:0")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command()
+    def conformance(
+        backend: Annotated[BackendChoice, typer.Option(help="where to run the cases")] = BackendChoice.model,
+        profile: Annotated[str, typer.Option(help="linux-6.18, rfc-v2 or all")] = "all",
+        as_json: Annotated[bool, typer.Option("--json", help="machine-readable results")] = False,
+        tap: Annotated[bool, typer.Option("--tap", help="KTAP output, as the kernel selftests print")] = False,
+        select: Annotated[str | None, typer.Option("-k", help="only cases whose name contains this")] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="details for passing cases too")] = False,
+    ) -> None:
+        """Run the guest_memfd selftest checklist (spec section 3); non-zero exit on failure or divergence."""
+        if profile == "all":
+            profiles = list(PROFILES)
+        elif profile in PROFILES:
+            profiles = [profile]
+        else:
+            raise UsageError(f"--profile {profile!r} is not one of: {', '.join([*PROFILES, 'all'])}")
+        if as_json and tap:
+            raise UsageError("--json and --tap are exclusive")
+        results, divergences = run_suite(profiles, backends_for(backend.value), select)
+        if not results:
+            raise UsageError(f"no case matches -k {select!r}")
+        if as_json:
+            out: dict[str, Any] = {"cases": [r.as_json() for r in results], "summary": summary(results)}
+            if backend == BackendChoice.both:
+                out["divergences"] = [d.as_json() for d in divergences]
+            print(json.dumps(out, indent=2))
+        elif tap:
+            print_ktap(results, divergences)
+        else:
+            print_table(Console(), results, divergences, verbose)
+        failed = summary(results)["fail"] or divergences
+        raise typer.Exit(1 if failed else 0)

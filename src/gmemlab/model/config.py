@@ -36,6 +36,7 @@ class HostConfig:
     readonly_mem: bool = True
     nr_memslots: int = 32764
     hugetlb_pool_pages: dict[int, int] = field(default_factory=dict)
+    gpa_window: tuple[int, int] | None = None  # GPAs a vCPU can reach; None = the whole space
 
     @classmethod
     def upstream(cls) -> HostConfig:
@@ -48,3 +49,23 @@ class HostConfig:
 
     def with_(self, **changes: object) -> HostConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _from_backend(backend: object) -> HostConfig:
+    """Mirror what a backend (the real kernel) reports: VM types, attribute and pre-fault support, and
+    the vCPU GPA window, so differential runs exercise the same paths on both sides."""
+    from ..uapi import Cap
+
+    check = backend.check_extension  # type: ignore[attr-defined]
+    window = backend.guest_gpa_window()  # type: ignore[attr-defined]
+    return HostConfig(
+        vm_types=tuple(backend.vm_types()),  # type: ignore[attr-defined]
+        memory_attributes=bool(check(Cap.MEMORY_ATTRIBUTES)),
+        pre_fault=bool(check(Cap.PRE_FAULT_MEMORY)),
+        readonly_mem=bool(check(Cap.READONLY_MEM)),
+        nr_memslots=check(Cap.NR_MEMSLOTS) or 32764,
+        gpa_window=window,
+    )
+
+
+HostConfig.from_backend = staticmethod(_from_backend)  # type: ignore[attr-defined]

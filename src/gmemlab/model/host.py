@@ -21,6 +21,7 @@ from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_S
 if TYPE_CHECKING:
     from .gmem import GmemFile
 
+MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
 USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
 _MMAP_BASE = 0x7E00_0000_0000
 
@@ -142,6 +143,10 @@ class ModelHostMapping:
             raise KvmError(errno.EINVAL, "madvise", f"start {offset:#x} is not page aligned")
         first = offset >> PAGE_SHIFT
         last = min(self.npages, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
+        if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
+            return  # accepted on the VMA; guest_memfd folios stay order 0
+        if advice == MADV_COLLAPSE:
+            raise KvmError(errno.EINVAL, "madvise", "MADV_COLLAPSE: guest_memfd folios are never collapsed")
         if advice == MADV_DONTNEED:
             self.zap(first, last)
         elif advice == MADV_REMOVE:

@@ -141,7 +141,7 @@ class ModelBackend:
         return ModelMemfd(self, size)
 
     def guest_gpa_window(self) -> tuple[int, int]:
-        return (0, 1 << self.config.max_gpa_bits)
+        return self.config.gpa_window or (0, 1 << self.config.max_gpa_bits)
 
     def reserved_slots(self) -> frozenset[int]:
         return frozenset()
