@@ -33,6 +33,7 @@ from ..uapi import (
     VmType,
     page_aligned,
 )
+from .args import sint, u64
 from .host import FaultRefused, ModelHostMapping, ModelPin
 from .pagecache import UPTODATE, PageCache
 from .shareability import RangeShareability, Shareability, WholeFileShareability
@@ -322,6 +323,9 @@ class GmemFile:
     def fallocate(self, mode: int, offset: int, length: int) -> None:
         op = "fallocate"
         self._check_fd(op)
+        mode = sint(mode, "mode", op) & 0xFFFFFFFF
+        offset = sint(offset, "offset", op)
+        length = sint(length, "len", op)
         # vfs_fallocate() first (fs/open.c)
         if offset < 0 or length <= 0:
             raise KvmError(errno.EINVAL, op, f"offset {offset} must be >= 0 and len {length} > 0")
@@ -360,6 +364,10 @@ class GmemFile:
     def mmap(self, length: int, offset: int = 0, prot: int = 3, flags: int = MAP_SHARED) -> ModelHostMapping:
         op = "mmap"
         self._check_fd(op)
+        length = sint(length, "length", op)
+        offset = sint(offset, "offset", op)
+        prot = sint(prot, "prot", op)
+        flags = sint(flags, "flags", op)
         if length <= 0:
             raise KvmError(errno.EINVAL, op, f"length {length} must be positive")
         if offset < 0 or not page_aligned(offset):
@@ -381,8 +389,9 @@ class GmemFile:
         self._check_fd(op)
         if not self.inode.behaviour.api.has_conversion_ioctls:
             raise KvmError(errno.ENOTTY, op, "guest_memfd has no ioctls in this kernel")
-        offset &= U64_MAX
-        size &= U64_MAX
+        offset = u64(offset, "offset", op)
+        size = u64(size, "size", op)
+        error_offset = u64(error_offset, "error_offset", op)
         if error_offset:
             raise KvmError(errno.EINVAL, op, f"error_offset must be 0 on input, got {error_offset:#x}")
         if size == 0:

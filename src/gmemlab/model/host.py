@@ -17,6 +17,7 @@ from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..rangemap import RangeMap
 from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+from .args import as_bytes
 
 if TYPE_CHECKING:
     from .gmem import GmemFile
@@ -96,6 +97,9 @@ class ModelHostMapping:
 
     def _pages(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
         """Split ``[offset, offset+length)`` into (page, offset in page, chunk length) pieces."""
+        for name, value in (("offset", offset), ("length", length)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise KvmError(errno.EINVAL, "host access", f"{name} must be an integer, got {value!r}")
         if offset < 0 or length < 0:
             raise HostSigsegv(offset, False, "negative offset or length")
         pos, end = offset, offset + length
@@ -127,6 +131,7 @@ class ModelHostMapping:
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
+        data = as_bytes(data, "host write")
         pos = 0
         for page, in_page, chunk in self._pages(offset, len(data)):
             self._fault(page, write=True)
@@ -134,6 +139,8 @@ class ModelHostMapping:
             pos += chunk
 
     def fill(self, offset: int, length: int, byte: int) -> None:
+        if isinstance(byte, bool) or not isinstance(byte, int) or not 0 <= byte <= 255:
+            raise KvmError(errno.EINVAL, "host fill", f"fill byte must be 0..255, got {byte!r}")
         for page, in_page, chunk in self._pages(offset, length):
             self._fault(page, write=True)
             self._write_page(page, in_page, bytes([byte]) * chunk)

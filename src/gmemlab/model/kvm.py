@@ -32,6 +32,7 @@ from ..uapi import (
     as_loff,
     page_aligned,
 )
+from .args import as_bytes, sint, u32, u64
 from .config import HostConfig
 from .gmem import GmemError, GmemFile, GmemInode
 from .host import USER_ADDR_LIMIT, AddressSpace, FaultRefused, ModelHostMapping
@@ -120,12 +121,13 @@ class ModelBackend:
 
     # -- Backend protocol ------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
-        return self.behaviour.check_extension(cap, None, self.config)
+        return self.behaviour.check_extension(u64(cap, "cap", "KVM_CHECK_EXTENSION"), None, self.config)
 
     def vm_types(self) -> list[VmType]:
         return list(self.config.vm_types)
 
     def create_vm(self, vm_type: int = 0) -> ModelVm:
+        vm_type = u64(vm_type, "type", "KVM_CREATE_VM")
         if vm_type not in [int(t) for t in self.config.vm_types]:
             raise KvmError(errno.EINVAL, "KVM_CREATE_VM", f"VM type {vm_type} is not supported on this host")
         vm = ModelVm(self, VmType(vm_type))
@@ -205,14 +207,17 @@ class ModelVm:
     # -- capabilities ------------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
         self._check_fd("KVM_CHECK_EXTENSION")
+        cap = u64(cap, "cap", "KVM_CHECK_EXTENSION")
         return self.system.behaviour.check_extension(cap, self.vm_type, self.system.config)
 
     # -- KVM_CREATE_GUEST_MEMFD (spec 2.2) -----------------------------------------------------------------
     def create_guest_memfd(self, size: int, flags: int = 0, reserved: tuple[int, ...] = ()) -> GmemFile:
         op = "KVM_CREATE_GUEST_MEMFD"
         self._check_fd(op)
-        size &= U64_MAX
-        flags &= U64_MAX
+        size = u64(size, "size", op)
+        flags = u64(flags, "flags", op)
+        for i, value in enumerate(reserved):
+            u64(value, f"reserved[{i}]", op)
         behaviour = self.system.behaviour
         valid = int(behaviour.valid_create_flags(self.vm_type, flags, self.system.config))
         if flags & ~valid:
@@ -272,12 +277,12 @@ class ModelVm:
         gmem_arg: object,
         gmem_offset: int,
     ) -> None:
-        slot_arg &= 0xFFFFFFFF
-        flags &= 0xFFFFFFFF
-        gpa &= U64_MAX
-        size &= U64_MAX
-        uaddr &= U64_MAX
-        gmem_offset &= U64_MAX
+        slot_arg = u32(slot_arg, "slot", op)
+        flags = u32(flags, "flags", op)
+        gpa = u64(gpa, "guest_phys_addr", op)
+        size = u64(size, "memory_size", op)
+        uaddr = u64(uaddr, "userspace_addr", op)
+        gmem_offset = u64(gmem_offset, "guest_memfd_offset", op)
         slot_id, as_id = slot_arg & 0xFFFF, slot_arg >> 16
         config = self.system.config
         if slot_id >= config.nr_memslots:
@@ -296,7 +301,8 @@ class ModelVm:
         if not page_aligned(gpa):
             raise KvmError(errno.EINVAL, op, f"guest_phys_addr {gpa:#x} is not page aligned")
         if not page_aligned(uaddr) or uaddr + size > USER_ADDR_LIMIT:
-            raise KvmError(errno.EINVAL, op, f"userspace_addr {uaddr:#x} unaligned or not a user range")
+            raise KvmError(errno.EINVAL, op, f"userspace_addr {uaddr:#x} + memory_size {size:#x} is unaligned or "
+                           "not a user range (access_ok)")
         if flags & KVM_MEM_GUEST_MEMFD and (not page_aligned(gmem_offset) or gmem_offset + size > U64_MAX):
             raise KvmError(errno.EINVAL, op, f"guest_memfd_offset {gmem_offset:#x} unaligned or wraps")
         if as_id >= config.address_spaces:
@@ -377,7 +383,10 @@ class ModelVm:
         self._check_fd(op)
         if not self.system.config.memory_attributes:
             raise KvmError(errno.ENOTTY, op, "not compiled in (no CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES)")
-        address, size, attributes, flags = (v & U64_MAX for v in (address, size, attributes, flags))
+        address, size, attributes, flags = (
+            u64(v, n, op) for v, n in ((address, "address"), (size, "size"), (attributes, "attributes"),
+                                        (flags, "flags"))
+        )
         if flags:
             raise KvmError(errno.EINVAL, op, f"flags {flags:#x} must be 0")
         supported = self.check_extension(233)
@@ -464,6 +473,9 @@ class ModelVcpu:
             self.vm.put_ref()
 
     def read(self, gpa: int, length: int, private: bool | None = None) -> bytes:
+        gpa = u64(gpa, "gpa", "KVM_RUN")
+        if sint(length, "length", "KVM_RUN") < 0:
+            raise KvmError(errno.EINVAL, "KVM_RUN", f"negative read length {length}")
         out = bytearray()
         for page_gpa, in_page, chunk in _split(gpa, length):
             target = self._fault(page_gpa + in_page, False, private)
@@ -471,6 +483,8 @@ class ModelVcpu:
         return bytes(out)
 
     def write(self, gpa: int, data: bytes, private: bool | None = None) -> None:
+        gpa = u64(gpa, "gpa", "KVM_RUN")
+        data = as_bytes(data, "KVM_RUN")
         pos = 0
         for page_gpa, in_page, chunk in _split(gpa, len(data)):
             target = self._fault(page_gpa + in_page, True, private)

@@ -1,0 +1,5 @@
+"""``python -m gmemlab``."""
+
+from .cli import main
+
+main()
