@@ -16,6 +16,7 @@ from ..errors import GmemlabError
 # Modules that add commands; each defines register(app: typer.Typer) -> None.
 COMMAND_MODULES = [
     "gmemlab.cli.conformance",
+    "gmemlab.cli.fuzz",
 ]
 
 app = typer.Typer(

@@ -23,9 +23,19 @@ class BackendChoice(StrEnum):
 
 def _kernel_factory() -> Any:
     from ..kernel import open_kernel_backend
+    from ..uapi import Cap
 
     def factory(profile: str) -> Any:
-        return open_kernel_backend(profile)
+        backend = open_kernel_backend()
+        if profile == backend.profile.name:
+            return backend
+        # The running kernel is one lineage; the other profile's cases skip, naming what is missing.
+        value = backend.check_extension(Cap.GMEM_CONVERSION)
+        backend.close()
+        raise UnsupportedByBackend(
+            f"{profile} needs KVM_CAP_GMEM_CONVERSION ({int(Cap.GMEM_CONVERSION)}), which is {value} on this "
+            f"kernel ({backend.profile.name})"
+        )
 
     return factory
 
@@ -37,7 +47,7 @@ def _model_factory(like_kernel: bool) -> Any:
     if like_kernel:
         from ..kernel import open_kernel_backend
 
-        probe = open_kernel_backend("linux-6.18")
+        probe = open_kernel_backend()
         try:
             config = HostConfig.from_backend(probe)
         finally:

@@ -680,3 +680,18 @@ def rk_plain_slot_on_gmem_mapping(ctx: Ctx) -> None:
         m.munmap()
         cpu.close()
         g.close()
+
+
+@case("rk", profiles=("linux-6.18",))
+def rk_mmap_offset_limits(ctx: Ctx) -> None:
+    """Found by differential fuzzing: offset + length past MAX_LFS_FILESIZE is EOVERFLOW (file_mmap_ok),
+    a negative offset included; up to the limit the mapping succeeds; length 0 is EINVAL."""
+    vm = ctx.vm(0)
+    g = vm.create_guest_memfd(4 * P, ctx.MMAP | ctx.INIT_SHARED)
+    # MAX_LFS_FILESIZE is 2^63 - 1, so the last whole page that can be mapped starts at 2^63 - 2 pages.
+    for offset, length in ((-P, P), (-2 * P, P), ((1 << 63) - P, P), ((1 << 63) - 2 * P, 2 * P)):
+        ctx.expect_errno("EOVERFLOW", g.mmap, length, offset)
+    for offset, length in (((1 << 63) - 2 * P, P), ((1 << 63) - 3 * P, 2 * P), (1 << 62, P)):
+        ctx.expect_ok(g.mmap, length, offset).munmap()
+    ctx.expect_errno("EINVAL", g.mmap, 0, 0)
+    g.close()

@@ -87,7 +87,7 @@ class Recorder:
             return value if isinstance(value, str | float | type(None) | bool) else type(value).__name__
         if key == "guest_memfd":
             return f"fd({self._fd_names[value]})" if value in self._fd_names else ("badfd" if value < 0 else value)
-        for address, length, name in self._maps:
+        for address, length, name in reversed(self._maps):  # newest first: addresses get reused
             if address <= value <= address + length:
                 return f"{name}+{value - address:#x}"
         return value
@@ -110,6 +110,8 @@ class Recorder:
                 raise
             self.log.append(Observation(proxy._name, method, shown, outcome))
             raise
+        if method == "munmap":
+            self._maps = [entry for entry in self._maps if entry[2] != proxy._name]
         result, shown_result = self._wrap_result(method, result)
         self.log.append(Observation(proxy._name, method, shown, ("ok", shown_result)))
         return result

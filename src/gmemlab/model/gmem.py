@@ -364,14 +364,23 @@ class GmemFile:
     def mmap(self, length: int, offset: int = 0, prot: int = 3, flags: int = MAP_SHARED) -> ModelHostMapping:
         op = "mmap"
         self._check_fd(op)
+        # The mmap syscall and do_mmap() (mm/mmap.c) check, in order: offset alignment, length,
+        # file_mmap_ok() (offset + length within MAX_LFS_FILESIZE), mapping type, noexec; only then
+        # guest_memfd's ->mmap runs.
         length = sint(length, "length", op)
-        offset = sint(offset, "offset", op)
+        offset = u64(offset, "offset", op)
         prot = sint(prot, "prot", op)
         flags = sint(flags, "flags", op)
-        if length <= 0:
-            raise KvmError(errno.EINVAL, op, f"length {length} must be positive")
-        if offset < 0 or not page_aligned(offset):
+        if not page_aligned(offset):
             raise KvmError(errno.EINVAL, op, f"offset {offset:#x} is not page aligned")
+        if length == 0:
+            raise KvmError(errno.EINVAL, op, "length 0")
+        npages = ((length & U64_MAX) + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if length < 0 or npages >= 1 << 52:
+            raise KvmError(errno.ENOMEM, op, f"length {length:#x} does not fit the address space")
+        aligned_len = npages << PAGE_SHIFT
+        if aligned_len > LOFF_MAX or offset >> PAGE_SHIFT > (LOFF_MAX - aligned_len) >> PAGE_SHIFT:
+            raise KvmError(errno.EOVERFLOW, op, f"offset {offset:#x} + length {length:#x} exceeds MAX_LFS_FILESIZE")
         if flags & 3 not in (MAP_SHARED, MAP_PRIVATE, 3):  # MAP_SHARED_VALIDATE == 3
             raise KvmError(errno.EINVAL, op, "flags must contain MAP_SHARED or MAP_PRIVATE")
         if prot & PROT_EXEC:
