@@ -695,3 +695,21 @@ def rk_mmap_offset_limits(ctx: Ctx) -> None:
         ctx.expect_ok(g.mmap, length, offset).munmap()
     ctx.expect_errno("EINVAL", g.mmap, 0, 0)
     g.close()
+
+
+@case("rk", profiles=("linux-6.18",))
+def rk_madvise_remove_after_close(ctx: Ctx) -> None:
+    """Found by differential fuzzing: MADV_REMOVE punches through a mapping even after the fd is closed
+    (the VMA holds the file), and through a read-only mapping too (VM_MAYWRITE is what counts)."""
+    vm = ctx.vm(0)
+    g = vm.create_guest_memfd(4 * P, ctx.MMAP | ctx.INIT_SHARED)
+    m = g.mmap(4 * P)
+    ro = g.mmap(4 * P, 0, PROT_READ)
+    m.fill(0, 4 * P, 0x33)
+    ctx.expect_ok(ro.madvise, 3 * P, P, 9)
+    ctx.expect_bytes(m.read(3 * P, 8), bytes(8), "after MADV_REMOVE through the read-only mapping")
+    g.close()
+    ctx.expect_ok(m.madvise, 0, P, 9)
+    ctx.expect_bytes(m.read(0, 2 * P), bytes(P) + b"\x33" * P, "after MADV_REMOVE of page 0")
+    ro.munmap()
+    m.munmap()

@@ -59,7 +59,14 @@ OPERATIONS: dict[str, st.SearchStrategy[Op]] = {
     "create_gmem": st.fixed_dictionaries({"op": st.just("create_gmem"), "vm": _ref, "size": _sizes,
                                           "flags": _flags}),
     "mmap": st.fixed_dictionaries({"op": st.just("mmap"), "gmem": _ref, "offset": _offset(),
-                                   "pages": st.integers(1, 20), "private": st.booleans()}),
+                                   "pages": st.integers(1, 20), "private": st.booleans(),
+                                   "prot": st.sampled_from([3, 3, 3, 1, 0])}),
+    "mmap_anon": st.fixed_dictionaries({"op": st.just("mmap_anon"), "pages": st.sampled_from([4, 16])}),
+    "madvise": st.fixed_dictionaries({"op": st.just("madvise"), "map": _ref, "offset": _pages.map(lambda n: n * P),
+                                      "pages": st.integers(1, 4), "advice": st.sampled_from([4, 9])}),
+    "file_op": st.fixed_dictionaries({"op": st.just("file_op"), "gmem": _ref,
+                                      "which": st.sampled_from(["read", "write", "pread", "pwrite", "lseek",
+                                                                "ftruncate", "fstat"])}),
     "host_write": st.fixed_dictionaries({"op": st.just("host_write"), "map": _ref,
                                          "offset": st.integers(0, 21 * P), "byte": st.integers(1, 255),
                                          "length": st.integers(1, 2 * P)}),
@@ -140,7 +147,24 @@ def _step(w: _World, op: Op) -> None:
         g = w.pick(w.gmems, op["gmem"])
         if g is not None:
             flags = 2 if op["private"] else 1  # MAP_PRIVATE / MAP_SHARED
-            w.maps.append(g.mmap(op["pages"] * P, op["offset"], 3, flags))
+            w.maps.append(g.mmap(op["pages"] * P, op["offset"], op.get("prot", 3), flags))
+        return
+    if kind == "mmap_anon":
+        w.maps.append(w.system.mmap_anonymous(op["pages"] * P))
+        return
+    if kind == "madvise":
+        m = w.pick(w.maps, op["map"])
+        if m is not None and op["offset"] < m.length:
+            m.madvise(op["offset"], min(op["pages"] * P, m.length - op["offset"]), op["advice"])
+        return
+    if kind == "file_op":
+        g = w.pick(w.gmems, op["gmem"])
+        if g is not None:
+            which = op["which"]
+            calls = {"read": lambda: g.read(8), "write": lambda: g.write(b"x" * 8), "pread": lambda: g.pread(8, 0),
+                     "pwrite": lambda: g.pwrite(b"x", 0), "lseek": lambda: g.lseek(0, 0),
+                     "ftruncate": lambda: g.ftruncate(2 * P), "fstat": lambda: g.fstat()}
+            calls[which]()
         return
     if kind in ("host_write", "host_read"):
         m = w.pick(w.maps, op["map"])
@@ -316,7 +340,8 @@ def load_sequence(text: str) -> list[Op]:
         missing = REQUIRED_KEYS[o["op"]] - set(o)
         if missing:
             raise ValueError(f"operation {i} ({o['op']}): missing {', '.join(sorted(missing))}")
-        bad = [k for k in REQUIRED_KEYS[o["op"]] - {"op", "uaddr_map", "private"} if not isinstance(o[k], int)]
+        bad = [k for k in REQUIRED_KEYS[o["op"]] - {"op", "uaddr_map", "private", "which"}
+               if not isinstance(o[k], int)]
         if bad:
             raise ValueError(f"operation {i} ({o['op']}): {', '.join(bad)} must be integers")
     return ops
@@ -326,6 +351,9 @@ REQUIRED_KEYS: dict[str, set[str]] = {
     "create_vm": {"op"},
     "create_gmem": {"op", "vm", "size", "flags"},
     "mmap": {"op", "gmem", "offset", "pages", "private"},
+    "mmap_anon": {"op", "pages"},
+    "madvise": {"op", "map", "offset", "pages", "advice"},
+    "file_op": {"op", "gmem", "which"},
     "host_write": {"op", "map", "offset", "byte", "length"},
     "host_read": {"op", "map", "offset", "length"},
     "fallocate": {"op", "gmem", "mode", "offset", "length"},

@@ -321,8 +321,12 @@ class GmemFile:
 
     # -- fallocate (spec 2.5) ------------------------------------------------------------------------------
     def fallocate(self, mode: int, offset: int, length: int) -> None:
-        op = "fallocate"
-        self._check_fd(op)
+        self._check_fd("fallocate")
+        self.vfs_fallocate(mode, offset, length)
+
+    def vfs_fallocate(self, mode: int, offset: int, length: int, op: str = "fallocate") -> None:
+        """``vfs_fallocate`` on the file itself: also reached without the fd, e.g. by MADV_REMOVE through a
+        mapping that still holds the file."""
         mode = sint(mode, "mode", op) & 0xFFFFFFFF
         offset = sint(offset, "offset", op)
         length = sint(length, "len", op)

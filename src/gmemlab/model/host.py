@@ -157,15 +157,18 @@ class ModelHostMapping:
         if advice == MADV_DONTNEED:
             self.zap(first, last)
         elif advice == MADV_REMOVE:
+            # madvise_remove() needs VM_SHARED|VM_MAYWRITE: a read-only mapping of the (always O_RDWR)
+            # guest_memfd may punch it too, as the kernel showed.
             if self.file is None:
                 self.zap(first, last)
                 for page in [p for p in self.anon if first <= p < last]:
                     del self.anon[page]
             else:
-                self.file.fallocate(
+                self.file.vfs_fallocate(
                     FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
                     (self.pgoff + first) << PAGE_SHIFT,
                     (last - first) << PAGE_SHIFT,
+                    "madvise",
                 )
         else:
             raise UnsupportedByBackend(f"madvise advice {advice} is not modelled")
