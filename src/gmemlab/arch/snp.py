@@ -1,0 +1,90 @@
+"""AMD SEV-SNP guest behaviour (workloads.md §1.2).
+
+* Page-state changes go in GHCB PSC descriptors of at most 64 entries; an entry is 2M when the address is
+  2M-aligned and at least 2M remains, otherwise 4K (``__set_pages_state``). Entries are produced as runs
+  (:class:`PscRun`), never one object per page.
+* KVM merges adjacent entries of the same size and operation into one KVM_HC_MAP_GPA_RANGE exit
+  (``snp_begin_psc``): one run, one :class:`HcMapGpa`, then the VMM's conversion.
+* private -> shared: PVALIDATE(rescind) the descriptor's entries first, then the VMGEXIT;
+  shared -> private: the VMGEXIT first, then PVALIDATE.
+* Before a GHCB exists the MSR protocol converts one 4K page per VMGEXIT, each its own exit.
+* Acceptance of a chunk is a shared -> private change: for 4 MiB, one descriptor of 2 x 2M, one exit,
+  one :class:`Pvalidate` of 2M pages.
+* PVALIDATE at 2M falls back to 512 x 4K when the RMP entry is 4K (PVALIDATE_FAIL_SIZEMISMATCH). That
+  depends on the RMP level in the model at run time, so the generator emits the 2M attempt and **the engine
+  decides** the fallback (cost row 24).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..sim.derived import PSC_MAX_ENTRIES
+from ..sim.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate
+from ..sim.scenario import SharedRegion
+from ..uapi import PAGE_SIZE, PMD_SIZE
+from .base import GuestArch
+
+
+def psc_descriptors(start: int, end: int, use_2m: bool = True,
+                    max_entries: int = PSC_MAX_ENTRIES) -> Iterator[tuple[PscRun, ...]]:
+    """The runs of each PSC descriptor the guest builds for ``[start, end)`` (``__set_pages_state``).
+
+    Entries are 2M where the address is 2M-aligned and 2M remains, else 4K; adjacent entries of one
+    size form one run (one merged exit).
+    """
+    addr = start
+    while addr < end:
+        runs: list[PscRun] = []
+        room = max_entries
+        while addr < end and room:
+            if use_2m and addr % PMD_SIZE == 0 and end - addr >= PMD_SIZE:
+                n, size = min(room, (end - addr) // PMD_SIZE), PMD_SIZE
+            else:  # 4K entries up to the next address where a 2M entry could start
+                boundary = min(end, (addr // PMD_SIZE + 1) * PMD_SIZE) if use_2m else end
+                if use_2m and end - boundary < PMD_SIZE:
+                    boundary = end
+                n, size = min(room, (boundary - addr) // PAGE_SIZE), PAGE_SIZE
+            runs.append(PscRun(addr, addr + n * size, size))
+            addr += n * size
+            room -= n
+        yield tuple(runs)
+
+
+class SnpGuest(GuestArch):
+    name = "snp"
+    private_memory = True
+
+    def launch_finish(self) -> Iterator[Event]:
+        yield LaunchFinish(vmsa_pages=self.sc.vcpus * self.sc.populate.vmsa_per_vcpu)
+
+    def _pvalidate(self, runs: tuple[PscRun, ...], validate: bool) -> Iterator[Event]:
+        for run in runs:
+            yield Pvalidate(run.start, run.end, min(run.page_size, self.sc.accept.pvalidate_size), validate)
+
+    def _exits(self, runs: tuple[PscRun, ...], to_shared: bool) -> Iterator[Event]:
+        for run in runs:
+            yield HcMapGpa(run.start, run.end, to_shared, run.page_size)
+            yield from self.vmm.convert(run.start, run.end, to_shared)
+
+    def _change(self, start: int, end: int, to_shared: bool, msr: bool = False) -> Iterator[Event]:
+        if msr:
+            descriptors = ((PscRun(a, a + PAGE_SIZE, PAGE_SIZE),) for a in range(start, end, PAGE_SIZE))
+        else:
+            descriptors = psc_descriptors(start, end, self.sc.accept.psc_entry_size >= PMD_SIZE)
+        for runs in descriptors:
+            if to_shared:
+                yield from self._pvalidate(runs, validate=False)
+            yield Psc(to_shared, runs, msr)
+            yield from self._exits(runs, to_shared)
+            if not to_shared:
+                yield from self._pvalidate(runs, validate=True)
+
+    def accept(self, start: int, end: int) -> Iterator[Event]:
+        return self._change(start, end, to_shared=False)
+
+    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
+        return self._change(start, end, to_shared=True, msr=region is not None and region.protocol == "msr")
+
+    def to_private(self, start: int, end: int) -> Iterator[Event]:
+        return self._change(start, end, to_shared=False)

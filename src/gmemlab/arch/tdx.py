@@ -1,0 +1,47 @@
+"""Intel TDX guest behaviour (workloads.md §1.3).
+
+* private -> shared: one TDG.VP.VMCALL<MapGPA> (:class:`MapGpa`); KVM splits it into
+  ``arch_limits.map_gpa_chunk`` (2 MiB, TDX_MAP_GPA_MAX_LEN) pieces, each one userspace exit
+  (:class:`HcMapGpa`) followed by the VMM's conversion. A 1 GiB swiotlb costs 512 exits.
+* shared -> private: MapGPA(private) the same way, then TDG.MEM.PAGE.ACCEPT.
+* acceptance (lazy or eager): :class:`Accept` over the range with the guest's try levels (1G, 2M, 4K per
+  aligned piece, ``tdx_accept_memory``). Which level succeeds depends on the S-EPT level in the model
+  (4K upstream, so 2M accepts fall back to 512 x 4K): **the engine decides**.
+* MMIO (the 32-bit PCI hole, OVMF): MapGPA(shared) and its exits, which QEMU ignores (not RAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..sim.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa
+from ..sim.scenario import SharedRegion
+from .base import GuestArch
+
+
+class TdxGuest(GuestArch):
+    name = "tdx"
+    private_memory = True
+
+    def launch_finish(self) -> Iterator[Event]:
+        yield LaunchFinish(vmsa_pages=0)  # TDH.MR.FINALIZE; TDVPR pages are not guest_memfd
+
+    def _map_gpa(self, start: int, end: int, to_shared: bool) -> Iterator[Event]:
+        yield MapGpa(start, end, to_shared)
+        step = self.sc.arch_limits.map_gpa_chunk
+        for piece in range(start, end, step):
+            yield HcMapGpa(piece, min(piece + step, end), to_shared)
+            yield from self.vmm.convert(piece, min(piece + step, end), to_shared)
+
+    def accept(self, start: int, end: int) -> Iterator[Event]:
+        yield Accept(start, end, self.sc.accept.guest_try_levels)
+
+    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
+        return self._map_gpa(start, end, to_shared=True)
+
+    def to_private(self, start: int, end: int) -> Iterator[Event]:
+        yield from self._map_gpa(start, end, to_shared=False)
+        yield from self.accept(start, end)
+
+    def map_device(self, start: int, end: int, region: SharedRegion) -> Iterator[Event]:
+        return self._map_gpa(start, end, to_shared=True)

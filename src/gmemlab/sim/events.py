@@ -1,0 +1,333 @@
+"""The simulator's event vocabulary (workloads.md §1 table), as small frozen dataclasses.
+
+Every event carries **ranges, never per-page lists** (DESIGN.md principle 3): a 4 MiB accept is one
+:class:`Accept`, a 64 MiB pKVM share is one :class:`Share` standing for 16,384 hypercalls. Ranges are
+guest-physical byte addresses ``[start, end)``, page aligned. The simulated VM has one memslot (slot 0)
+mapping GPA ``[0, guest_mem)`` to guest_memfd offset ``[0, guest_mem)``, so a GPA is also a file offset;
+ranges at or above ``guest_mem`` are outside RAM (e.g. TDX's MMIO hole, §1.3). ``gfn_start``/``gfn_end``
+give the frame numbers.
+
+Who decides what (the engine applies these to the model under a policy):
+* Generators emit what the guest and the VMM *ask for*. Outcomes that depend on model state at run time are
+  the engine's: whether a 2M :class:`Pvalidate` hits a 4K RMP entry and falls back to 512 x 4K (§1.2,
+  cost row 24), which level of an :class:`Accept`'s ``try_levels`` succeeds against the S-EPT (§1.3), the
+  mapping level a :class:`GuestFault` gets (§2.1), and whether a conversion fails with EAGAIN (§3.4).
+* An exit event (:class:`HcMapGpa`, :class:`MemfaultExit`) only records the trip to userspace; the VMM's
+  reaction follows as explicit events (:class:`GmemConvert`, or :class:`SetAttr` plus :class:`Punch`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import StrEnum
+
+from ..uapi import PAGE_SHIFT, PAGE_SIZE
+from .units import format_level, format_size
+
+
+class Phase(StrEnum):
+    """Lifecycle phases (§1): the VMM builds the VM, the guest boots, runs, and the VM is torn down."""
+
+    LAUNCH = "launch"
+    BOOT = "boot"
+    RUNTIME = "runtime"
+    TEARDOWN = "teardown"
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseMark:
+    """Start of a lifecycle phase."""
+
+    phase: Phase
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """One simulated second of runtime has begun (``second`` counts from 0); metrics may sample here."""
+
+    second: int
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A GPA byte range ``[start, end)``; the base of every ranged event."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end or (self.start | self.end) & (PAGE_SIZE - 1):
+            raise ValueError(f"{type(self).__name__}: bad range [{self.start:#x}, {self.end:#x})")
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def pages(self) -> int:
+        """Number of 4 KiB pages."""
+        return self.size >> PAGE_SHIFT
+
+    @property
+    def gfn_start(self) -> int:
+        return self.start >> PAGE_SHIFT
+
+    @property
+    def gfn_end(self) -> int:
+        return self.end >> PAGE_SHIFT
+
+
+# --- VMM / host side -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGmem:
+    """KVM_CREATE_GUEST_MEMFD (§1 ``CREATE_GMEM``): size, MMAP, INIT_SHARED vs private, allocator.
+
+    ``allocator`` and its folio ``page_size``: ``buddy`` (4K, order-0 as upstream, §0), ``buddy_thp`` (2M THP
+    blocks, pKVM §1.4) or ``hugetlb`` (2M or 1G, the RFC's GUESTMEM_HUGETLB flag, §3.1).
+    """
+
+    size: int
+    init_shared: bool
+    mmap: bool
+    allocator: str
+    page_size: int
+    no_direct_map: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SetMemoryRegion:
+    """KVM_SET_USER_MEMORY_REGION2 binding the guest_memfd to a memslot (slot 0 covers all RAM)."""
+
+    slot: int
+    gpa: int
+    size: int
+    gmem_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetAttr(Range):
+    """VM-scoped KVM_SET_MEMORY_ATTRIBUTES (§0): one xarray entry per 4K today, one range in a maple tree."""
+
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GmemConvert(Range):
+    """guest_memfd-scoped conversion (RFC KVM_GMEM_CONVERT_SHARED/PRIVATE, §3.3-3.4)."""
+
+    to_shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Falloc(Range):
+    """fallocate(mode=0) on the guest_memfd: allocate folios (§1.2 mmap-populate prealloc)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Punch(Range):
+    """fallocate(PUNCH_HOLE): zap, zero partial huge pages, free or merge-then-free (§3.6)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostWrite(Range):
+    """The VMM or a host device writes guest memory through the guest_memfd mmap (host faults, §3.2).
+
+    ``stride == 0``: every page of the range. ``stride > 0``: one 4K page every ``stride`` bytes starting
+    at ``start`` (a scattered pattern as one event, §5.1 ``scattered_4k``). ``want_size`` is the host
+    mapping size the consumer would like (DPDK wants 1G/2M, §1.5); the model decides what it gets.
+    """
+
+    stride: int = 0
+    want_size: int = PAGE_SIZE
+
+    @property
+    def touched_pages(self) -> int:
+        return self.pages if not self.stride else -(-self.size // self.stride)
+
+
+@dataclass(frozen=True, slots=True)
+class Populate(Range):
+    """kvm_gmem_populate + arch post_populate, 4K at a time (§0, §1.2 SNP_LAUNCH_UPDATE, §1.3 PAGE.ADD).
+
+    ``kind``: normal/zero/secrets/cpuid (SNP page types). ``measure``: TDX MR.EXTEND x16 per page.
+    ``in_place``: the payload was written through the mmap first (§1.2 method b), no source buffer GUP.
+    """
+
+    kind: str = "normal"
+    measure: bool = False
+    in_place: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchFinish:
+    """SNP_LAUNCH_FINISH / TDH.MR.FINALIZE: per-vCPU VMSA pages (SNP: RMPUPDATE + LAUNCH_UPDATE each,
+    §1.2 step 5); afterwards KVM allows pre-faulting and first-touch faults make pages private."""
+
+    vmsa_pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pin(Range):
+    """GUP pin on shared pages; ``longterm`` is FOLL_LONGTERM (VFIO, vhost, io_uring; §1.5, §3.5)."""
+
+    longterm: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Unpin(Range):
+    """Drop the pins taken by a :class:`Pin` of the same range."""
+
+
+# --- guest side and exits --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GuestFault(Range):
+    """The guest touches every page of the range; each unmapped page takes a stage-2 fault (§2.1).
+
+    ``level`` is the largest mapping the fault may get before the model's rules (fault->max_level).
+    """
+
+    private: bool
+    level: int
+
+
+@dataclass(frozen=True, slots=True)
+class HcMapGpa(Range):
+    """One KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE) trip to userspace (§1 ``HC_MAP_GPA``, cost row 26).
+
+    ``page_size`` is the size hint KVM passes (SNP: the merged PSC entries' size; TDX: 4K).
+    """
+
+    to_shared: bool
+    page_size: int = PAGE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class MemfaultExit(Range):
+    """KVM_EXIT_MEMORY_FAULT: an implicit conversion request (fault's private bit != attribute, §2.1 2a)."""
+
+    private: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PscRun(Range):
+    """Consecutive PSC entries of one page size inside a descriptor (``entries`` of them).
+
+    KVM merges adjacent same-size, same-operation entries into one userspace exit (§1.2 ``snp_begin_psc``),
+    so one run is one :class:`HcMapGpa`.
+    """
+
+    page_size: int
+
+    @property
+    def entries(self) -> int:
+        return self.size // self.page_size
+
+
+@dataclass(frozen=True, slots=True)
+class Psc:
+    """One SNP Page State Change VMGEXIT (§1.2): at most 64 entries; ``msr`` = early GHCB MSR protocol
+    (one 4K page per VMGEXIT)."""
+
+    to_shared: bool
+    runs: tuple[PscRun, ...]
+    msr: bool = False
+
+    @property
+    def entries(self) -> int:
+        return sum(run.entries for run in self.runs)
+
+
+@dataclass(frozen=True, slots=True)
+class Pvalidate(Range):
+    """SNP PVALIDATE over the range at ``page_size`` (4K or 2M); ``validate=False`` rescinds.
+
+    The range stands for ``size // page_size`` instructions. A 2M attempt that meets a 4K RMP entry
+    (PVALIDATE_FAIL_SIZEMISMATCH) falls back to 512 x 4K: the engine decides, from the model's RMP level.
+    Each instruction on an unmapped GPA takes a nested page fault first (§1.2 lazy acceptance).
+    """
+
+    page_size: int
+    validate: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Accept(Range):
+    """TDX TDG.MEM.PAGE.ACCEPT over the range (§1.3 ``tdx_accept_memory``).
+
+    For each aligned piece the guest tries ``try_levels`` largest first (1G, 2M, 4K); the engine decides
+    which level succeeds against the S-EPT mapping level (4K upstream). An accept of an unmapped GPA takes
+    an EPT violation that KVM serves with TDH.MEM.PAGE.AUG.
+    """
+
+    try_levels: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MapGpa(Range):
+    """TDX TDG.VP.VMCALL<MapGPA>; KVM splits it into 2 MiB :class:`HcMapGpa` exits (§1.3)."""
+
+    to_shared: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PerGranule(Range):
+    """A range the guest walks one hypercall per ``granule`` (pKVM has no batching, §1.4)."""
+
+    granule: int = PAGE_SIZE
+
+    @property
+    def hypercalls(self) -> int:
+        return self.size // self.granule
+
+
+@dataclass(frozen=True, slots=True)
+class Share(PerGranule):
+    """pKVM MEM_SHARE: one SMCCC call per granule (§1.4); no zeroing on conversion."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unshare(PerGranule):
+    """pKVM MEM_UNSHARE: one SMCCC call per granule (§1.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MmioGuardMap(PerGranule):
+    """pKVM MMIO_GUARD_MAP of device pages: one hypercall per granule, not guest RAM (§1.4)."""
+
+
+Event = (
+    PhaseMark | Tick | CreateGmem | SetMemoryRegion | SetAttr | GmemConvert | Falloc | Punch | HostWrite
+    | Populate | LaunchFinish | Pin | Unpin | GuestFault | HcMapGpa | MemfaultExit | Psc | Pvalidate | Accept
+    | MapGpa | Share | Unshare | MmioGuardMap
+)
+
+_LEVEL_FIELDS = {"page_size", "granule", "want_size", "level"}
+
+
+def format_event(event: Event) -> str:
+    """One line: ``Pvalidate [0x40000000-0x40400000) 4MiB page_size=2M validate=True``."""
+    parts = [type(event).__name__]
+    if isinstance(event, Range):
+        parts.append(f"[{event.start:#x}-{event.end:#x}) {format_size(event.size)}")
+    for fld in fields(event):
+        if fld.name in ("start", "end"):
+            continue
+        value = getattr(event, fld.name)
+        if fld.name in _LEVEL_FIELDS:
+            text = format_level(value)
+        elif fld.name in ("size", "stride"):
+            text = format_size(value)
+        elif fld.name == "runs":
+            text = "+".join(f"{run.entries}x{format_level(run.page_size)}" for run in value)
+        elif fld.name == "try_levels":
+            text = ",".join(format_level(level) for level in value)
+        elif isinstance(value, Phase):
+            text = value.value
+        else:
+            text = f"{value:#x}" if fld.name in ("gpa", "gmem_offset") else str(value)
+        parts.append(f"{fld.name}={text}")
+    return " ".join(parts)

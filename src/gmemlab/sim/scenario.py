@@ -1,0 +1,358 @@
+"""Scenario files: TOML validated into typed, frozen dataclasses (workloads.md §5 common schema).
+
+A scenario is a built-in name (``src/gmemlab/scenarios/<name>.toml``) or a path to a user's file.
+``--set key=value`` overrides use dotted keys (``guest_mem=1TiB``, ``accept.mode=eager``,
+``shared_regions.swiotlb.align=2MiB``); a value is read as TOML when it parses (``vcpus=32``,
+``gmem_flags.mmap=false``) and as a plain string otherwise (``guest_mem=1TiB``). Every error is a
+:class:`gmemlab.errors.UsageError` reading ``<file or --set ...>: <key.path>: <reason>``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..uapi import PAGE_SIZE
+from . import derived
+from .schema import (
+    ArrayOf,
+    Bool,
+    Choice,
+    Count,
+    Level,
+    Levels,
+    Number,
+    Size,
+    SizeDist,
+    StrMap,
+    TableOf,
+    Text,
+    build,
+    did_you_mean,
+    fail,
+    nested,
+    option,
+    spec_at,
+)
+from .units import GiB, MiB, format_size
+
+ARCHES = ("none", "snp", "tdx", "pkvm")
+PAGE = Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE)
+AMOUNT = Size(multiple_of=PAGE_SIZE)
+
+
+@dataclass(frozen=True)
+class Backing:
+    """Folio allocator behind the guest_memfd (§3.1; pKVM THP blocks §1.4)."""
+
+    allocator: str = option(Choice(("hugetlb", "buddy", "buddy_thp")), "hugetlb")
+    page: int = option(Level(), GiB, doc="folio size: 4K (buddy), 2M (THP or HugeTLB), 1G (HugeTLB)")
+
+
+@dataclass(frozen=True)
+class GmemFlags:
+    """KVM_CREATE_GUEST_MEMFD flags (§0): MMAP, and INIT_SHARED (``shared``) or private by default."""
+
+    mmap: bool = option(Bool(), True)
+    init: str = option(Choice(("shared", "private")), "private")
+
+
+@dataclass(frozen=True)
+class PopulateRange:
+    """One payload range loaded before the guest runs (§5.2 from the amd/sev-utils#17 trace)."""
+
+    size: int = option(PAGE)
+    name: str = option(Text(), "")
+    gpa: int | None = option(AMOUNT, None, doc="placed top-down in RAM when absent or outside RAM")
+    type: str = option(Choice(("normal", "zero", "secrets", "cpuid")), "normal")
+    measure: bool = option(Bool(), False, doc="TDX: TDH.MR.EXTEND x16 per 4K page")
+
+
+@dataclass(frozen=True)
+class PopulateSpec:
+    """How the VMM loads the payload (§1.2 (a) kvm_gmem_populate vs (b) mmap in place; §1.1; §1.4)."""
+
+    method: str = option(
+        Choice(("none", "gmem_populate", "mmap_inplace", "vmm_write", "vmm_write_then_donate")), "none"
+    )
+    prealloc: bool = option(Bool(), False, doc="FALLOC the whole file first (§1.2 Vishal's recipe)")
+    ranges: tuple[PopulateRange, ...] = option(ArrayOf(PopulateRange), ())
+    vmsa_per_vcpu: int = option(Number(integer=True, min=0), 0)
+    convert_rest_to_private: str = option(
+        Choice(("late", "never")), "late", doc="mmap_inplace on a shared file: convert RAM private before launch"
+    )
+
+
+@dataclass(frozen=True)
+class PreWatermarkStorm:
+    """dstack #1220: before watermarks exist every allocation accepts a chunk (§1.3 lazy accept)."""
+
+    enabled_if_vcpus_gt: int = option(Number(integer=True, min=0), 0, doc="0 disables")
+    extra_fraction: float = option(Number(min=0.0, max=1.0), 0.0, doc="extra boot acceptance / guest_mem")
+
+
+@dataclass(frozen=True)
+class AcceptSpec:
+    """Guest memory acceptance (§1.2, §1.3): lazy in ``chunk`` (4 MiB) pieces, eager at boot, or none."""
+
+    mode: str = option(Choice(("lazy", "eager", "none")), "none")
+    unit: int = option(PAGE, 2 * MiB, doc="EFI unaccepted bitmap unit; chunk must be a multiple")
+    chunk: int = option(PAGE, 4 * MiB, doc="MAX_PAGE_ORDER block accepted at a time")
+    early_accepted: int = option(AMOUNT, 0, doc="accepted by firmware before the kernel runs")
+    accepted_at_boot_end: int = option(AMOUNT, 0)
+    accepted_eventually: int | None = option(Size(multiple_of=PAGE_SIZE, auto=True), None,
+                                             doc="auto = all of guest_mem")
+    psc_entry_size: int = option(Level(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
+    pvalidate_size: int = option(Level(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
+    guest_try_levels: tuple[int, ...] = option(Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels")
+    pre_watermark_storm: PreWatermarkStorm = field(
+        default_factory=PreWatermarkStorm, metadata=nested(PreWatermarkStorm)
+    )
+
+
+@dataclass(frozen=True)
+class SharedRegion:
+    """Memory the guest converts private -> shared at boot (§1.2 swiotlb, GHCB, rings; §1.3; §1.4)."""
+
+    name: str
+    size: int | None = option(Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE, auto=True), PAGE_SIZE,
+                              doc="auto = swiotlb rule: 6% clamped to [64MiB, 1GiB]")
+    count: int | str = option(Count(), 1, doc="an integer or \"vcpus\"")
+    align: int = option(PAGE, PAGE_SIZE)
+    location: str = option(Choice(("low", "scattered", "anywhere")), "scattered",
+                           doc="low: top-down below 4 GiB; anywhere: top-down from the top of RAM; "
+                           "scattered: random in RAM")
+    protocol: str = option(Choice(("ghcb", "msr")), "ghcb", doc="SNP: GHCB PSC or early MSR protocol")
+    ram: bool = option(Bool(), True, doc="false: MMIO (TDX MapGPA of the hole, pKVM MMIO guard)")
+    granule: int = option(PAGE, PAGE_SIZE, doc="pKVM hypercall granule")
+    pool: bool = option(Bool(), False, doc="part of the host-accessed shared pool (host_access)")
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Conversions after boot (§1.2 Runtime; §5.8 churn-pingpong)."""
+
+    pattern: str = option(Choice(("dma_coherent", "pingpong")), "dma_coherent",
+                          doc="dma_coherent: alloc (to shared) + free (to private); pingpong: one 4K page")
+    rate_per_s: float = option(Number(min=0.0), 0.0)
+    size_dist: tuple[tuple[int, float], ...] = option(SizeDist(), ((PAGE_SIZE, 1.0),))
+    locality: str = option(Choice(("uniform", "low_memory_biased")), "uniform")
+    neighbour_of_pool: float = option(Number(min=0.0, max=1.0), 0.0,
+                                      doc="probability a conversion lands in a folio holding pool pages")
+
+
+@dataclass(frozen=True)
+class GuestTouch:
+    """First touches of guest memory outside acceptance (§5.1 ``guest_touch``; pKVM donation §1.4)."""
+
+    fraction_of_mem: float = option(Number(min=0.0, max=1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class Pins:
+    longterm: bool = option(Bool(), False)
+    fraction: float = option(Number(min=0.0, max=1.0), 0.0, doc="fraction of pool pages pinned")
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    """Host userspace access to shared memory (§5.1 scattered_4k; §1.5 DPDK pool)."""
+
+    pattern: str = option(Choice(("none", "scattered_4k", "pool")), "none")
+    consumer: str = option(Text(), "")
+    touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
+                                     doc="scattered_4k: of all pages; pool: of the pool")
+    wants_mapping: int = option(Level(), PAGE_SIZE)
+    pins: Pins = field(default_factory=Pins, metadata=nested(Pins))
+
+
+@dataclass(frozen=True)
+class ArchLimits:
+    """Hardware and KVM limits the model enforces (§2.1 2c, §1.3 TDX huge pages); read by the engine."""
+
+    private_max_level: int = option(Level(), GiB)
+    rmp_history: bool = option(Bool(), False, doc="SNP: RMP level depends on prepare history (§2.1 8)")
+    promote: bool = option(Bool(), True, doc="false: a split stage-2 leaf never becomes huge again")
+    split_cost: str = option(Choice(("hugetlb", "tdx_demote")), "hugetlb")
+    guest_inhibit: str = option(Choice(("none", "sticky")), "none")
+    map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One validated scenario (§5). ``source`` is where it was read from, for messages."""
+
+    name: str = option(Text(), "")
+    description: str = option(Text(), "")
+    arch: str = option(Choice(ARCHES), "none")
+    guest_mem: int = option(Size(min=2 * MiB, multiple_of=2 * MiB), 64 * GiB)
+    vcpus: int = option(Number(integer=True, min=1, max=4096), 16)
+    policy: str = option(Choice(("eager", "deferred")), "eager", doc="split policy under test (§2.3)")
+    merge: str = option(Choice(("eager", "lazy", "never")), "eager")
+    attr_store: str = option(Choice(("xarray", "maple")), "xarray", doc="VM attribute store (§0)")
+    set_attr_private: bool = option(Bool(), False, doc="VMM sets the whole slot private at creation (QEMU)")
+    zero_on_convert: bool = option(Bool(), True, doc="false for pKVM (§1.4)")
+    no_direct_map: bool = option(Bool(), False)
+    runtime_s: int = option(Number(integer=True, min=0), 60, doc="simulated runtime seconds")
+    teardown: bool = option(Bool(), True)
+    backing: Backing = field(default_factory=Backing, metadata=nested(Backing))
+    gmem_flags: GmemFlags = field(default_factory=GmemFlags, metadata=nested(GmemFlags))
+    populate: PopulateSpec = field(default_factory=PopulateSpec, metadata=nested(PopulateSpec))
+    accept: AcceptSpec = field(default_factory=AcceptSpec, metadata=nested(AcceptSpec))
+    shared_regions: tuple[SharedRegion, ...] = option(TableOf(SharedRegion), ())
+    runtime_churn: Churn = field(default_factory=Churn, metadata=nested(Churn))
+    guest_touch: GuestTouch = field(default_factory=GuestTouch, metadata=nested(GuestTouch))
+    host_access: HostAccess = field(default_factory=HostAccess, metadata=nested(HostAccess))
+    arch_limits: ArchLimits = field(default_factory=ArchLimits, metadata=nested(ArchLimits))
+    expect: tuple[tuple[str, str], ...] = option(StrMap(), ())
+    source: str = ""
+
+    # --- resolved values ---------------------------------------------------------------------------
+
+    def region_size(self, region: SharedRegion) -> int:
+        return derived.swiotlb_default_size(self.guest_mem) if region.size is None else region.size
+
+    def region_count(self, region: SharedRegion) -> int:
+        return self.vcpus if region.count == "vcpus" else int(region.count)
+
+    def accept_plan(self) -> derived.AcceptPlan:
+        """Acceptance amounts, clipped to guest memory (so ``--set guest_mem=1GiB`` shrinks a 64 GiB
+        scenario without touching ``accept.*``); eager accepts everything at boot (§5.4)."""
+        acc = self.accept
+        if acc.mode == "none":
+            return derived.AcceptPlan(acc.chunk, 0, 0, 0)
+        total = min(self.guest_mem, acc.accepted_eventually or self.guest_mem)
+        if acc.mode == "eager":
+            return derived.AcceptPlan(acc.chunk, min(acc.early_accepted, total), total, total)
+        boot = acc.accepted_at_boot_end
+        storm = acc.pre_watermark_storm
+        if storm.enabled_if_vcpus_gt and self.vcpus > storm.enabled_if_vcpus_gt:
+            boot += int(storm.extra_fraction * self.guest_mem) // acc.chunk * acc.chunk
+        boot = min(max(boot, acc.early_accepted), total)
+        return derived.AcceptPlan(acc.chunk, min(acc.early_accepted, boot), boot, total)
+
+
+def _check(sc: Scenario) -> list[tuple[str, str]]:
+    """Cross-field rules; returns (key path, reason) pairs."""
+    problems: list[tuple[str, str]] = []
+    page = sc.backing.page
+    allowed = {"buddy": (PAGE_SIZE,), "buddy_thp": (2 * MiB,), "hugetlb": (2 * MiB, GiB)}[sc.backing.allocator]
+    if page not in allowed:
+        problems.append(("backing.page", f"{sc.backing.allocator} folios are "
+                         f"{' or '.join(format_size(p) for p in allowed)}, got {format_size(page)}"))
+    elif sc.guest_mem % page:
+        problems.append(("guest_mem", f"{format_size(sc.guest_mem)} is not a multiple of the "
+                         f"{format_size(page)} backing page"))
+    acc = sc.accept
+    if acc.chunk % acc.unit:
+        problems.append(("accept.chunk", f"must be a multiple of accept.unit ({format_size(acc.unit)})"))
+    if acc.mode != "none" and sc.arch in ("none", "pkvm"):
+        problems.append(("accept.mode", f"arch {sc.arch} has no memory acceptance; use \"none\""))
+    if sc.arch == "none" and sc.shared_regions:
+        problems.append(("shared_regions", "arch none has no private memory to convert; leave it empty"))
+    if sc.arch == "none" and sc.runtime_churn.rate_per_s:
+        problems.append(("runtime_churn.rate_per_s", "arch none has no conversions; use 0"))
+    for region in sc.shared_regions:
+        path = f"shared_regions.{region.name}"
+        if region.align & (region.align - 1):
+            problems.append((f"{path}.align", f"must be a power of two, got {format_size(region.align)}"))
+        if region.protocol == "msr" and sc.arch != "snp":
+            problems.append((f"{path}.protocol", "the GHCB MSR protocol exists only on snp"))
+        if not region.ram and sc.arch not in ("tdx", "pkvm"):
+            problems.append((f"{path}.ram", f"arch {sc.arch} converts no MMIO (only tdx MapGPA, pkvm MMIO guard)"))
+        if sc.region_size(region) * sc.region_count(region) > sc.guest_mem and region.ram:
+            problems.append((f"{path}.size", f"{sc.region_count(region)} x {format_size(sc.region_size(region))} "
+                             f"exceeds guest_mem {format_size(sc.guest_mem)}"))
+    payload = sum(rng.size for rng in sc.populate.ranges)
+    if payload > sc.guest_mem // 2:
+        problems.append(("populate.ranges", f"{format_size(payload)} of payload is more than half of "
+                         f"guest_mem {format_size(sc.guest_mem)}"))
+    if sc.populate.ranges and sc.populate.method == "none":
+        problems.append(("populate.method", "ranges are given but method is \"none\""))
+    if sc.host_access.pattern == "pool" and not any(r.pool for r in sc.shared_regions):
+        problems.append(("host_access.pattern", "\"pool\" needs a shared region with pool = true"))
+    return problems
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def builtin_names() -> list[str]:
+    """Names of the scenarios shipped in ``gmemlab/scenarios``."""
+    folder = resources.files("gmemlab") / "scenarios"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str) -> tuple[str, str, str]:
+    """(source label, default name, text) for a built-in name or a file path."""
+    if name_or_path in builtin_names():
+        res = resources.files("gmemlab") / "scenarios" / f"{name_or_path}.toml"
+        return str(res), name_or_path, res.read_text(encoding="utf-8")
+    path = Path(name_or_path)
+    if path.is_file():
+        try:
+            return str(path), path.stem, path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(str(path), "", f"cannot read: {exc}") from None
+    hint = did_you_mean(name_or_path, builtin_names())
+    raise fail(name_or_path, "", f"no built-in scenario or file by that name{hint}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"accept.mode=eager"`` -> ("accept.mode", "eager"); the value is TOML if it parses."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise fail(f"--set {text}", "", "expected KEY=VALUE with a dotted key, e.g. accept.mode=eager")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def apply_override(raw: dict[str, Any], text: str) -> None:
+    """Check one ``--set`` against the schema and write it into the raw table."""
+    key, value = parse_override(text)
+    source = f"--set {text}"
+    spec = spec_at(Scenario, key, source)
+    try:
+        spec.parse(value, key, source)
+    except ValueError as exc:
+        raise fail(source, key, str(exc)) from None
+    parts = key.split(".")
+    table = raw
+    for i, part in enumerate(parts[:-1]):
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise fail(source, ".".join(parts[: i + 1]), "is not a table in the scenario file")
+    table[parts[-1]] = value
+
+
+def parse_scenario(text: str, source: str, default_name: str = "", overrides: Sequence[str] = ()) -> Scenario:
+    """Validate scenario TOML ``text`` (from ``source``) with ``--set`` overrides applied."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise fail(source, "", f"invalid TOML: {exc}") from None
+    for override in overrides:
+        apply_override(raw, override)
+    label = f"{source} (with {', '.join('--set ' + o for o in overrides)})" if overrides else source
+    sc = build(Scenario, raw, "", label, source=source)
+    if not sc.name:
+        sc = replace(sc, name=default_name)
+    problems = _check(sc)
+    if problems:
+        path, reason = problems[0]
+        raise fail(label, path, reason)
+    return sc
+
+
+def load_scenario(name_or_path: str, overrides: Sequence[str] = ()) -> Scenario:
+    """A built-in scenario by name, or a TOML file by path, validated, with ``--set`` overrides."""
+    source, default_name, text = _read(name_or_path)
+    return parse_scenario(text, source, default_name, overrides)

@@ -1,0 +1,265 @@
+"""Typed tables: TOML tables validated into frozen dataclasses (workloads.md §5 scenario schema, §4 costs).
+
+A dataclass field declares how its value is read with ``metadata={"spec": <Spec>}`` (see :func:`option`).
+:func:`build` walks the fields, rejects unknown keys with a did-you-mean, and raises
+:class:`gmemlab.errors.UsageError` reading ``<source>: <key.path>: <reason>``. :func:`spec_at` finds the
+spec behind a dotted key so ``--set key=value`` overrides are checked by the same code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+from .units import parse_size
+
+AUTO = "auto"
+LEVELS = (1 << 12, 1 << 21, 1 << 30)  # 4K, 2M, 1G
+
+
+def fail(source: str, path: str, reason: str) -> UsageError:
+    """The one error text format: ``file.toml: accept.chunk: must be a multiple of 4KiB``."""
+    where = f"{source}: {path}" if path else source
+    return UsageError(f"{where}: {reason}")
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(sorted(known))})" if known else ""
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class Spec(ABC):
+    """How one value is read. ``parse`` raises ``ValueError(reason)`` or returns the typed value;
+    ``path`` and ``source`` are for specs that build sub-tables (their errors name the inner key)."""
+
+    @abstractmethod
+    def parse(self, value: Any, path: str, source: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Size(Spec):
+    """A byte size (:func:`parse_size`); ``auto=True`` also accepts ``"auto"`` (returned as None)."""
+
+    min: int = 0
+    multiple_of: int = 1
+    auto: bool = False
+
+    def parse(self, value: Any, path: str, source: str) -> int | None:
+        if self.auto and value == AUTO:
+            return None
+        size = parse_size(value)
+        if size < self.min:
+            raise ValueError(f"must be at least {self.min} bytes, got {value!r}")
+        if size % self.multiple_of:
+            raise ValueError(f"must be a multiple of {self.multiple_of} bytes, got {value!r}")
+        return size
+
+
+@dataclass(frozen=True)
+class Number(Spec):
+    """An int (``integer=True``) or a float, within [min, max]."""
+
+    integer: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    def parse(self, value: Any, path: str, source: str) -> int | float:
+        kinds = (int,) if self.integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            want = "an integer" if self.integer else "a number"
+            raise ValueError(f"expected {want}, got {type(value).__name__} {value!r}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"must be at least {self.min}, got {value!r}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"must be at most {self.max}, got {value!r}")
+        return value if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Bool(Spec):
+    def parse(self, value: Any, path: str, source: str) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Text(Spec):
+    def parse(self, value: Any, path: str, source: str) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class Choice(Spec):
+    choices: tuple[str, ...]
+
+    def parse(self, value: Any, path: str, source: str) -> str:
+        if value not in self.choices:
+            close = difflib.get_close_matches(str(value), self.choices, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
+        return value
+
+
+@dataclass(frozen=True)
+class Count(Spec):
+    """A count that may be written as ``"vcpus"`` (resolved by the scenario)."""
+
+    def parse(self, value: Any, path: str, source: str) -> int | str:
+        if value == "vcpus":
+            return value
+        return Number(integer=True, min=1).parse(value, path, source)
+
+
+@dataclass(frozen=True)
+class Levels(Spec):
+    """Mapping levels, largest first: ``["1G", "2M", "4K"]`` -> (1 GiB, 2 MiB, 4 KiB)."""
+
+    def parse(self, value: Any, path: str, source: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"expected a non-empty list of levels such as [\"2M\", \"4K\"], got {value!r}")
+        levels = tuple(Level().parse(item, path, source) for item in value)
+        if list(levels) != sorted(set(levels), reverse=True):
+            raise ValueError(f"levels must be distinct and largest first, got {value!r}")
+        return levels
+
+
+@dataclass(frozen=True)
+class Level(Spec):
+    def parse(self, value: Any, path: str, source: str) -> int:
+        size = parse_size(value)
+        if size not in LEVELS:
+            raise ValueError(f"{value!r} is not a mapping level (4K, 2M or 1G)")
+        return size
+
+
+@dataclass(frozen=True)
+class SizeDist(Spec):
+    """A discrete size distribution ``{"4KiB" = 0.7, "16KiB" = 0.3}`` whose weights sum to 1."""
+
+    def parse(self, value: Any, path: str, source: str) -> tuple[tuple[int, float], ...]:
+        if not isinstance(value, dict) or not value:
+            raise ValueError(f"expected a table of size = probability, got {value!r}")
+        pairs = []
+        for key, weight in value.items():
+            size = Size(min=1 << 12, multiple_of=1 << 12).parse(key, path, source)
+            prob = Number(min=0.0, max=1.0).parse(weight, path, source)
+            pairs.append((size, prob))
+        total = sum(p for _, p in pairs)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"probabilities must sum to 1, they sum to {total:g}")
+        return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class StrMap(Spec):
+    def parse(self, value: Any, path: str, source: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError(f"expected a table of strings, got {value!r}")
+        return tuple(value.items())
+
+
+@dataclass(frozen=True)
+class Nested(Spec):
+    cls: type
+
+    def parse(self, value: Any, path: str, source: str) -> Any:
+        return build(self.cls, value, path, source)
+
+
+@dataclass(frozen=True)
+class ArrayOf(Spec):
+    """An array of tables, each built into ``cls``; paths read ``populate.ranges[2].size``."""
+
+    cls: type
+
+    def parse(self, value: Any, path: str, source: str) -> tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"expected an array of tables, got {type(value).__name__}")
+        return tuple(build(self.cls, item, f"{path}[{i}]", source) for i, item in enumerate(value))
+
+
+@dataclass(frozen=True)
+class TableOf(Spec):
+    """A table of named tables ``[shared_regions.swiotlb]``, each built into ``cls`` with ``name`` set."""
+
+    cls: type
+
+    def parse(self, value: Any, path: str, source: str) -> tuple:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table of tables, got {type(value).__name__}")
+        return tuple(build(self.cls, item, join(path, name), source, name=name) for name, item in value.items())
+
+
+def option(spec: Spec, default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
+           doc: str = "") -> Any:
+    """A dataclass field read with ``spec``; ``doc`` is shown by ``gmemlab scenarios describe``."""
+    meta = {"spec": spec, "doc": doc}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def nested(cls: type, doc: str = "") -> dict[str, Any]:
+    """Field metadata for a sub-table: ``field(default_factory=Backing, metadata=nested(Backing))``."""
+    return {"spec": Nested(cls), "doc": doc}
+
+
+def _spec_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if "spec" in f.metadata}
+
+
+def build(cls: type, table: Any, path: str, where: str, **extra: Any) -> Any:
+    """Validate ``table`` against ``cls``'s fields and construct it; missing keys take defaults."""
+    if not isinstance(table, Mapping):
+        raise fail(where, path, f"expected a table, got {type(table).__name__} {table!r}")
+    known = _spec_fields(cls)
+    for key in table:
+        if key not in known:
+            raise fail(where, join(path, key), "unknown key" + did_you_mean(key, list(known)))
+    kwargs = dict(extra)
+    for name, fld in known.items():
+        if name not in table:
+            if fld.default is dataclasses.MISSING and fld.default_factory is dataclasses.MISSING:
+                raise fail(where, join(path, name), "missing required key")
+            continue
+        key_path = join(path, name)
+        try:
+            kwargs[name] = fld.metadata["spec"].parse(table[name], key_path, where)
+        except ValueError as exc:
+            raise fail(where, key_path, str(exc)) from None
+    return cls(**kwargs)
+
+
+def spec_at(cls: type, dotted: str, source: str) -> Spec:
+    """The spec of the leaf behind ``dotted`` (``accept.chunk``, ``shared_regions.swiotlb.size``)."""
+    parts = dotted.split(".")
+    path = ""
+    spec: Spec = Nested(cls)
+    for i, part in enumerate(parts):
+        if isinstance(spec, TableOf):  # the part names an entry; any name is accepted here
+            spec, path = Nested(spec.cls), join(path, part)
+            continue
+        if not isinstance(spec, Nested):
+            raise fail(source, path, f"is a single value; {'.'.join(parts[i:])!r} cannot be set inside it")
+        known = _spec_fields(spec.cls)
+        path = join(path, part)
+        if part not in known:
+            raise fail(source, path, "unknown key" + did_you_mean(part, list(known)))
+        spec = known[part].metadata["spec"]
+        if isinstance(spec, ArrayOf) and i < len(parts) - 1:
+            raise fail(source, path, "is an array of tables; set it whole or edit a copy of the file")
+    return spec

@@ -1,0 +1,124 @@
+"""Derived counts of a validated scenario, worked like workloads.md §6 (shown by ``scenarios describe``).
+
+Arithmetic only, before any event is generated. Where the answer depends on placement (an SNP region's
+2M alignment) both cases are given, as §6 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
+from .costs import CostTable
+from .derived import PSC_MAX_ENTRIES, ceil_div, snp_psc_counts
+from .scenario import Scenario, SharedRegion
+from .units import format_size
+
+TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B (§1.3)
+
+
+@dataclass(frozen=True)
+class Count:
+    quantity: str
+    value: str
+    derivation: str
+
+
+def _n(value: int) -> str:
+    return f"{value:,}"
+
+
+def derived_counts(sc: Scenario, costs: CostTable | None = None) -> list[Count]:
+    costs = costs or CostTable()
+    mem = sc.guest_mem
+    out = [Count("4K / 2M / 1G pages", f"{_n(mem // PAGE_SIZE)} / {_n(mem // PMD_SIZE)} / {_n(mem // PUD_SIZE)}",
+                 "guest_mem / size")]
+    if sc.set_attr_private:
+        if sc.attr_store == "xarray":
+            pages = mem // PAGE_SIZE
+            secs = pages * costs.row("12").cost(sc.vcpus) / 1e6
+            out.append(Count("SET_ATTR(all, private)", f"{_n(pages)} xarray stores, >= {secs:.3g} s",
+                             "one entry per 4K page x row 12"))
+        else:
+            out.append(Count("SET_ATTR(all, private)", "1 maple range store", "row 13"))
+    payload = sum(r.size for r in sc.populate.ranges) // PAGE_SIZE
+    if payload:
+        text = f"{_n(payload)} x 4K"
+        if sc.arch == "tdx":
+            measured = sum(r.size for r in sc.populate.ranges if r.measure) // PAGE_SIZE
+            text += f", {_n(measured * TDX_MR_EXTEND_PER_PAGE)} MR.EXTEND"
+        out.append(Count(f"payload ({sc.populate.method})", text, "populate.ranges / 4K"))
+    exits = [0, 0]  # lowest and highest expected userspace exits
+    plan = sc.accept_plan()
+    if plan.total:
+        out.append(Count("accept chunks (total / boot / runtime)",
+                         f"{_n(plan.chunks_total)} / {_n(plan.chunks_boot)} / {_n(plan.chunks_runtime)}",
+                         f"accepted / {format_size(plan.chunk)}"))
+        out.extend(_accept_counts(sc, plan.chunks_total, plan.chunk, costs, exits))
+    for region in sc.shared_regions:
+        out.extend(_region_counts(sc, region, exits))
+    churn = int(sc.runtime_churn.rate_per_s * sc.runtime_s)
+    if churn:
+        per = {"snp": 2, "tdx": 2}.get(sc.arch, 0)  # to shared and back, each buffer < one 2 MiB exit
+        exits[0] += churn * per
+        exits[1] += churn * per * (2 if sc.arch == "tdx" else 1)  # a TDX buffer may straddle a 2 MiB chunk
+        out.append(Count("runtime conversions", f"{_n(churn)} x (to shared + to private)",
+                         "runtime_churn.rate_per_s x runtime_s"))
+    lo, hi = exits
+    out.append(Count("expected userspace exits", _n(lo) if lo == hi else f"{_n(lo)} to {_n(hi)}",
+                     "sum of the exits above (range: region alignment)"))
+    return out
+
+
+def _accept_counts(sc: Scenario, chunks: int, chunk: int, costs: CostTable, exits: list[int]) -> list[Count]:
+    if sc.arch == "snp":
+        use_2m = sc.accept.psc_entry_size >= PMD_SIZE
+        entries = chunk // PMD_SIZE if use_2m else chunk // PAGE_SIZE
+        vmgexits = ceil_div(entries, PSC_MAX_ENTRIES)
+        pval = sc.accept.pvalidate_size if use_2m else PAGE_SIZE
+        exits[0] += chunks * vmgexits
+        exits[1] += chunks * vmgexits
+        return [
+            Count("SNP accept: PSC VMGEXITs / userspace exits", f"{_n(chunks * vmgexits)} / {_n(chunks * vmgexits)}",
+                  f"{vmgexits} descriptor(s) of {entries} entries per chunk, 1 merged exit each"),
+            Count("SNP accept: PVALIDATE", f"{_n(chunks * chunk // pval)} at {format_size(pval)} "
+                  f"(or {_n(chunks * chunk // PAGE_SIZE)} if the RMP is 4K)", "per chunk: chunk / size"),
+        ]
+    if sc.arch == "tdx":
+        pages = chunks * chunk // PAGE_SIZE
+        secs = pages * costs.row("16").cost(sc.vcpus) / 1e6
+        return [Count("TDX accept: 4K accepts at 4K S-EPT", f"{_n(pages)}, ~{secs:.0f} s of vCPU time",
+                      "2M tries fall back to 512 x 4K upstream (§1.3) x row 16")]
+    return []
+
+
+def _region_counts(sc: Scenario, region: SharedRegion, exits: list[int]) -> list[Count]:
+    size, count = sc.region_size(region), sc.region_count(region)
+    label = f"{count} x {format_size(size)}" if count > 1 else format_size(size)
+    rule = "6% of guest_mem clamped to [64MiB, 1GiB]" if region.size is None else "scenario"
+    out = [Count(f"shared region {region.name}", label, rule)]
+    if sc.arch == "snp" and region.protocol == "msr":
+        pages = count * size // PAGE_SIZE
+        exits[0] += pages
+        exits[1] += pages
+        out.append(Count(f"{region.name}: MSR-protocol exits", _n(pages), "1 per 4K page"))
+    elif sc.arch == "snp":
+        a2m, a4k, avm = snp_psc_counts(size, aligned_2m=True)
+        u2m, u4k, uvm = snp_psc_counts(size, aligned_2m=False)
+        aligned_exits = avm + (1 if a2m and a4k else 0)
+        exits[0] += count * min(aligned_exits, uvm)
+        exits[1] += count * (max(aligned_exits, uvm) + 2)  # a descriptor holding both sizes: two exits
+        out.append(Count(f"{region.name}: PSC entries (2M + 4K) -> VMGEXITs",
+                         f"aligned {a2m}+{a4k} -> {avm * count}; unaligned <= {u2m}+{u4k} -> {uvm * count}",
+                         "64 entries per descriptor; one exit per same-size run"))
+    elif sc.arch == "tdx":
+        n = count * ceil_div(size, sc.arch_limits.map_gpa_chunk)
+        exits[0] += n
+        exits[1] += n
+        out.append(Count(f"{region.name}: MapGPA userspace exits", _n(n),
+                         f"size / {format_size(sc.arch_limits.map_gpa_chunk)}"
+                         + ("" if region.ram else " (not RAM: VMM ignores)")))
+    elif sc.arch == "pkvm":
+        what = "MEM_SHARE" if region.ram else "MMIO_GUARD_MAP"
+        out.append(Count(f"{region.name}: {what} hypercalls", _n(count * size // region.granule), "size / granule"))
+    return out

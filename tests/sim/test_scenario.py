@@ -1,0 +1,139 @@
+"""Scenario files and --set overrides (workloads.md §5): validation and error messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from gmemlab.errors import UsageError
+from gmemlab.sim.scenario import builtin_names, load_scenario
+from gmemlab.sim.units import GiB, MiB
+
+BUILTINS = ["attr-init-1t", "churn-pingpong", "dpdk-shared-buffers-64g", "non-coco-mmap-64g", "pkvm-android-1g",
+            "snp-eager-accept-64g", "snp-lazy-accept-64g", "snp-mmap-populate-64g", "tdx-boot-64g"]
+
+
+def test_builtins_shipped():
+    assert builtin_names() == BUILTINS
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_validates(name):
+    sc = load_scenario(name)
+    assert sc.name == name
+    assert sc.description
+    assert sc.source.endswith(f"{name}.toml")
+
+
+def test_section5_parameters():
+    snp = load_scenario("snp-lazy-accept-64g")
+    assert (snp.arch, snp.guest_mem, snp.vcpus, snp.backing.page) == ("snp", 64 * GiB, 16, GiB)
+    assert (snp.accept.mode, snp.accept.unit, snp.accept.chunk) == ("lazy", 2 * MiB, 4 * MiB)
+    assert [r.name for r in snp.shared_regions] == ["early_decrypted_bss", "ghcb", "swiotlb", "virtio_rings"]
+    assert len(snp.populate.ranges) == 8 and snp.populate.ranges[0].gpa == 0xFFC00000
+    assert load_scenario("snp-mmap-populate-64g").gmem_flags.init == "shared"
+    assert load_scenario("snp-eager-accept-64g").accept.mode == "eager"
+    tdx = load_scenario("tdx-boot-64g")
+    assert tdx.accept.guest_try_levels == (GiB, 2 * MiB, 4096)
+    assert tdx.arch_limits.private_max_level == 4096
+    pkvm = load_scenario("pkvm-android-1g")
+    assert (pkvm.zero_on_convert, pkvm.backing.allocator) == (False, "buddy_thp")
+    assert load_scenario("attr-init-1t").guest_mem == 1 << 40
+
+
+def test_overrides():
+    sc = load_scenario("snp-lazy-accept-64g", ["guest_mem=1TiB", "vcpus=32", "accept.mode=eager",
+                                               "gmem_flags.mmap=false", "shared_regions.swiotlb.align=2MiB",
+                                               'accept.guest_try_levels=["2M", "4K"]'])
+    assert (sc.guest_mem, sc.vcpus, sc.accept.mode, sc.gmem_flags.mmap) == (1 << 40, 32, "eager", False)
+    assert sc.shared_regions[2].align == 2 * MiB
+    assert sc.accept.guest_try_levels == (2 * MiB, 4096)
+
+
+def test_user_file(scenario_file):
+    path = scenario_file('arch = "tdx"\nguest_mem = "8GiB"\n[accept]\nmode = "lazy"\n', "my-guest.toml")
+    sc = load_scenario(path)
+    assert (sc.name, sc.arch, sc.guest_mem, sc.accept_plan().chunks_total) == ("my-guest", "tdx", 8 * GiB, 2048)
+
+
+def error(name_or_path, sets=()):
+    with pytest.raises(UsageError) as info:
+        load_scenario(name_or_path, sets)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('arch = "snp"\nguest_mem = \n', "", "invalid TOML"),
+        ('arch = "snp"\nvcpu = 4\n', "vcpu", "unknown key (did you mean 'vcpus'?)"),
+        ('[accept]\nchunck = "4MiB"\n', "accept.chunck", "did you mean 'chunk'?"),
+        ('vcpus = "four"\n', "vcpus", "expected an integer"),
+        ('[gmem_flags]\nmmap = "yes"\n', "gmem_flags.mmap", "expected true or false"),
+        ('guest_mem = -4096\n', "guest_mem", "must not be negative"),
+        ('guest_mem = "-64GiB"\n', "guest_mem", "must not be negative"),
+        ('guest_mem = "64GB"\n', "guest_mem", "did you mean GiB"),
+        ('guest_mem = "64Gib"\n', "guest_mem", "unknown unit"),
+        ('[accept]\nchunk = "6KiB"\n', "accept.chunk", "multiple of 4096"),
+        ('[accept]\nchunk = "2KiB"\n', "accept.chunk", "at least 4096"),
+        ('arch = "tdxx"\n', "arch", "is not one of none, snp, tdx, pkvm (did you mean 'tdx'?)"),
+        ('[[populate.ranges]]\nname = "x"\n', "populate.ranges[0].size", "missing required key"),
+        ('backing = 3\n', "backing", "expected a table"),
+        ('[shared_regions.swiotlb]\nsize = "1GiB"\nlocation = "lowest"\n', "shared_regions.swiotlb.location",
+         "did you mean 'low'?"),
+        ('[runtime_churn.size_dist]\n"4KiB" = 0.5\n', "runtime_churn.size_dist", "sum to 1"),
+        ('guest_mem = "3GiB"\n[backing]\npage = "2GiB"\n', "backing.page", "not a mapping level"),
+        ('guest_mem = "3GiB"\n[backing]\nallocator = "hugetlb"\npage = "2M"\nallocator2 = 1\n',
+         "backing.allocator2", "unknown key"),
+        ('guest_mem = "6MiB"\n', "guest_mem", "not a multiple of the 1GiB backing page"),
+        ('guest_mem = "6MiB"\n[backing]\nallocator = "buddy"\n', "backing.page", "buddy folios are 4KiB"),
+        ('arch = "tdx"\n[shared_regions.x]\nprotocol = "msr"\n', "shared_regions.x.protocol", "only on snp"),
+        ('arch = "pkvm"\n[accept]\nmode = "lazy"\n', "accept.mode", "no memory acceptance"),
+    ],
+)
+def test_malformed_files(scenario_file, text, key, reason):
+    path = scenario_file(text)
+    message = error(path)
+    assert message.startswith(path), message
+    assert f": {key}: " in message if key else ": invalid TOML" in message, message
+    assert reason in message, message
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ("guest_mem=12GB", "--set guest_mem=12GB: guest_mem: unit 'GB' in '12GB' is decimal; did you mean GiB?"),
+        ("vcpus=0", "--set vcpus=0: vcpus: must be at least 1, got 0"),
+        ("vcpus=lots", "--set vcpus=lots: vcpus: expected an integer, got str 'lots'"),
+        ("accept.mode=eagr", "--set accept.mode=eagr: accept.mode: 'eagr' is not one of lazy, eager, none "
+         "(did you mean 'eager'?)"),
+        ("acept.mode=eager", "--set acept.mode=eager: acept: unknown key (did you mean 'accept'?)"),
+        ("accept.chunk=-4MiB", "--set accept.chunk=-4MiB: accept.chunk: size must not be negative"),
+        ("vcpus.x=1", "--set vcpus.x=1: vcpus: is a single value; 'x' cannot be set inside it"),
+        ("populate.ranges.size=4KiB", "--set populate.ranges.size=4KiB: populate.ranges: is an array of tables"),
+        ("guest_mem", "--set guest_mem: expected KEY=VALUE"),
+        ("=3", "--set =3: expected KEY=VALUE"),
+    ],
+)
+def test_bad_set_values(override, reason):
+    assert error("snp-lazy-accept-64g", [override]).startswith(reason)
+
+
+def test_cross_field_error_names_the_override():
+    message = error("dpdk-shared-buffers-64g", ["guest_mem=2GiB"])
+    assert "dpdk-shared-buffers-64g.toml (with --set guest_mem=2GiB): shared_regions.swiotlb.size:" in message
+
+
+def test_unknown_scenario():
+    assert "no built-in scenario or file by that name (did you mean 'tdx-boot-64g'?)" in error("tdx-boot-64")
+
+
+def test_reduced_size_clips_acceptance():
+    plan = load_scenario("snp-lazy-accept-64g", ["guest_mem=1GiB"]).accept_plan()
+    assert (plan.early, plan.boot, plan.total) == (256 * MiB, GiB, GiB)
+
+
+def test_tdx_pre_watermark_storm():
+    base = load_scenario("tdx-boot-64g", ["guest_mem=32GiB"]).accept_plan()
+    storm = load_scenario("tdx-boot-64g", ["guest_mem=32GiB", "vcpus=248"]).accept_plan()
+    assert base.boot == 4 * GiB
+    assert storm.boot == 4 * GiB + int(0.4 * 32 * GiB) // (4 * MiB) * 4 * MiB
