@@ -1,0 +1,74 @@
+"""The model against the running kernel: every linux-6.18 conformance case, a fuzz run, and the
+divergences found on the way kept as regression sequences."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gmemlab.cli import app
+from gmemlab.conformance import cases_for, compare, run_case
+from gmemlab.conformance.fuzz import compare_sequence, fuzz
+
+CASES = cases_for("linux-6.18")
+
+
+@pytest.fixture(scope="module")
+def factories():  # type: ignore[no-untyped-def]
+    from gmemlab.kernel import open_kernel_backend
+    from gmemlab.model import HostConfig, ModelBackend
+
+    probe = open_kernel_backend()
+    config = HostConfig.from_backend(probe)
+    probe.close()
+    return (lambda p="linux-6.18": ModelBackend(p, config)), (lambda p="linux-6.18": open_kernel_backend())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_case_agrees_with_kernel(factories, case) -> None:  # type: ignore[no-untyped-def]
+    model, kernel = factories
+    a = run_case(case, model, "model", "linux-6.18")
+    b = run_case(case, kernel, "kernel", "linux-6.18")
+    assert compare(a, b) == [], "\n".join(f"{d.model}  !=  {d.kernel}" for d in compare(a, b))
+    if b.status == "skip":
+        pytest.skip(b.detail)
+    assert (a.status, b.status) == ("pass", "pass"), (a.detail, b.detail)
+
+
+# Sequences the fuzzer found diverging, kept after the model was fixed.
+REGRESSIONS = [
+    # mmap: offset + length beyond MAX_LFS_FILESIZE is EOVERFLOW (file_mmap_ok), before ->mmap
+    [{"op": "create_vm"}, {"op": "create_gmem", "vm": 0, "size": 65536, "flags": 3},
+     {"op": "mmap", "gmem": 0, "offset": -4096, "pages": 1, "private": False}],
+    # MADV_REMOVE punches through a mapping after the fd was closed
+    [{"op": "create_vm"}, {"op": "create_gmem", "vm": 0, "size": 65536, "flags": 3},
+     {"op": "mmap", "gmem": 0, "offset": 0, "pages": 16, "private": False},
+     {"op": "bind", "vm": 0, "slot": 1, "gpa_page": 0, "pages": 4, "gmem": 0, "offset": 0, "flags": 4,
+      "uaddr_map": 0},
+     {"op": "close_gmem", "gmem": 0}, {"op": "madvise", "advice": 9, "offset": 0, "pages": 1, "map": 0}],
+]
+
+
+@pytest.mark.parametrize("ops", REGRESSIONS)
+def test_fuzz_regressions(factories, ops) -> None:  # type: ignore[no-untyped-def]
+    model, kernel = factories
+    div = compare_sequence(model, kernel, ops)
+    assert div is None, f"call {div.index}: {div.left} != {div.right}"
+
+
+def test_small_fuzz_run_has_no_divergence(factories) -> None:  # type: ignore[no-untyped-def]
+    model, kernel = factories
+    report = fuzz(model, kernel, examples=60, seed_value=7)
+    assert report.sequences >= 60
+    assert report.divergence is None, report.divergence.replayable()
+
+
+def test_cli_both_json_reports_divergences_key() -> None:
+    res = CliRunner().invoke(app, ["conformance", "--backend", "both", "--json", "-k", "test_file_size"])
+    data = json.loads(res.output)
+    assert res.exit_code == 0 and data["divergences"] == []
+    assert {c["backend"] for c in data["cases"]} == {"model", "kernel"}
+    rfc = [c for c in data["cases"] if c["profile"] == "rfc-v2" and c["backend"] == "kernel"]
+    assert all(c["status"] == "skip" and "KVM_CAP_GMEM_CONVERSION" in c["detail"] for c in rfc)
