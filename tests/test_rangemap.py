@@ -11,6 +11,7 @@ import json
 import pickle
 import subprocess
 import sys
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,9 +122,7 @@ def test_matches_model(target: int | None, ops: list[tuple[str, int, int, int]],
 
 @settings(max_examples=60, deadline=None)
 @given(
-    stores=st.lists(
-        st.tuples(st.integers(0, 4000), st.integers(1, 40), st.integers(0, 2)), min_size=50, max_size=300
-    )
+    stores=st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 40), st.integers(0, 2)), min_size=50, max_size=300)
 )
 def test_many_runs_rebuild_and_shrink(stores: list[tuple[int, int, int]]) -> None:
     """Enough runs for several table rebuilds, then one store that collapses the map to one run."""
@@ -300,16 +299,6 @@ def test_unhashable_values_and_copies() -> None:
         assert m.load(0) == []
 
 
-def test_load_many_matches_load() -> None:
-    m = RangeMap(1000, 0)
-    for i in range(0, 1000, 7):
-        m.store(i, i + 3, i % 5)
-    idx = list(range(1000))
-    assert m.load_many(idx) == [m.load(i) for i in idx]
-    with pytest.raises(IndexError):
-        m.load_many([1, 1000])
-
-
 # -- cost follows runs, not indices -----------------------------------------------------------------
 def test_huge_limit_costs_runs_not_indices() -> None:
     limit = 2**40
@@ -336,16 +325,23 @@ def test_huge_limit_costs_runs_not_indices() -> None:
     assert m.nr_runs() == 1 and len(m._bs) == 1
 
 
-def test_beyond_int64_limit() -> None:
-    """Limits past 2**63 fall back to lists of ints (no int64 arrays) and behave the same."""
-    limit = 2**70
+@pytest.mark.parametrize("limit", [2**64, 2**64 + 1, 2**70])
+def test_64_bit_and_beyond(limit: int) -> None:
+    """Up to 2**64 starts are packed in unsigned 64-bit arrays; past it they are lists of ints."""
+    step = limit // 256
     m = RangeMap(limit, 0)
     with bucket_target(1):
         for k in range(200):
-            m.store(k * 2**60, k * 2**60 + 3, 1 + k % 2)
+            m.store(k * step, k * step + 3, 1 + k % 2)
         m.check()
         assert m.nr_runs() == 400
-        assert m.load(5 * 2**60 + 2) == 2 and m.load(limit - 1) == 0
+        assert all(isinstance(starts, array) == (limit <= 2**64) for starts in m._bs)
+        assert m.load(5 * step + 2) == 2 and m.load(limit - 1) == 0
+        m.store(limit - 2, limit, 3)
+        m.store(0, 2, 3)
+        m.check()
+        assert list(m.runs(limit - 5)) == [(limit - 5, limit - 2, 0), (limit - 2, limit, 3)]
+        assert m.load(limit - 1) == 3 and m.load(1) == 3
 
 
 # -- the benchmark cannot rot -----------------------------------------------------------------------
