@@ -88,7 +88,7 @@ class Recorder:
         if key == "guest_memfd":
             return f"fd({self._fd_names[value]})" if value in self._fd_names else ("badfd" if value < 0 else value)
         for address, length, name in reversed(self._maps):  # newest first: addresses get reused
-            if address <= value <= address + length:
+            if address <= value < address + length:
                 return f"{name}+{value - address:#x}"
         return value
 

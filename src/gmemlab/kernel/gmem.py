@@ -1,0 +1,97 @@
+"""A guest_memfd file from ``KVM_CREATE_GUEST_MEMFD`` (virt/kvm/guest_memfd.c, ``kvm_gmem_fops``).
+
+Every operation is the real system call on the fd, errors carry the kernel's errno:
+
+* ``fallocate`` is ``fallocate(2)`` through libc (``kvm_gmem_fallocate``: KEEP_SIZE allocates,
+  PUNCH_HOLE|KEEP_SIZE punches; other modes EOPNOTSUPP; unaligned EINVAL) - not ``posix_fallocate``, which
+  glibc emulates by writing when the kernel says EOPNOTSUPP (realkernel.md #109);
+* ``mmap`` is ``mmap(2)`` through libc (``kvm_gmem_mmap``: ENODEV without MMAP, EINVAL for MAP_PRIVATE, EPERM
+  for PROT_EXEC on the noexec mount);
+* ``read``/``write``/``pread``/``pwrite``/``lseek``/``ftruncate`` are the VFS calls the gmem file refuses
+  (EINVAL, ESPIPE, EINVAL via ``kvm_gmem_setattr``; realkernel.md #83-#101);
+* ``convert`` (RFC2 ``KVM_GMEM_CONVERT_*``) does not exist in Linux 6.18.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..backend import MAP_SHARED, PROT_READ, PROT_WRITE, FileStat
+from ..errors import KvmError, UnsupportedByBackend
+from . import libc
+from .mapping import KernelHostMapping
+from .resources import Resources
+
+
+def _os_call(op: str, fn: Callable, *args, reason: str = ""):
+    try:
+        return fn(*args)
+    except OSError as exc:
+        raise KvmError(exc.errno or 0, op, reason) from None
+
+
+class KernelGuestMemfd:
+    """An open guest_memfd fd of ``size`` bytes created with ``flags``."""
+
+    def __init__(self, fd: int, size: int, flags: int, resources: Resources) -> None:
+        self.fd = fd
+        self.size = size
+        self.flags = flags
+        self.closed = False
+        self._resources = resources
+        resources.add(self)
+
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        libc.fallocate(self.fd, mode, offset, length, f"mode {mode:#x} offset {offset:#x} len {length:#x}")
+
+    def mmap(
+        self, length: int, offset: int = 0, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_SHARED
+    ) -> KernelHostMapping:
+        addr = libc.mmap(
+            length,
+            prot,
+            flags,
+            self.fd,
+            offset,
+            reason=f"len {length:#x} offset {offset:#x} prot {prot:#x} flags {flags:#x}",
+        )
+        m = KernelHostMapping(addr, length, prot, offset, self.size, self.flags, on_unmap=self._resources.discard)
+        self._resources.add(m)
+        return m
+
+    def fstat(self) -> FileStat:
+        st = _os_call("fstat", os.fstat, self.fd)
+        return FileStat(st.st_size, st.st_blksize, st.st_blocks, st.st_ino)
+
+    def read(self, length: int) -> bytes:
+        return _os_call("read", os.read, self.fd, length)
+
+    def write(self, data: bytes) -> int:
+        return _os_call("write", os.write, self.fd, data)
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return _os_call("pread", os.pread, self.fd, length, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        return _os_call("pwrite", os.pwrite, self.fd, data, offset)
+
+    def lseek(self, offset: int, whence: int) -> int:
+        return _os_call("lseek", os.lseek, self.fd, offset, whence)
+
+    def ftruncate(self, length: int) -> None:
+        _os_call("ftruncate", os.ftruncate, self.fd, length, reason=f"length {length:#x}")
+
+    def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
+        raise UnsupportedByBackend("KVM_CAP_GMEM_CONVERSION (rfc-v2 conversion ioctls)")
+
+    def close(self) -> None:
+        """``close(fd)``. Host mappings keep the file (and its bindings) alive until munmap (#290)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._resources.discard(self)
+        os.close(self.fd)
+
+    def __repr__(self) -> str:
+        return f"<KernelGuestMemfd fd={self.fd} size={self.size:#x} flags={self.flags:#x}>"

@@ -1,0 +1,154 @@
+"""The system: ``/dev/kvm`` of the running kernel (``kvm_dev_ioctl`` in virt/kvm/kvm_main.c).
+
+:func:`open_kernel_backend` is the entry point. It refuses with :class:`~gmemlab.errors.UnsupportedByBackend`
+and a precise reason when ``/dev/kvm`` is missing, cannot be opened, speaks another API version, lacks
+guest_memfd, or when a ctypes struct disagrees with the size encoded in its ioctl number.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from .. import uapi
+from ..backend import PROT_READ, PROT_WRITE
+from ..errors import KvmError, UnsupportedByBackend
+from ..uapi import Cap, VmType
+from . import abi, guest, libc
+from .mapping import KernelHostMapping
+from .resources import Resources
+from .system_slot import SYSTEM_SLOT
+from .vm import KernelVm
+
+KVM_DEVICE = "/dev/kvm"
+KVM_API_VERSION = 12
+
+
+class KernelMemfd:
+    """A plain ``memfd_create`` file (shmem): a file that is not a guest_memfd, for binding checks (#235)."""
+
+    def __init__(self, fd: int, size: int, resources: Resources) -> None:
+        self.fd = fd
+        self.size = size
+        self.closed = False
+        self._resources = resources
+        resources.add(self)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._resources.discard(self)
+            os.close(self.fd)
+
+
+class KernelBackend:
+    """The real ``/dev/kvm``. Use :func:`open_kernel_backend` (or ``KernelBackend.open()``) to build one;
+    ``close()`` or ``with`` releases every VM, vCPU, guest_memfd, mapping and memfd it created."""
+
+    name = "kernel"
+    profile = uapi.LINUX_6_18
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closed = False
+        self.resources = Resources()
+        self._run_size = libc.ioctl(fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
+
+    @classmethod
+    def open(cls, path: str = KVM_DEVICE) -> KernelBackend:
+        return open_kernel_backend(path)
+
+    def __enter__(self) -> KernelBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- Backend protocol ------------------------------------------------------------------------
+    def check_extension(self, cap: int) -> int:
+        return libc.ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION", f"cap {int(cap)}")
+
+    def vm_types(self) -> list[VmType]:
+        """Bits of KVM_CAP_VM_TYPES that name a known type (here only DEFAULT, realkernel.md #12-#19)."""
+        mask = self.check_extension(Cap.VM_TYPES)
+        return [t for t in VmType if mask & (1 << t)] or [VmType.DEFAULT]
+
+    def create_vm(self, vm_type: int = 0) -> KernelVm:
+        fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VM, int(vm_type), "KVM_CREATE_VM", f"type {int(vm_type)}")
+        try:
+            return KernelVm(fd, int(vm_type), self.resources, self._run_size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def mmap_anonymous(self, length: int) -> KernelHostMapping:
+        addr = libc.mmap(
+            length,
+            PROT_READ | PROT_WRITE,
+            libc.MAP_SHARED | libc.MAP_ANONYMOUS,
+            reason=f"anonymous shared, len {length:#x}",
+        )
+        m = KernelHostMapping(addr, length, PROT_READ | PROT_WRITE, on_unmap=self.resources.discard)
+        self.resources.add(m)
+        return m
+
+    def memfd_create(self, size: int) -> KernelMemfd:
+        try:
+            fd = os.memfd_create("gmemlab", os.MFD_CLOEXEC)
+        except OSError as exc:
+            raise KvmError(exc.errno or 0, "memfd_create") from None
+        try:
+            os.ftruncate(fd, size)
+        except OSError as exc:
+            os.close(fd)
+            raise KvmError(exc.errno or 0, "ftruncate", f"memfd size {size:#x}") from None
+        return KernelMemfd(fd, size, self.resources)
+
+    def guest_gpa_window(self) -> tuple[int, int]:
+        """[2 MiB, 64 GiB - 2 MiB): above the guest's system slot, below its MMIO report page."""
+        return guest.GPA_WINDOW
+
+    def reserved_slots(self) -> frozenset[int]:
+        return frozenset({SYSTEM_SLOT})
+
+    def close(self) -> None:
+        """Close everything this backend created (newest first), then /dev/kvm."""
+        if self.closed:
+            return
+        self.closed = True
+        errors = self.resources.close_all()
+        os.close(self.fd)
+        if errors:
+            raise errors[0]
+
+    def __repr__(self) -> str:
+        return f"<KernelBackend fd={self.fd} open={len(self.resources)}>"
+
+
+def open_kernel_backend(path: str = KVM_DEVICE) -> KernelBackend:
+    """Open ``/dev/kvm`` and check it can run gmemlab; raises UnsupportedByBackend saying why not."""
+    bad = abi.check_all_struct_sizes()
+    if bad:
+        raise UnsupportedByBackend(f"struct sizes disagree with their ioctl encodings: {bad}")
+    if not os.path.exists(path):
+        raise UnsupportedByBackend(f"{path} does not exist (no KVM on this machine)")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsupportedByBackend(
+            f"cannot open {path}: {errno.errorcode.get(exc.errno or 0)} ({exc.strerror})"
+        ) from None
+    try:
+        version = libc.ioctl(fd, uapi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
+        if version != KVM_API_VERSION:
+            raise UnsupportedByBackend(f"{path}: KVM_GET_API_VERSION = {version}, expected {KVM_API_VERSION}")
+        for cap in (Cap.GUEST_MEMFD, Cap.USER_MEMORY2, Cap.IMMEDIATE_EXIT):
+            if libc.ioctl(fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION") <= 0:
+                raise UnsupportedByBackend(f"{path}: KVM_CAP_{cap.name} = 0")
+        return KernelBackend(fd)
+    except KvmError as exc:
+        os.close(fd)
+        raise UnsupportedByBackend(f"{path}: {exc}") from None
+    except BaseException:
+        os.close(fd)
+        raise

@@ -1,0 +1,75 @@
+"""/dev/kvm and VM creation: realkernel.md Environment rows #2-#19, struct sizes."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from gmemlab import uapi
+from gmemlab.backend import Backend
+from gmemlab.errors import KvmError, UnsupportedByBackend
+from gmemlab.kernel import KernelBackend, abi, open_kernel_backend
+from gmemlab.uapi import Cap, VmType
+
+
+def test_struct_sizes_match_ioctl_encodings():
+    assert abi.check_all_struct_sizes() == {}
+
+
+def test_protocol_and_identity(kb: KernelBackend):
+    assert isinstance(kb.name, str) and kb.name == "kernel"
+    assert kb.profile is uapi.LINUX_6_18
+    backend: Backend = kb  # static shape check
+    assert backend.fd == kb.fd
+
+
+@pytest.mark.parametrize(
+    ("cap", "value"),
+    [
+        (Cap.USER_MEMORY, 1),
+        (Cap.NR_MEMSLOTS, 32764),
+        (Cap.SYNC_MMU, 1),
+        (Cap.READONLY_MEM, 1),
+        (Cap.IMMEDIATE_EXIT, 1),
+        (Cap.USER_MEMORY2, 1),
+        (Cap.MEMORY_FAULT_INFO, 1),
+        (Cap.MEMORY_ATTRIBUTES, 0),
+        (Cap.GUEST_MEMFD, 1),
+        (Cap.VM_TYPES, 1),
+        (Cap.PRE_FAULT_MEMORY, 0),
+        (Cap.GUEST_MEMFD_FLAGS, 3),
+    ],
+)
+def test_capabilities_rows_3_to_14(kb: KernelBackend, vm, cap, value):
+    assert kb.check_extension(cap) == value
+    assert vm.check_extension(cap) == value
+
+
+def test_vm_types_rows_15_to_19(kb: KernelBackend):
+    assert kb.vm_types() == [VmType.DEFAULT]
+    vm = kb.create_vm(0)
+    assert vm.vm_type is VmType.DEFAULT and vm.fd > 0
+    for t in (1, 2, 3, 4):
+        with pytest.raises(KvmError) as ei:
+            kb.create_vm(t)
+        assert ei.value.errno == errno.EINVAL and ei.value.op == "KVM_CREATE_VM"
+
+
+def test_window_and_reserved_slots(kb: KernelBackend):
+    lo, hi = kb.guest_gpa_window()
+    assert lo == 2 << 20 and hi == (64 << 30) - (2 << 20)
+    assert kb.reserved_slots() == frozenset({uapi.KVM_USER_MEM_SLOTS - 1})
+
+
+def test_open_missing_device_is_unsupported():
+    with pytest.raises(UnsupportedByBackend, match="does not exist"):
+        open_kernel_backend("/dev/nonexistent-kvm")
+    with pytest.raises(UnsupportedByBackend, match="KVM_GET_API_VERSION"):
+        open_kernel_backend("/dev/null")
+
+
+def test_set_memory_attributes_enotty_row_261(vm):
+    with pytest.raises(KvmError) as ei:
+        vm.set_memory_attributes(1 << 20, 4096, uapi.KVM_MEMORY_ATTRIBUTE_PRIVATE)
+    assert ei.value.errno == errno.ENOTTY
