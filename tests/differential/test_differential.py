@@ -72,3 +72,24 @@ def test_cli_both_json_reports_divergences_key() -> None:
     assert {c["backend"] for c in data["cases"]} == {"model", "kernel"}
     rfc = [c for c in data["cases"] if c["profile"] == "rfc-v2" and c["backend"] == "kernel"]
     assert all(c["status"] == "skip" and "KVM_CAP_GMEM_CONVERSION" in c["detail"] for c in rfc)
+
+
+def _process_resources() -> tuple[frozenset[str], frozenset[str]]:
+    import os
+
+    fds = frozenset(f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}" for fd in os.listdir("/proc/self/fd")
+                    if os.path.exists(f"/proc/self/fd/{fd}"))
+    with open("/proc/self/maps") as maps:
+        shared = frozenset(line.split()[0] for line in maps if "kvm" in line or " rw-s " in line)
+    return fds, shared
+
+
+def test_no_fds_or_mappings_left_after_cases_and_fuzz(factories) -> None:  # type: ignore[no-untyped-def]
+    model, kernel = factories
+    before = _process_resources()
+    for case in CASES:
+        run_case(case, kernel, "kernel", "linux-6.18")
+    fuzz(model, kernel, examples=30, seed_value=11)
+    after = _process_resources()
+    assert after[0] - before[0] == frozenset(), "file descriptors leaked"
+    assert after[1] - before[1] == frozenset(), "mappings leaked"
