@@ -17,6 +17,7 @@ from ..errors import GmemlabError
 COMMAND_MODULES = [
     "gmemlab.cli.conformance",
     "gmemlab.cli.fuzz",
+    "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
 ]
 

@@ -1,0 +1,110 @@
+"""``gmemlab races``: check a locking protocol of the guest_memfd fault and conversion paths for races."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+from ..races.explorer import Result, explore
+from ..races.mutation import mutation_check
+from ..races.protocols import THREADS_HELP, Protocol, Setup, get_protocol, parse_threads, sweep_configs
+from ..races.report import format_list, format_mutants, format_result
+from ..races.world import PRIVATE, SHARED
+
+HELP = "\n\n".join([
+    "Explore the interleavings of guest_memfd kernel paths under a locking PROTOCOL and report the first "
+    "violated property with a minimal interleaving (numbered steps per thread). Exits 1 when a property is "
+    "violated, 2 on bad input.",
+    "PROTOCOL is a built-in variant (linux-6.18, rfc-v2, rfc-v2-refcount, roth, roth-noread, ipc26; see "
+    "--list) or FILE.py:NAME naming a gmemlab.races.Protocol object in a Python file. Without PROTOCOL the "
+    "list of protocols, paths and properties is printed.",
+    f"--threads SPEC: {THREADS_HELP} Paths: guest_fault, host_fault, convert_private, convert_shared, "
+    "punch_hole, populate, allocate. Without --threads the protocol's default configuration is used.",
+    "Search: exhaustive breadth-first search with state caching by default (the reported trace is a "
+    "shortest one). --random N runs N seeded random schedules instead and shrinks the violating one. "
+    "--preemptions K bounds preemptions (switching away from a thread that could have continued).",
+    "--configs runs every documented configuration of the protocol (including the larger ones); "
+    "--mutations runs the mutation check (each lock acquisition removed in turn); with --sweep both use "
+    "every 2- and 3-thread single-page configuration (224) instead; --json prints machine-readable results.",
+])
+
+
+def races(
+    protocol: Annotated[str | None, typer.Argument(help="protocol name or FILE.py:NAME", show_default=False)] = None,
+    threads: Annotated[str | None, typer.Option("--threads", "-t", help="threads, e.g. host_fault:0,convert_private:0",
+                                                show_default=False)] = None,
+    init: Annotated[str | None, typer.Option(help="initial state of every index: shared or private "
+                                                  "(default: the protocol's)", show_default=False)] = None,
+    exhaustive: Annotated[bool, typer.Option("--exhaustive", help="exhaustive search (the default)")] = False,
+    random_runs: Annotated[int | None, typer.Option("--random", help="N seeded random schedules",
+                                                    show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="seed for --random")] = 0,
+    preemptions: Annotated[int | None, typer.Option(help="preemption bound", show_default=False)] = None,
+    max_states: Annotated[int | None, typer.Option(help="stop an exhaustive search after N states",
+                                                   show_default=False)] = None,
+    configs: Annotated[bool, typer.Option("--configs", help="run every documented configuration")] = False,
+    mutations: Annotated[bool, typer.Option("--mutations", help="run the mutation check")] = False,
+    sweep: Annotated[bool, typer.Option("--sweep", help="with --configs/--mutations: every 2- and 3-thread "
+                                                        "single-page configuration instead of the documented "
+                                                        "ones")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="list protocols, paths and properties")] = False,
+) -> None:
+    if list_ or protocol is None:
+        if any([threads, init, exhaustive, random_runs is not None, configs, mutations]):
+            raise UsageError("races: name a PROTOCOL (see gmemlab races --list)")
+        typer.echo(format_list())
+        return
+    if exhaustive and random_runs is not None:
+        raise UsageError("races: --exhaustive and --random are mutually exclusive")
+    if init is not None and init not in (SHARED, PRIVATE):
+        raise UsageError(f"races: --init must be shared or private, not {init!r}")
+    if max_states is not None and max_states < 1:
+        raise UsageError("races: --max-states must be >= 1")
+    if random_runs is not None and random_runs < 1:
+        raise UsageError("races: --random needs N >= 1")
+    proto = get_protocol(protocol)
+    if sweep and not (configs or mutations):
+        raise UsageError("races: --sweep goes with --configs or --mutations")
+    chosen = sweep_configs(proto) if sweep else None
+    if mutations:
+        if threads or random_runs is not None or configs:
+            raise UsageError("races: --mutations uses the documented configurations; drop --threads/--random")
+        baseline, mutants = mutation_check(proto, chosen)
+        if as_json:
+            typer.echo(json.dumps({"protocol": proto.name, "baseline": [r.as_dict() for r in baseline],
+                                   "mutants": [m.as_dict() for m in mutants]}, indent=2))
+        else:
+            typer.echo(format_mutants(proto, baseline, mutants))
+        return
+    if configs:
+        if threads:
+            raise UsageError("races: --configs runs the documented configurations; drop --threads")
+        runs = [_run(proto, c.threads, init or c.init, random_runs, seed, preemptions, max_states)
+                for c in chosen or (*proto.configs, *proto.large) or (proto.default,)]
+    else:
+        default = proto.default
+        spec = default.threads if threads is None else threads
+        runs = [_run(proto, spec, init or (default.init if threads is None else proto.default_init),
+                     random_runs, seed, preemptions, max_states)]
+    if as_json:
+        payload = [r.as_dict() for r in runs]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 and not configs else payload, indent=2))
+    else:
+        typer.echo("\n\n".join(format_result(r, proto) for r in runs))
+    if any(r.violation for r in runs):
+        raise typer.Exit(1)
+
+
+def _run(proto: Protocol, spec: str, init: str, random_runs: int | None, seed: int, preemptions: int | None,
+         max_states: int | None) -> Result:
+    setup = Setup(proto, parse_threads(spec, proto), init)
+    return explore(setup, random_runs=random_runs, seed=seed, preemption_bound=preemptions, max_states=max_states)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("races", help=HELP)(races)
+
