@@ -66,7 +66,7 @@ def case(
 
 
 def cases_for(profile: str, pattern: str | None = None) -> list[Case]:
-    from . import cases_linux, cases_rfc  # noqa: F401  (registration side effect)
+    from . import cases_hugetlb, cases_linux, cases_rfc  # noqa: F401  (registration side effect)
 
     selected = [c for c in REGISTRY if profile in c.profiles]
     if pattern:

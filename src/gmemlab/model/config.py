@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 from ..uapi import VmType
 
+UPSTREAM_POOL = {1 << 21: 1 << 21, 1 << 30: 1 << 12}
+
 
 @dataclass(frozen=True)
 class HostConfig:
@@ -25,6 +27,16 @@ class HostConfig:
     * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound; 52 under the shadow MMU.
     * ``hugetlb``: CONFIG_KVM_GMEM_HUGETLB (rfc-v2 only).
     * ``readonly_mem``: ``kvm_arch_has_readonly_mem`` for VMs without protected state.
+    * ``hugetlb_pool_pages``: free HugeTLB pages per page size (bytes -> count) that subpools reserve
+      from at creation (workloads 3.1); a short pool makes HUGETLB creation fail with ENOMEM.
+    * ``gmem_policy``: name of the huge-folio split/merge policy (:mod:`gmemlab.policy`; ``eager`` is
+      RFC v2, ``deferred`` is Michael Roth's lpage_info-like proposal, workloads 2.3).
+    * ``gmem_prepare``: preparedness tracking: ``folio`` (RFC v2 folio uptodate), ``per-4k`` (a prepared
+      record per 4 KiB) or ``guest-prepared`` (the discussed SHAREABILITY_GUEST_PREPARED state), 3.7.
+    * ``default_private``: rfc-v2 variant where files start private and bit 1 means INIT_SHARED (the
+      merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
+    * ``tdp_max_level``: ``max_huge_page_level`` (3 = 1G TDP pages, 2 = 2M only), workloads 2.1 step 1.
+    * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
     """
 
     vm_types: tuple[VmType, ...] = tuple(VmType)
@@ -37,10 +49,17 @@ class HostConfig:
     nr_memslots: int = 32764
     hugetlb_pool_pages: dict[int, int] = field(default_factory=dict)
     gpa_window: tuple[int, int] | None = None  # GPAs a vCPU can reach; None = the whole space
+    gmem_policy: str = "eager"
+    gmem_prepare: str = "folio"
+    default_private: bool = False
+    tdp_max_level: int = 3
+    tdx_huge_private: bool = True
 
     @classmethod
     def upstream(cls) -> HostConfig:
-        return cls()
+        """Every option on, including CONFIG_KVM_GMEM_HUGETLB with a pool large enough for any case
+        and simulated guest (4 TiB of 2 MiB pages, 4 TiB of 1 GiB pages; pool pages cost nothing)."""
+        return cls(hugetlb=True, hugetlb_pool_pages=dict(UPSTREAM_POOL))
 
     @classmethod
     def like_this_host(cls) -> HostConfig:

@@ -34,12 +34,16 @@ from ..uapi import (
     page_aligned,
 )
 from .args import sint, u64
+from .folio import FolioBusy
 from .host import FaultRefused, ModelHostMapping, ModelPin
+from .metrics import Metrics
 from .pagecache import UPTODATE, PageCache
 from .shareability import RangeShareability, Shareability, WholeFileShareability
 
 if TYPE_CHECKING:
+    from .gmem_huge import HugeGmem
     from .kvm import Memslot, ModelBackend, ModelVm
+    from .lpage import GmemLpageInfo
     from .profiles import Behaviour
 
 # vfs_fallocate(): the operation bits and their exclusivity (fs/open.c).
@@ -67,14 +71,17 @@ class GmemError(Exception):
 class GmemInode:
     """The memory of a guest_memfd: everything that outlives a file (spec 2.1)."""
 
-    def __init__(self, behaviour: Behaviour, size: int, flags: int) -> None:
+    def __init__(
+        self, behaviour: Behaviour, size: int, flags: int, shared: bool | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.behaviour = behaviour
         self.ino = next(_inode_numbers)
         self.size = size
         self.npages = size >> PAGE_SHIFT
         self.flags = flags
         self.pagecache = PageCache(self.npages)
-        shared = behaviour.initially_shared(flags)
+        if shared is None:
+            shared = behaviour.initially_shared(flags)
         self.shareability: Shareability = (
             RangeShareability(self.npages, shared)
             if behaviour.per_index_shareability(flags)
@@ -92,20 +99,31 @@ class GmemInode:
             "host_ptes_zapped": 0,
             "punches": 0,
         }
+        # HugeTLB backing (RFC v2): set by KVM_CREATE_GUEST_MEMFD with GUEST_MEMFD_FLAG_HUGETLB.
+        self.huge: HugeGmem | None = None
+        self.lpage: GmemLpageInfo | None = None  # the deferred policy's 2M/1G record
+        self.metrics = metrics if metrics is not None else Metrics()
 
     # -- host faults (spec 2.4) ---------------------------------------------------------------------
-    def fault_user_mapping(self, index: int) -> None:
+    def fault_user_mapping(self, index: int, vma: ModelHostMapping | None = None) -> tuple[int, int, int] | None:
         """``kvm_gmem_fault_user_mapping`` (6.18) / ``kvm_gmem_fault_shared`` (RFC v2).
 
         Refuses past EOF and on indices the host may not fault; otherwise allocates the folio, zeroes it
         if it is not uptodate (the host never sees stale memory) and lets the caller install the PTE.
+        HugeTLB files return the ``(start, end, level)`` file range the host maps (workloads 3.2).
         """
         if index >= self.npages:
             raise FaultRefused(f"file index {index:#x} is at or beyond EOF ({self.npages:#x} pages)")
         if not self.shareability.is_shared(index):
             raise FaultRefused(f"file index {index:#x} is private (not host-faultable)")
-        self.pagecache.make_uptodate(index)
         self.stats["host_faults"] += 1
+        if self.huge is not None:
+            return self.huge.host_fault(index, vma)
+        if self.pagecache.make_uptodate(index):
+            self.metrics.add("bytes_zeroed", PAGE_SIZE)
+        self.metrics.add("host_faults.4K")
+        self.metrics.add("host_map_bytes.4K", PAGE_SIZE)
+        return None
 
     def unmap_host(self, start: int, end: int) -> int:
         """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
@@ -115,6 +133,26 @@ class GmemInode:
             zapped += vma.zap(first, last)
         self.stats["host_ptes_zapped"] += zapped
         return zapped
+
+    def unmap_host_above(self, start: int, end: int, level: int) -> int:
+        """Drop host mappings larger than ``level`` over ``[start, end)`` (before a folio split)."""
+        zapped = 0
+        for vma in self.mappings:
+            first, last = vma.file_range_to_pages(start, end)
+            zapped += vma.zap(first, last, above=level)
+        self.stats["host_ptes_zapped"] += zapped
+        return zapped
+
+    def arch_invalidate(self, start: int, end: int) -> None:
+        """``kvm_arch_gmem_invalidate`` for ``[start, end)`` in every VM bound to this inode."""
+        for file in self.files:
+            file.vm.vendor.gmem_invalidate(self, start, end)
+
+    def folio_level(self, index: int) -> int:
+        """Stage-2 level of the folio holding ``index`` (4 KiB files: always 4 KiB)."""
+        if self.huge is None:
+            return 1
+        return self.huge.hf.folio_level(index) or 1
 
     # -- invalidation (spec 2.11) ---------------------------------------------------------------------
     def kvm_gmem_invalidate_begin(self, start: int, end: int, private: bool | None = None) -> int:
@@ -143,6 +181,8 @@ class GmemInode:
     # -- fallocate (spec 2.5) -------------------------------------------------------------------------
     def kvm_gmem_allocate(self, start: int, end: int) -> int:
         """Ensure a folio exists for every index; folios are neither zeroed nor made uptodate."""
+        if self.huge is not None:
+            return self.huge.allocate(start, end)
         return self.pagecache.allocate(start, end)
 
     def kvm_gmem_punch_hole(self, start: int, end: int) -> int:
@@ -153,6 +193,8 @@ class GmemInode:
             return 0
         self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
         self.unmap_host(start, end)
+        if self.huge is not None:
+            return self.huge.punch(start, end)
         for pin in self.pin_objs:
             for s, e in pin.detach(start, end):
                 self.pins.update(s, e, lambda n: n - 1)
@@ -170,9 +212,17 @@ class GmemInode:
             self.pins.update(s, e, lambda n: n - 1)
         pin.attached = []
         self.pin_objs.remove(pin)
+        if self.huge is not None:
+            self.huge.pin_released(pin)
 
     def first_elevated_refcount(self, start: int, end: int) -> int | None:
-        """Index of the first folio in ``[start, end)`` with references beyond the page cache's."""
+        """Index of the first folio in ``[start, end)`` with references beyond the page cache's.
+
+        With huge folios the refcount is per folio: a pin anywhere in a folio that overlaps the range
+        counts, and the folio's first index is reported (workloads 3.5).
+        """
+        if self.huge is not None:
+            return self.huge.first_pinned_folio(start, end)
         for s, _, n in self.pins.runs(start, end):
             if n:
                 return s
@@ -184,9 +234,26 @@ class GmemInode:
 
         Preparation = folio uptodate: zero the folio and run the arch hook once (6.18). Host-written
         data in an already-uptodate folio is kept, which is how a VMM hands data to the guest.
+        HugeTLB files (RFC v2) return the policy's mapping order and prepare per ``gmem_prepare``.
         """
+        if self.huge is not None:
+            return self.huge.get_pfn(index)
         self.pagecache.make_uptodate(index)
         return 0
+
+    def ensure_folio(self, index: int) -> None:
+        """``kvm_gmem_get_folio`` without preparing: HugeTLB files allocate the whole huge folio (the
+        policy may split it); 4 KiB files leave it to the caller. KvmError(ENOMEM) if the subpool is short."""
+        if self.huge is not None:
+            b = self.huge.hf.block_of(index)
+            self.huge.ensure_blocks(b, b + 1)
+
+    def prepare_run(self, start: int, end: int) -> None:
+        """What ``kvm_gmem_get_pfn`` does for each of a batch of 4 KiB faults over ``[start, end)``."""
+        if self.huge is not None:
+            self.huge.prepare_run(start, end)
+        else:
+            self.pagecache.make_uptodate_range(start, end)
 
     def is_private(self, index: int) -> bool:
         """RFC v2 ``kvm_gmem_is_private``: SHAREABILITY_GUEST at the index."""
@@ -206,6 +273,7 @@ class GmemInode:
         work = self.shareability.work_list(start, end, to_shared)
         self.stats["conversions"] += 1
         if not work:
+            self.metrics.add("conversions.ok")
             return
         for s, e in work:
             # to shared: private leaves go; to private: shared leaves go.
@@ -217,6 +285,7 @@ class GmemInode:
                 bad = self.first_elevated_refcount(s, e)
                 if bad is not None:
                     self.stats["conversions_eagain"] += 1
+                    self.metrics.add("conversions.eagain")
                     raise ConversionError(
                         errno.EAGAIN,
                         op,
@@ -225,10 +294,26 @@ class GmemInode:
                     )
         for s, e in work:
             self.shareability.store(s, e, to_shared)
+        if self.huge is not None:
+            try:
+                self.huge.after_convert(work, to_shared)
+            except FolioBusy as exc:
+                self.stats["conversions_eagain"] += 1
+                self.metrics.add("conversions.eagain")
+                raise ConversionError(errno.EAGAIN, op, str(exc), error_offset=exc.index << PAGE_SHIFT) from None
+        if to_shared:
+            for s, e in work:
+                self.arch_invalidate(s, e)
+        self.metrics.add("conversions.ok")
 
     # -- accounting -------------------------------------------------------------------------------------
     def release_memory(self) -> int:
         """Inode eviction: truncate every folio (called when the last file is gone)."""
+        if self.huge is not None:
+            freed = self.huge.release()
+            for pin in list(self.pin_objs):
+                pin.detach(0, self.npages)
+            return freed
         for pin in list(self.pin_objs):
             pin.detach(0, self.npages)
         return self.pagecache.truncate(0, self.npages)
@@ -317,6 +402,10 @@ class GmemFile:
 
     def fstat(self) -> FileStat:
         self._check_fd("fstat")
+        huge = self.inode.huge
+        if huge is not None:  # RFC v2: blksize = huge page size, i_blocks kept for HugeTLB (spec 2.3)
+            return FileStat(st_size=self.inode.size, st_blksize=huge.hpage_size,
+                            st_blocks=huge.hf.allocated_bytes() // 512, st_ino=self.inode.ino)
         return FileStat(st_size=self.inode.size, st_blksize=PAGE_SIZE, st_blocks=0, st_ino=self.inode.ino)
 
     # -- fallocate (spec 2.5) ------------------------------------------------------------------------------
@@ -394,6 +483,10 @@ class GmemFile:
             raise KvmError(errno.ENODEV, op, f"guest_memfd was created without {name}")
         if flags & 3 == MAP_PRIVATE:
             raise KvmError(errno.EINVAL, op, "guest_memfd needs MAP_SHARED (copy-on-write is refused)")
+        huge = self.inode.huge
+        if huge is not None and (length % huge.hpage_size or offset % huge.hpage_size):
+            raise KvmError(errno.EINVAL, op, f"HugeTLB guest_memfd: length {length:#x} and offset {offset:#x} must "
+                           f"be multiples of the huge page size {huge.hpage_size:#x} (kvm_gmem_get_unmapped_area)")
         return ModelHostMapping(self.system.address_space, length, prot, self, offset >> PAGE_SHIFT)
 
     # -- conversion ioctls (RFC v2, spec 2.14) -------------------------------------------------------------

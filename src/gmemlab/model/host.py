@@ -84,16 +84,21 @@ class ModelHostMapping:
         offset = page << PAGE_SHIFT
         if self.unmapped or page >= self.npages:
             raise HostSigsegv(offset, write, "address not mapped")
-        if not self.prot & PROT_READ or (write and not self.prot & PROT_WRITE):
+        # x86 page tables cannot express write-only: PROT_WRITE implies readable.
+        if not self.prot & (PROT_READ | PROT_WRITE) or (write and not self.prot & PROT_WRITE):
             raise HostSigsegv(offset, write, "access not permitted by the mapping's protection")
         if self.ptes.load(page):
             return
+        span = None
         if self.file is not None:
             try:
-                self.file.inode.fault_user_mapping(self.pgoff + page)
+                span = self.file.inode.fault_user_mapping(self.pgoff + page, self)
             except FaultRefused as exc:
                 raise HostSigbus(offset, write, exc.reason) from None
-        self.ptes.store(page, page + 1, True)
+        if span is None or span[2] == 1:
+            self.ptes.store(page, page + 1, True)
+        else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
+            self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
 
     def _pages(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
         """Split ``[offset, offset+length)`` into (page, offset in page, chunk length) pieces."""
@@ -199,14 +204,25 @@ class ModelHostMapping:
             self.file.put_ref()
 
     # -- helpers for the inode ----------------------------------------------------------------------
-    def zap(self, first: int, last: int) -> int:
-        """Remove host PTEs for mapping pages ``[first, last)`` (``unmap_mapping_pages``)."""
+    def zap(self, first: int, last: int, above: int = 0) -> int:
+        """Remove host PTEs for mapping pages ``[first, last)`` (``unmap_mapping_pages``).
+
+        Entries hold ``True`` for a 4 KiB PTE or the level (2 = PMD, 3 = PUD) of a huge mapping; a huge
+        mapping overlapping the range goes whole. ``above`` keeps mappings of that level or smaller.
+        """
         last = min(last, self.npages)
         if first >= last:
             return 0
-        n = self.ptes.count(first, last, bool)
-        if n:
-            self.ptes.store(first, last, False)
+        n = 0
+        for s, e, v in list(self.ptes.runs(first, last)):
+            if not v or int(v) <= above:
+                continue
+            if int(v) > 1:
+                pages = 512 ** (int(v) - 1)
+                lo = (self.pgoff + s) - (self.pgoff + s) % pages - self.pgoff
+                s, e = max(lo, 0), min(-(-(self.pgoff + e) // pages) * pages - self.pgoff, self.npages)
+            n += self.ptes.count(s, e, bool)
+            self.ptes.store(s, e, False)
         return n
 
     def file_range_to_pages(self, start: int, end: int) -> tuple[int, int]:

@@ -4,6 +4,10 @@
 * host PTEs exist only on allocated, uptodate, host-faultable (shared) indices inside the file;
 * no stage-2 leaf disagrees with ``kvm_mem_is_private``, and every leaf lies in a memslot whose backing
   is still there;
+* stage-2 leaves are aligned to their level, so with the check above no huge leaf spans memory whose
+  private/shared state is not uniform; HugeTLB folio shapes agree with the split/merge counters and
+  vmemmap, and with the active policy's rule (eager: no shared page in a huge folio; deferred: the
+  2M/1G record equals a rescan);
 * page accounting is conserved: the incremental allocation counters equal a recount, allocations minus
   frees equal what is resident, and pins sit only on resident folios.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .mmu import LEVEL_PAGES
 from .pagecache import ABSENT, UPTODATE
 
 if TYPE_CHECKING:
@@ -42,6 +47,9 @@ def check(system: ModelBackend) -> None:
                     if bound is not slot:
                         _fail(f"slot {slot_id}: file indices [{s:#x},{e:#x}) bound to {bound!r}")
         for s, e, spte in vm.stage2.mapped():
+            pages = LEVEL_PAGES[spte.level]
+            if s % pages or e % pages:
+                _fail(f"stage-2 {spte.level}-level leaves at [{s:#x},{e:#x}) are not aligned to their size")
             for gfn in (s, e - 1):
                 slot = vm.find_memslot(gfn)
                 if slot is None:
@@ -73,6 +81,11 @@ def _boundaries(vm: object, start: int, end: int) -> list[int]:
 
 
 def _check_inode(inode: GmemInode) -> None:
+    if inode.huge is not None:
+        try:
+            inode.huge.check()  # folio shapes vs split/merge counters and vmemmap; the policy's own rule
+        except AssertionError as exc:
+            _fail(f"inode {inode.ino}: {exc}")
     pc = inode.pagecache
     pc.state.check()
     inode.pins.check()

@@ -35,9 +35,14 @@ from ..uapi import (
 from .args import as_bytes, sint, u32, u64
 from .config import HostConfig
 from .gmem import GmemError, GmemFile, GmemInode
+from .gmem_huge import HugeGmem
 from .host import USER_ADDR_LIMIT, AddressSpace, FaultRefused, ModelHostMapping
+from .hugetlb import HugetlbPool
+from .metrics import Metrics
 from .mmu import GFN_LIMIT, Stage2
 from .profiles import Behaviour, behaviour
+from .tdp import kvm_tdp_map, touch_range
+from .vendor import vendor_for
 
 KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
 
@@ -112,6 +117,11 @@ class ModelBackend:
         self.behaviour: Behaviour = behaviour(profile_name)
         self.profile: ApiProfile = self.behaviour.api
         self.config = config or HostConfig.upstream()
+        from ..policy import policy  # late: the policy module imports model submodules
+
+        self.policy = policy(self.config.gmem_policy)
+        self.counters = Metrics()
+        self.hugetlb_pool = HugetlbPool(self.config.hugetlb_pool_pages)
         self.fdtable = FdTable()
         self.address_space = AddressSpace()
         self.vms: list[ModelVm] = []
@@ -162,6 +172,34 @@ class ModelBackend:
                 seen[id(vma.file.inode)] = vma.file.inode
         return list(seen.values())
 
+    def metrics(self) -> dict[str, object]:
+        """Counters for the simulator: splits/merges, stage-2 and host bytes per level, conversions,
+        faults, zaps, TLB flushes, vmemmap, tracking structure sizes (see :mod:`gmemlab.model.metrics`)."""
+        out = self.counters.as_dict()
+        ranges = 0
+        for inode in self.inodes():
+            ranges += inode.shareability.nr_ranges()
+            if inode.lpage is not None:
+                ranges += inode.lpage.nr_ranges()
+            if inode.huge is not None:
+                hf = inode.huge.hf
+                ranges += hf.shape.nr_runs() + (hf.sub2m.nr_runs() if hf.sub2m is not None else 0)
+                ranges += inode.huge.prep.nr_ranges()
+        per_page = 0
+        mapped = {"4K": 0, "2M": 0, "1G": 0}
+        for vm in self.vms:
+            per_page += vm.attributes.count(0, GFN_LIMIT, bool)  # an xarray holds one entry per such gfn
+            for level, n in vm.stage2.mapped_bytes().items():
+                mapped[level] += n
+        out["tracking"] = {"ranges": ranges, "per_page_entries": per_page}
+        out["stage2_mapped_bytes"] = mapped
+        out["hugetlb_pool"] = {
+            size: {"total": total, "free": self.hugetlb_pool.free.get(size, 0)}
+            for size, total in self.hugetlb_pool.total.items()
+        }
+        out["policy"] = self.policy.name
+        return out
+
     def check_invariants(self) -> None:
         """Assert the model's invariants (see :func:`gmemlab.model.invariants.check`)."""
         from .invariants import check
@@ -181,7 +219,8 @@ class ModelVm:
         self.destroyed = False
         self.memslots: dict[tuple[int, int], Memslot] = {}
         self.attributes: RangeMap[int] = RangeMap(GFN_LIMIT, 0)  # kvm->mem_attr_array, per gfn
-        self.stage2 = Stage2()
+        self.stage2 = Stage2(system.counters)
+        self.vendor = vendor_for(self, system.config)
         self.stats: Counter[str] = Counter()
 
     # -- references ------------------------------------------------------------------------------------
@@ -230,9 +269,24 @@ class ModelVm:
         loff = as_loff(size)
         if loff <= 0 or not page_aligned(loff):
             raise KvmError(errno.EINVAL, op, f"size {size:#x} must be > 0 (as loff_t) and page aligned")
-        if behaviour.hugetlb_page_size(flags):
-            raise UnsupportedByBackend("HugeTLB-backed guest_memfd is not modelled yet")
-        inode = GmemInode(behaviour, size, flags)
+        config = self.system.config
+        shared = behaviour.initial_shareability(flags, config)
+        hpage = behaviour.hugetlb_page_size(flags)
+        subpool = None
+        if hpage:
+            # Inode setup (spec 1.5 step 4): page-size log, size multiple, then the subpool reservation.
+            pool = self.system.hugetlb_pool
+            if hpage not in (1 << 21, 1 << 30):  # x86 hstates; an empty pool is ENOMEM below
+                raise KvmError(errno.EINVAL, op, f"flags {flags:#x}: HugeTLB page-size log {hpage.bit_length() - 1} "
+                               "names no hstate on this host (2 MiB = 21, 1 GiB = 30)")
+            if loff % hpage:
+                raise KvmError(errno.EINVAL, op, f"size {size:#x} is not a multiple of the huge page size {hpage:#x}")
+            subpool = pool.reserve(hpage, loff // hpage, op)
+        inode = GmemInode(behaviour, size, flags, shared, self.system.counters)
+        if subpool is not None:
+            policy = self.system.policy
+            inode.lpage = policy.new_record(inode.npages, shared)
+            inode.huge = HugeGmem(inode, hpage, subpool, policy, config.gmem_prepare, self.system.counters)
         self.system.stats["gmem_created"] += 1
         return GmemFile(self.system, self, inode)
 
@@ -452,6 +506,7 @@ class ModelVm:
                     break
                 raise err
             chunk = src[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] if src is not None else None
+            file.inode.ensure_folio(index)  # HugeTLB: the whole huge folio (kvm_gmem_get_folio)
             file.inode.pagecache.populate(index, chunk)
             done += 1
         self.stats["pages_populated"] += done
@@ -518,11 +573,10 @@ class ModelVcpu:
             spte = vm.stage2.lookup(gfn)
             if spte is None:
                 try:
-                    file.get_pfn(slot, gfn)
+                    kvm_tdp_map(vm, slot, gfn, is_private)  # kvm_gmem_get_pfn, level selection, map
                 except GmemError as exc:
                     raise VcpuExit(KVM_EXIT_MEMORY_FAULT, exc.errno, page_gpa, PAGE_SIZE, flags, write,
                                    f"kvm_gmem_get_pfn: {exc.reason}") from None
-                vm.stage2.map(gfn, 1, is_private)
             return _GmemPage(file, gfn - slot.base_gfn + slot.gmem_pgoff)
         # Shared fault on a classic slot: the page comes from userspace_addr (GUP on the HVA).
         hva = slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
@@ -532,12 +586,20 @@ class ModelVcpu:
         page = (hva - vma.address) >> PAGE_SHIFT
         if vma.file is not None:
             try:
-                vma.file.inode.fault_user_mapping(vma.pgoff + page)
+                vma.file.inode.fault_user_mapping(vma.pgoff + page, vma)
             except FaultRefused as exc:
                 raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"GUP failed: {exc.reason}") from None
         if vm.stage2.lookup(gfn) is None:
             vm.stage2.map(gfn, 1, False)
         return _HvaPage(vma, page)
+
+    def touch(self, gpa: int, size: int, write: bool = True) -> None:
+        """The guest touches every page of ``[gpa, gpa + size)`` the way it knows it (private pages with
+        private accesses): faults are taken leaf by leaf, runs of 4 KiB faults in one step, so touching
+        64 GiB costs per mapping decision, not per page. Exits raise :class:`VcpuExit` as for one access."""
+        gpa = u64(gpa, "gpa", "KVM_RUN")
+        size = u64(size, "size", "KVM_RUN")
+        touch_range(self, gpa >> PAGE_SHIFT, (gpa + size + PAGE_SIZE - 1) >> PAGE_SHIFT, write)
 
     def _fault_is_private(self, gfn: int, private: bool | None) -> bool:
         vm_type = self.vm.vm_type

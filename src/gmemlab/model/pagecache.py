@@ -63,6 +63,27 @@ class PageCache:
         self.stats["pages_zeroed"] += 1
         return True
 
+    def make_uptodate_range(self, start: int, end: int) -> int:
+        """Zero every folio of ``[start, end)`` that is not uptodate (HugeTLB ranges); returns how many.
+
+        Not-uptodate indices hold no contents (invariant), so nothing is dropped from ``data``.
+        """
+        todo = self.state.count(start, end, lambda v: v != UPTODATE)
+        if todo:
+            self.allocate(start, end)
+            self.state.store(start, end, UPTODATE)
+            self.stats["pages_zeroed"] += todo
+        return todo
+
+    def zero_range(self, start: int, end: int) -> None:
+        """``kvm_gmem_zero_range``: clear contents in place; folios stay (partial HugeTLB punch)."""
+        if len(self.data) < end - start:
+            for index in [i for i in self.data if start <= i < end]:
+                del self.data[index]
+        else:
+            for index in range(start, end):
+                self.data.pop(index, None)
+
     def write(self, index: int, offset: int, data: bytes) -> None:
         page = self.data.get(index)
         if page is None:

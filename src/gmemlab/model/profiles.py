@@ -52,6 +52,10 @@ class Behaviour:
         """True when shareability is a per-index range map that conversion can change (rfc-v2)."""
         raise NotImplementedError
 
+    def initial_shareability(self, flags: int, config: HostConfig) -> bool:
+        """The initial state on this host: :meth:`initially_shared` unless the config inverts the default."""
+        return self.initially_shared(flags)
+
     def gmem_only(self, flags: int) -> bool:
         """Whether a memslot bound to such a file gets KVM_MEMSLOT_GMEM_ONLY (all faults from gmem)."""
         return self.supports_mmap(flags)
@@ -145,6 +149,12 @@ class RfcV2(Behaviour):
 
     def per_index_shareability(self, flags: int) -> bool:
         return bool(flags & GmemFlagsRfc2.SUPPORT_SHARED)
+
+    def initial_shareability(self, flags: int, config: HostConfig) -> bool:
+        # HostConfig.default_private: the merged default (private unless asked), bit 1 read as INIT_SHARED.
+        if config.default_private:
+            return bool(flags & GmemFlagsRfc2.SUPPORT_SHARED) and bool(flags & GmemFlagsRfc2.INIT_PRIVATE)
+        return self.initially_shared(flags)
 
     def checks_userspace_addr_at_bind(self, flags: int) -> bool:
         return bool(flags & GmemFlagsRfc2.SUPPORT_SHARED)

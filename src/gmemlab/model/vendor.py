@@ -1,0 +1,179 @@
+"""Vendor limits on private stage-2 mappings and the arch prepare/invalidate hooks (workloads.md 2.1).
+
+One object per VM (:func:`vendor_for`), asked by the fault path after the generic level selection:
+
+* :class:`NoVendor` (default, SW_PROTECTED, SEV, SEV-ES VMs): no cap, no hooks.
+* :class:`SnpRmp` (SNP VMs): ``sev_private_max_mapping_level`` = the level of the RMP entry, at most 2M
+  (no 1G RMP entries). ``sev_gmem_prepare`` makes a 2M entry only when the folio is >= 2M and all 512
+  entries of the aligned 2M are unassigned, otherwise 4K entries -- so the RMP level depends on history.
+  An NPT mapping smaller than a 2M RMP entry triggers ``sev_handle_rmp_fault``: PSMASH (2M -> 512 x 4K)
+  and ``kvm_zap_gfn_range`` of the 2M gfn range (step 8). ``sev_gmem_invalidate`` (to-shared conversion,
+  free) returns entries to shared: one RMPUPDATE per whole 2M entry, PSMASH first for partly covered ones.
+  The RMP is per page of memory, kept per inode as a range map (unassigned / 4K / 2M).
+* :class:`Tdx` (TDX VMs): 4K upstream, 2M in the RFC (``HostConfig.tdx_huge_private``); a 2M range that
+  was ever mapped or demoted to 4K stays 4K (never promoted).
+
+Counters go to ``metrics()["arch"]``: ``rmpupdate_4k``, ``rmpupdate_2m``, ``psmash``, ``tdx_demote``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..rangemap import RangeMap
+from ..uapi import VmType
+from .mmu import GFN_LIMIT, LEVEL_2M, LEVEL_4K
+
+if TYPE_CHECKING:
+    from .config import HostConfig
+    from .gmem import GmemInode
+    from .kvm import ModelVm
+
+RMP_SHARED, RMP_4K, RMP_2M = 0, 1, 2
+
+
+class NoVendor:
+    """No vendor constraints (non-CoCo, SW_PROTECTED)."""
+
+    name = "none"
+
+    def __init__(self, vm: ModelVm) -> None:
+        self.vm = vm
+        self.metrics = vm.system.counters
+
+    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+        """Cap (and prepare for) a private mapping of ``level`` at ``gfn``; returns the final level."""
+        return level
+
+    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+        """A batch of ``n`` private 4K mappings inside one 2M range."""
+
+    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
+        """File indices ``[start, end)`` go back to shared (conversion) or are freed."""
+
+
+class SnpRmp(NoVendor):
+    """AMD SEV-SNP: RMP entries of 4K or 2M, history-dependent, PSMASH on mismatch."""
+
+    name = "snp"
+
+    def __init__(self, vm: ModelVm) -> None:
+        super().__init__(vm)
+        self.rmp: dict[int, RangeMap[int]] = {}
+
+    def table(self, inode: GmemInode) -> RangeMap[int]:
+        rmp = self.rmp.get(inode.ino)
+        if rmp is None:
+            rmp = self.rmp[inode.ino] = RangeMap(inode.npages, RMP_SHARED)
+        return rmp
+
+    def psmash(self, inode: GmemInode, gfn: int, index: int) -> None:
+        """PSMASH the 2M entry holding ``index`` and zap its 2M gfn range (``sev_handle_rmp_fault``)."""
+        lo = index - index % 512
+        self.table(inode).store(lo, lo + 512, RMP_4K)
+        self.metrics.add("arch.psmash")
+        g = gfn - (index - lo)
+        self.vm.stage2.zap(g, g + 512)
+
+    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+        rmp = self.table(inode)
+        level = min(level, LEVEL_2M)  # SEV's max_level_for_order: no 1G RMP entries
+        if level == LEVEL_2M:
+            lo = index - index % 512
+            runs = list(rmp.runs(lo, lo + 512))
+            if len(runs) == 1 and runs[0][2] == RMP_SHARED and folio_level >= LEVEL_2M:
+                rmp.store(lo, lo + 512, RMP_2M)  # sev_gmem_prepare: is_large_rmp_possible
+                self.metrics.add("arch.rmpupdate_2m")
+                return LEVEL_2M
+            if len(runs) == 1 and runs[0][2] == RMP_2M:
+                return LEVEL_2M
+        value = rmp.load(index)
+        if value == RMP_2M:
+            self.psmash(inode, gfn, index)
+        elif value == RMP_SHARED:
+            rmp.store(index, index + 1, RMP_4K)
+            self.metrics.add("arch.rmpupdate_4k")
+        return LEVEL_4K
+
+    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+        rmp = self.table(inode)
+        if rmp.any_match(index, index + n, lambda v: v == RMP_2M):
+            self.psmash(inode, gfn, index)
+        todo = rmp.count(index, index + n, lambda v: v == RMP_SHARED)
+        if todo:
+            rmp.store(index, index + n, RMP_4K)
+            self.metrics.add("arch.rmpupdate_4k", todo)
+
+    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
+        rmp = self.rmp.get(inode.ino)
+        if rmp is None:
+            return
+        for s, e, v in list(rmp.runs(start, end)):
+            if v == RMP_4K:
+                self.metrics.add("arch.rmpupdate_4k", e - s)
+            elif v == RMP_2M:
+                lo, hi = s - s % 512, -(-e // 512) * 512
+                full_lo, full_hi = -(-s // 512) * 512, e - e % 512
+                whole = max(0, (full_hi - full_lo) // 512)
+                partial = len({lo // 512 if lo < s else -1, (hi - 1) // 512 if hi > e else -1} - {-1})
+                if partial:
+                    self.metrics.add("arch.psmash", partial)
+                    if lo < s:
+                        rmp.store(lo, s, RMP_4K)
+                    if hi > e:
+                        rmp.store(e, hi, RMP_4K)
+                self.metrics.add("arch.rmpupdate_2m", whole)
+                self.metrics.add("arch.rmpupdate_4k", (e - s) - whole * 512)
+        rmp.store(start, end, RMP_SHARED)
+
+
+class Tdx(NoVendor):
+    """Intel TDX: private leaves 4K (upstream) or up to 2M (RFC), never promoted once demoted."""
+
+    name = "tdx"
+
+    def __init__(self, vm: ModelVm) -> None:
+        super().__init__(vm)
+        self.max_level = LEVEL_2M if vm.system.config.tdx_huge_private else LEVEL_4K
+        self.demoted: RangeMap[bool] = RangeMap(GFN_LIMIT >> 9, False)  # per 2M gfn range
+
+    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+        level = min(level, self.max_level)
+        if level == LEVEL_2M and self.demoted.load(gfn >> 9):
+            level = LEVEL_4K
+        if level == LEVEL_4K:
+            self._demote(gfn, gfn + 1)
+        return level
+
+    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+        self._demote(gfn, gfn + n)
+
+    def _demote(self, start: int, end: int) -> None:
+        lo, hi = start >> 9, (end + 511) >> 9
+        todo = self.demoted.count(lo, hi, lambda v: not v)
+        if todo:
+            self.demoted.store(lo, hi, True)
+            self.metrics.add("arch.tdx_demote", todo)
+
+    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
+        # A conversion inside a 2M S-EPT leaf demotes it (split before the zap, Yan Zhao's RFC).
+        for file in inode.files:
+            if file.vm is not self.vm:
+                continue
+            for s, e, slot in file.bindings.runs(start, end):
+                if slot is None:
+                    continue
+                g0 = slot.base_gfn + (s - slot.gmem_pgoff)
+                g1 = g0 + (e - s)
+                for edge in (g0, g1):
+                    if edge & 511:
+                        self._demote(edge, edge + 1)
+
+
+def vendor_for(vm: ModelVm, config: HostConfig) -> NoVendor:
+    """The vendor object for a VM type (SNP -> RMP, TDX -> TDX, anything else -> none)."""
+    if vm.vm_type == VmType.SNP:
+        return SnpRmp(vm)
+    if vm.vm_type == VmType.TDX:
+        return Tdx(vm)
+    return NoVendor(vm)
