@@ -68,6 +68,18 @@ class HostMapping(Protocol):
 
     def madvise(self, offset: int, length: int, advice: int) -> None: ...
 
+    def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
+        """``mbind(2)`` on the pages under ``[offset, offset+length)``."""
+        ...
+
+    def get_mempolicy(self, offset: int) -> tuple[int, int]:
+        """``get_mempolicy(MPOL_F_ADDR)``: ``(mode, nodemask)`` at ``offset``."""
+        ...
+
+    def page_nodes(self, offset: int, npages: int) -> list[int]:
+        """``move_pages(2)`` query: the node of each page, ``-ENOENT`` where none is mapped."""
+        ...
+
     def pin(self, offset: int, length: int) -> Pin:
         """Long-term GUP pin (``FOLL_LONGTERM``) of the pages under ``[offset, offset+length)``."""
         ...
@@ -179,6 +191,10 @@ class Backend(Protocol):
 
     def memfd_create(self, size: int) -> HasFd:
         """A regular memfd (a file that is *not* a guest_memfd, for binding checks)."""
+        ...
+
+    def nr_numa_nodes(self) -> int:
+        """Online NUMA nodes of the host."""
         ...
 
     def guest_gpa_window(self) -> tuple[int, int]:

@@ -354,3 +354,21 @@ def check_struct_sizes() -> dict[str, tuple[int, int]]:
         if ioc_size(number) != ctypes.sizeof(struct_type):
             bad[name] = (ioc_size(number), ctypes.sizeof(struct_type))
     return bad
+
+# ---------------------------------------------------------------------------------------------
+# NUMA memory policy (mbind / get_mempolicy / move_pages): guest_memfd keeps a shared policy per inode
+# from U6.19 (spec 2.4), exercised by the selftest's test_mbind / test_numa_allocation (spec 3.1).
+# ---------------------------------------------------------------------------------------------
+MPOL_DEFAULT = 0
+MPOL_PREFERRED = 1
+MPOL_BIND = 2
+MPOL_INTERLEAVE = 3
+MPOL_LOCAL = 4
+MPOL_PREFERRED_MANY = 5
+MPOL_WEIGHTED_INTERLEAVE = 6
+MPOL_MAX = 7
+MPOL_F_ADDR = 1 << 1
+MPOL_MODE_FLAGS = (1 << 15) | (1 << 14) | (1 << 13)  # STATIC_NODES, RELATIVE_NODES, NUMA_BALANCING
+SYS_MBIND = 237
+SYS_GET_MEMPOLICY = 239
+SYS_MOVE_PAGES = 279

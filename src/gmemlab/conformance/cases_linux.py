@@ -21,6 +21,9 @@ from ..uapi import (
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
+    MPOL_BIND,
+    MPOL_DEFAULT,
+    MPOL_INTERLEAVE,
     PAGE_SIZE,
     Cap,
     VmType,
@@ -187,16 +190,52 @@ def test_mmap_cow(ctx: Ctx) -> None:
         g.close()
 
 
+def _need_nodes(ctx: Ctx, n: int) -> None:
+    have = ctx.system.nr_numa_nodes()
+    if have < n:
+        ctx.skip(f"needs >= {n} NUMA nodes, this host has {have} (the selftest skips too)")
+
+
 @case("3.1")
 def test_mbind(ctx: Ctx) -> None:
-    """NUMA policy round trip (mbind/get_mempolicy); the selftest needs >= 2 NUMA nodes."""
-    ctx.skip("needs >= 2 NUMA nodes and the NUMA policy model (not modelled; this host has 1 node)")
+    """INTERLEAVE on pages 0-1 and BIND on 2-3 read back; DEFAULT over all reads back empty; mode 999 EINVAL."""
+    _need_nodes(ctx, 2)
+    for vm, flags in _each_vm_and_flags(ctx, "mmap"):
+        g = vm.create_guest_memfd(4 * P, flags)
+        m = g.mmap(4 * P)
+        ctx.expect_ok(m.mbind, 0, 2 * P, MPOL_INTERLEAVE, 0x1)
+        ctx.check(m.get_mempolicy(0) == (MPOL_INTERLEAVE, 0x1), f"INTERLEAVE read back {m.get_mempolicy(0)}")
+        ctx.expect_ok(m.mbind, 2 * P, 2 * P, MPOL_BIND, 0x1)
+        ctx.check(m.get_mempolicy(2 * P) == (MPOL_BIND, 0x1), f"BIND read back {m.get_mempolicy(2 * P)}")
+        ctx.expect_ok(m.mbind, 0, 4 * P, MPOL_DEFAULT, 0)
+        ctx.check(m.get_mempolicy(0) == (MPOL_DEFAULT, 0), f"DEFAULT read back {m.get_mempolicy(0)}")
+        ctx.expect_errno("EINVAL", m.mbind, 0, 4 * P, 999, 0)
+        m.munmap()
+        g.close()
 
 
 @case("3.1")
 def test_numa_allocation(ctx: Ctx) -> None:
-    """Pages land on the mbind() node; the selftest needs >= 2 NUMA nodes."""
-    ctx.skip("needs >= 2 NUMA nodes and the NUMA policy model (not modelled; this host has 1 node)")
+    """Folios land on the mbind() node and do not move when the policy changes; after a punch they
+    follow the new policy (move_pages reports 1,1,0,0 then 0,0,1,1)."""
+    _need_nodes(ctx, 2)
+    for vm, flags in _each_vm_and_flags(ctx, "mmap-shared"):
+        g = vm.create_guest_memfd(4 * P, flags)
+        m = g.mmap(4 * P)
+        m.write(0, b"x")  # allocated under the default policy: node 0
+        ctx.expect_ok(m.mbind, 0, 2 * P, MPOL_BIND, 0x2)
+        ctx.expect_ok(m.mbind, 2 * P, 2 * P, MPOL_BIND, 0x1)
+        ctx.check(m.page_nodes(0, 1) == [0], f"an allocated page moved: {m.page_nodes(0, 1)}")
+        ctx.expect_ok(g.fallocate, PUNCH, 0, 4 * P)
+        m.fill(0, 4 * P, 1)
+        ctx.check(m.page_nodes(0, 4) == [1, 1, 0, 0], f"nodes {m.page_nodes(0, 4)}, expected [1, 1, 0, 0]")
+        ctx.expect_ok(g.fallocate, PUNCH, 0, 4 * P)
+        ctx.expect_ok(m.mbind, 0, 2 * P, MPOL_BIND, 0x1)
+        ctx.expect_ok(m.mbind, 2 * P, 2 * P, MPOL_BIND, 0x2)
+        m.fill(0, 4 * P, 1)
+        ctx.check(m.page_nodes(0, 4) == [0, 0, 1, 1], f"nodes {m.page_nodes(0, 4)}, expected [0, 0, 1, 1]")
+        m.munmap()
+        g.close()
 
 
 @case("3.1")
@@ -713,3 +752,49 @@ def rk_madvise_remove_after_close(ctx: Ctx) -> None:
     ctx.expect_bytes(m.read(0, 2 * P), bytes(P) + b"\x33" * P, "after MADV_REMOVE of page 0")
     ro.munmap()
     m.munmap()
+
+
+@case("rk", profiles=("linux-6.18",))
+def rk_mbind_single_node(ctx: Ctx) -> None:
+    """#168 on any host: the policy round trip on node 0, EINVAL for a bad mode or an offline node, and
+    move_pages showing -ENOENT before the first touch and node 0 after it."""
+    vm = ctx.vm(0)
+    g = vm.create_guest_memfd(4 * P, ctx.MMAP | ctx.INIT_SHARED)
+    m = g.mmap(4 * P)
+    ctx.check(m.page_nodes(0, 2) == [-2, -2], f"untouched pages {m.page_nodes(0, 2)}")
+    m.write(0, b"x")
+    ctx.check(m.page_nodes(0, 2) == [0, -2], f"after one touch {m.page_nodes(0, 2)}")
+    for mode in (MPOL_INTERLEAVE, MPOL_BIND):
+        ctx.expect_ok(m.mbind, 0, 2 * P, mode, 0x1)
+        ctx.check(m.get_mempolicy(P) == (mode, 0x1), f"read back {m.get_mempolicy(P)}")
+        ctx.check(m.get_mempolicy(2 * P) == (MPOL_DEFAULT, 0), "the rest keeps the default policy")
+    ctx.expect_ok(m.mbind, 0, 4 * P, MPOL_DEFAULT, 0)
+    ctx.check(m.get_mempolicy(0) == (MPOL_DEFAULT, 0), "DEFAULT read back")
+    ctx.expect_errno("EINVAL", m.mbind, 0, P, 999, 0)
+    ctx.expect_errno("EINVAL", m.mbind, 0, P, MPOL_BIND, 1 << 40)
+    ctx.expect_errno("EINVAL", m.mbind, 0, P, MPOL_DEFAULT, 0x1)
+    m.munmap()
+    g.close()
+
+
+@case("rk", profiles=("linux-6.18",))
+def rk_mbind_modes(ctx: Ctx) -> None:
+    """Found by differential fuzzing: MPOL_PREFERRED without nodes reads back as MPOL_LOCAL; mode flags come
+    back with the mode; offline nodes are masked off (EINVAL only when none is left); relative masks fold."""
+    vm = ctx.vm(0)
+    g = vm.create_guest_memfd(4 * P, ctx.MMAP | ctx.INIT_SHARED)
+    m = g.mmap(4 * P)
+    online = (1 << ctx.system.nr_numa_nodes()) - 1
+    static, relative = 1 << 15, 1 << 14
+    ctx.expect_ok(m.mbind, 0, P, 1, 0)  # MPOL_PREFERRED, no node
+    ctx.check(m.get_mempolicy(0) == (4, 0), f"PREFERRED() reads back {m.get_mempolicy(0)}, expected MPOL_LOCAL")
+    ctx.expect_ok(m.mbind, 0, P, MPOL_BIND, online | (1 << 40))
+    ctx.check(m.get_mempolicy(0) == (MPOL_BIND, online), f"offline nodes kept: {m.get_mempolicy(0)}")
+    ctx.expect_ok(m.mbind, 0, P, MPOL_BIND | static, 0x3)
+    ctx.check(m.get_mempolicy(0) == (MPOL_BIND | static, 0x3), f"static mask {m.get_mempolicy(0)}")
+    ctx.expect_ok(m.mbind, 0, P, MPOL_INTERLEAVE | relative, 1 << 5)
+    ctx.check(m.get_mempolicy(0) == (MPOL_INTERLEAVE | relative, 1 << 5), f"relative mask {m.get_mempolicy(0)}")
+    ctx.expect_errno("EINVAL", m.mbind, 0, P, MPOL_BIND | static | relative, 0x1)
+    ctx.expect_errno("EINVAL", m.mbind, 0, P, MPOL_INTERLEAVE | (1 << 13), 0x1)
+    m.munmap()
+    g.close()

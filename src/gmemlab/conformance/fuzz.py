@@ -64,6 +64,12 @@ OPERATIONS: dict[str, st.SearchStrategy[Op]] = {
     "mmap_anon": st.fixed_dictionaries({"op": st.just("mmap_anon"), "pages": st.sampled_from([4, 16])}),
     "madvise": st.fixed_dictionaries({"op": st.just("madvise"), "map": _ref, "offset": _pages.map(lambda n: n * P),
                                       "pages": st.integers(1, 4), "advice": st.sampled_from([4, 9])}),
+    "mbind": st.fixed_dictionaries({"op": st.just("mbind"), "map": _ref, "offset": _pages.map(lambda n: n * P),
+                                    "pages": st.integers(1, 4), "mode": st.sampled_from([0, 2, 3, 1, 4, 9]),
+                                    "mask": st.sampled_from([0, 1, 1, 2, 3])}),
+    "numa_query": st.fixed_dictionaries({"op": st.just("numa_query"), "map": _ref,
+                                         "offset": _pages.map(lambda n: n * P),
+                                         "pages": st.integers(1, 4)}),
     "file_op": st.fixed_dictionaries({"op": st.just("file_op"), "gmem": _ref,
                                       "which": st.sampled_from(["read", "write", "pread", "pwrite", "lseek",
                                                                 "ftruncate", "fstat"])}),
@@ -156,6 +162,16 @@ def _step(w: _World, op: Op) -> None:
         m = w.pick(w.maps, op["map"])
         if m is not None and op["offset"] < m.length:
             m.madvise(op["offset"], min(op["pages"] * P, m.length - op["offset"]), op["advice"])
+        return
+    if kind in ("mbind", "numa_query"):
+        m = w.pick(w.maps, op["map"])
+        if m is not None and op["offset"] < m.length:
+            length = min(op["pages"] * P, m.length - op["offset"])
+            if kind == "mbind":
+                m.mbind(op["offset"], length, op["mode"], op["mask"])
+            else:
+                m.get_mempolicy(op["offset"])
+                m.page_nodes(op["offset"], length // P or 1)
         return
     if kind == "file_op":
         g = w.pick(w.gmems, op["gmem"])
@@ -354,6 +370,8 @@ REQUIRED_KEYS: dict[str, set[str]] = {
     "mmap_anon": {"op", "pages"},
     "madvise": {"op", "map", "offset", "pages", "advice"},
     "file_op": {"op", "gmem", "which"},
+    "mbind": {"op", "map", "offset", "pages", "mode", "mask"},
+    "numa_query": {"op", "map", "offset", "pages"},
     "host_write": {"op", "map", "offset", "byte", "length"},
     "host_read": {"op", "map", "offset", "length"},
     "fallocate": {"op", "gmem", "mode", "offset", "length"},

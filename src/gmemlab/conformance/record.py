@@ -83,6 +83,8 @@ class Recorder:
             return value._name
         if isinstance(value, bytes | bytearray):
             return summarize_bytes(bytes(value))
+        if isinstance(value, tuple | list):
+            return tuple(self.symbol(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, int):
             return value if isinstance(value, str | float | type(None) | bool) else type(value).__name__
         if key == "guest_memfd":

@@ -123,3 +123,38 @@ def process_vm_writev(pid: int, local: int, nlocal: int, remote: int, nremote: i
     """Returns bytes transferred, or ``-errno``."""
     n = _process_vm_writev(pid, local, nlocal, remote, nremote, 0)
     return n if n >= 0 else -ctypes.get_errno()
+
+
+# -- NUMA policy syscalls (no libc wrappers without libnuma): raw syscall(2) ------------------------------
+_syscall = _fn("syscall", ctypes.c_long, ctypes.c_long, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+               ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_MAXNODE = 65  # the kernel reads maxnode - 1 bits: one 64-bit mask word
+
+
+def mbind(addr: int, length: int, mode: int, nodemask: int, flags: int) -> None:
+    from ..uapi import SYS_MBIND
+
+    mask = (ctypes.c_ulong * 1)(nodemask)
+    check(_syscall(SYS_MBIND, addr, length, mode, ctypes.addressof(mask), _MAXNODE, flags), "mbind",
+          f"mode {mode} nodemask {nodemask:#x}")
+
+
+def get_mempolicy(addr: int) -> tuple[int, int]:
+    from ..uapi import MPOL_F_ADDR, SYS_GET_MEMPOLICY
+
+    mode = ctypes.c_int(0)
+    mask = (ctypes.c_ulong * 1)(0)
+    check(_syscall(SYS_GET_MEMPOLICY, ctypes.addressof(mode), ctypes.addressof(mask), _MAXNODE, addr,
+                   MPOL_F_ADDR, 0), "get_mempolicy")
+    return mode.value, mask[0]
+
+
+def move_pages_query(addrs: list[int]) -> list[int]:
+    """``move_pages(0, n, pages, NULL, status, 0)``: where each page is, or a negative errno."""
+    from ..uapi import SYS_MOVE_PAGES
+
+    n = len(addrs)
+    pages = (ctypes.c_void_p * n)(*addrs)
+    status = (ctypes.c_int * n)()
+    check(_syscall(SYS_MOVE_PAGES, 0, n, ctypes.addressof(pages), 0, ctypes.addressof(status), 0), "move_pages")
+    return list(status)

@@ -132,6 +132,24 @@ class KernelHostMapping:
             raise KvmError(errno.ENOMEM, "madvise", "mapping was unmapped")
         libc.madvise(self.address + offset, length, advice, f"offset {offset:#x} len {length:#x} advice {advice}")
 
+    def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
+        """``mbind(2)`` on ``[address+offset, +length)``."""
+        if not self.mapped:
+            raise KvmError(errno.EFAULT, "mbind", "mapping was unmapped")
+        libc.mbind(self.address + offset, length, mode, nodemask, flags)
+
+    def get_mempolicy(self, offset: int) -> tuple[int, int]:
+        """``get_mempolicy(MPOL_F_ADDR)`` at ``address+offset``: (mode, nodemask)."""
+        if not self.mapped:
+            raise KvmError(errno.EFAULT, "get_mempolicy", "mapping was unmapped")
+        return libc.get_mempolicy(self.address + offset)
+
+    def page_nodes(self, offset: int, npages: int) -> list[int]:
+        """``move_pages(2)`` status of each page: its node or a negative errno (-ENOENT: not present)."""
+        if not self.mapped:
+            raise KvmError(errno.EFAULT, "move_pages", "mapping was unmapped")
+        return libc.move_pages_query([self.address + offset + i * PAGE_SIZE for i in range(npages)])
+
     def pin(self, offset: int, length: int) -> NoReturn:
         raise UnsupportedByBackend(
             "long-term GUP pin (FOLL_LONGTERM): no safe userspace mechanism on this host "

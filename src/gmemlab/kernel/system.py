@@ -104,6 +104,19 @@ class KernelBackend:
             raise KvmError(exc.errno or 0, "ftruncate", f"memfd size {size:#x}") from None
         return KernelMemfd(fd, size, self.resources)
 
+    def nr_numa_nodes(self) -> int:
+        """Online NUMA nodes (/sys/devices/system/node/online, e.g. "0" or "0-1")."""
+        try:
+            with open("/sys/devices/system/node/online") as f:
+                text = f.read().strip()
+        except OSError:
+            return 1
+        count = 0
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            count += int(hi or lo) - int(lo) + 1
+        return count
+
     def guest_gpa_window(self) -> tuple[int, int]:
         """[2 MiB, 64 GiB - 2 MiB): above the guest's system slot, below its MMIO report page."""
         return guest.GPA_WINDOW

@@ -49,6 +49,7 @@ class HostConfig:
     nr_memslots: int = 32764
     hugetlb_pool_pages: dict[int, int] = field(default_factory=dict)
     gpa_window: tuple[int, int] | None = None  # GPAs a vCPU can reach; None = the whole space
+    numa_nodes: int = 2  # online NUMA nodes; 2 so the selftest's NUMA cases run on the model
     gmem_policy: str = "eager"
     gmem_prepare: str = "folio"
     default_private: bool = False
@@ -84,6 +85,7 @@ def _from_backend(backend: object) -> HostConfig:
         readonly_mem=bool(check(Cap.READONLY_MEM)),
         nr_memslots=check(Cap.NR_MEMSLOTS) or 32764,
         gpa_window=window,
+        numa_nodes=backend.nr_numa_nodes(),  # type: ignore[attr-defined]
     )
 
 

@@ -17,6 +17,7 @@ from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..rangemap import RangeMap
 from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+from . import numa
 from .args import as_bytes
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class FaultRefused(Exception):
 class AddressSpace:
     """The modelled process's mappings, ordered by address; hands out addresses like mmap does."""
 
-    def __init__(self) -> None:
+    def __init__(self, numa_nodes: int = 1) -> None:
+        self.numa_nodes = numa_nodes
         self.vmas: list[ModelHostMapping] = []
         self._next = _MMAP_BASE
 
@@ -72,6 +74,7 @@ class ModelHostMapping:
         self.address = space.place(length)
         self.ptes: RangeMap[bool] = RangeMap(self.npages, False)  # host PTEs installed
         self.anon: dict[int, bytearray] = {}
+        self.vma_policy = numa.SharedPolicy(self.npages)  # anonymous memory: the VMA's own policy
         self.unmapped = False
         space.vmas.append(self)
         if file is not None:
@@ -177,6 +180,45 @@ class ModelHostMapping:
                 )
         else:
             raise UnsupportedByBackend(f"madvise advice {advice} is not modelled")
+
+    # -- NUMA policy (spec 2.4, U6.19: set_policy/get_policy on the gmem VMA) --------------------------
+    def _policy_pages(self, offset: int, length: int, op: str) -> tuple[int, int]:
+        if offset & (PAGE_SIZE - 1) or offset < 0:
+            raise KvmError(errno.EINVAL, op, f"start {offset:#x} is not page aligned")
+        first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if self.unmapped or last > self.npages or length <= 0:
+            raise KvmError(errno.EFAULT, op, f"range [{offset:#x}, +{length:#x}) is not (all) mapped")
+        return first, last
+
+    def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
+        """``mbind(2)``: a guest_memfd stores the policy in the inode (every mapping sees it)."""
+        first, last = self._policy_pages(offset, length, "mbind")
+        if flags & ~0x7:
+            raise KvmError(errno.EINVAL, "mbind", f"flags {flags:#x} are not MPOL_MF_*")
+        policy = numa.validate(mode, nodemask, self.space.numa_nodes)
+        target = self.file.inode.pagecache.shared_policy if self.file is not None else self.vma_policy
+        target.set(self.pgoff + first if self.file is not None else first,
+                   self.pgoff + last if self.file is not None else last, policy)
+
+    def get_mempolicy(self, offset: int) -> tuple[int, int]:
+        """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask)."""
+        first, _ = self._policy_pages(offset, 1, "get_mempolicy")
+        if self.file is not None:
+            return self.file.inode.pagecache.shared_policy.get(self.pgoff + first)
+        return self.vma_policy.get(first)
+
+    def page_nodes(self, offset: int, npages: int) -> list[int]:
+        """``move_pages(2)`` status query: each page's node, or -ENOENT where nothing is mapped."""
+        first, _ = self._policy_pages(offset, max(npages, 1) << PAGE_SHIFT, "move_pages")
+        out = []
+        for page in range(first, first + npages):
+            if not self.ptes.load(page):
+                out.append(-errno.ENOENT)
+            elif self.file is None:
+                out.append(numa.LOCAL_NODE)
+            else:
+                out.append(self.file.inode.pagecache.node_of(self.pgoff + page))
+        return out
 
     def pin(self, offset: int, length: int) -> ModelPin:
         """``pin_user_pages(FOLL_LONGTERM | FOLL_WRITE)``: fault each page in, then raise refcounts."""

@@ -123,7 +123,7 @@ class ModelBackend:
         self.counters = Metrics()
         self.hugetlb_pool = HugetlbPool(self.config.hugetlb_pool_pages)
         self.fdtable = FdTable()
-        self.address_space = AddressSpace()
+        self.address_space = AddressSpace(self.config.numa_nodes)
         self.vms: list[ModelVm] = []
         self.stats: Counter[str] = Counter()
         self.fd = self.fdtable.install(self)
@@ -151,6 +151,9 @@ class ModelBackend:
 
     def memfd_create(self, size: int) -> ModelMemfd:
         return ModelMemfd(self, size)
+
+    def nr_numa_nodes(self) -> int:
+        return self.config.numa_nodes
 
     def guest_gpa_window(self) -> tuple[int, int]:
         return self.config.gpa_window or (0, 1 << self.config.max_gpa_bits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SIZE
+from .numa import DEFAULT_POLICY, Policy, SharedPolicy, node_for
 
 ABSENT = 0
 ALLOCATED = 1  # in the page cache, not uptodate ("not prepared")
@@ -25,6 +26,9 @@ class PageCache:
         self.state: RangeMap[int] = RangeMap(npages, ABSENT)
         self.data: dict[int, bytearray] = {}
         self.nr_allocated = 0  # kept incrementally; the invariant check recounts it from `state`
+        # NUMA: the policy in force when each folio was allocated (its node is derived from it).
+        self.shared_policy = SharedPolicy(npages)
+        self.placement: RangeMap[Policy] = RangeMap(max(npages, 1), DEFAULT_POLICY)
         self.stats = {"folios_allocated": 0, "folios_freed": 0, "pages_zeroed": 0}
 
     # -- queries -------------------------------------------------------------------------------
@@ -33,6 +37,10 @@ class PageCache:
 
     def count_allocated(self, start: int = 0, end: int | None = None) -> int:
         return self.state.count(start, self.npages if end is None else end, lambda v: v != ABSENT)
+
+    def node_of(self, index: int) -> int:
+        """NUMA node of the folio at ``index`` (``move_pages`` status); it must be allocated."""
+        return node_for(self.placement.load(index), index)
 
     def read(self, index: int, offset: int, length: int) -> bytes:
         page = self.data.get(index)
@@ -48,6 +56,8 @@ class PageCache:
             for s, e, v in list(self.state.runs(start, end)):
                 if v == ABSENT:
                     self.state.store(s, e, ALLOCATED)
+                    for ps, pe, pol in list(self.shared_policy.policy.runs(s, e)):
+                        self.placement.store(ps, pe, pol)
             self.nr_allocated += new
             self.stats["folios_allocated"] += new
         return new
