@@ -175,8 +175,11 @@ def main() -> int:
             "seconds": {"c": c, "py": py},
             "median_s": {"c": mc, "py": mp},
             "pages_per_s_median": {"c": size / 4096 / mc, "py": size / 4096 / mp},
-            "ratio_py_over_c": mp / mc,
+            "ratio_of_medians": mp / mc,
             "ratio_per_round": [p / q for p, q in zip(py, c, strict=True)],
+            # Paired: each round times both sides back to back (alternating who goes first), so the median
+            # of the per-round ratios cancels the slow phases of this nested host better than medians do.
+            "ratio_py_over_c": statistics.median(p / q for p, q in zip(py, c, strict=True)),
         }
     result["target_ratio"] = 1.1
     if args.json:
@@ -187,7 +190,8 @@ def main() -> int:
             m = r["median_s"]
             print(
                 f"  {method:15s} C {m['c'] * 1e3:8.1f} ms   Python {m['py'] * 1e3:8.1f} ms   "
-                f"ratio {r['ratio_py_over_c']:.3f}   ({r['pages_per_s_median']['py']:.0f} pages/s from Python)"
+                f"paired ratio {r['ratio_py_over_c']:.3f} (of medians {r['ratio_of_medians']:.3f})   "
+                f"({r['pages_per_s_median']['py']:.0f} pages/s from Python)"
             )
         ok = result["methods"]["populate-write"]["ratio_py_over_c"] <= 1.1
         print(f"  target <= 1.1 (populate-write): {'met' if ok else 'NOT met'}")
