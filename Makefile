@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test lint bench clean setup conformance
 
 setup: $(STAMP)
 
@@ -14,9 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: eager vs deferred huge-folio splitting on an SNP guest with lazy acceptance.
 demo: $(STAMP)
-	$(BIN)/gmemlab conformance --backend model --profile linux-6.18
-	$(BIN)/gmemlab conformance --backend model --profile rfc-v2
+	mkdir -p build
+	$(BIN)/gmemlab compare snp-lazy-accept-64g --policy eager --policy deferred --plot build/snp-lazy-accept-64g.png
+	@echo "plot written to build/snp-lazy-accept-64g.png"
+
+# The selftest checklist on the model (add --backend both to compare with this machine's /dev/kvm).
+conformance: $(STAMP)
+	$(BIN)/gmemlab conformance --backend model
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/rangemap.py
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/sim.py
+	$(BIN)/python bench/hugepages_table.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

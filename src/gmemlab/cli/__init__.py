@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "gmemlab.cli.fuzz",
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
+    "gmemlab.cli.sim",
 ]
 
 app = typer.Typer(

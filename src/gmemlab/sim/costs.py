@@ -84,8 +84,9 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("8", "Merge 4K->2M / 4K->1G", "same order as the split", None, "per merge", "split_merge", "pub",
          f"{MICHAEL}; priced by rows 6 and 7"),
     _row("9", "Split 1G->2M (proposed, not implemented)", "2M split + 512 filemap entries", 60, "per split",
-         "split_merge", "assumed", "cover letter <cover.1747264138.git.ackerleytng@google.com> future work",
-         "split_1g_2m"),
+         "split_merge", "assumed", "cover letter <cover.1747264138.git.ackerleytng@google.com> future work; "
+         "merge 2M->1G priced the same",
+         "split_1g_2m", "merge_2m_1g"),
     _row("10", "Conversion bookkeeping per work item (maple-tree store, refcount scan)",
          "~320 cyc (1G sample) to ~1.1e3 cyc (2M sample)", 0.25, "per work item", "conversion", "derived",
          f"{MICHAEL}: ratios", "conversion_work_items"),

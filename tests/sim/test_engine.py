@@ -1,0 +1,294 @@
+"""The simulator engine on the model (workloads.md §1-§6): every built-in scenario at reduced size, the §6
+counts worked by hand, relations between policies, determinism, and the range fault against the model's
+own per-leaf path. No timing assertions (the targets are in bench/sim.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gmemlab.errors import UsageError
+from gmemlab.policy import POLICIES
+from gmemlab.sim.costs import CostTable
+from gmemlab.sim.engine import Engine
+from gmemlab.sim.run import RunResult, simulate
+from gmemlab.sim.scenario import builtin_names, load_scenario, parse_scenario
+from gmemlab.sim.units import GiB, MiB
+from gmemlab.uapi import PAGE_SIZE
+
+from .test_scenario import BUILTINS
+
+# Reduced sizes that keep each built-in scenario valid (its regions fit) and fast.
+REDUCED = {
+    "attr-init-1t": ["guest_mem=4GiB"],
+    "pkvm-android-1g": ["guest_mem=512MiB"],
+    "dpdk-shared-buffers-64g": ["guest_mem=2GiB", "shared_regions.swiotlb.size=512MiB"],
+}
+REDUCED_DEFAULT = ["guest_mem=1GiB"]
+POLICY_PAIR = ("eager", "deferred")
+
+
+def reduced(name: str) -> list[str]:
+    return REDUCED.get(name, REDUCED_DEFAULT)
+
+
+def run(name: str, policy: str = "eager", sets: list[str] | None = None, **kw: object) -> RunResult:
+    return simulate(name, policy, reduced(name) if sets is None else sets, **kw)  # type: ignore[arg-type]
+
+
+def full_accept(text: str = "", **over: str) -> str:
+    """An SNP/TDX guest that accepts all its memory at boot and does nothing else (§6 sanity numbers)."""
+    base = {"arch": '"snp"', "guest_mem": '"64GiB"', "runtime_s": "0", "teardown": "false"}
+    base.update(over)
+    head = "\n".join(f"{k} = {v}" for k, v in base.items())
+    return f'{head}\n[backing]\nallocator = "hugetlb"\npage = "1GiB"\n[accept]\nmode = "eager"\n{text}'
+
+
+def test_builtins_listed():
+    assert set(builtin_names()) == set(BUILTINS)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("policy", POLICY_PAIR)
+def test_every_builtin_runs_at_reduced_size(name, policy):
+    result = run(name, policy)
+    j = result.as_json()
+    assert j["scenario"] == name and j["policy"] == policy and j["seed"] == 0
+    m = j["metrics"]
+    assert set(m) == {"splits", "merges", "stage2_bytes", "host_map_bytes", "conversions", "userspace_exits",
+                      "guest_faults", "zaps", "tlb_flushes", "tracking", "vmemmap_bytes", "modelled_time_s"}
+    assert set(m["splits"]) == set(m["merges"]) == {"1G", "2M"}
+    assert set(m["stage2_bytes"]) == set(m["host_map_bytes"]) == {"4K", "2M", "1G"}
+    assert set(m["conversions"]) == {"ok", "eagain"}
+    assert set(m["tracking"]) == {"ranges", "per_page_entries"}
+    assert set(m["modelled_time_s"]) == set(CostTable().modelled_time({}).by_category)
+    assert sum(m["stage2_bytes"].values()) <= load_scenario(name, reduced(name)).guest_mem
+    assert j["series"][0]["label"] == "launch" and j["series"][-1]["label"] == "end"
+    assert result.modelled_total_s >= 0
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+@pytest.mark.parametrize("policy", POLICY_PAIR)
+def test_range_fault_matches_the_models_per_leaf_path(name, policy):
+    """target.fault_range replicates the model's fault decision over uniform ranges; ``exact`` faults
+    leaf by leaf through vcpu.touch (and host writes page by page). Both must give the same counts."""
+    fast, exact = run(name, policy), run(name, policy, exact=True)
+    assert fast.counters == exact.counters
+    assert fast.metrics == exact.metrics
+
+
+VARIANTS = [
+    ("tdx-boot-64g", ["guest_mem=2GiB", "backing.page=2MiB"]),
+    ("tdx-boot-64g", ["guest_mem=2GiB", "arch_limits.private_max_level=2M"]),
+    ("tdx-boot-64g", ["guest_mem=2GiB", "gmem_flags.mmap=false"]),
+    ("snp-lazy-accept-64g", ["guest_mem=2GiB", "backing.page=2MiB"]),
+    ("snp-lazy-accept-64g", ["guest_mem=2GiB", "backing.allocator=buddy", "backing.page=4KiB"]),
+    ("non-coco-mmap-64g", ["guest_mem=2GiB", "arch_limits.private_max_level=4K", "backing.page=2MiB"]),
+    ("pkvm-android-1g", ["guest_mem=512MiB", "arch_limits.private_max_level=4K"]),
+]
+
+
+@pytest.mark.parametrize(("name", "sets"), VARIANTS)
+@pytest.mark.parametrize("policy", ["eager", "deferred", "eager+staged", "deferred+direct"])
+def test_range_fault_matches_on_variants(name, sets, policy):
+    """Backing sizes, TDX 2M, no mmap (SET_ATTR + PUNCH conversions), TDP capped at 4K, every policy shape."""
+    fast, slow = run(name, policy, sets), run(name, policy, sets, exact=True, coalesce=False)
+    assert fast.counters == slow.counters
+    assert fast.metrics == slow.metrics
+
+
+@pytest.mark.parametrize("name", ["snp-lazy-accept-64g", "tdx-boot-64g", "churn-pingpong", "pkvm-android-1g"])
+def test_coalesced_faults_match_event_by_event(name):
+    """Coalescing adjacent fault events into one range fault changes nothing: the reference faults each
+    event on its own, leaf by leaf."""
+    fast, slow = run(name, "eager"), run(name, "eager", exact=True, coalesce=False)
+    assert fast.counters == slow.counters
+    assert fast.metrics == slow.metrics
+
+
+# --- §6 counts worked by hand ---------------------------------------------------------------------------
+
+
+def test_full_accept_64g_is_16384_chunks_and_32768_2m_pvalidates(scenario_file):
+    """§6: 64 GiB / 4 MiB = 16,384 chunks; 1 PSC (2 x 2M) and 1 merged exit each; 2 PVALIDATEs at 2M."""
+    result = simulate(scenario_file(full_accept()), "eager")
+    c = result.counters
+    assert c["psc_vmgexit"] == 16_384
+    assert result.metrics["userspace_exits"] == 16_384
+    assert c["pvalidate_2m"] == 32_768 and "pvalidate_2m_fallback" not in c
+    assert result.metrics["stage2_bytes"] == {"4K": 0, "2M": 64 * GiB, "1G": 0}  # SNP caps private at 2M
+
+
+def test_full_accept_with_4k_rmp_is_16m_pvalidates(scenario_file):
+    """§6: with a 4K RMP every 2M PVALIDATE falls back to 512 x 4K: 32,768 x 512 = 16,777,216."""
+    path = scenario_file(full_accept())
+    result = simulate(path, "eager", ["backing.allocator=buddy", "backing.page=4KiB"])
+    assert result.counters["pvalidate_2m_fallback"] * 512 == 16_777_216
+    assert result.metrics["guest_faults"] == 16_777_216
+    assert result.metrics["stage2_bytes"]["4K"] == 64 * GiB
+
+
+def test_tdx_swiotlb_is_512_mapgpa_exits(scenario_file):
+    """§6: a 1 GiB swiotlb converted with MapGPA in 2 MiB chunks: 512 userspace exits."""
+    text = full_accept('[shared_regions.swiotlb]\nsize = "auto"\nlocation = "low"\n', arch='"tdx"')
+    text = text.replace('mode = "eager"', 'mode = "none"')
+    result = simulate(scenario_file(text), "eager")
+    assert result.metrics["userspace_exits"] == 512
+    assert result.counters["tdx_mapgpa_vmcall"] == 1
+
+
+def test_swiotlb_is_1gib_for_a_64gib_guest(scenario_file):
+    """§6: min(max(6% x 64 GiB, 64 MiB), 1 GiB) = 1 GiB becomes shared."""
+    text = full_accept('[shared_regions.swiotlb]\nsize = "auto"\nlocation = "low"\n').replace(
+        'mode = "eager"', 'mode = "none"')
+    sc = parse_scenario(text, "t.toml")
+    engine = Engine(sc, "eager").run()
+    shared = sum(e - s for s, e, v in engine.target.inode.shareability.runs(0, sc.guest_mem // PAGE_SIZE) if v)
+    assert shared * PAGE_SIZE == 1 * GiB
+
+
+def test_tdx_upstream_accepts_4k_and_rfc_accepts_2m(scenario_file):
+    """§1.3: upstream maps TD private memory at 4K, so a 2M accept falls back to 512 x 4K; the RFC maps 2M."""
+    path = scenario_file(full_accept(arch='"tdx"', guest_mem='"2GiB"'))
+    upstream = simulate(path, "eager", ["arch_limits.private_max_level=4K"]).counters
+    assert upstream["tdx_accept_4k_eager"] == 2 * GiB // PAGE_SIZE
+    assert upstream["tdx_accept_2m_mismatch"] == 1024
+    rfc = simulate(path, "eager", ["arch_limits.private_max_level=2M"]).counters
+    assert rfc["tdx_accept_2m"] == 1024 and "tdx_accept_4k_eager" not in rfc
+
+
+def test_attr_init_xarray_vs_maple_cost():
+    """§4 rows 12/13, §5.8: 1 TiB SET_ATTR = 268,435,456 xarray stores (>= 26 s) vs one maple store."""
+    xarray = simulate("attr-init-1t", "eager")
+    maple = simulate("attr-init-1t", "eager", ["attr_store=maple"])
+    assert xarray.counters["attr_xarray_pages"] == (1 << 40) // PAGE_SIZE
+    assert xarray.metrics["modelled_time_s"]["attr_store"] == pytest.approx(26.8435456)
+    assert xarray.metrics["tracking"]["per_page_entries"] == (1 << 40) // PAGE_SIZE
+    assert maple.counters["attr_maple_calls"] == 1
+    assert maple.metrics["modelled_time_s"]["attr_store"] == pytest.approx(5e-6)
+    assert maple.metrics["tracking"]["per_page_entries"] == 0
+
+
+# --- relations ---------------------------------------------------------------------------------------
+
+
+def _splits(result: RunResult) -> int:
+    return sum(result.metrics["splits"].values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deferred_splits_no_more_than_eager_for_lazy_accept(seed):
+    sets = ["guest_mem=4GiB"]
+    eager = simulate("snp-lazy-accept-64g", "eager", sets, seed)
+    deferred = simulate("snp-lazy-accept-64g", "deferred", sets, seed)
+    # Deferred splits in stages (1G -> 2M, then only the 2M pieces the host maps -> 4K), so compare the
+    # huge folios split and what the splits cost: vmemmap (rows 6m/7m) and split/merge time (rows 6-9).
+    assert deferred.metrics["splits"]["1G"] <= eager.metrics["splits"]["1G"]
+    assert deferred.metrics["vmemmap_bytes"] <= eager.metrics["vmemmap_bytes"]
+    time = "split_merge"
+    assert deferred.metrics["modelled_time_s"][time] <= eager.metrics["modelled_time_s"][time]
+    assert eager.metrics["splits"]["1G"] > 0  # the shared regions do split under eager
+
+
+@pytest.mark.parametrize("policy", POLICY_PAIR)
+def test_init_private_splits_no_more_for_mmap_populate(policy):
+    """§1.2 (b), §3.9: with INIT_PRIVATE the FALLOC does not split every folio the way a shared file does.
+
+    Checked at the scenario's 64 GiB (fewer accepted chunks and seconds keep it fast): in a guest of a few
+    GiB the 8 payload ranges, each converted to shared and back on its own, split and re-merge their
+    folio once per range under eager, which can outnumber the few folios a shared FALLOC splits.
+    """
+    sets = ["accept.accepted_eventually=4GiB", "runtime_s=10"]
+    shared = simulate("snp-mmap-populate-64g", policy, sets)
+    private = simulate("snp-mmap-populate-64g", policy, [*sets, "gmem_flags.init=private"])
+    assert _splits(private) <= _splits(shared)
+
+
+def test_eager_falloc_of_a_shared_file_splits_every_folio():
+    result = simulate("snp-mmap-populate-64g", "eager", ["guest_mem=4GiB"])
+    assert result.metrics["splits"]["1G"] >= 4
+
+
+def test_same_seed_same_result():
+    a = simulate("snp-lazy-accept-64g", "deferred", ["guest_mem=2GiB"], seed=7).as_json()
+    b = simulate("snp-lazy-accept-64g", "deferred", ["guest_mem=2GiB"], seed=7).as_json()
+    assert a == b
+
+
+def test_non_coco_deferred_keeps_1g_mappings():
+    """§5.1 expect: eager splits every allocated folio shared -> 4K; deferred keeps 1G guest mappings."""
+    eager = run("non-coco-mmap-64g", "eager")
+    deferred = run("non-coco-mmap-64g", "deferred")
+    assert eager.metrics["stage2_bytes"]["4K"] == 1 * GiB
+    assert deferred.metrics["stage2_bytes"]["1G"] == 1 * GiB
+
+
+def test_dpdk_pool_host_mapping_sizes():
+    """§5.7 expect: eager 4K-splits the pinned pool (4K host PTEs); deferred keeps it 1G/2M host-mapped."""
+    sets = ["guest_mem=4GiB", "shared_regions.swiotlb.size=1GiB"]
+    eager = simulate("dpdk-shared-buffers-64g", "eager", sets).metrics["host_map_bytes"]
+    deferred = simulate("dpdk-shared-buffers-64g", "deferred", sets).metrics["host_map_bytes"]
+    assert eager["1G"] == eager["2M"] == 0 and eager["4K"] >= 1 * GiB
+    assert deferred["1G"] == 1 * GiB and deferred["4K"] < 64 * MiB
+
+
+def test_cost_overrides_change_modelled_time(tmp_path):
+    path = tmp_path / "costs.toml"
+    path.write_text('[rows.26]\nweight = 40\ntag = "measured"\n')
+    base = run("tdx-boot-64g")
+    costly = run("tdx-boot-64g", costs=CostTable().with_overrides(path))
+    assert costly.metrics["modelled_time_s"]["exits"] == pytest.approx(2 * base.metrics["modelled_time_s"]["exits"])
+
+
+def test_every_policy_of_the_registry_runs():
+    for name in POLICIES:
+        assert run("churn-pingpong", name).metrics["conversions"]["ok"] > 0
+
+
+def test_unknown_policy_is_a_usage_error():
+    with pytest.raises(UsageError, match=r"unknown policy.*known: eager"):
+        simulate("snp-lazy-accept-64g", "eagre")
+
+
+def test_pkvm_counts_hypercalls_per_granule():
+    result = run("pkvm-android-1g")
+    assert result.counters["pkvm_share_hvc"] >= 64 * MiB // PAGE_SIZE  # the 64 MiB swiotlb, 4K granule
+    assert result.counters["pkvm_mmio_guard_hvc"] == 64
+
+
+# --- ranges, not pages ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_faults(monkeypatch):
+    """Count the model's per-leaf faults the range fault makes (its probes)."""
+    import gmemlab.sim.target as target
+
+    calls = {"n": 0}
+    real = target.kvm_tdp_map
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, "kvm_tdp_map", counting)
+    return calls
+
+
+def test_full_accept_faults_once_per_1g_region(scenario_file, model_faults):
+    """64 GiB of 2M leaves (32,768 of them) cost one model fault per 1 GiB region, not one per leaf."""
+    result = simulate(scenario_file(full_accept()), "eager")
+    assert result.metrics["guest_faults"] == 32_768
+    assert model_faults["n"] <= 2 * 64
+
+
+def test_model_work_does_not_grow_with_guest_size(scenario_file, model_faults):
+    """The same events (16 GiB accepted, a 1 GiB swiotlb) in a 16 GiB and a 1 TiB guest: as many faults."""
+    sets = ["accept.accepted_eventually=16GiB", "shared_regions.swiotlb.size=1GiB", "runtime_s=5"]
+    small = simulate("snp-lazy-accept-64g", "deferred", ["guest_mem=16GiB", *sets])
+    n_small = model_faults["n"]
+    model_faults["n"] = 0
+    big = simulate("snp-lazy-accept-64g", "deferred", ["guest_mem=1TiB", *sets])
+    assert sum(small.events.values()) == sum(big.events.values())
+    # Placement (scattered GHCB pages and rings) differs with the guest size, so the counts differ a
+    # little; they do not grow 64x with it.
+    assert model_faults["n"] <= 2 * n_small
