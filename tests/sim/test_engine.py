@@ -189,6 +189,15 @@ def test_deferred_splits_no_more_than_eager_for_lazy_accept(seed):
     assert eager.metrics["splits"]["1G"] > 0  # the shared regions do split under eager
 
 
+def test_deferred_splits_no_more_folios_than_eager_at_64g():
+    """The issue's relation as stated, at the scenario's own size (64 GiB, all memory accepted): counting
+    every folio split (1G and 2M), deferred splits no more than eager."""
+    eager = simulate("snp-lazy-accept-64g", "eager", [])
+    deferred = simulate("snp-lazy-accept-64g", "deferred", [])
+    assert _splits(deferred) <= _splits(eager)
+    assert eager.metrics["splits"]["1G"] > deferred.metrics["splits"]["1G"]
+
+
 @pytest.mark.parametrize("policy", POLICY_PAIR)
 def test_init_private_splits_no_more_for_mmap_populate(policy):
     """§1.2 (b), §3.9: with INIT_PRIVATE the FALLOC does not split every folio the way a shared file does.
