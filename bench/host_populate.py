@@ -143,6 +143,9 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to pause before each timed run, so free-page reporting on a nested host "
+                         "has handed back what the previous run freed and both sides start alike")
     args = ap.parse_args()
     size = args.size_mib << 20
 
@@ -164,6 +167,8 @@ def main() -> int:
             for method in METHODS:
                 order = ("c", "py") if r % 2 == 0 else ("py", "c")
                 for side in order:
+                    if args.settle:
+                        time.sleep(args.settle)
                     t = c_populate(method) if side == "c" else py_populate(vm, size, method)
                     times[method][side].append(t)
 
