@@ -9,29 +9,17 @@ suite stays fast; 2 MiB pages are walked whole.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..uapi import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
     GUESTMEM_HUGETLB_FLAG_1GB,
     GUESTMEM_HUGETLB_FLAG_2MB,
-    KVM_MEM_GUEST_MEMFD,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
-    PAGE_SIZE,
     Cap,
     VmType,
 )
 from .case import Ctx, case
+from .cases_rfc import HUGETLB, KEEP, PUNCH, RFC, SUPPORT_SHARED, P, Setup, _rfc_battery, conversion_setup
 
-P = PAGE_SIZE
 M2, G1 = 1 << 21, 1 << 30
-KEEP = FALLOC_FL_KEEP_SIZE
-PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-RFC = ("rfc-v2",)
-SUPPORT_SHARED = 1 << 0
-INIT_PRIVATE = 1 << 1
-HUGETLB = 1 << 2
 SIZE_FLAGS = {M2: GUESTMEM_HUGETLB_FLAG_2MB, G1: GUESTMEM_HUGETLB_FLAG_1GB}
 SIZES = {"2M": M2, "1G": G1}
 
@@ -52,14 +40,7 @@ def _sub_pages(ps: int) -> list[int]:
 
 def _battery(ctx: Ctx) -> list[tuple[object, int]]:
     _need_hugetlb(ctx)
-    out = []
-    for vm_type in (VmType.DEFAULT, VmType.SW_PROTECTED):
-        if vm_type in ctx.system.vm_types():
-            vm = ctx.system.create_vm(int(vm_type))
-            out += [(vm, 0), (vm, SUPPORT_SHARED)]
-    if not out:
-        ctx.skip("needs a default or SW_PROTECTED VM")
-    return out
+    return _rfc_battery(ctx)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -161,52 +142,10 @@ def test_hugetlb_flag_encoding(ctx: Ctx) -> None:
 # -------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class HSetup:
-    vm: object
-    gmem: object
-    mapping: object
-    cpu: object
-    gpa: int
-    ps: int
-
-    def host(self, ctx: Ctx, off: int, expect: bytes | None = None, write: bytes | None = None) -> None:
-        if expect is not None:
-            ctx.expect_bytes(self.mapping.read(off, 1), expect, f"host read at {off:#x}")  # type: ignore[attr-defined]
-        if write is not None:
-            self.mapping.write(off, write)  # type: ignore[attr-defined]
-
-    def guest(self, ctx: Ctx, off: int, expect: bytes | None = None, write: bytes | None = None) -> None:
-        if expect is not None:
-            ctx.expect_bytes(self.cpu.read(self.gpa + off, 1), expect, f"guest read at {off:#x}")  # type: ignore[attr-defined]
-        if write is not None:
-            self.cpu.write(self.gpa + off, write)  # type: ignore[attr-defined]
-
-    def host_cannot_fault(self, ctx: Ctx, off: int) -> None:
-        ctx.expect_sigbus(self.mapping.write, off, b"Z")  # type: ignore[attr-defined]
-
-    def convert(self, ctx: Ctx, off: int, size: int, to_shared: bool) -> None:
-        ctx.expect_ok(self.gmem.convert, off, size, to_shared)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.mapping.munmap()  # type: ignore[attr-defined]
-        self.cpu.close()  # type: ignore[attr-defined]
-        self.gmem.close()  # type: ignore[attr-defined]
-
-
-def _setup(ctx: Ctx, ps: int, npages: int, init_private: bool = False) -> HSetup:
-    ctx.require_cap(Cap.GMEM_SHARED_MEM)
-    ctx.require_cap(Cap.GMEM_CONVERSION)
+def _setup(ctx: Ctx, ps: int, npages: int, init_private: bool = False) -> Setup:
+    """The 3.6 fixture on ``npages`` huge pages; offsets are in bytes."""
     _need_hugetlb(ctx)
-    vm = ctx.vm(int(VmType.SW_PROTECTED))
-    flags = SUPPORT_SHARED | _huge_flags(ps) | (INIT_PRIVATE if init_private else 0)
-    size = npages * ps
-    g = vm.create_guest_memfd(size, flags)
-    m = g.mmap(size)
-    gpa = ctx.gpa_base(size)
-    ctx.expect_ok(vm.set_user_memory_region2, 10, KVM_MEM_GUEST_MEMFD, gpa, size, userspace_addr=m.address,
-                  guest_memfd=g, guest_memfd_offset=0)
-    return HSetup(vm, g, m, vm.create_vcpu(0), gpa, ps)
+    return conversion_setup(ctx, npages, init_private, page_size=ps, extra_flags=_huge_flags(ps), unit=1)
 
 
 def _register(func: object) -> None:

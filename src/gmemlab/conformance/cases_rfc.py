@@ -197,30 +197,40 @@ def test_rfc_fallocate(ctx: Ctx) -> None:
 
 @dataclass
 class Setup:
+    """The 3.6 fixture: a SW_PROTECTED VM, a SUPPORT_SHARED gmem mmapped as slot 10's userspace_addr.
+
+    Offsets given to the helpers are in ``unit`` bytes: 4 KiB page numbers for the 4 KiB cases, plain
+    byte offsets (``unit`` 1) for the HugeTLB ones; ``ps`` is the backing page size.
+    """
+
     vm: object
     gmem: object
     mapping: object
     cpu: object
     gpa: int
+    unit: int = P
+    ps: int = P
 
-    def host(self, ctx: Ctx, page: int, expect: bytes | None = None, write: bytes | None = None) -> None:
-        """host_use_memory: check then write one byte of ``page``."""
+    def host(self, ctx: Ctx, at: int, expect: bytes | None = None, write: bytes | None = None) -> None:
+        """host_use_memory: check then write one byte at ``at``."""
+        off = at * self.unit
         if expect is not None:
-            ctx.expect_bytes(self.mapping.read(page * P, 1), expect, f"host read of page {page}")  # type: ignore[attr-defined]
+            ctx.expect_bytes(self.mapping.read(off, 1), expect, f"host read at {off:#x}")  # type: ignore[attr-defined]
         if write is not None:
-            self.mapping.write(page * P, write)  # type: ignore[attr-defined]
+            self.mapping.write(off, write)  # type: ignore[attr-defined]
 
-    def guest(self, ctx: Ctx, page: int, expect: bytes | None = None, write: bytes | None = None) -> None:
+    def guest(self, ctx: Ctx, at: int, expect: bytes | None = None, write: bytes | None = None) -> None:
+        off = at * self.unit
         if expect is not None:
-            ctx.expect_bytes(self.cpu.read(self.gpa + page * P, 1), expect, f"guest read of page {page}")  # type: ignore[attr-defined]
+            ctx.expect_bytes(self.cpu.read(self.gpa + off, 1), expect, f"guest read at {off:#x}")  # type: ignore[attr-defined]
         if write is not None:
-            self.cpu.write(self.gpa + page * P, write)  # type: ignore[attr-defined]
+            self.cpu.write(self.gpa + off, write)  # type: ignore[attr-defined]
 
-    def host_cannot_fault(self, ctx: Ctx, page: int) -> None:
-        ctx.expect_sigbus(self.mapping.write, page * P, b"Z")  # type: ignore[attr-defined]
+    def host_cannot_fault(self, ctx: Ctx, at: int) -> None:
+        ctx.expect_sigbus(self.mapping.write, at * self.unit, b"Z")  # type: ignore[attr-defined]
 
-    def convert(self, ctx: Ctx, page: int, npages: int, to_shared: bool) -> None:
-        ctx.expect_ok(self.gmem.convert, page * P, npages * P, to_shared)  # type: ignore[attr-defined]
+    def convert(self, ctx: Ctx, at: int, count: int, to_shared: bool) -> None:
+        ctx.expect_ok(self.gmem.convert, at * self.unit, count * self.unit, to_shared)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.mapping.munmap()  # type: ignore[attr-defined]
@@ -228,16 +238,23 @@ class Setup:
         self.gmem.close()  # type: ignore[attr-defined]
 
 
-def _setup(ctx: Ctx, npages: int, init_private: bool = False) -> Setup:
+def conversion_setup(ctx: Ctx, npages: int, init_private: bool = False, page_size: int = P, extra_flags: int = 0,
+                     unit: int = P) -> Setup:
+    """``setup_test`` of the conversions selftest with ``npages`` pages of ``page_size``."""
     _need_conversion(ctx)
     vm = ctx.vm(int(VmType.SW_PROTECTED))
-    flags = SUPPORT_SHARED | (INIT_PRIVATE if init_private else 0)
-    g = vm.create_guest_memfd(npages * P, flags)
-    m = g.mmap(npages * P)
-    gpa = ctx.gpa_base(npages * P)
-    ctx.expect_ok(vm.set_user_memory_region2, 10, KVM_MEM_GUEST_MEMFD, gpa, npages * P, userspace_addr=m.address,
+    flags = SUPPORT_SHARED | extra_flags | (INIT_PRIVATE if init_private else 0)
+    size = npages * page_size
+    g = vm.create_guest_memfd(size, flags)
+    m = g.mmap(size)
+    gpa = ctx.gpa_base(size)
+    ctx.expect_ok(vm.set_user_memory_region2, 10, KVM_MEM_GUEST_MEMFD, gpa, size, userspace_addr=m.address,
                   guest_memfd=g, guest_memfd_offset=0)
-    return Setup(vm, g, m, vm.create_vcpu(0), gpa)
+    return Setup(vm, g, m, vm.create_vcpu(0), gpa, unit, page_size)
+
+
+def _setup(ctx: Ctx, npages: int, init_private: bool = False) -> Setup:
+    return conversion_setup(ctx, npages, init_private)
 
 
 @case("3.6", profiles=RFC)
