@@ -301,3 +301,24 @@ def test_model_work_does_not_grow_with_guest_size(scenario_file, model_faults):
     # Placement (scattered GHCB pages and rings) differs with the guest size, so the counts differ a
     # little; they do not grow 64x with it.
     assert model_faults["n"] <= 2 * n_small
+
+
+def test_scenario_merge_never_selects_the_merge_never_variant():
+    eager = simulate("churn-pingpong", "eager", ["guest_mem=4GiB"])
+    never = simulate("churn-pingpong", "eager", ["guest_mem=4GiB", "merge=never"])
+    assert never.policy == "eager+merge-never"
+    assert sum(never.metrics["merges"].values()) < sum(eager.metrics["merges"].values())
+
+
+def test_scenario_merge_lazy_with_an_eager_policy_is_a_clear_error():
+    from gmemlab.errors import UsageError
+
+    with pytest.raises(UsageError, match="lazy merging"):
+        simulate("churn-pingpong", "eager", ["guest_mem=4GiB", "merge=lazy"])
+
+
+def test_zero_on_convert_charges_zeroing():
+    with_zero = simulate("churn-pingpong", "deferred", ["guest_mem=4GiB"])
+    without = simulate("churn-pingpong", "deferred", ["guest_mem=4GiB", "zero_on_convert=false"])
+    assert with_zero.counters.get("zero_4k", 0) > without.counters.get("zero_4k", 0)
+    assert with_zero.metrics["modelled_time_s"]["zeroing"] > without.metrics["modelled_time_s"]["zeroing"]

@@ -356,11 +356,14 @@ class Engine:
 
     def _on_GmemConvert(self, ev: GmemConvert) -> None:
         t = self.target
-        work = t.conversion_work(ev.start, ev.end, ev.to_shared)
+        work, pages = t.conversion_work(ev.start, ev.end, ev.to_shared)
         if work:
             self._flush()
             self.counters["conversion_work_items"] += work
-        t.convert(ev.start, ev.end, ev.to_shared)
+        if t.convert(ev.start, ev.end, ev.to_shared) and self.sc.zero_on_convert:
+            # SNP/TDX lose the old contents on conversion, modelled as zeroing the converted pages (row 3);
+            # pKVM keeps them (zero_on_convert = false, §1.4). The model itself preserves contents (RFC v2).
+            self.counters["zero_4k"] += pages
 
     def _on_Falloc(self, ev: Falloc) -> None:
         self._flush()

@@ -40,6 +40,20 @@ def check_policy(name: str) -> str:
     return name
 
 
+def effective_policy(policy: str, merge: str) -> str:
+    """The policy a run uses: the scenario's ``merge`` (workloads §5: eager|lazy|never) picks the merge variant.
+
+    ``never`` selects ``POLICY+merge-never`` where it exists (deferred already merges only at truncate);
+    ``lazy`` is what deferred does, and no eager variant implements it, so asking for it is an error.
+    """
+    if merge == "never" and "deferred" not in policy and not policy.endswith("merge-never"):
+        return check_policy(f"{policy}+merge-never")
+    if merge == "lazy" and "deferred" not in policy:
+        raise UsageError(f"merge = lazy: policy {policy} merges eagerly; lazy merging (only at truncate) is "
+                         "the deferred policy: use --policy deferred, or merge = eager|never")
+    return policy
+
+
 def params(sc: Scenario) -> dict[str, Any]:
     """The scenario's resolved parameters as ``{dotted.key: JSON value}`` (sizes in bytes)."""
     out: dict[str, Any] = {}
@@ -105,7 +119,7 @@ def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | No
                  progress: Callable[[int], None] | None = None, coalesce: bool = True) -> RunResult:
     """Run a validated scenario under ``policy`` (checked) with ``seed``. ``exact`` and ``coalesce=False``
     select the slow reference paths the tests compare against (see :mod:`gmemlab.sim.engine`)."""
-    check_policy(policy)
+    policy = effective_policy(check_policy(policy), sc.merge)
     engine = Engine(sc, policy, seed, costs, exact=exact, progress=progress, coalesce=coalesce).run()
     modelled = engine.modelled_time()
     counters = {k: int(v) for k, v in engine.priced_counters().items()}

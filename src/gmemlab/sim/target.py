@@ -207,12 +207,13 @@ class Target:
         self.vm.set_memory_attributes(start, end - start, value)
         return True
 
-    def conversion_work(self, start: int, end: int, to_shared: bool) -> int:
-        """Work items a conversion of GPA ``[start, end)`` would have (0: a no-op)."""
+    def conversion_work(self, start: int, end: int, to_shared: bool) -> tuple[int, int]:
+        """(work items, pages) a conversion of GPA ``[start, end)`` would have ((0, 0): a no-op)."""
         sh = self.inode.shareability
         if not sh.convertible:
-            return 0
-        return len(sh.work_list(start >> PAGE_SHIFT, end >> PAGE_SHIFT, to_shared))
+            return 0, 0
+        work = sh.work_list(start >> PAGE_SHIFT, end >> PAGE_SHIFT, to_shared)
+        return len(work), sum(e - s for s, e in work)
 
     def convert(self, start: int, end: int, to_shared: bool) -> bool:
         """KVM_GMEM_CONVERT_SHARED/PRIVATE; False when refused with EAGAIN (elevated refcount, §3.4)."""
