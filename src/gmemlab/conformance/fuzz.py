@@ -139,112 +139,128 @@ def _gpa_base(backend: Any) -> int:
     return (base + (1 << 21) - 1) & ~((1 << 21) - 1)
 
 
+def _create_vm(w: _World, op: Op) -> None:
+    w.vms.append(w.system.create_vm(0))
+
+
+def _create_gmem(w: _World, op: Op, vm: Any) -> None:
+    w.gmems.append(vm.create_guest_memfd(op["size"], op["flags"]))
+
+
+def _mmap(w: _World, op: Op, g: Any) -> None:
+    flags = 2 if op["private"] else 1  # MAP_PRIVATE / MAP_SHARED
+    w.maps.append(g.mmap(op["pages"] * P, op["offset"], op.get("prot", 3), flags))
+
+
+def _mmap_anon(w: _World, op: Op) -> None:
+    w.maps.append(w.system.mmap_anonymous(op["pages"] * P))
+
+
+def _host_access(w: _World, op: Op, m: Any) -> None:
+    length = max(0, min(op["length"], m.length + P - op["offset"]))
+    if op["op"] == "host_write":
+        m.write(op["offset"], bytes([op["byte"]]) * length)
+    else:
+        m.read(op["offset"], length)
+
+
+def _madvise(w: _World, op: Op, m: Any) -> None:
+    if op["offset"] < m.length:
+        m.madvise(op["offset"], min(op["pages"] * P, m.length - op["offset"]), op["advice"])
+
+
+def _numa(w: _World, op: Op, m: Any) -> None:
+    if op["offset"] >= m.length:
+        return
+    length = min(op["pages"] * P, m.length - op["offset"])
+    if op["op"] == "mbind":
+        m.mbind(op["offset"], length, op["mode"], op["mask"])
+    else:
+        m.get_mempolicy(op["offset"])
+        m.page_nodes(op["offset"], length // P or 1)
+
+
+_FILE_OPS: dict[str, Callable[[Any], Any]] = {
+    "read": lambda g: g.read(8), "write": lambda g: g.write(b"x" * 8), "pread": lambda g: g.pread(8, 0),
+    "pwrite": lambda g: g.pwrite(b"x", 0), "lseek": lambda g: g.lseek(0, 0), "ftruncate": lambda g: g.ftruncate(2 * P),
+    "fstat": lambda g: g.fstat(),
+}
+
+
+def _file_op(w: _World, op: Op, g: Any) -> None:
+    _FILE_OPS[op["which"]](g)
+
+
+def _fallocate(w: _World, op: Op, g: Any) -> None:
+    g.fallocate(op["mode"], op["offset"], op["length"])
+
+
+def _bind(w: _World, op: Op, vm: Any) -> None:
+    g = w.pick(w.gmems, op["gmem"])
+    if g is None:
+        return
+    m = w.pick(w.maps, op["uaddr_map"]) if op["uaddr_map"] is not None else None
+    vm.set_user_memory_region2(op["slot"], op["flags"], w.gpa_base + op["gpa_page"] * P, op["pages"] * P,
+                               userspace_addr=m.address if m is not None else 0, guest_memfd=g,
+                               guest_memfd_offset=op["offset"])
+
+
+def _unbind(w: _World, op: Op, vm: Any) -> None:
+    vm.set_user_memory_region2(op["slot"], 0, 0, 0)
+
+
+def _guest_access(w: _World, op: Op, vm: Any) -> None:
+    if id(vm) not in w.vcpus:
+        w.vcpus[id(vm)] = vm.create_vcpu(0)
+    gpa = w.gpa_base + op["gpa_page"] * P + op["offset"]
+    if op["op"] == "guest_read":
+        w.vcpus[id(vm)].read(gpa, 8)
+    else:
+        w.vcpus[id(vm)].write(gpa, bytes([op["byte"]]) * 8)
+
+
+def _munmap(w: _World, op: Op, m: Any) -> None:
+    m.munmap()
+    w.maps.remove(m)
+
+
+def _close_gmem(w: _World, op: Op, g: Any) -> None:
+    g.close()
+    w.gmems.remove(g)
+
+
+def _close_vm(w: _World, op: Op, vm: Any) -> None:
+    if id(vm) in w.vcpus:
+        w.vcpus.pop(id(vm)).close()
+    vm.close()
+    w.vms.remove(vm)
+
+
+# op -> (the list its target is picked from, keyed by the op field naming it; None: no target), handler
+_HANDLERS: dict[str, tuple[str | None, Callable[..., None]]] = {
+    "create_vm": (None, _create_vm), "mmap_anon": (None, _mmap_anon),
+    "create_gmem": ("vm", _create_gmem), "bind": ("vm", _bind), "unbind": ("vm", _unbind),
+    "guest_read": ("vm", _guest_access), "guest_write": ("vm", _guest_access), "close_vm": ("vm", _close_vm),
+    "mmap": ("gmem", _mmap), "fallocate": ("gmem", _fallocate), "file_op": ("gmem", _file_op),
+    "close_gmem": ("gmem", _close_gmem),
+    "host_write": ("map", _host_access), "host_read": ("map", _host_access), "madvise": ("map", _madvise),
+    "mbind": ("map", _numa), "numa_query": ("map", _numa), "munmap": ("map", _munmap),
+}
+
+
 def _step(w: _World, op: Op) -> None:
-    kind = op["op"]
-    if kind == "create_vm":
-        w.vms.append(w.system.create_vm(0))
+    """Apply one operation; an operation whose target does not exist (yet, or any more) is skipped."""
+    try:
+        kind, handler = _HANDLERS[op["op"]]
+    except KeyError:
+        raise ValueError(f"unknown fuzz operation {op['op']!r}") from None
+    if kind is None:
+        handler(w, op)
         return
-    if kind == "create_gmem":
-        vm = w.pick(w.vms, op["vm"])
-        if vm is not None:
-            w.gmems.append(vm.create_guest_memfd(op["size"], op["flags"]))
-        return
-    if kind == "mmap":
-        g = w.pick(w.gmems, op["gmem"])
-        if g is not None:
-            flags = 2 if op["private"] else 1  # MAP_PRIVATE / MAP_SHARED
-            w.maps.append(g.mmap(op["pages"] * P, op["offset"], op.get("prot", 3), flags))
-        return
-    if kind == "mmap_anon":
-        w.maps.append(w.system.mmap_anonymous(op["pages"] * P))
-        return
-    if kind == "madvise":
-        m = w.pick(w.maps, op["map"])
-        if m is not None and op["offset"] < m.length:
-            m.madvise(op["offset"], min(op["pages"] * P, m.length - op["offset"]), op["advice"])
-        return
-    if kind in ("mbind", "numa_query"):
-        m = w.pick(w.maps, op["map"])
-        if m is not None and op["offset"] < m.length:
-            length = min(op["pages"] * P, m.length - op["offset"])
-            if kind == "mbind":
-                m.mbind(op["offset"], length, op["mode"], op["mask"])
-            else:
-                m.get_mempolicy(op["offset"])
-                m.page_nodes(op["offset"], length // P or 1)
-        return
-    if kind == "file_op":
-        g = w.pick(w.gmems, op["gmem"])
-        if g is not None:
-            which = op["which"]
-            calls = {"read": lambda: g.read(8), "write": lambda: g.write(b"x" * 8), "pread": lambda: g.pread(8, 0),
-                     "pwrite": lambda: g.pwrite(b"x", 0), "lseek": lambda: g.lseek(0, 0),
-                     "ftruncate": lambda: g.ftruncate(2 * P), "fstat": lambda: g.fstat()}
-            calls[which]()
-        return
-    if kind in ("host_write", "host_read"):
-        m = w.pick(w.maps, op["map"])
-        if m is None:
-            return
-        length = max(0, min(op["length"], m.length + P - op["offset"]))
-        if kind == "host_write":
-            m.write(op["offset"], bytes([op["byte"]]) * length)
-        else:
-            m.read(op["offset"], length)
-        return
-    if kind == "fallocate":
-        g = w.pick(w.gmems, op["gmem"])
-        if g is not None:
-            g.fallocate(op["mode"], op["offset"], op["length"])
-        return
-    if kind == "bind":
-        vm, g = w.pick(w.vms, op["vm"]), w.pick(w.gmems, op["gmem"])
-        if vm is None or g is None:
-            return
-        m = w.pick(w.maps, op["uaddr_map"]) if op["uaddr_map"] is not None else None
-        uaddr = m.address if m is not None else 0
-        vm.set_user_memory_region2(op["slot"], op["flags"], w.gpa_base + op["gpa_page"] * P, op["pages"] * P,
-                                   userspace_addr=uaddr, guest_memfd=g, guest_memfd_offset=op["offset"])
-        return
-    if kind == "unbind":
-        vm = w.pick(w.vms, op["vm"])
-        if vm is not None:
-            vm.set_user_memory_region2(op["slot"], 0, 0, 0)
-        return
-    if kind in ("guest_read", "guest_write"):
-        vm = w.pick(w.vms, op["vm"])
-        if vm is None:
-            return
-        key = id(vm)
-        if key not in w.vcpus:
-            w.vcpus[key] = vm.create_vcpu(0)
-        gpa = w.gpa_base + op["gpa_page"] * P + op["offset"]
-        if kind == "guest_read":
-            w.vcpus[key].read(gpa, 8)
-        else:
-            w.vcpus[key].write(gpa, bytes([op["byte"]]) * 8)
-        return
-    if kind == "munmap":
-        m = w.pick(w.maps, op["map"])
-        if m is not None:
-            m.munmap()
-            w.maps.remove(m)
-        return
-    if kind == "close_gmem":
-        g = w.pick(w.gmems, op["gmem"])
-        if g is not None:
-            g.close()
-            w.gmems.remove(g)
-        return
-    if kind == "close_vm":
-        vm = w.pick(w.vms, op["vm"])
-        if vm is not None:
-            if id(vm) in w.vcpus:
-                w.vcpus.pop(id(vm)).close()
-            vm.close()
-            w.vms.remove(vm)
-        return
-    raise ValueError(f"unknown fuzz operation {kind!r}")
+    items = {"vm": w.vms, "gmem": w.gmems, "map": w.maps}[kind]
+    target = w.pick(items, op[kind])
+    if target is not None:
+        handler(w, op, target)
 
 
 EXPECTED = (KvmError, HostSigbus, HostSigsegv, VcpuExit)
