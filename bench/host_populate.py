@@ -27,12 +27,12 @@ import argparse
 import ctypes
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _cbuild import build_shared
 from gmemlab import uapi
 from gmemlab.kernel import libc, open_kernel_backend
 
@@ -108,11 +108,7 @@ METHODS = ("populate-write", "fallocate", "fill")
 
 
 def build_c(tmp: Path) -> ctypes.CDLL:
-    src = tmp / "populate.c"
-    lib = tmp / "populate.so"
-    src.write_text(C_SOURCE)
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    dll = ctypes.CDLL(str(lib))
+    dll = build_shared(tmp, "populate", C_SOURCE)
     dll.populate.restype = ctypes.c_double
     dll.populate.argtypes = [ctypes.c_int, ctypes.c_uint64, ctypes.c_int]
     return dll

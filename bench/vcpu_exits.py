@@ -26,12 +26,12 @@ import ctypes
 import errno
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _cbuild import build_shared
 from gmemlab import uapi
 from gmemlab.kernel import guest, libc, open_kernel_backend
 from gmemlab.kernel.watchdog import WATCHDOG_SIGNAL, Watchdog
@@ -73,11 +73,7 @@ long exit_loop(int fd, volatile uint8_t *run, long n, uint64_t report_gpa, int t
 
 
 def build_c(tmp: Path) -> ctypes.CDLL:
-    src = tmp / "exit_loop.c"
-    lib = tmp / "exit_loop.so"
-    src.write_text(C_SOURCE)
-    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
-    dll = ctypes.CDLL(str(lib))
+    dll = build_shared(tmp, "exit_loop", C_SOURCE)
     dll.exit_loop.restype = ctypes.c_long
     dll.exit_loop.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_uint64, ctypes.c_int]
     return dll
