@@ -1,6 +1,7 @@
 """The conformance suite: spec section 3 cases written once, run on the model and the real kernel."""
 
-from .case import REGISTRY, Case, Ctx, cases_for
+from .case import Case, Ctx
+from .cases import REGISTRY, cases_for
 from .runner import CaseResult, Divergence, compare, run_case, run_suite, summary
 
 __all__ = ["REGISTRY", "Case", "CaseResult", "Ctx", "Divergence", "cases_for", "compare", "run_case",

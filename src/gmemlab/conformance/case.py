@@ -2,8 +2,9 @@
 
 A case is a function of a :class:`Ctx`. It talks to the backend only through ``ctx.system`` (a
 recording proxy), states expectations with ``ctx.expect_*`` and ``ctx.check``, and skips with a reason
-(``ctx.skip``, ``ctx.require_cap``) when the backend lacks what it needs. Cases are registered with
-:func:`case`, tagged with the profiles they apply to and the spec section they come from.
+(``ctx.skip``, ``ctx.require_cap``) when the backend lacks what it needs. Each cases module collects its
+cases in a :class:`CaseList` (``@CASES.case(section, profiles)``), tagged with the profiles they apply to
+and the spec section they come from; :mod:`gmemlab.conformance.cases` lists the modules explicitly.
 """
 
 from __future__ import annotations
@@ -36,42 +37,34 @@ class Case:
     params: tuple[tuple[str, Any], ...] = ()
 
 
-REGISTRY: list[Case] = []
+class CaseList(list[Case]):
+    """The cases of one module, in the order they are defined."""
 
+    def case(
+        self,
+        section: str,
+        profiles: Iterable[str] = ("linux-6.18",),
+        name: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Callable[[Callable[..., None]], Callable[..., None]]:
+        """Add a case; ``params`` are passed to the function as keyword arguments."""
 
-def case(
-    section: str,
-    profiles: Iterable[str] = ("linux-6.18",),
-    name: str | None = None,
-    params: dict[str, Any] | None = None,
-) -> Callable[[Callable[[Ctx], None]], Callable[[Ctx], None]]:
-    """Register a case; ``params`` are passed to the function as keyword arguments."""
-
-    def register(func: Callable[..., None]) -> Callable[..., None]:
-        case_name = name or func.__name__
-        bound = func if not params else (lambda ctx, _f=func, _p=dict(params): _f(ctx, **_p))
-        REGISTRY.append(
-            Case(
-                case_name,
-                bound,
-                frozenset(profiles),
-                section,
-                (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else "",
-                tuple(sorted((params or {}).items())),
+        def register(func: Callable[..., None]) -> Callable[..., None]:
+            case_name = name or func.__name__
+            bound = func if not params else (lambda ctx, _f=func, _p=dict(params): _f(ctx, **_p))
+            self.append(
+                Case(
+                    case_name,
+                    bound,
+                    frozenset(profiles),
+                    section,
+                    (func.__doc__ or "").strip().splitlines()[0] if func.__doc__ else "",
+                    tuple(sorted((params or {}).items())),
+                )
             )
-        )
-        return func
+            return func
 
-    return register
-
-
-def cases_for(profile: str, pattern: str | None = None) -> list[Case]:
-    from . import cases_hugetlb, cases_linux, cases_rfc  # noqa: F401  (registration side effect)
-
-    selected = [c for c in REGISTRY if profile in c.profiles]
-    if pattern:
-        selected = [c for c in selected if pattern in c.name]
-    return selected
+        return register
 
 
 ERRNO_NAMES = {name: getattr(_errno, name) for name in dir(_errno) if name.startswith("E")}

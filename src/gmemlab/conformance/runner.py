@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit
-from .case import Case, CaseFailed, CaseSkipped, Ctx, cases_for
+from .case import Case, CaseFailed, CaseSkipped, Ctx
+from .cases import cases_for
 from .record import Observation, Recorder
 
 BackendFactory = Callable[[str], Any]

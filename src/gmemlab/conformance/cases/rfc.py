@@ -7,33 +7,18 @@ used as the userspace_addr of slot 10 at GPA 4 GiB; "host cannot fault" is a SIG
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..uapi import (
-    FALLOC_FL_KEEP_SIZE,
-    FALLOC_FL_PUNCH_HOLE,
+from ...uapi import (
     KVM_MEM_GUEST_MEMFD,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
-    PAGE_SIZE,
     Cap,
     VmType,
 )
-from .case import Ctx, case
-from .cases_linux import INVALID_PUNCHES
+from ..case import CaseList, Ctx
+from ..constants import HUGETLB, INIT_PRIVATE, INVALID_PUNCHES, KEEP, PUNCH, RFC, SUPPORT_SHARED, P
+from .fixtures import ConversionSetup, conversion_setup, need_conversion, rfc_battery
 
-P = PAGE_SIZE
-KEEP = FALLOC_FL_KEEP_SIZE
-PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-RFC = ("rfc-v2",)
-SUPPORT_SHARED = 1 << 0
-INIT_PRIVATE = 1 << 1
-HUGETLB = 1 << 2
-
-
-def _need_conversion(ctx: Ctx) -> None:
-    ctx.require_cap(Cap.GMEM_SHARED_MEM)
-    ctx.require_cap(Cap.GMEM_CONVERSION)
-
+CASES = CaseList()
+case = CASES.case
 
 # -------------------------------------------------------------------------------------------------------
 # 3.5 guest_memfd_test.c (RFC v2)
@@ -44,7 +29,7 @@ def _need_conversion(ctx: Ctx) -> None:
 def test_gmem_flag_validity(ctx: Ctx) -> None:
     """Every VM type: a single bit is valid iff SUPPORT_SHARED (or HUGETLB with its cap);
     SUPPORT_SHARED|INIT_PRIVATE valid, INIT_PRIVATE alone EINVAL."""
-    _need_conversion(ctx)
+    need_conversion(ctx)
     hugetlb = ctx.system.check_extension(Cap.GMEM_HUGETLB)
     for vm_type in ctx.system.vm_types():
         vm = ctx.system.create_vm(int(vm_type))
@@ -88,23 +73,10 @@ def test_bind_guest_memfd_wrt_userspace_addr(ctx: Ctx) -> None:
     g.close()
 
 
-def _rfc_battery(ctx: Ctx) -> list[tuple[object, int]]:
-    ctx.require_cap(Cap.GMEM_SHARED_MEM)
-    out = []
-    for vm_type in (VmType.DEFAULT, VmType.SW_PROTECTED):
-        if vm_type not in ctx.system.vm_types():
-            continue
-        vm = ctx.system.create_vm(int(vm_type))
-        out += [(vm, 0), (vm, SUPPORT_SHARED)]
-    if not out:
-        ctx.skip("needs a default or SW_PROTECTED VM")
-    return out
-
-
 @case("3.5", profiles=RFC, name="test_rfc_create_multiple_and_sizes")
 def test_rfc_create(ctx: Ctx) -> None:
     """1- and 2-page files with distinct inodes; sizes 1 and PAGE_SIZE/2 + 1 are EINVAL."""
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         a, b = vm.create_guest_memfd(P, flags), vm.create_guest_memfd(2 * P, flags)
         ctx.check((a.fstat().st_size, b.fstat().st_size) == (P, 2 * P), "sizes")
         ctx.check(a.fstat().st_ino != b.fstat().st_ino, "distinct inodes")
@@ -117,7 +89,7 @@ def test_rfc_create(ctx: Ctx) -> None:
 @case("3.5", profiles=RFC, name="test_rfc_file_read_write_and_size")
 def test_rfc_file_ops(ctx: Ctx) -> None:
     """read/write/pread/pwrite fail; st_size = 4 pages, st_blksize = PAGE_SIZE."""
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         g = vm.create_guest_memfd(4 * P, flags)
         for fn, args in ((g.read, (8,)), (g.write, (b"x",)), (g.pread, (8, 0)), (g.pwrite, (b"x", 0))):
             ctx.expect_fail(fn, *args)
@@ -129,7 +101,7 @@ def test_rfc_file_ops(ctx: Ctx) -> None:
 @case("3.5", profiles=RFC, name="test_mmap_allowed_denied")
 def test_rfc_mmap(ctx: Ctx) -> None:
     """MAP_SHARED mmap succeeds with SUPPORT_SHARED and fails (1 page and whole file) without."""
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         g = vm.create_guest_memfd(4 * P, flags)
         if flags & SUPPORT_SHARED:
             ctx.expect_ok(g.mmap, 4 * P).munmap()
@@ -142,7 +114,7 @@ def test_rfc_mmap(ctx: Ctx) -> None:
 @case("3.5", profiles=RFC)
 def test_faulting_allowed(ctx: Ctx) -> None:
     """Shared by default: write/read every half page; punch page 0 -> zeros there, rest intact."""
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         if not flags & SUPPORT_SHARED:
             continue
         g = vm.create_guest_memfd(4 * P, flags)
@@ -163,7 +135,7 @@ def test_faulting_allowed(ctx: Ctx) -> None:
 @case("3.5", profiles=RFC)
 def test_faulting_sigbus(ctx: Ctx) -> None:
     """SUPPORT_SHARED|INIT_PRIVATE: mmap succeeds but a write SIGBUSes."""
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         if not flags & SUPPORT_SHARED:
             continue
         g = vm.create_guest_memfd(4 * P, flags | INIT_PRIVATE)
@@ -177,7 +149,7 @@ def test_faulting_sigbus(ctx: Ctx) -> None:
 def test_rfc_fallocate(ctx: Ctx) -> None:
     """The fallocate sequence and the ten invalid punches, per VM type and flags."""
     size = 4 * P
-    for vm, flags in _rfc_battery(ctx):
+    for vm, flags in rfc_battery(ctx):
         g = vm.create_guest_memfd(size, flags)
         ctx.expect_ok(g.fallocate, KEEP, 0, size)
         ctx.expect_errno("EINVAL", g.fallocate, PUNCH, P - 1, P)
@@ -195,65 +167,7 @@ def test_rfc_fallocate(ctx: Ctx) -> None:
 # -------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Setup:
-    """The 3.6 fixture: a SW_PROTECTED VM, a SUPPORT_SHARED gmem mmapped as slot 10's userspace_addr.
-
-    Offsets given to the helpers are in ``unit`` bytes: 4 KiB page numbers for the 4 KiB cases, plain
-    byte offsets (``unit`` 1) for the HugeTLB ones; ``ps`` is the backing page size.
-    """
-
-    vm: object
-    gmem: object
-    mapping: object
-    cpu: object
-    gpa: int
-    unit: int = P
-    ps: int = P
-
-    def host(self, ctx: Ctx, at: int, expect: bytes | None = None, write: bytes | None = None) -> None:
-        """host_use_memory: check then write one byte at ``at``."""
-        off = at * self.unit
-        if expect is not None:
-            ctx.expect_bytes(self.mapping.read(off, 1), expect, f"host read at {off:#x}")  # type: ignore[attr-defined]
-        if write is not None:
-            self.mapping.write(off, write)  # type: ignore[attr-defined]
-
-    def guest(self, ctx: Ctx, at: int, expect: bytes | None = None, write: bytes | None = None) -> None:
-        off = at * self.unit
-        if expect is not None:
-            ctx.expect_bytes(self.cpu.read(self.gpa + off, 1), expect, f"guest read at {off:#x}")  # type: ignore[attr-defined]
-        if write is not None:
-            self.cpu.write(self.gpa + off, write)  # type: ignore[attr-defined]
-
-    def host_cannot_fault(self, ctx: Ctx, at: int) -> None:
-        ctx.expect_sigbus(self.mapping.write, at * self.unit, b"Z")  # type: ignore[attr-defined]
-
-    def convert(self, ctx: Ctx, at: int, count: int, to_shared: bool) -> None:
-        ctx.expect_ok(self.gmem.convert, at * self.unit, count * self.unit, to_shared)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        self.mapping.munmap()  # type: ignore[attr-defined]
-        self.cpu.close()  # type: ignore[attr-defined]
-        self.gmem.close()  # type: ignore[attr-defined]
-
-
-def conversion_setup(ctx: Ctx, npages: int, init_private: bool = False, page_size: int = P, extra_flags: int = 0,
-                     unit: int = P) -> Setup:
-    """``setup_test`` of the conversions selftest with ``npages`` pages of ``page_size``."""
-    _need_conversion(ctx)
-    vm = ctx.vm(int(VmType.SW_PROTECTED))
-    flags = SUPPORT_SHARED | extra_flags | (INIT_PRIVATE if init_private else 0)
-    size = npages * page_size
-    g = vm.create_guest_memfd(size, flags)
-    m = g.mmap(size)
-    gpa = ctx.gpa_base(size)
-    ctx.expect_ok(vm.set_user_memory_region2, 10, KVM_MEM_GUEST_MEMFD, gpa, size, userspace_addr=m.address,
-                  guest_memfd=g, guest_memfd_offset=0)
-    return Setup(vm, g, m, vm.create_vcpu(0), gpa, unit, page_size)
-
-
-def _setup(ctx: Ctx, npages: int, init_private: bool = False) -> Setup:
+def _setup(ctx: Ctx, npages: int, init_private: bool = False) -> ConversionSetup:
     return conversion_setup(ctx, npages, init_private)
 
 
@@ -425,7 +339,7 @@ def test_close_with_pinning(ctx: Ctx) -> None:
 @case("2.14", profiles=RFC)
 def test_convert_argument_order(ctx: Ctx) -> None:
     """error_offset != 0 -> EINVAL before size 0 -> no-op; range past i_size and unaligned -> EINVAL."""
-    _need_conversion(ctx)
+    need_conversion(ctx)
     vm = ctx.vm(int(VmType.DEFAULT))
     g = vm.create_guest_memfd(4 * P, SUPPORT_SHARED)
     ctx.expect_errno("EINVAL", g.convert, 0, 0, False, 1)
@@ -445,7 +359,7 @@ def test_convert_argument_order(ctx: Ctx) -> None:
 @case("2.14", profiles=RFC)
 def test_convert_before_binding_and_huge_file(ctx: Ctx) -> None:
     """Shareability is per inode: convertible with no memslot; a 1 TiB file converts in one call."""
-    _need_conversion(ctx)
+    need_conversion(ctx)
     vm = ctx.vm(int(VmType.DEFAULT))
     g = vm.create_guest_memfd(1 << 40, SUPPORT_SHARED)
     m = g.mmap(2 * P, (1 << 40) - 2 * P)
@@ -461,7 +375,7 @@ def test_convert_before_binding_and_huge_file(ctx: Ctx) -> None:
 @case("2.14", profiles=RFC)
 def test_convert_without_support_shared(ctx: Ctx) -> None:
     """No SUPPORT_SHARED check (spec 5.6): the stitched tree has no shareability and succeeds silently."""
-    _need_conversion(ctx)
+    need_conversion(ctx)
     vm = ctx.vm(int(VmType.DEFAULT))
     g = vm.create_guest_memfd(4 * P, 0)
     ctx.expect_ok(g.convert, 0, 4 * P, True)

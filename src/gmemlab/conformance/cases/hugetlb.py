@@ -9,19 +9,18 @@ suite stays fast; 2 MiB pages are walked whole.
 
 from __future__ import annotations
 
-from ..uapi import (
+from ...uapi import (
     GUESTMEM_HUGETLB_FLAG_1GB,
-    GUESTMEM_HUGETLB_FLAG_2MB,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     Cap,
     VmType,
 )
-from .case import Ctx, case
-from .cases_rfc import HUGETLB, KEEP, PUNCH, RFC, SUPPORT_SHARED, P, Setup, _rfc_battery, conversion_setup
+from ..case import CaseList, Ctx
+from ..constants import HUGETLB, KEEP, M2, PUNCH, RFC, SIZE_FLAGS, SIZES, SUPPORT_SHARED, P
+from .fixtures import ConversionSetup, conversion_setup, rfc_battery
 
-M2, G1 = 1 << 21, 1 << 30
-SIZE_FLAGS = {M2: GUESTMEM_HUGETLB_FLAG_2MB, G1: GUESTMEM_HUGETLB_FLAG_1GB}
-SIZES = {"2M": M2, "1G": G1}
+CASES = CaseList()
+case = CASES.case
 
 
 def _huge_flags(ps: int) -> int:
@@ -40,7 +39,7 @@ def _sub_pages(ps: int) -> list[int]:
 
 def _battery(ctx: Ctx) -> list[tuple[object, int]]:
     _need_hugetlb(ctx)
-    return _rfc_battery(ctx)
+    return rfc_battery(ctx)
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -142,7 +141,7 @@ def test_hugetlb_flag_encoding(ctx: Ctx) -> None:
 # -------------------------------------------------------------------------------------------------------
 
 
-def _setup(ctx: Ctx, ps: int, npages: int, init_private: bool = False) -> Setup:
+def _setup(ctx: Ctx, ps: int, npages: int, init_private: bool = False) -> ConversionSetup:
     """The 3.6 fixture on ``npages`` huge pages; offsets are in bytes."""
     _need_hugetlb(ctx)
     return conversion_setup(ctx, npages, init_private, page_size=ps, extra_flags=_huge_flags(ps), unit=1)

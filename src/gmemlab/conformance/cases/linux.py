@@ -7,11 +7,10 @@ Each upstream battery runs per VM type (KVM_CAP_VM_TYPES) and per flag set, as t
 
 from __future__ import annotations
 
-from ..backend import MADV_DONTNEED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
-from ..uapi import (
+from ...backend import MADV_DONTNEED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
+from ...uapi import (
     FALLOC_FL_COLLAPSE_RANGE,
     FALLOC_FL_INSERT_RANGE,
-    FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_NO_HIDE_STALE,
     FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_UNSHARE_RANGE,
@@ -24,19 +23,14 @@ from ..uapi import (
     MPOL_BIND,
     MPOL_DEFAULT,
     MPOL_INTERLEAVE,
-    PAGE_SIZE,
     Cap,
     VmType,
 )
-from .case import Ctx, case
+from ..case import CaseList, Ctx
+from ..constants import INVALID_PUNCHES, KEEP, MADV_COLLAPSE, MADV_HUGEPAGE, PUNCH, P
 
-P = PAGE_SIZE
-KEEP = FALLOC_FL_KEEP_SIZE
-PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-MADV_HUGEPAGE = 14
-MADV_COLLAPSE = 25
-
-LINUX = ("linux-6.18",)
+CASES = CaseList()
+case = CASES.case
 
 # -------------------------------------------------------------------------------------------------------
 # 3.1 guest_memfd_test.c: the per-VM-type, per-flags battery
@@ -281,10 +275,6 @@ def test_fallocate(ctx: Ctx) -> None:
         ctx.expect_ok(g.fallocate, PUNCH, P, P)
         ctx.expect_ok(g.fallocate, KEEP, P, P)
         g.close()
-
-
-INVALID_PUNCHES = [(0, 1), (0, P - 1), (0, P + 1), (1, 1), (1, P - 1), (1, P), (1, P + 1), (P, 1), (P, P - 1),
-                   (P, P + 1)]
 
 
 @case("3.1")
