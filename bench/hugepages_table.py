@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from gmemlab.model import HostConfig, ModelBackend
-from gmemlab.policy import POLICIES
+from gmemlab.model.policy import POLICIES
 from gmemlab.uapi import (
     FALLOC_FL_KEEP_SIZE,
     GUESTMEM_HUGETLB_FLAG_1GB,

@@ -145,5 +145,35 @@ class UnsupportedByBackend(GmemlabError):
         super().__init__(what)
 
 
+class GmemError(Exception):
+    """Internal to the model: a ``kvm_gmem_get_pfn`` failure carrying the errno KVM returns (spec 2.8).
+
+    The fault path turns it into a ``KVM_EXIT_MEMORY_FAULT`` exit."""
+
+    def __init__(self, err: int, reason: str) -> None:
+        super().__init__(reason)
+        self.errno = err
+        self.reason = reason
+
+
+class FaultRefused(Exception):
+    """Internal to the model: a guest_memfd fault handler refused a host fault (SIGBUS for a CPU
+    access, EFAULT for GUP)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FolioBusy(Exception):
+    """Internal to the model: a folio split or merge met an elevated refcount; callers turn it into
+    EAGAIN (workloads 3.5)."""
+
+    def __init__(self, index: int, what: str) -> None:
+        super().__init__(f"folio at index {index:#x} has an elevated refcount ({what})")
+        self.index = index
+        self.what = what
+
+
 class UsageError(GmemlabError):
     """Bad input to gmemlab itself (a CLI argument, a scenario file); printed without a traceback."""

@@ -11,7 +11,7 @@ from gmemlab.conformance import cases_for, run_case
 from gmemlab.errors import ConversionError, KvmError
 from gmemlab.model import HostConfig, ModelBackend
 from gmemlab.model.folio import VMEMMAP_SPLIT_1G_2M, VMEMMAP_SPLIT_1G_4K, VMEMMAP_SPLIT_2M_4K
-from gmemlab.policy import POLICIES, policy
+from gmemlab.model.policy import POLICIES, policy
 from gmemlab.uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, Cap, VmType
 
 from .helpers import G1, GPA, HUGETLB, M2, SIZE_FLAG, SUPPORT_SHARED, P, make, splits
@@ -315,7 +315,7 @@ def test_populate_allocates_the_whole_huge_folio() -> None:
 
 def test_invariants_catch_a_policy_that_breaks_its_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from gmemlab.model.invariants import InvariantViolation
-    from gmemlab.policy import DeferredPolicy, EagerPolicy
+    from gmemlab.model.policy import DeferredPolicy, EagerPolicy
 
     monkeypatch.setattr(EagerPolicy, "on_allocate", lambda self, hf, b0, b1: None)
     e = make("eager", ps=M2, nblocks=1)

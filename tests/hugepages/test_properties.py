@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gmemlab.errors import ConversionError, HostSigbus, KvmError, VcpuExit
-from gmemlab.policy import POLICIES
+from gmemlab.model.policy import POLICIES
 from gmemlab.uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
 
 from .helpers import G1, GPA, M2, Env, P, make, splits

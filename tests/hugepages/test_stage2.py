@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gmemlab.model.mmu import LEVEL_1G, LEVEL_2M, LEVEL_4K, disallow_lpage, kvm_mmu_max_mapping_level
+from gmemlab.level import LEVEL_1G, LEVEL_2M, LEVEL_4K
+from gmemlab.model.mmu import disallow_lpage, kvm_mmu_max_mapping_level
 from gmemlab.uapi import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE, VmType
 
 from .helpers import G1, GPA, M2, P, make

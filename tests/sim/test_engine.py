@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.errors import UsageError
-from gmemlab.policy import POLICIES
+from gmemlab.model.policy import POLICIES
 from gmemlab.sim.costs import CostTable
 from gmemlab.sim.engine import Engine
 from gmemlab.sim.run import RunResult, simulate

@@ -8,7 +8,7 @@
 
 ``--json`` prints the run's object (``compare``: a list of them, one per policy) and nothing else on stdout.
 ``--plot`` writes a PNG: stage-2 bytes per level and splits/merges over the simulated timeline, and the
-modelled-time breakdown. Policies are those :mod:`gmemlab.policy` registers. Bad input (unknown scenario
+modelled-time breakdown. Policies are those :mod:`gmemlab.model.policy` registers. Bad input (unknown scenario
 or policy, a bad ``--set``, an unwritable ``--plot`` path, a bad ``--costs`` file) is one line on stderr
 and exit status 2.
 """
@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import report
 from ..errors import UsageError
-from ..policy import POLICIES
+from ..model.policy import POLICIES
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..sim.scenario import load_scenario

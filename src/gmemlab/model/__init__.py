@@ -2,6 +2,7 @@
 
 from .config import HostConfig
 from .invariants import InvariantViolation
-from .kvm import Memslot, ModelBackend, ModelVcpu, ModelVm
+from .kvm_main import ModelBackend, ModelVcpu, ModelVm
+from .memslot import Memslot
 
 __all__ = ["HostConfig", "InvariantViolation", "Memslot", "ModelBackend", "ModelVcpu", "ModelVm"]

@@ -29,7 +29,7 @@ class HostConfig:
     * ``readonly_mem``: ``kvm_arch_has_readonly_mem`` for VMs without protected state.
     * ``hugetlb_pool_pages``: free HugeTLB pages per page size (bytes -> count) that subpools reserve
       from at creation (workloads 3.1); a short pool makes HUGETLB creation fail with ENOMEM.
-    * ``gmem_policy``: name of the huge-folio split/merge policy (:mod:`gmemlab.policy`; ``eager`` is
+    * ``gmem_policy``: name of the huge-folio split/merge policy (:mod:`gmemlab.model.policy`; ``eager`` is
       RFC v2, ``deferred`` is Michael Roth's lpage_info-like proposal, workloads 2.3).
     * ``gmem_prepare``: preparedness tracking: ``folio`` (RFC v2 folio uptodate), ``per-4k`` (a prepared
       record per 4 KiB) or ``guest-prepared`` (the discussed SHAREABILITY_GUEST_PREPARED state), 3.7.

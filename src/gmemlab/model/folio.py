@@ -7,11 +7,11 @@ A HugeTLB guest_memfd is a row of *blocks*, one per huge page (2 MiB or 1 GiB). 
 2M first", cost row 9). Shapes live in range maps over block numbers, so a 1 TiB file costs as much
 as a 2 MiB one.
 
-The refcount of a folio is the page cache's plus every pin on any of its pages (``inode.pins``), so a
+The refcount of a folio is the page cache's plus every pin on any of its pages (the inode's ``pins``), so a
 pinned 4 KiB page inside an intact 1 GiB folio makes the whole folio unsafe to split, merge or convert
 (``kvm_gmem_has_safe_refcount``, workloads 3.5); the failure reports the folio's first index
 (:class:`FolioBusy`). Splits undo HVO and merges redo it (rows 6m, 7m): :attr:`vmemmap_bytes`.
-Which split or merge happens when is the policy's business (:mod:`gmemlab.policy`); this module only
+Which split or merge happens when is the policy's business (:mod:`gmemlab.model.policy`); this module only
 knows how.
 """
 
@@ -19,16 +19,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from ..errors import FolioBusy
+from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_PAGES
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SIZE
+from .host import FileMappings
 from .hugetlb import HugetlbSubpool
-from .mmu import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_PAGES
-
-if TYPE_CHECKING:
-    from .gmem import GmemInode
-    from .metrics import Metrics
+from .metrics import Metrics
+from .pagecache import PageCache
 
 ABSENT, INTACT, SPLIT_4K, SPLIT_2M = 0, 1, 2, 3
 
@@ -44,27 +43,35 @@ RangeCheck = Callable[[int, int], bool]
 LEVEL_NAME = {LEVEL_4K: "4K", LEVEL_2M: "2M", LEVEL_1G: "1G"}
 
 
-class FolioBusy(Exception):
-    """A split or merge met an elevated refcount: the caller turns it into EAGAIN."""
-
-    def __init__(self, index: int, what: str) -> None:
-        super().__init__(f"folio at index {index:#x} has an elevated refcount ({what})")
-        self.index = index
-        self.what = what
-
-
 class HugeFolios:
-    """Folio structure of one HugeTLB inode: shapes per block, split/merge mechanics, accounting."""
+    """Folio structure of one HugeTLB inode: shapes per block, split/merge mechanics, accounting.
 
-    def __init__(self, inode: GmemInode, hpage_size: int, subpool: HugetlbSubpool, metrics: Metrics) -> None:
-        self.inode = inode
+    What it needs of the inode is handed over at creation, the way a folio knows its ``mapping``: the
+    page cache the folios live in, the pin counts that make up their extra references, and the host
+    mappings (``i_mmap``) that must lose huge PTEs before a split.
+    """
+
+    def __init__(
+        self,
+        npages: int,
+        hpage_size: int,
+        subpool: HugetlbSubpool,
+        metrics: Metrics,
+        pagecache: PageCache,
+        pins: RangeMap[int],
+        mappings: FileMappings,
+    ) -> None:
+        self.npages = npages
+        self.pagecache = pagecache
+        self.pins = pins
+        self.mappings = mappings
         self.hpage_size = hpage_size
         self.level = LEVEL_1G if hpage_size == 1 << 30 else LEVEL_2M
         self.block_pages = LEVEL_PAGES[self.level]
-        self.nblocks = inode.npages // self.block_pages
+        self.nblocks = npages // self.block_pages
         self.shape: RangeMap[int] = RangeMap(self.nblocks, ABSENT)
         self.sub2m: RangeMap[int] | None = (
-            RangeMap(inode.npages // 512, INTACT) if self.level == LEVEL_1G else None
+            RangeMap(npages // 512, INTACT) if self.level == LEVEL_1G else None
         )
         self.subpool = subpool
         self.metrics = metrics
@@ -111,13 +118,13 @@ class HugeFolios:
     def first_pinned_folio(self, start: int, end: int) -> int | None:
         """First index of the first folio overlapping ``[start, end)`` with an extra reference."""
         lo, hi = self.folio_bounds(start, end)
-        for s, _, n in self.inode.pins.runs(lo, hi):
+        for s, _, n in self.pins.runs(lo, hi):
             if n:
                 return self.folio_range(s)[0]
         return None
 
     def _require_safe(self, start: int, end: int, what: str) -> None:
-        if self.inode.pins.any_match(start, end, bool):
+        if self.pins.any_match(start, end, bool):
             self.metrics.add("split_eagain")
             raise FolioBusy(start, what)
 
@@ -128,7 +135,7 @@ class HugeFolios:
         assert self.shape.all_equal(b0, b1, ABSENT), "allocating over existing folios"
         self.subpool.alloc_folio(b1 - b0)
         self.shape.store(b0, b1, INTACT)
-        self.inode.pagecache.allocate(b0 * self.block_pages, b1 * self.block_pages)
+        self.pagecache.allocate(b0 * self.block_pages, b1 * self.block_pages)
         self.nr_allocated += b1 - b0
 
     # -- split -----------------------------------------------------------------------------------
@@ -151,7 +158,7 @@ class HugeFolios:
         s, e = self.block_range(b)
         self._require_safe(s, e, "split")
         staged = to_2m and self.level == LEVEL_1G
-        self.inode.unmap_host_above(s, e, LEVEL_2M if staged else LEVEL_4K)
+        self.mappings.unmap_above(s, e, LEVEL_2M if staged else LEVEL_4K)
         if staged:
             assert self.sub2m is not None
             self.shape.store(b, b + 1, SPLIT_2M)
@@ -168,7 +175,7 @@ class HugeFolios:
         if self.shape.load(self.block_of(index)) != SPLIT_2M or self.sub2m.load(j) != INTACT:
             return
         self._require_safe(j << 9, (j + 1) << 9, "split")
-        self.inode.unmap_host_above(j << 9, (j + 1) << 9, LEVEL_4K)
+        self.mappings.unmap_above(j << 9, (j + 1) << 9, LEVEL_4K)
         self.sub2m.store(j, j + 1, SPLIT_4K)
         self._count("split", LEVEL_2M, VMEMMAP_SPLIT_2M_4K)
 
@@ -206,7 +213,7 @@ class HugeFolios:
         for j0, j1 in pieces:
             self._require_safe(j0 << 9, j1 << 9, "split")
         for b0, b1 in intact:
-            self.inode.unmap_host_above(b0 * bp, b1 * bp, LEVEL_4K)
+            self.mappings.unmap_above(b0 * bp, b1 * bp, LEVEL_4K)
             if staged:
                 assert self.sub2m is not None
                 self.shape.store(b0, b1, SPLIT_2M)
@@ -218,7 +225,7 @@ class HugeFolios:
                 self._count("split", self.level, vm, b1 - b0)
         for j0, j1 in pieces:
             assert self.sub2m is not None
-            self.inode.unmap_host_above(j0 << 9, j1 << 9, LEVEL_4K)
+            self.mappings.unmap_above(j0 << 9, j1 << 9, LEVEL_4K)
             self.sub2m.store(j0, j1, SPLIT_4K)
             self._count("split", LEVEL_2M, VMEMMAP_SPLIT_2M_4K, j1 - j0)
 
@@ -229,7 +236,7 @@ class HugeFolios:
         bp = self.block_pages
         b_lo, b_hi = start // bp, (end + bp - 1) // bp
         for b0, b1, v in list(self.shape.runs(b_lo, b_hi)):
-            if v == SPLIT_4K and allowed(b0 * bp, b1 * bp) and not self.inode.pins.any_match(b0 * bp, b1 * bp, bool):
+            if v == SPLIT_4K and allowed(b0 * bp, b1 * bp) and not self.pins.any_match(b0 * bp, b1 * bp, bool):
                 self.shape.store(b0, b1, INTACT)
                 vm = VMEMMAP_SPLIT_1G_4K if self.level == LEVEL_1G else VMEMMAP_SPLIT_2M_4K
                 self._count("merge", self.level, vm, b1 - b0)
@@ -240,10 +247,10 @@ class HugeFolios:
                 lo, hi = self.block_range(b)
                 for p0, p1 in self.split_pieces(b, max(lo, start), min(hi, end)):
                     for j in range(p0 >> 9, p1 >> 9):
-                        if allowed(j << 9, (j + 1) << 9) and not self.inode.pins.any_match(j << 9, (j + 1) << 9, bool):
+                        if allowed(j << 9, (j + 1) << 9) and not self.pins.any_match(j << 9, (j + 1) << 9, bool):
                             self.merge_2m(j << 9, check=False)
                 s, e = lo, hi
-                if allowed(s, e) and not self.inode.pins.any_match(s, e, bool):
+                if allowed(s, e) and not self.pins.any_match(s, e, bool):
                     self.merge_block(b, check=False)
 
     # -- merge -----------------------------------------------------------------------------------
@@ -297,7 +304,7 @@ class HugeFolios:
             return
         assert self.shape.load(b) == INTACT, "split folios are merged before they are freed"
         s, e = self.block_range(b)
-        pinned = self.inode.pins.any_match(s, e, bool)
+        pinned = self.pins.any_match(s, e, bool)
         self.shape.store(b, b + 1, ABSENT)
         self.nr_allocated -= 1
         self.subpool.free_folio(still_referenced=pinned)

@@ -7,16 +7,22 @@
 * :class:`GmemFile` is the fd-facing object implementing :class:`gmemlab.backend.GuestMemfd`: generic
   file operations (2.3), fallocate (2.5), mmap (2.4), conversion ioctls (2.14), bindings (2.6) and
   release (2.12).
+
+guest_memfd sits below KVM proper: it sees the VM that owns a file through :class:`GmemKvm` (references,
+stage-2 zapping, the vendor's invalidation hook) and memslots through :class:`GmemSlot` (their geometry
+and the binding fields it fills in), as ``guest_memfd.c`` sees ``struct kvm`` and ``struct
+kvm_memory_slot``.
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Protocol
 
 from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_EXEC, FileStat
-from ..errors import ConversionError, KvmError
+from ..errors import ConversionError, FaultRefused, FolioBusy, GmemError, KvmError
 from ..rangemap import RangeMap
 from ..uapi import (
     FALLOC_FL_COLLAPSE_RANGE,
@@ -34,17 +40,15 @@ from ..uapi import (
     page_aligned,
 )
 from .args import sint, u64
-from .folio import FolioBusy
-from .host import FaultRefused, ModelHostMapping, ModelPin
+from .fdtable import FdTable
+from .gmem_huge import HugeGmem
+from .host import AddressSpace, FileMappings, ModelHostMapping, ModelPin
 from .metrics import Metrics
 from .pagecache import UPTODATE, PageCache
+from .profiles import Behaviour
 from .shareability import RangeShareability, Shareability, WholeFileShareability
-
-if TYPE_CHECKING:
-    from .gmem_huge import HugeGmem
-    from .kvm import Memslot, ModelBackend, ModelVm
-    from .lpage import GmemLpageInfo
-    from .profiles import Behaviour
+from .stage2 import Stage2
+from .vendor import NoVendor
 
 # vfs_fallocate(): the operation bits and their exclusivity (fs/open.c).
 FALLOC_FL_MODE_MASK = (
@@ -59,13 +63,34 @@ FALLOC_FL_MODE_MASK = (
 _inode_numbers = itertools.count(45057)  # any distinct numbers do (realkernel #74)
 
 
-class GmemError(Exception):
-    """Internal: a kvm_gmem_get_pfn failure carrying the errno KVM returns (spec 2.8)."""
+class GmemKvm(Protocol):
+    """What guest_memfd needs of the VM that owns a file (``struct kvm`` as ``guest_memfd.c`` uses it)."""
 
-    def __init__(self, err: int, reason: str) -> None:
-        super().__init__(reason)
-        self.errno = err
-        self.reason = reason
+    @property
+    def vm_type(self) -> VmType: ...
+
+    @property
+    def stage2(self) -> Stage2: ...
+
+    @property
+    def vendor(self) -> NoVendor: ...
+
+    def get_ref(self) -> None: ...
+
+    def put_ref(self) -> None: ...
+
+
+class GmemSlot(Protocol):
+    """What guest_memfd reads and fills in of a memslot bound to it (``slot->gmem``)."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    gmem_file: GmemFile | None
+    gmem_pgoff: int
+    gmem_only: bool
+    gmem_tracks_shareability: bool
 
 
 class GmemInode:
@@ -90,7 +115,7 @@ class GmemInode:
         self.pins: RangeMap[int] = RangeMap(self.npages, 0)  # extra (pinned) references per index
         self.pin_objs: list[ModelPin] = []
         self.files: list[GmemFile] = []
-        self.mappings: list[ModelHostMapping] = []
+        self.mappings = FileMappings()  # i_mmap: the host mappings of this inode
         self.stats = {
             "host_faults": 0,
             "conversions": 0,
@@ -101,7 +126,6 @@ class GmemInode:
         }
         # HugeTLB backing (RFC v2): set by KVM_CREATE_GUEST_MEMFD with GUEST_MEMFD_FLAG_HUGETLB.
         self.huge: HugeGmem | None = None
-        self.lpage: GmemLpageInfo | None = None  # the deferred policy's 2M/1G record
         self.metrics = metrics if metrics is not None else Metrics()
 
     # -- host faults (spec 2.4) ---------------------------------------------------------------------
@@ -127,26 +151,14 @@ class GmemInode:
 
     def unmap_host(self, start: int, end: int) -> int:
         """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
-        zapped = 0
-        for vma in self.mappings:
-            first, last = vma.file_range_to_pages(start, end)
-            zapped += vma.zap(first, last)
-        self.stats["host_ptes_zapped"] += zapped
-        return zapped
-
-    def unmap_host_above(self, start: int, end: int, level: int) -> int:
-        """Drop host mappings larger than ``level`` over ``[start, end)`` (before a folio split)."""
-        zapped = 0
-        for vma in self.mappings:
-            first, last = vma.file_range_to_pages(start, end)
-            zapped += vma.zap(first, last, above=level)
+        zapped = self.mappings.unmap(start, end)
         self.stats["host_ptes_zapped"] += zapped
         return zapped
 
     def arch_invalidate(self, start: int, end: int) -> None:
         """``kvm_arch_gmem_invalidate`` for ``[start, end)`` in every VM bound to this inode."""
         for file in self.files:
-            file.vm.vendor.gmem_invalidate(self, start, end)
+            file.vm.vendor.gmem_invalidate(self, start, end, file.gfn_ranges)
 
     def folio_level(self, index: int) -> int:
         """Stage-2 level of the folio holding ``index`` (4 KiB files: always 4 KiB)."""
@@ -322,20 +334,33 @@ class GmemInode:
 class GmemFile:
     """A guest_memfd file: implements :class:`gmemlab.backend.GuestMemfd` for the model."""
 
-    def __init__(self, system: ModelBackend, vm: ModelVm, inode: GmemInode) -> None:
-        self.system = system
+    def __init__(
+        self, vm: GmemKvm, inode: GmemInode, fdtable: FdTable, address_space: AddressSpace, stats: Counter[str]
+    ) -> None:
         self.vm = vm
+        self.fdtable = fdtable
+        self.address_space = address_space
+        self.stats = stats  # the system's counters (pages freed at release)
         self.inode = inode
         self.size = inode.size
         self.flags = inode.flags
         # index -> memslot, like gmem->bindings (an xarray); may extend past EOF (spec 5.2 quirk).
-        self.bindings: RangeMap[Memslot | None] = RangeMap(1 << 64, None)
+        self.bindings: RangeMap[GmemSlot | None] = RangeMap(1 << 64, None)
         self._refs = 1  # the fd
         self.fd_open = True
         self.released = False
-        self.fd = system.fdtable.install(self)
+        self.fd = fdtable.install(self)
         inode.files.append(self)
         vm.get_ref()  # the file pins the VM (kvm_get_kvm in __kvm_gmem_create)
+
+    def gfn_ranges(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The gfn ranges of this file's VM bound to file indices ``[start, end)``."""
+        out = []
+        for s, e, slot in self.bindings.runs(start, end):
+            if slot is not None:
+                gfn = slot.base_gfn + (s - slot.gmem_pgoff)
+                out.append((gfn, gfn + (e - s)))
+        return out
 
     # -- references and release (spec 2.12) --------------------------------------------------------------
     def get_ref(self) -> None:
@@ -349,7 +374,7 @@ class GmemFile:
     def close(self) -> None:
         self._check_fd("close")
         self.fd_open = False
-        self.system.fdtable.remove(self.fd)
+        self.fdtable.remove(self.fd)
         self.put_ref()
 
     def kvm_gmem_release(self) -> None:
@@ -366,7 +391,7 @@ class GmemFile:
         inode.files.remove(self)
         if not inode.files:
             freed = inode.release_memory()
-            self.system.stats["pages_freed_at_release"] += freed
+            self.stats["pages_freed_at_release"] += freed
         self.vm.put_ref()
 
     def _check_fd(self, op: str) -> None:
@@ -487,7 +512,7 @@ class GmemFile:
         if huge is not None and (length % huge.hpage_size or offset % huge.hpage_size):
             raise KvmError(errno.EINVAL, op, f"HugeTLB guest_memfd: length {length:#x} and offset {offset:#x} must "
                            f"be multiples of the huge page size {huge.hpage_size:#x} (kvm_gmem_get_unmapped_area)")
-        return ModelHostMapping(self.system.address_space, length, prot, self, offset >> PAGE_SHIFT)
+        return ModelHostMapping(self.address_space, length, prot, self, offset >> PAGE_SHIFT)
 
     # -- conversion ioctls (RFC v2, spec 2.14) -------------------------------------------------------------
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
@@ -510,7 +535,7 @@ class GmemFile:
         self.inode.kvm_gmem_convert(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, to_shared, op)
 
     # -- bindings (spec 2.6) ---------------------------------------------------------------------------------
-    def kvm_gmem_bind(self, slot: Memslot, offset: int) -> None:
+    def kvm_gmem_bind(self, slot: GmemSlot, offset: int) -> None:
         """Bind ``slot`` to ``[offset, offset + size)``; checks in the kernel's order."""
         op = "KVM_SET_USER_MEMORY_REGION2"
         size = slot.npages << PAGE_SHIFT
@@ -541,7 +566,7 @@ class GmemFile:
         self.bindings.store(start, end, slot)
 
     def _check_bind_userspace_addr(self, uaddr: int, pgoff: int, op: str) -> None:
-        vma = self.system.address_space.find(uaddr)
+        vma = self.address_space.find(uaddr)
         if (
             vma is None
             or vma.file is None
@@ -552,13 +577,13 @@ class GmemFile:
                 errno.EINVAL, op, "userspace_addr must map this guest_memfd at guest_memfd_offset (FT9 check)"
             )
 
-    def kvm_gmem_unbind(self, slot: Memslot) -> None:
+    def kvm_gmem_unbind(self, slot: GmemSlot) -> None:
         if slot.gmem_file is self:
             self.bindings.store(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages, None)
         slot.gmem_file = None
 
     # -- the guest side -----------------------------------------------------------------------------------
-    def get_pfn(self, slot: Memslot, gfn: int) -> int:
+    def get_pfn(self, slot: GmemSlot, gfn: int) -> int:
         """``kvm_gmem_get_pfn`` through a memslot: EFAULT if released, EIO on a bad binding."""
         if self.released:
             raise GmemError(errno.EFAULT, "guest_memfd file was released")

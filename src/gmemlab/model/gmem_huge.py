@@ -12,7 +12,8 @@ GUEST_MEMFD_FLAG_HUGETLB and serves the operations whose behaviour changes with 
 * conversions -- the policy restructures after the shareability store; preparation is forgotten.
 
 Folio shapes and the mechanics of split/merge are :mod:`gmemlab.model.folio`; *when* is
-:mod:`gmemlab.policy`.
+:mod:`gmemlab.model.policy`. The inode is seen through :class:`HugeOwner`: its page cache, pins,
+shareability, host mappings and the arch invalidation hook, nothing more.
 """
 
 from __future__ import annotations
@@ -20,22 +21,45 @@ from __future__ import annotations
 import errno
 import itertools
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from ..errors import KvmError
+from ..errors import FaultRefused, FolioBusy, GmemError, KvmError
+from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES, order_for_level
+from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
-from .folio import ABSENT, INTACT, FolioBusy, HugeFolios
-from .gmem import GmemError
-from .host import FaultRefused
+from .folio import ABSENT, INTACT, HugeFolios
+from .host import FileMappings, ModelHostMapping, ModelPin
 from .hugetlb import HugetlbSubpool
-from .mmu import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES, order_for_level
+from .lpage import GmemLpageInfo
+from .metrics import Metrics
+from .pagecache import PageCache
+from .policy import HugeInode, SplitPolicy
 from .prepare import PREPAREDNESS
+from .shareability import Shareability
 
-if TYPE_CHECKING:
-    from ..policy import SplitPolicy
-    from .gmem import GmemInode
-    from .host import ModelHostMapping, ModelPin
-    from .metrics import Metrics
+
+class HugeOwner(Protocol):
+    """What the HugeTLB paths need of the guest_memfd inode they serve."""
+
+    @property
+    def npages(self) -> int: ...
+
+    @property
+    def pagecache(self) -> PageCache: ...
+
+    @property
+    def pins(self) -> RangeMap[int]: ...
+
+    @property
+    def pin_objs(self) -> list[ModelPin]: ...
+
+    @property
+    def shareability(self) -> Shareability: ...
+
+    @property
+    def mappings(self) -> FileMappings: ...
+
+    def arch_invalidate(self, start: int, end: int) -> None: ...
 
 
 class HugeGmem:
@@ -43,17 +67,22 @@ class HugeGmem:
 
     def __init__(
         self,
-        inode: GmemInode,
+        inode: HugeOwner,
         hpage_size: int,
         subpool: HugetlbSubpool,
         policy: SplitPolicy,
         prepare: str,
         metrics: Metrics,
+        shared: bool,
     ) -> None:
         self.inode = inode
         self.hpage_size = hpage_size
-        self.hf = HugeFolios(inode, hpage_size, subpool, metrics)
+        self.hf = HugeFolios(
+            inode.npages, hpage_size, subpool, metrics, inode.pagecache, inode.pins, inode.mappings
+        )
         self.policy = policy
+        self.record: GmemLpageInfo | None = policy.new_record(inode.npages, shared)  # the deferred 2M/1G record
+        self.view = HugeInode(self.hf, inode.shareability, self.record)
         self.prep = PREPAREDNESS[prepare](inode.npages, metrics)
         self.metrics = metrics
         self.pin_folios: dict[int, list[int]] = {}  # id(pin) -> freed folios it still references
@@ -76,12 +105,12 @@ class HugeGmem:
                     e += 1
                 if e > s:
                     hf.allocate(s, e)
-                    self.policy.on_allocate(hf, s, e)
+                    self.policy.on_allocate(self.view, s, e)
                 raise KvmError(errno.ENOMEM, "kvm_gmem_get_folio", "no free page in the inode's HugeTLB "
                                "subpool (a truncated folio is still referenced)")
             hf.allocate(s, e)
             new += (e - s) * hf.block_pages
-            self.policy.on_allocate(hf, s, e)
+            self.policy.on_allocate(self.view, s, e)
         return new
 
     def allocate(self, start: int, end: int) -> int:
@@ -97,7 +126,7 @@ class HugeGmem:
             self.ensure_blocks(b, b + 1)
         except KvmError as exc:
             raise GmemError(exc.errno, exc.reason) from None
-        level = self.policy.mapping_level(self.hf, index)
+        level = self.policy.mapping_level(self.view, index)
         start, end = self.hf.folio_range(index)
         hooks = self.prep.guest_prepare(self.inode.pagecache, start, end)
         self.metrics.add("arch_prepares", len(hooks))
@@ -129,7 +158,7 @@ class HugeGmem:
         b = self.hf.block_of(index)
         try:
             self.ensure_blocks(b, b + 1)
-            level = self.policy.host_map_level(self.hf, index, self.vma_level(index, vma))
+            level = self.policy.host_map_level(self.view, index, self.vma_level(index, vma))
         except KvmError as exc:
             raise FaultRefused(f"kvm_gmem_get_folio: {exc.reason}") from None
         except FolioBusy as exc:
@@ -151,7 +180,7 @@ class HugeGmem:
         """Restructure after the shareability store (raises FolioBusy if a split meets a pin)."""
         for s, e in work:
             self.prep.on_convert(s, e, to_shared)
-        self.policy.after_convert(self.hf, work, to_shared)
+        self.policy.after_convert(self.view, work, to_shared)
 
     # -- truncation --------------------------------------------------------------------------------
     def punch(self, start: int, end: int) -> int:
@@ -246,6 +275,6 @@ class HugeGmem:
         resident = self.inode.pagecache.count_allocated()
         if resident != self.hf.nr_allocated * self.hf.block_pages:
             raise AssertionError(f"{resident} pages in the page cache for {self.hf.nr_allocated} huge folios")
-        if self.inode.lpage is not None:
-            self.inode.lpage.check(self.inode.shareability)
-        self.policy.check(self.hf)
+        if self.record is not None:
+            self.record.check(self.inode.shareability)
+        self.policy.check(self.view)

@@ -11,29 +11,93 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
-from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
+from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..rangemap import RangeMap
 from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
 from . import numa
 from .args import as_bytes
-
-if TYPE_CHECKING:
-    from .gmem import GmemFile
+from .pagecache import PageCache
 
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
 USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
 _MMAP_BASE = 0x7E00_0000_0000
 
 
-class FaultRefused(Exception):
-    """Internal: the fault handler refused (becomes SIGBUS for a CPU access, EFAULT for GUP)."""
+class MappedInode(Protocol):
+    """What a mapping needs of the inode behind its file: the page cache, the list of mappings
+    (``i_mmap``), the fault handler and pins (``vm_operations_struct`` and GUP)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    @property
+    def pagecache(self) -> PageCache: ...
+
+    @property
+    def mappings(self) -> FileMappings: ...
+
+    def fault_user_mapping(
+        self, index: int, vma: ModelHostMapping | None = None
+    ) -> tuple[int, int, int] | None: ...
+
+    def pin(self, start: int, end: int) -> ModelPin: ...
+
+
+class MappedFile(Protocol):
+    """What a mapping needs of its file: a reference, its inode, and ``vfs_fallocate`` (MADV_REMOVE)."""
+
+    @property
+    def inode(self) -> MappedInode: ...
+
+    def get_ref(self) -> None: ...
+
+    def put_ref(self) -> None: ...
+
+    def vfs_fallocate(self, mode: int, offset: int, length: int, op: str = "fallocate") -> None: ...
+
+
+class PinOwner(Protocol):
+    """The inode a pin raises refcounts in."""
+
+    def unpin(self, pin: ModelPin) -> None: ...
+
+
+class FileMappings:
+    """The mappings of one file (``address_space->i_mmap``) and ``unmap_mapping_pages`` over them."""
+
+    def __init__(self) -> None:
+        self.vmas: list[ModelHostMapping] = []
+        self.ptes_zapped = 0
+
+    def __iter__(self) -> Iterator[ModelHostMapping]:
+        return iter(self.vmas)
+
+    def __len__(self) -> int:
+        return len(self.vmas)
+
+    def add(self, vma: ModelHostMapping) -> None:
+        self.vmas.append(vma)
+
+    def remove(self, vma: ModelHostMapping) -> None:
+        self.vmas.remove(vma)
+
+    def unmap(self, start: int, end: int) -> int:
+        """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
+        zapped = 0
+        for vma in self.vmas:
+            first, last = vma.file_range_to_pages(start, end)
+            zapped += vma.zap(first, last)
+        self.ptes_zapped += zapped
+        return zapped
+
+    def unmap_above(self, start: int, end: int, level: int) -> int:
+        """Drop host mappings larger than ``level`` over ``[start, end)`` (before a folio split)."""
+        zapped = 0
+        for vma in self.vmas:
+            first, last = vma.file_range_to_pages(start, end)
+            zapped += vma.zap(first, last, above=level)
+        self.ptes_zapped += zapped
+        return zapped
 
 
 class AddressSpace:
@@ -63,7 +127,7 @@ class ModelHostMapping:
     """One ``mmap`` of a guest_memfd (``file`` set) or of anonymous shared memory (``file`` None)."""
 
     def __init__(
-        self, space: AddressSpace, length: int, prot: int, file: GmemFile | None = None, pgoff: int = 0
+        self, space: AddressSpace, length: int, prot: int, file: MappedFile | None = None, pgoff: int = 0
     ) -> None:
         self.space = space
         self.length = length
@@ -79,7 +143,7 @@ class ModelHostMapping:
         space.vmas.append(self)
         if file is not None:
             file.get_ref()
-            file.inode.mappings.append(self)
+            file.inode.mappings.add(self)
 
     # -- faults ----------------------------------------------------------------------------------
     def _fault(self, page: int, write: bool, gup: bool = False) -> None:
@@ -284,7 +348,7 @@ class ModelHostMapping:
 class ModelPin:
     """A long-term pin on file indices ``[start, end)``; truncation detaches pinned folios."""
 
-    def __init__(self, inode: object, start: int, end: int) -> None:
+    def __init__(self, inode: PinOwner, start: int, end: int) -> None:
         self.inode = inode
         self.attached: list[tuple[int, int]] = [(start, end)]
         self.released = False
@@ -309,4 +373,4 @@ class ModelPin:
         if self.released:
             return
         self.released = True
-        self.inode.unpin(self)  # type: ignore[attr-defined]
+        self.inode.unpin(self)

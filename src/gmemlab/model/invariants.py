@@ -14,14 +14,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
-from .mmu import LEVEL_PAGES
+from ..level import LEVEL_PAGES
+from .gmem import GmemInode
+from .kvm_host import Kvm
 from .pagecache import ABSENT, UPTODATE
-
-if TYPE_CHECKING:
-    from .gmem import GmemInode
-    from .kvm import ModelBackend
 
 
 class InvariantViolation(AssertionError):
@@ -32,10 +30,11 @@ def _fail(message: str) -> None:
     raise InvariantViolation(message)
 
 
-def check(system: ModelBackend) -> None:
-    for inode in system.inodes():
+def check(inodes: Iterable[GmemInode], vms: Iterable[Kvm]) -> None:
+    """Check every inode and every VM of a system (raises :class:`InvariantViolation`)."""
+    for inode in inodes:
         _check_inode(inode)
-    for vm in system.vms:
+    for vm in vms:
         for (as_id, slot_id), slot in vm.memslots.items():
             if (slot.as_id, slot.id) != (as_id, slot_id):
                 _fail(f"memslot {slot_id} filed under the wrong key")
@@ -64,11 +63,11 @@ def check(system: ModelBackend) -> None:
                           "but the memory is not")
 
 
-def _boundaries(vm: object, start: int, end: int) -> list[int]:
+def _boundaries(vm: Kvm, start: int, end: int) -> list[int]:
     """Gfns at which kvm_mem_is_private may change inside ``[start, end)``: run starts of the inputs."""
     points = {start}
-    points.update(s for s, _, _ in vm.attributes.runs(start, end))  # type: ignore[attr-defined]
-    for slot in vm.memslots.values():  # type: ignore[attr-defined]
+    points.update(s for s, _, _ in vm.attributes.runs(start, end))
+    for slot in vm.memslots.values():
         lo, hi = max(start, slot.base_gfn), min(end, slot.end_gfn)
         if lo >= hi:
             continue

@@ -1,110 +1,55 @@
-"""KVM: the system (``/dev/kvm``), VMs, memslots, memory attributes and vCPU guest accesses.
+"""KVM proper: the system (``/dev/kvm``), VM ioctls and vCPUs, after ``virt/kvm/kvm_main.c`` (6.18).
 
-Implements :class:`gmemlab.backend.Backend` for the model. The memslot checks follow
-``kvm_set_memory_region`` then ``kvm_gmem_bind`` (spec 2.6); guest accesses follow the x86 fault
-routing of spec 2.7 (memory-fault exits, gmem-only slots, the HVA path) and ``kvm_gmem_get_pfn`` (2.8).
+Implements :class:`gmemlab.backend.Backend` for the model. The memslot ioctls run the kernel's steps in
+order: the slot id, ``check_memory_region_flags``, the sanity checks (:mod:`gmemlab.model.memslot`),
+then create (with ``kvm_gmem_bind``), move or delete (spec 2.6). Guest accesses go through the x86
+fault path (:mod:`gmemlab.model.page_fault`, spec 2.7), populate is :mod:`gmemlab.model.populate`.
 """
 
 from __future__ import annotations
 
 import errno
-from bisect import insort
 from collections import Counter
-from dataclasses import dataclass
 
-from ..errors import KvmError, UnsupportedByBackend, VcpuExit
-from ..rangemap import RangeMap
+from ..errors import KvmError
 from ..uapi import (
-    KVM_EXIT_MEMORY_FAULT,
-    KVM_EXIT_MMIO,
-    KVM_EXIT_UNKNOWN,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE,
-    KVM_MEMORY_EXIT_FLAG_PRIVATE,
     LINUX_6_18,
     PAGE_SHIFT,
     PAGE_SIZE,
     U64_MAX,
     ApiProfile,
+    Cap,
     VmType,
     as_loff,
     page_aligned,
 )
-from .args import as_bytes, sint, u32, u64
+from .args import as_bytes, sint, u64
 from .config import HostConfig
-from .gmem import GmemError, GmemFile, GmemInode
+from .fdtable import FdTable
+from .gmem import GmemFile, GmemInode
 from .gmem_huge import HugeGmem
-from .host import USER_ADDR_LIMIT, AddressSpace, FaultRefused, ModelHostMapping
+from .host import AddressSpace, ModelHostMapping
 from .hugetlb import HugetlbPool
+from .invariants import check as check_model_invariants
+from .kvm_host import Kvm
+from .memfd import ModelMemfd
+from .memslot import (
+    MemoryRegion,
+    Memslot,
+    check_memory_region_flags,
+    check_memory_region_sanity,
+    check_move_or_flags_change,
+    check_overlap,
+)
 from .metrics import Metrics
-from .mmu import GFN_LIMIT, Stage2
+from .page_fault import kvm_mmu_page_fault, split_by_page, touch_range
+from .policy import policy
+from .populate import kvm_gmem_populate
 from .profiles import Behaviour, behaviour
-from .tdp import kvm_tdp_map, touch_range
-from .vendor import vendor_for
-
-KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
-
-
-class FdTable:
-    """File descriptors of the modelled process: the lowest free number, like the kernel hands out."""
-
-    def __init__(self) -> None:
-        self._free: list[int] = []
-        self._next = 3
-        self.files: dict[int, object] = {}
-
-    def install(self, obj: object) -> int:
-        fd = self._free.pop(0) if self._free else self._alloc()
-        self.files[fd] = obj
-        return fd
-
-    def _alloc(self) -> int:
-        fd = self._next
-        self._next += 1
-        return fd
-
-    def remove(self, fd: int) -> None:
-        del self.files[fd]
-        insort(self._free, fd)
-
-    def get(self, fd: int) -> object | None:
-        return self.files.get(fd)
-
-
-class ModelMemfd:
-    """A regular memfd: an fd that is not a guest_memfd (for binding checks)."""
-
-    def __init__(self, system: ModelBackend, size: int) -> None:
-        self.system = system
-        self.size = size
-        self.fd = system.fdtable.install(self)
-
-    def close(self) -> None:
-        self.system.fdtable.remove(self.fd)
-
-
-@dataclass(eq=False)
-class Memslot:
-    """``struct kvm_memory_slot`` with its guest_memfd binding (spec 2.1, 2.6)."""
-
-    id: int
-    as_id: int
-    base_gfn: int
-    npages: int
-    flags: int
-    userspace_addr: int
-    vm: ModelVm
-    gmem_file: GmemFile | None = None  # no reference held: the slot does not pin the file
-    gmem_pgoff: int = 0
-    gmem_only: bool = False
-    has_gmem: bool = False  # created with KVM_MEM_GUEST_MEMFD (even after the file is released)
-    gmem_tracks_shareability: bool = False  # RFC v2: private-ness comes from the gmem (spec 2.7)
-
-    @property
-    def end_gfn(self) -> int:
-        return self.base_gfn + self.npages
+from .stage2 import GFN_LIMIT
 
 
 class ModelBackend:
@@ -117,8 +62,6 @@ class ModelBackend:
         self.behaviour: Behaviour = behaviour(profile_name)
         self.profile: ApiProfile = self.behaviour.api
         self.config = config or HostConfig.upstream()
-        from ..policy import policy  # late: the policy module imports model submodules
-
         self.policy = policy(self.config.gmem_policy)
         self.counters = Metrics()
         self.hugetlb_pool = HugetlbPool(self.config.hugetlb_pool_pages)
@@ -150,7 +93,7 @@ class ModelBackend:
         return ModelHostMapping(self.address_space, length, 3)
 
     def memfd_create(self, size: int) -> ModelMemfd:
-        return ModelMemfd(self, size)
+        return ModelMemfd(self.fdtable, size)
 
     def nr_numa_nodes(self) -> int:
         return self.config.numa_nodes
@@ -182,8 +125,8 @@ class ModelBackend:
         ranges = 0
         for inode in self.inodes():
             ranges += inode.shareability.nr_ranges()
-            if inode.lpage is not None:
-                ranges += inode.lpage.nr_ranges()
+            if inode.huge is not None and inode.huge.record is not None:
+                ranges += inode.huge.record.nr_ranges()
             if inode.huge is not None:
                 hf = inode.huge.hf
                 ranges += hf.shape.nr_runs() + (hf.sub2m.nr_runs() if hf.sub2m is not None else 0)
@@ -205,36 +148,20 @@ class ModelBackend:
 
     def check_invariants(self) -> None:
         """Assert the model's invariants (see :func:`gmemlab.model.invariants.check`)."""
-        from .invariants import check
-
-        check(self)
+        check_model_invariants(self.inodes(), self.vms)
 
 
-class ModelVm:
-    """A VM (``KVM_CREATE_VM``): memslots, per-VM attributes, stage-2 page tables."""
+class ModelVm(Kvm):
+    """A VM fd (``KVM_CREATE_VM``) and its ioctls; the state they change is :class:`Kvm`."""
 
     def __init__(self, system: ModelBackend, vm_type: VmType) -> None:
         self.system = system
-        self.vm_type = vm_type
         self.fd = system.fdtable.install(self)
         self.fd_open = True
-        self._refs = 1
-        self.destroyed = False
-        self.memslots: dict[tuple[int, int], Memslot] = {}
-        self.attributes: RangeMap[int] = RangeMap(GFN_LIMIT, 0)  # kvm->mem_attr_array, per gfn
-        self.stage2 = Stage2(system.counters)
-        self.vendor = vendor_for(self, system.config)
-        self.stats: Counter[str] = Counter()
+        super().__init__(vm_type, system.config, system.behaviour, system.counters, system.address_space)
 
-    # -- references ------------------------------------------------------------------------------------
-    def get_ref(self) -> None:
-        self._refs += 1
-
-    def put_ref(self) -> None:
-        self._refs -= 1
-        if self._refs == 0:
-            self.destroyed = True  # kvm_destroy_vm
-            self.system.vms.remove(self)
+    def kvm_destroy_vm(self) -> None:
+        self.system.vms.remove(self)
 
     def close(self) -> None:
         self._check_fd("close")
@@ -287,11 +214,10 @@ class ModelVm:
             subpool = pool.reserve(hpage, loff // hpage, op)
         inode = GmemInode(behaviour, size, flags, shared, self.system.counters)
         if subpool is not None:
-            policy = self.system.policy
-            inode.lpage = policy.new_record(inode.npages, shared)
-            inode.huge = HugeGmem(inode, hpage, subpool, policy, config.gmem_prepare, self.system.counters)
+            inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, config.gmem_prepare,
+                                  self.system.counters, shared)
         self.system.stats["gmem_created"] += 1
-        return GmemFile(self.system, self, inode)
+        return GmemFile(self, inode, self.system.fdtable, self.system.address_space, self.system.stats)
 
     # -- memslots (spec 2.6) ---------------------------------------------------------------------------------
     def set_user_memory_region(
@@ -321,7 +247,7 @@ class ModelVm:
 
     def _readonly_allowed(self) -> bool:
         # kvm_arch_has_readonly_mem(): not for VMs with protected state (SEV-ES, SNP, TDX).
-        return self.system.config.readonly_mem and self.vm_type not in (VmType.SEV_ES, VmType.SNP, VmType.TDX)
+        return self.config.readonly_mem and self.vm_type not in (VmType.SEV_ES, VmType.SNP, VmType.TDX)
 
     def _set_memory_region(
         self,
@@ -334,79 +260,51 @@ class ModelVm:
         gmem_arg: object,
         gmem_offset: int,
     ) -> None:
-        slot_arg = u32(slot_arg, "slot", op)
-        flags = u32(flags, "flags", op)
-        gpa = u64(gpa, "guest_phys_addr", op)
-        size = u64(size, "memory_size", op)
-        uaddr = u64(uaddr, "userspace_addr", op)
-        gmem_offset = u64(gmem_offset, "guest_memfd_offset", op)
-        slot_id, as_id = slot_arg & 0xFFFF, slot_arg >> 16
-        config = self.system.config
-        if slot_id >= config.nr_memslots:
-            raise KvmError(errno.EINVAL, op, f"slot id {slot_id} >= KVM_USER_MEM_SLOTS ({config.nr_memslots})")
-        # check_memory_region_flags()
-        valid = KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_GUEST_MEMFD
-        if flags & KVM_MEM_GUEST_MEMFD:
-            valid &= ~KVM_MEM_LOG_DIRTY_PAGES  # no dirty logging of private memory
-        elif self._readonly_allowed():
-            valid |= KVM_MEM_READONLY  # writes to read-only slots are MMIO, never for gmem
-        if flags & ~valid:
-            raise KvmError(errno.EINVAL, op, f"flags {flags:#x} not in the valid set {valid:#x}")
-        # General sanity checks of __kvm_set_memory_region()
-        if not page_aligned(size):
-            raise KvmError(errno.EINVAL, op, f"memory_size {size:#x} is not page aligned")
-        if not page_aligned(gpa):
-            raise KvmError(errno.EINVAL, op, f"guest_phys_addr {gpa:#x} is not page aligned")
-        if not page_aligned(uaddr) or uaddr + size > USER_ADDR_LIMIT:
-            raise KvmError(errno.EINVAL, op, f"userspace_addr {uaddr:#x} + memory_size {size:#x} is unaligned or "
-                           "not a user range (access_ok)")
-        if flags & KVM_MEM_GUEST_MEMFD and (not page_aligned(gmem_offset) or gmem_offset + size > U64_MAX):
-            raise KvmError(errno.EINVAL, op, f"guest_memfd_offset {gmem_offset:#x} unaligned or wraps")
-        if as_id >= config.address_spaces:
-            raise KvmError(errno.EINVAL, op, f"address space {as_id} >= {config.address_spaces}")
-        if gpa + size > U64_MAX:
-            raise KvmError(errno.EINVAL, op, "guest_phys_addr + memory_size wraps")
-        if size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES:
-            raise KvmError(errno.EINVAL, op, f"memory_size {size:#x} exceeds KVM_MEM_MAX_NR_PAGES")
-        old = self.memslots.get((as_id, slot_id))
-        if size == 0:
+        """``kvm_vm_ioctl_set_memory_region`` -> ``__kvm_set_memory_region``: checks, then the change."""
+        r = MemoryRegion.from_args(op, slot_arg, flags, gpa, size, uaddr, gmem_offset)
+        config = self.config
+        if r.slot_id >= config.nr_memslots:
+            raise KvmError(errno.EINVAL, op, f"slot id {r.slot_id} >= KVM_USER_MEM_SLOTS ({config.nr_memslots})")
+        check_memory_region_flags(op, r.flags, self._readonly_allowed())
+        check_memory_region_sanity(op, r, config)
+        old = self.memslots.get(r.key)
+        if r.size == 0:
             if old is None:
-                raise KvmError(errno.EINVAL, op, f"slot {slot_id} does not exist")
+                raise KvmError(errno.EINVAL, op, f"slot {r.slot_id} does not exist")
             self._delete_memslot(old)
-            return
-        base_gfn, npages = gpa >> PAGE_SHIFT, size >> PAGE_SHIFT
-        if old is not None:
-            if flags & KVM_MEM_GUEST_MEMFD:
-                raise KvmError(errno.EINVAL, op, "guest_memfd memslots are immutable: delete and re-create")
-            if uaddr != old.userspace_addr or npages != old.npages or (flags ^ old.flags) & KVM_MEM_READONLY:
-                raise KvmError(errno.EINVAL, op, "only the GPA or LOG_DIRTY_PAGES of a memslot can change")
-            if old.has_gmem:
-                raise KvmError(errno.EINVAL, op, "guest_memfd memslots cannot be moved or change flags")
-            if base_gfn == old.base_gfn and flags == old.flags:
-                return
-            if base_gfn != old.base_gfn:
-                self._check_overlap(op, as_id, slot_id, base_gfn, npages)
-            self.stage2.zap(old.base_gfn, old.end_gfn)
-            old.base_gfn, old.flags = base_gfn, flags
-            return
-        self._check_overlap(op, as_id, slot_id, base_gfn, npages)
-        slot = Memslot(slot_id, as_id, base_gfn, npages, flags, uaddr, self)
-        if flags & KVM_MEM_GUEST_MEMFD:
+        elif old is not None:
+            self._move_memslot(op, r, old)
+        else:
+            self._create_memslot(op, r, gmem_arg)
+
+    def _create_memslot(self, op: str, r: MemoryRegion, gmem_arg: object) -> None:
+        """``KVM_MR_CREATE``: overlap check, ``kvm_gmem_bind``, ``kvm_arch_prepare_memory_region``."""
+        base_gfn, npages = r.base_gfn, r.npages
+        check_overlap(self.memslots, op, r.as_id, r.slot_id, base_gfn, npages)
+        slot = Memslot(r.slot_id, r.as_id, base_gfn, npages, r.flags, r.uaddr)
+        if r.flags & KVM_MEM_GUEST_MEMFD:
             file = self._fget_gmem(op, gmem_arg)
-            file.kvm_gmem_bind(slot, gmem_offset)
+            file.kvm_gmem_bind(slot, r.gmem_offset)
             slot.has_gmem = True
         # kvm_arch_prepare_memory_region(): the slot must fit below kvm_mmu_max_gfn()
-        if base_gfn + npages - 1 > (1 << (config.max_gpa_bits - PAGE_SHIFT)) - 1:
+        max_gpa_bits = self.config.max_gpa_bits
+        if base_gfn + npages - 1 > (1 << (max_gpa_bits - PAGE_SHIFT)) - 1:
             if slot.gmem_file is not None:
                 slot.gmem_file.kvm_gmem_unbind(slot)
-            raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{config.max_gpa_bits})")
-        self.memslots[(as_id, slot_id)] = slot
+            raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
+        self.memslots[r.key] = slot
         self.stats["memslots_created"] += 1
 
-    def _check_overlap(self, op: str, as_id: int, slot_id: int, base_gfn: int, npages: int) -> None:
-        for (a, i), other in self.memslots.items():
-            if a == as_id and i != slot_id and base_gfn < other.end_gfn and other.base_gfn < base_gfn + npages:
-                raise KvmError(errno.EEXIST, op, f"GPA range overlaps slot {i}")
+    def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
+        """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
+        check_move_or_flags_change(op, r, old)
+        base_gfn = r.base_gfn
+        if base_gfn == old.base_gfn and r.flags == old.flags:
+            return
+        if base_gfn != old.base_gfn:
+            check_overlap(self.memslots, op, r.as_id, r.slot_id, base_gfn, r.npages)
+        self.stage2.zap(old.base_gfn, old.end_gfn)
+        old.base_gfn, old.flags = base_gfn, r.flags
 
     def _fget_gmem(self, op: str, gmem_arg: object) -> GmemFile:
         fd = getattr(gmem_arg, "fd", gmem_arg)
@@ -422,17 +320,12 @@ class ModelVm:
         return obj
 
     def _delete_memslot(self, slot: Memslot) -> None:
+        """``KVM_MR_DELETE``: zap the slot's leaves, unbind guest_memfd."""
         self.stage2.zap(slot.base_gfn, slot.end_gfn)  # kvm_arch_flush_shadow_memslot
         if slot.gmem_file is not None:
             slot.gmem_file.kvm_gmem_unbind(slot)
         del self.memslots[(slot.as_id, slot.id)]
         self.stats["memslots_deleted"] += 1
-
-    def find_memslot(self, gfn: int, as_id: int = 0) -> Memslot | None:
-        for (a, _), slot in self.memslots.items():
-            if a == as_id and slot.base_gfn <= gfn < slot.end_gfn:
-                return slot
-        return None
 
     # -- memory attributes (spec 2.7) ---------------------------------------------------------------------------
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
@@ -446,7 +339,7 @@ class ModelVm:
         )
         if flags:
             raise KvmError(errno.EINVAL, op, f"flags {flags:#x} must be 0")
-        supported = self.check_extension(233)
+        supported = self.check_extension(Cap.MEMORY_ATTRIBUTES)
         if attributes & ~supported:
             raise KvmError(errno.EINVAL, op, f"attributes {attributes:#x} not in {supported:#x} for this VM")
         if size == 0 or address + size > U64_MAX:
@@ -460,17 +353,6 @@ class ModelVm:
         self.attributes.store(start, end, attributes)
         self.stats["set_attributes"] += 1
 
-    def kvm_mem_is_private(self, gfn: int) -> bool:
-        """Where private-ness comes from: gmem shareability for RFC v2 SUPPORT_SHARED slots, else the
-        per-VM attribute array (spec 2.7)."""
-        slot = self.find_memslot(gfn)
-        if slot is not None and slot.gmem_tracks_shareability:
-            file = slot.gmem_file
-            if file is None:
-                return False  # kvm_gmem_is_private() is false once the file is gone
-            return file.inode.is_private(gfn - slot.base_gfn + slot.gmem_pgoff)
-        return bool(self.attributes.load(gfn) & KVM_MEMORY_ATTRIBUTE_PRIVATE)
-
     # -- vCPUs ---------------------------------------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> ModelVcpu:
         self._check_fd("KVM_CREATE_VCPU")
@@ -478,42 +360,8 @@ class ModelVm:
 
     # -- kvm_gmem_populate (spec 2.9) ------------------------------------------------------------------------------
     def kvm_gmem_populate(self, gfn: int, src: bytes | None, npages: int) -> int:
-        """Copy ``npages`` source pages into private gmem (SNP_LAUNCH_UPDATE / TDX_INIT_MEM_REGION).
-
-        Returns the number of pages populated; raises the first error if none was. 6.19 rules: the
-        gfn must be in a gmem slot (EINVAL), the file live (EFAULT), each folio not yet prepared
-        (EEXIST; RFC v2 skips this for TDX), each gfn private (EINVAL).
-        """
-        op = "kvm_gmem_populate"
-        if npages <= 0:
-            raise KvmError(errno.EINVAL, op, f"npages {npages} must be positive")
-        slot = self.find_memslot(gfn)
-        if slot is None or not slot.has_gmem:
-            raise KvmError(errno.EINVAL, op, f"gfn {gfn:#x} is not in a guest_memfd memslot")
-        file = slot.gmem_file
-        if file is None or file.released:
-            raise KvmError(errno.EFAULT, op, "guest_memfd file is gone")
-        npages = min(npages, slot.end_gfn - gfn)
-        done = 0
-        skip_eexist = self.vm_type == VmType.TDX and self.system.behaviour.api.has_conversion_ioctls
-        for i in range(npages):
-            g = gfn + i
-            index = g - slot.base_gfn + slot.gmem_pgoff
-            err: KvmError | None = None
-            if file.is_uptodate(index) and not skip_eexist:
-                err = KvmError(errno.EEXIST, op, f"folio at index {index:#x} is already prepared")
-            elif not self.kvm_mem_is_private(g):
-                err = KvmError(errno.EINVAL, op, f"gfn {g:#x} is not private")
-            if err is not None:
-                if done:
-                    break
-                raise err
-            chunk = src[i * PAGE_SIZE : (i + 1) * PAGE_SIZE] if src is not None else None
-            file.inode.ensure_folio(index)  # HugeTLB: the whole huge folio (kvm_gmem_get_folio)
-            file.inode.pagecache.populate(index, chunk)
-            done += 1
-        self.stats["pages_populated"] += done
-        return done
+        """See :func:`gmemlab.model.populate.kvm_gmem_populate`."""
+        return kvm_gmem_populate(self, gfn, src, npages)
 
 
 class ModelVcpu:
@@ -535,8 +383,8 @@ class ModelVcpu:
         if sint(length, "length", "KVM_RUN") < 0:
             raise KvmError(errno.EINVAL, "KVM_RUN", f"negative read length {length}")
         out = bytearray()
-        for page_gpa, in_page, chunk in _split(gpa, length):
-            target = self._fault(page_gpa + in_page, False, private)
+        for page_gpa, in_page, chunk in split_by_page(gpa, length):
+            target = kvm_mmu_page_fault(self.vm, page_gpa + in_page, False, private)
             out += target.read(in_page, chunk)
         return bytes(out)
 
@@ -544,57 +392,10 @@ class ModelVcpu:
         gpa = u64(gpa, "gpa", "KVM_RUN")
         data = as_bytes(data, "KVM_RUN")
         pos = 0
-        for page_gpa, in_page, chunk in _split(gpa, len(data)):
-            target = self._fault(page_gpa + in_page, True, private)
+        for page_gpa, in_page, chunk in split_by_page(gpa, len(data)):
+            target = kvm_mmu_page_fault(self.vm, page_gpa + in_page, True, private)
             target.write(in_page, data[pos : pos + chunk])
             pos += chunk
-
-    # -- the x86 fault path (spec 2.7) --------------------------------------------------------------------
-    def _fault(self, gpa: int, write: bool, private: bool | None) -> _PageTarget:
-        vm = self.vm
-        gfn = gpa >> PAGE_SHIFT
-        slot = vm.find_memslot(gfn)
-        is_private = self._fault_is_private(gfn, private)
-        flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0
-        page_gpa = gfn << PAGE_SHIFT
-        if slot is None and not is_private:
-            raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "no memslot: emulated MMIO")
-        if is_private != vm.kvm_mem_is_private(gfn):
-            raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
-                           "fault type disagrees with the memory attribute")
-        assert slot is not None or is_private
-        if slot is not None and write and slot.flags & KVM_MEM_READONLY:
-            raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "write to a read-only memslot")
-        if is_private or (slot is not None and slot.gmem_only):
-            if slot is None or not slot.has_gmem:
-                raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
-                               "private access outside a guest_memfd memslot")
-            if slot.gmem_file is None:
-                raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
-                               "kvm_gmem_get_pfn: guest_memfd file released")
-            file = slot.gmem_file
-            spte = vm.stage2.lookup(gfn)
-            if spte is None:
-                try:
-                    kvm_tdp_map(vm, slot, gfn, is_private)  # kvm_gmem_get_pfn, level selection, map
-                except GmemError as exc:
-                    raise VcpuExit(KVM_EXIT_MEMORY_FAULT, exc.errno, page_gpa, PAGE_SIZE, flags, write,
-                                   f"kvm_gmem_get_pfn: {exc.reason}") from None
-            return _GmemPage(file, gfn - slot.base_gfn + slot.gmem_pgoff)
-        # Shared fault on a classic slot: the page comes from userspace_addr (GUP on the HVA).
-        hva = slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
-        vma = vm.system.address_space.find(hva) if slot.userspace_addr else None
-        if vma is None:
-            raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"no host mapping at hva {hva:#x}")
-        page = (hva - vma.address) >> PAGE_SHIFT
-        if vma.file is not None:
-            try:
-                vma.file.inode.fault_user_mapping(vma.pgoff + page, vma)
-            except FaultRefused as exc:
-                raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"GUP failed: {exc.reason}") from None
-        if vm.stage2.lookup(gfn) is None:
-            vm.stage2.map(gfn, 1, False)
-        return _HvaPage(vma, page)
 
     def touch(self, gpa: int, size: int, write: bool = True) -> None:
         """The guest touches every page of ``[gpa, gpa + size)`` the way it knows it (private pages with
@@ -602,59 +403,4 @@ class ModelVcpu:
         64 GiB costs per mapping decision, not per page. Exits raise :class:`VcpuExit` as for one access."""
         gpa = u64(gpa, "gpa", "KVM_RUN")
         size = u64(size, "size", "KVM_RUN")
-        touch_range(self, gpa >> PAGE_SHIFT, (gpa + size + PAGE_SIZE - 1) >> PAGE_SHIFT, write)
-
-    def _fault_is_private(self, gfn: int, private: bool | None) -> bool:
-        vm_type = self.vm.vm_type
-        if not vm_type.has_private_mem:
-            if private:
-                raise UnsupportedByBackend(f"a {vm_type.label} VM cannot make private accesses")
-            return False
-        if private is None:
-            # SW_PROTECTED has no hardware bit: KVM takes the attribute. SNP/TDX guests access private
-            # memory unless they say otherwise.
-            return self.vm.kvm_mem_is_private(gfn) if vm_type == VmType.SW_PROTECTED else True
-        return private
-
-
-class _PageTarget:
-    def read(self, offset: int, length: int) -> bytes:
-        raise NotImplementedError
-
-    def write(self, offset: int, data: bytes) -> None:
-        raise NotImplementedError
-
-
-class _GmemPage(_PageTarget):
-    def __init__(self, file: GmemFile, index: int) -> None:
-        self.cache = file.inode.pagecache
-        self.index = index
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.cache.read(self.index, offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.cache.write(self.index, offset, data)
-
-
-class _HvaPage(_PageTarget):
-    def __init__(self, vma: ModelHostMapping, page: int) -> None:
-        self.vma = vma
-        self.page = page
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.vma._read_page(self.page, offset, length)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self.vma._write_page(self.page, offset, data)
-
-
-def _split(gpa: int, length: int) -> list[tuple[int, int, int]]:
-    out = []
-    pos, end = gpa, gpa + length
-    while pos < end:
-        page = pos & ~(PAGE_SIZE - 1)
-        chunk = min(page + PAGE_SIZE, end) - pos
-        out.append((page, pos - page, chunk))
-        pos += chunk
-    return out
+        touch_range(self.vm, gpa >> PAGE_SHIFT, (gpa + size + PAGE_SIZE - 1) >> PAGE_SHIFT, write)

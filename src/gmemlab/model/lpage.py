@@ -9,13 +9,13 @@ numbers: updating a 1 TiB conversion touches a handful of runs.
 
 The guest's mapping order follows the record (largest level whose entry is uniform), and the host may
 map a folio whole where the record says ``ALL_SHARED``; a folio is split only when the host needs a
-smaller mapping inside a ``MIXED`` range (:class:`gmemlab.policy.DeferredPolicy`).
+smaller mapping inside a ``MIXED`` range (:class:`gmemlab.model.policy.DeferredPolicy`).
 """
 
 from __future__ import annotations
 
+from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K
 from ..rangemap import RangeMap
-from .mmu import LEVEL_1G, LEVEL_2M, LEVEL_4K
 from .shareability import Shareability
 
 ALL_PRIVATE, ALL_SHARED, MIXED = 1, 2, 3

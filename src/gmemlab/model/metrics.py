@@ -1,7 +1,7 @@
 """System-wide counters of the huge-page model, read by the simulator (DESIGN principle 7).
 
 Every component that restructures folios, maps memory or converts it adds to one :class:`Metrics`
-owned by the :class:`~gmemlab.model.kvm.ModelBackend`, so counts survive closed files and destroyed
+owned by the :class:`~gmemlab.model.kvm_main.ModelBackend`, so counts survive closed files and destroyed
 VMs. :meth:`Metrics.as_dict` gives the nested shape the simulator's JSON wants.
 """
 

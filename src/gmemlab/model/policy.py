@@ -1,15 +1,16 @@
 """Huge-folio policies: when a HugeTLB guest_memfd splits and merges folios (workloads.md 2.3, 3.3, 3.4).
 
-The model asks the active policy (``HostConfig.gmem_policy``) and never which one it is:
+The model asks the active policy (``HostConfig.gmem_policy``) and never which one it is. Every hook gets
+a :class:`HugeInode`: the inode's folios, its shareability and the policy's own record, nothing else.
 
-* ``on_allocate(hf, b0, b1)`` -- huge folios were just allocated for blocks ``[b0, b1)``;
-* ``after_convert(hf, work, to_shared)`` -- shareability of the work ranges was just stored (same lock);
-* ``mapping_level(hf, index)`` -- ``kvm_gmem_mapping_order`` as a stage-2 level (what ``max_order``
+* ``on_allocate(inode, b0, b1)`` -- huge folios were just allocated for blocks ``[b0, b1)``;
+* ``after_convert(inode, work, to_shared)`` -- shareability of the work ranges was just stored (same lock);
+* ``mapping_level(inode, index)`` -- ``kvm_gmem_mapping_order`` as a stage-2 level (what ``max_order``
   allows for a guest fault);
-* ``host_map_level(hf, index, vma_level)`` -- the host userspace mapping level for a host fault,
+* ``host_map_level(inode, index, vma_level)`` -- the host userspace mapping level for a host fault,
   splitting first if the host needs a smaller mapping than the folio;
 * ``new_record(npages, shared)`` -- the policy's own tracking state, if any;
-* ``check(hf)`` -- the policy's invariant (eager: no huge folio holds a shared page; deferred: the record
+* ``check(inode)`` -- the policy's invariant (eager: no huge folio holds a shared page; deferred: the record
   equals a rescan of shareability), run by ``ModelBackend.check_invariants``.
 
 Truncation is the same for every policy (merge-then-truncate, workloads 3.6), as is refcount blocking.
@@ -23,14 +24,25 @@ ranges, 1G -> 2M first, merge only at truncate) and ``deferred+direct`` (1G -> 4
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .model.folio import INTACT, SPLIT_2M
-from .model.lpage import ALL_SHARED, GmemLpageInfo
-from .model.mmu import LEVEL_4K, LEVEL_PAGES
+from ..level import LEVEL_4K, LEVEL_PAGES
+from .folio import INTACT, SPLIT_2M, HugeFolios
+from .lpage import ALL_SHARED, GmemLpageInfo
+from .shareability import Shareability
 
-if TYPE_CHECKING:
-    from .model.folio import HugeFolios
+
+@dataclass(frozen=True)
+class HugeInode:
+    """What a policy sees of one HugeTLB inode: its folios, its shareability, its own record (if any)."""
+
+    folios: HugeFolios
+    shareability: Shareability
+    record: GmemLpageInfo | None = None
+
+    @property
+    def lpage(self) -> GmemLpageInfo:
+        assert self.record is not None, "the policy keeps no record"
+        return self.record
 
 
 @dataclass(frozen=True)
@@ -44,25 +56,25 @@ class SplitPolicy:
     def new_record(self, npages: int, shared: bool) -> GmemLpageInfo | None:
         return None
 
-    def on_allocate(self, hf: HugeFolios, b0: int, b1: int) -> None:
+    def on_allocate(self, inode: HugeInode, b0: int, b1: int) -> None:
         raise NotImplementedError
 
-    def after_convert(self, hf: HugeFolios, work: list[tuple[int, int]], to_shared: bool) -> None:
+    def after_convert(self, inode: HugeInode, work: list[tuple[int, int]], to_shared: bool) -> None:
         raise NotImplementedError
 
-    def mapping_level(self, hf: HugeFolios, index: int) -> int:
+    def mapping_level(self, inode: HugeInode, index: int) -> int:
         raise NotImplementedError
 
-    def host_map_level(self, hf: HugeFolios, index: int, vma_level: int) -> int:
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
         raise NotImplementedError
 
-    def check(self, hf: HugeFolios) -> None:
+    def check(self, inode: HugeInode) -> None:
         """Assert the policy's own invariant over the inode's folios."""
 
 
-def uniform_level(hf: HugeFolios, index: int, level: int) -> int:
+def uniform_level(inode: HugeInode, index: int, level: int) -> int:
     """Largest level <= ``level`` whose aligned range around ``index`` has one shareability state."""
-    sh = hf.inode.shareability
+    sh = inode.shareability
     while level > LEVEL_4K:
         pages = LEVEL_PAGES[level]
         lo = index - index % pages
@@ -76,37 +88,39 @@ def uniform_level(hf: HugeFolios, index: int, level: int) -> int:
 class EagerPolicy(SplitPolicy):
     """RFC v2 (workloads 3.3-3.4): a folio is split as soon as any page in it is shared."""
 
-    def _split_shared(self, hf: HugeFolios, start: int, end: int) -> None:
-        for s, e, shared in hf.inode.shareability.runs(start, end):
+    def _split_shared(self, inode: HugeInode, start: int, end: int) -> None:
+        for s, e, shared in inode.shareability.runs(start, end):
             if shared:
-                hf.split_range_to_4k(s, e, self.staged)
+                inode.folios.split_range_to_4k(s, e, self.staged)
 
-    def on_allocate(self, hf: HugeFolios, b0: int, b1: int) -> None:
+    def on_allocate(self, inode: HugeInode, b0: int, b1: int) -> None:
         # kvm_gmem_get_folio -> kvm_gmem_try_split_folio_in_filemap: split if any index is shared.
-        self._split_shared(hf, hf.block_range(b0)[0], hf.block_range(b1 - 1)[1])
+        hf = inode.folios
+        self._split_shared(inode, hf.block_range(b0)[0], hf.block_range(b1 - 1)[1])
 
-    def after_convert(self, hf: HugeFolios, work: list[tuple[int, int]], to_shared: bool) -> None:
+    def after_convert(self, inode: HugeInode, work: list[tuple[int, int]], to_shared: bool) -> None:
+        hf = inode.folios
         if to_shared:
             for s, e in work:  # kvm_gmem_restructure_folios_in_range(..., is_split=true)
                 hf.split_range_to_4k(s, e, self.staged)
         elif self.merge == "eager":
-            sh = hf.inode.shareability
+            sh = inode.shareability
             for s, e in work:  # kvm_gmem_try_merge_folio_in_filemap per huge block
                 hf.merge_range_if(s, e, lambda lo, hi: not sh.any_shared(lo, hi))
 
-    def mapping_level(self, hf: HugeFolios, index: int) -> int:
+    def mapping_level(self, inode: HugeInode, index: int) -> int:
         # Mapping order = folio order, and huge only if no index in the aligned range is shared.
-        return uniform_level(hf, index, hf.folio_level(index) or LEVEL_4K)
+        return uniform_level(inode, index, inode.folios.folio_level(index) or LEVEL_4K)
 
-    def host_map_level(self, hf: HugeFolios, index: int, vma_level: int) -> int:
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
         # kvm_gmem_fault_shared maps PAGE_SIZE PTEs only (a large folio would be a SIGBUS).
-        hf.split_to(index, LEVEL_4K, self.staged)
+        inode.folios.split_to(index, LEVEL_4K, self.staged)
         return LEVEL_4K
 
-    def check(self, hf: HugeFolios) -> None:
+    def check(self, inode: HugeInode) -> None:
         """Eager: no folio larger than 4 KiB holds a shared index."""
-        sh = hf.inode.shareability
-        for s, e, shared in sh.runs(0, hf.inode.npages):
+        hf = inode.folios
+        for s, e, shared in inode.shareability.runs(0, hf.npages):
             if not shared:
                 continue
             for b0, b1, v in hf.shape.runs(hf.block_of(s), hf.block_of(e - 1) + 1):
@@ -128,28 +142,22 @@ class DeferredPolicy(SplitPolicy):
     def new_record(self, npages: int, shared: bool) -> GmemLpageInfo | None:
         return GmemLpageInfo(npages, shared)
 
-    def on_allocate(self, hf: HugeFolios, b0: int, b1: int) -> None:
+    def on_allocate(self, inode: HugeInode, b0: int, b1: int) -> None:
         return None  # folios stay whole whatever their shareability
 
-    def after_convert(self, hf: HugeFolios, work: list[tuple[int, int]], to_shared: bool) -> None:
-        record = hf.inode.lpage
-        assert record is not None
+    def after_convert(self, inode: HugeInode, work: list[tuple[int, int]], to_shared: bool) -> None:
+        record = inode.lpage
         for s, e in work:
-            record.update(s, e, to_shared, hf.inode.shareability)
+            record.update(s, e, to_shared, inode.shareability)
 
-    def mapping_level(self, hf: HugeFolios, index: int) -> int:
-        record = hf.inode.lpage
-        assert record is not None
-        return min(hf.folio_level(index) or LEVEL_4K, record.uniform_level(index))
+    def mapping_level(self, inode: HugeInode, index: int) -> int:
+        return min(inode.folios.folio_level(index) or LEVEL_4K, inode.lpage.uniform_level(index))
 
-    def check(self, hf: HugeFolios) -> None:
-        record = hf.inode.lpage
-        assert record is not None
-        record.check(hf.inode.shareability)
+    def check(self, inode: HugeInode) -> None:
+        inode.lpage.check(inode.shareability)
 
-    def host_map_level(self, hf: HugeFolios, index: int, vma_level: int) -> int:
-        record = hf.inode.lpage
-        assert record is not None
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
+        record, hf = inode.lpage, inode.folios
         level = min(hf.folio_level(index) or LEVEL_4K, vma_level)
         while level > LEVEL_4K and record.state(index, level) != ALL_SHARED:
             level -= 1
@@ -169,6 +177,7 @@ POLICIES: dict[str, SplitPolicy] = {
         DeferredPolicy("deferred+direct", staged=False),
     )
 }
+
 
 def policy(name: str) -> SplitPolicy:
     """The registered policy called ``name``; ValueError naming the known ones otherwise."""

@@ -1,6 +1,8 @@
 """Vendor limits on private stage-2 mappings and the arch prepare/invalidate hooks (workloads.md 2.1).
 
-One object per VM (:func:`vendor_for`), asked by the fault path after the generic level selection:
+One object per VM (:func:`vendor_for`), asked by the fault path after the generic level selection. It
+gets the VM's stage-2 tables and the counters at creation, and the inode (its number and size) and the
+gfn ranges concerned on every call:
 
 * :class:`NoVendor` (default, SW_PROTECTED, SEV, SEV-ES VMs): no cap, no hooks.
 * :class:`SnpRmp` (SNP VMs): ``sev_private_max_mapping_level`` = the level of the RMP entry, at most 2M
@@ -18,16 +20,27 @@ Counters go to ``metrics()["arch"]``: ``rmpupdate_4k``, ``rmpupdate_2m``, ``psma
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
+from ..level import LEVEL_2M, LEVEL_4K
 from ..rangemap import RangeMap
 from ..uapi import VmType
-from .mmu import GFN_LIMIT, LEVEL_2M, LEVEL_4K
+from .config import HostConfig
+from .metrics import Metrics
+from .stage2 import GFN_LIMIT, Stage2
 
-if TYPE_CHECKING:
-    from .config import HostConfig
-    from .gmem import GmemInode
-    from .kvm import ModelVm
+GfnRanges = Callable[[int, int], list[tuple[int, int]]]  # file indices -> the gfn ranges bound to them
+
+
+class VendorInode(Protocol):
+    """What a vendor needs of a guest_memfd inode: which one it is and how many pages it has."""
+
+    @property
+    def ino(self) -> int: ...
+
+    @property
+    def npages(self) -> int: ...
 
 RMP_SHARED, RMP_4K, RMP_2M = 0, 1, 2
 
@@ -37,19 +50,20 @@ class NoVendor:
 
     name = "none"
 
-    def __init__(self, vm: ModelVm) -> None:
-        self.vm = vm
-        self.metrics = vm.system.counters
+    def __init__(self, stage2: Stage2, metrics: Metrics, config: HostConfig) -> None:
+        self.stage2 = stage2
+        self.metrics = metrics
 
-    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
         """Cap (and prepare for) a private mapping of ``level`` at ``gfn``; returns the final level."""
         return level
 
-    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+    def private_run_4k(self, inode: VendorInode, gfn: int, index: int, n: int) -> None:
         """A batch of ``n`` private 4K mappings inside one 2M range."""
 
-    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
-        """File indices ``[start, end)`` go back to shared (conversion) or are freed."""
+    def gmem_invalidate(self, inode: VendorInode, start: int, end: int, gfn_ranges: GfnRanges) -> None:
+        """File indices ``[start, end)`` go back to shared (conversion) or are freed; ``gfn_ranges(start,
+        end)`` gives the gfns this VM has bound to them (asked only by vendors that need it)."""
 
 
 class SnpRmp(NoVendor):
@@ -57,25 +71,25 @@ class SnpRmp(NoVendor):
 
     name = "snp"
 
-    def __init__(self, vm: ModelVm) -> None:
-        super().__init__(vm)
+    def __init__(self, stage2: Stage2, metrics: Metrics, config: HostConfig) -> None:
+        super().__init__(stage2, metrics, config)
         self.rmp: dict[int, RangeMap[int]] = {}
 
-    def table(self, inode: GmemInode) -> RangeMap[int]:
+    def table(self, inode: VendorInode) -> RangeMap[int]:
         rmp = self.rmp.get(inode.ino)
         if rmp is None:
             rmp = self.rmp[inode.ino] = RangeMap(inode.npages, RMP_SHARED)
         return rmp
 
-    def psmash(self, inode: GmemInode, gfn: int, index: int) -> None:
+    def psmash(self, inode: VendorInode, gfn: int, index: int) -> None:
         """PSMASH the 2M entry holding ``index`` and zap its 2M gfn range (``sev_handle_rmp_fault``)."""
         lo = index - index % 512
         self.table(inode).store(lo, lo + 512, RMP_4K)
         self.metrics.add("arch.psmash")
         g = gfn - (index - lo)
-        self.vm.stage2.zap(g, g + 512)
+        self.stage2.zap(g, g + 512)
 
-    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
         rmp = self.table(inode)
         level = min(level, LEVEL_2M)  # SEV's max_level_for_order: no 1G RMP entries
         if level == LEVEL_2M:
@@ -95,7 +109,7 @@ class SnpRmp(NoVendor):
             self.metrics.add("arch.rmpupdate_4k")
         return LEVEL_4K
 
-    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+    def private_run_4k(self, inode: VendorInode, gfn: int, index: int, n: int) -> None:
         rmp = self.table(inode)
         if rmp.any_match(index, index + n, lambda v: v == RMP_2M):
             self.psmash(inode, gfn, index)
@@ -104,7 +118,7 @@ class SnpRmp(NoVendor):
             rmp.store(index, index + n, RMP_4K)
             self.metrics.add("arch.rmpupdate_4k", todo)
 
-    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
+    def gmem_invalidate(self, inode: VendorInode, start: int, end: int, gfn_ranges: GfnRanges) -> None:
         rmp = self.rmp.get(inode.ino)
         if rmp is None:
             return
@@ -132,12 +146,12 @@ class Tdx(NoVendor):
 
     name = "tdx"
 
-    def __init__(self, vm: ModelVm) -> None:
-        super().__init__(vm)
-        self.max_level = LEVEL_2M if vm.system.config.tdx_huge_private else LEVEL_4K
+    def __init__(self, stage2: Stage2, metrics: Metrics, config: HostConfig) -> None:
+        super().__init__(stage2, metrics, config)
+        self.max_level = LEVEL_2M if config.tdx_huge_private else LEVEL_4K
         self.demoted: RangeMap[bool] = RangeMap(GFN_LIMIT >> 9, False)  # per 2M gfn range
 
-    def private_level(self, inode: GmemInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
         level = min(level, self.max_level)
         if level == LEVEL_2M and self.demoted.load(gfn >> 9):
             level = LEVEL_4K
@@ -145,7 +159,7 @@ class Tdx(NoVendor):
             self._demote(gfn, gfn + 1)
         return level
 
-    def private_run_4k(self, inode: GmemInode, gfn: int, index: int, n: int) -> None:
+    def private_run_4k(self, inode: VendorInode, gfn: int, index: int, n: int) -> None:
         self._demote(gfn, gfn + n)
 
     def _demote(self, start: int, end: int) -> None:
@@ -155,25 +169,18 @@ class Tdx(NoVendor):
             self.demoted.store(lo, hi, True)
             self.metrics.add("arch.tdx_demote", todo)
 
-    def gmem_invalidate(self, inode: GmemInode, start: int, end: int) -> None:
+    def gmem_invalidate(self, inode: VendorInode, start: int, end: int, gfn_ranges: GfnRanges) -> None:
         # A conversion inside a 2M S-EPT leaf demotes it (split before the zap, Yan Zhao's RFC).
-        for file in inode.files:
-            if file.vm is not self.vm:
-                continue
-            for s, e, slot in file.bindings.runs(start, end):
-                if slot is None:
-                    continue
-                g0 = slot.base_gfn + (s - slot.gmem_pgoff)
-                g1 = g0 + (e - s)
-                for edge in (g0, g1):
-                    if edge & 511:
-                        self._demote(edge, edge + 1)
+        for g0, g1 in gfn_ranges(start, end):
+            for edge in (g0, g1):
+                if edge & 511:
+                    self._demote(edge, edge + 1)
 
 
-def vendor_for(vm: ModelVm, config: HostConfig) -> NoVendor:
+def vendor_for(vm_type: VmType, stage2: Stage2, metrics: Metrics, config: HostConfig) -> NoVendor:
     """The vendor object for a VM type (SNP -> RMP, TDX -> TDX, anything else -> none)."""
-    if vm.vm_type == VmType.SNP:
-        return SnpRmp(vm)
-    if vm.vm_type == VmType.TDX:
-        return Tdx(vm)
-    return NoVendor(vm)
+    if vm_type == VmType.SNP:
+        return SnpRmp(stage2, metrics, config)
+    if vm_type == VmType.TDX:
+        return Tdx(stage2, metrics, config)
+    return NoVendor(stage2, metrics, config)

@@ -1,6 +1,6 @@
 """One simulated run as a result object: what ``gmemlab run`` / ``compare`` print (DESIGN.md "Metrics").
 
-:func:`simulate` loads (or takes) a scenario, checks the policy against :data:`gmemlab.policy.POLICIES`,
+:func:`simulate` loads (or takes) a scenario, checks the policy against :data:`gmemlab.model.policy.POLICIES`,
 runs the :class:`~gmemlab.sim.engine.Engine` and returns a :class:`RunResult`. :meth:`RunResult.as_json`
 is the documented ``--json`` object::
 
@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
-from ..policy import POLICIES
+from ..model.policy import POLICIES
 from .costs import CostTable, ModelledTime
 from .engine import Engine, Sample
 from .scenario import Scenario, load_scenario
 
 
 def check_policy(name: str) -> str:
-    """``name`` if :mod:`gmemlab.policy` registers it, else a one-line :class:`UsageError`."""
+    """``name`` if :mod:`gmemlab.model.policy` registers it, else a one-line :class:`UsageError`."""
     if name not in POLICIES:
         from .schema import did_you_mean
 

@@ -1,8 +1,8 @@
 """The simulator's adapter over the model: one VM, one guest_memfd, one memslot, and range operations.
 
-:class:`Target` builds what a scenario's launch events ask for on a :class:`~gmemlab.model.kvm.ModelBackend`
+:class:`Target` builds what a scenario's launch events ask for on a :class:`~gmemlab.model.kvm_main.ModelBackend`
 of the ``rfc-v2`` lineage (the HugeTLB + in-place conversion RFC the thread is about), with
-``HostConfig.gmem_policy`` set to the policy under test (:mod:`gmemlab.policy`, workloads.md §2.3):
+``HostConfig.gmem_policy`` set to the policy under test (:mod:`gmemlab.model.policy`, workloads.md §2.3):
 
 * VM type by arch: ``snp`` -> SNP (4), ``tdx`` -> TDX (5), ``none`` -> default (0), ``pkvm`` ->
   SW_PROTECTED (1, a VM with private memory and no vendor hooks: arm64 pKVM is not modelled, §1.4).
@@ -35,13 +35,14 @@ import errno
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import ConversionError, HostSigbus, HostSigsegv, KvmError, VcpuExit
+from ..errors import ConversionError, GmemError, HostSigbus, HostSigsegv, KvmError, VcpuExit
+from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES
 from ..model.config import HostConfig
 from ..model.folio import SPLIT_2M
-from ..model.gmem import GmemError, GmemFile, GmemInode
+from ..model.gmem import GmemFile, GmemInode
 from ..model.host import ModelHostMapping, ModelPin
-from ..model.kvm import Memslot, ModelBackend, ModelVm
-from ..model.mmu import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES
+from ..model.kvm_main import ModelBackend, ModelVm
+from ..model.memslot import Memslot
 from ..model.pagecache import UPTODATE
 from ..model.tdp import _map_run_4k, kvm_tdp_map
 from ..model.vendor import RMP_2M, RMP_SHARED, NoVendor, SnpRmp, Tdx

@@ -1,0 +1,210 @@
+"""The x86 guest fault path of a vCPU: routing, memory-fault exits and the HVA path (spec 2.7, 2.8).
+
+After ``kvm_mmu_page_fault`` / ``kvm_mmu_faultin_pfn`` (arch/x86/kvm/mmu/mmu.c, 6.18): a fault whose
+private/shared type disagrees with ``kvm_mem_is_private`` exits with ``KVM_EXIT_MEMORY_FAULT``; private
+faults and every fault on a GMEM_ONLY slot get their page from guest_memfd (:func:`kvm_tdp_map`); shared
+faults on a classic slot take the page from ``userspace_addr`` (GUP on the HVA). No memslot is MMIO.
+
+:func:`touch_range` drives a guest touching a whole range. Inside one 2 MiB range whose pages share a
+private/shared state, every 4 KiB fault makes the same decision (max_order, lpage_info, RMP, S-EPT
+are all per 2 MiB or coarser), so after one real fault picks 4 KiB the rest of that run is done as one
+batch: the same counters, one range store.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..errors import FaultRefused, GmemError, UnsupportedByBackend, VcpuExit
+from ..level import LEVEL_4K, LEVEL_PAGES
+from ..uapi import (
+    KVM_EXIT_MEMORY_FAULT,
+    KVM_EXIT_MMIO,
+    KVM_EXIT_UNKNOWN,
+    KVM_MEM_READONLY,
+    KVM_MEMORY_EXIT_FLAG_PRIVATE,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VmType,
+)
+from .gmem import GmemFile
+from .host import ModelHostMapping
+from .kvm_host import Kvm
+from .memslot import Memslot
+from .tdp import _map_run_4k, kvm_tdp_map
+
+
+class PageTarget:
+    """The page a guest access lands on once the fault is resolved."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def write(self, offset: int, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class GmemPage(PageTarget):
+    """A guest_memfd page (private, or shared on a GMEM_ONLY slot)."""
+
+    def __init__(self, file: GmemFile, index: int) -> None:
+        self.cache = file.inode.pagecache
+        self.index = index
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.cache.read(self.index, offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.cache.write(self.index, offset, data)
+
+
+class HvaPage(PageTarget):
+    """A page of the VMM's mapping at the slot's ``userspace_addr``."""
+
+    def __init__(self, vma: ModelHostMapping, page: int) -> None:
+        self.vma = vma
+        self.page = page
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.vma._read_page(self.page, offset, length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self.vma._write_page(self.page, offset, data)
+
+
+def split_by_page(gpa: int, length: int) -> list[tuple[int, int, int]]:
+    """``[gpa, gpa + length)`` as (page gpa, offset in page, chunk length) pieces."""
+    out = []
+    pos, end = gpa, gpa + length
+    while pos < end:
+        page = pos & ~(PAGE_SIZE - 1)
+        chunk = min(page + PAGE_SIZE, end) - pos
+        out.append((page, pos - page, chunk))
+        pos += chunk
+    return out
+
+
+def fault_is_private(vm: Kvm, gfn: int, private: bool | None) -> bool:
+    """The fault's type: what the guest asked for, or (no hardware bit) what KVM decides."""
+    vm_type = vm.vm_type
+    if not vm_type.has_private_mem:
+        if private:
+            raise UnsupportedByBackend(f"a {vm_type.label} VM cannot make private accesses")
+        return False
+    if private is None:
+        # SW_PROTECTED has no hardware bit: KVM takes the attribute. SNP/TDX guests access private
+        # memory unless they say otherwise.
+        return vm.kvm_mem_is_private(gfn) if vm_type == VmType.SW_PROTECTED else True
+    return private
+
+
+def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None) -> PageTarget:
+    """Resolve one guest access at ``gpa``: the page it lands on, or a :class:`VcpuExit`."""
+    gfn = gpa >> PAGE_SHIFT
+    slot = vm.find_memslot(gfn)
+    is_private = fault_is_private(vm, gfn, private)
+    flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0
+    page_gpa = gfn << PAGE_SHIFT
+    if slot is None and not is_private:
+        raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "no memslot: emulated MMIO")
+    if is_private != vm.kvm_mem_is_private(gfn):
+        raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
+                       "fault type disagrees with the memory attribute")
+    if slot is not None and write and slot.flags & KVM_MEM_READONLY:
+        raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "write to a read-only memslot")
+    if is_private or (slot is not None and slot.gmem_only):
+        return _gmem_fault(vm, slot, gfn, is_private, write, flags)
+    assert slot is not None
+    return _hva_fault(vm, slot, gfn, write)
+
+
+def _gmem_fault(vm: Kvm, slot: Memslot | None, gfn: int, is_private: bool, write: bool, flags: int) -> GmemPage:
+    """``kvm_mmu_faultin_pfn_gmem``: the page comes from guest_memfd, mapped if not yet."""
+    page_gpa = gfn << PAGE_SHIFT
+    if slot is None or not slot.has_gmem:
+        raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
+                       "private access outside a guest_memfd memslot")
+    if slot.gmem_file is None:
+        raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
+                       "kvm_gmem_get_pfn: guest_memfd file released")
+    file = slot.gmem_file
+    if vm.stage2.lookup(gfn) is None:
+        try:
+            kvm_tdp_map(vm, slot, gfn, is_private)  # kvm_gmem_get_pfn, level selection, map
+        except GmemError as exc:
+            raise VcpuExit(KVM_EXIT_MEMORY_FAULT, exc.errno, page_gpa, PAGE_SIZE, flags, write,
+                           f"kvm_gmem_get_pfn: {exc.reason}") from None
+    return GmemPage(file, gfn - slot.base_gfn + slot.gmem_pgoff)
+
+
+def _hva_fault(vm: Kvm, slot: Memslot, gfn: int, write: bool) -> HvaPage:
+    """Shared fault on a classic slot: the page comes from ``userspace_addr`` (GUP on the HVA)."""
+    hva = slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
+    vma = vm.address_space.find(hva) if slot.userspace_addr else None
+    if vma is None:
+        raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"no host mapping at hva {hva:#x}")
+    page = (hva - vma.address) >> PAGE_SHIFT
+    if vma.file is not None:
+        try:
+            vma.file.inode.fault_user_mapping(vma.pgoff + page, vma)
+        except FaultRefused as exc:
+            raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"GUP failed: {exc.reason}") from None
+    if vm.stage2.lookup(gfn) is None:
+        vm.stage2.map(gfn, 1, False)
+    return HvaPage(vma, page)
+
+
+def _same_state_end(vm: Kvm, slot: Memslot, gfn: int, limit: int) -> int:
+    """End of the run of gfns from ``gfn`` (below ``limit``) with the same ``kvm_mem_is_private``."""
+    if slot.gmem_tracks_shareability and slot.gmem_file is not None:
+        base = slot.base_gfn - slot.gmem_pgoff
+        runs = slot.gmem_file.inode.shareability.runs(gfn - base, limit - base)
+        end = runs[0][1] + base if runs else limit
+    else:
+        end = next(iter(vm.attributes.runs(gfn, limit)))[1]
+    return min(end, limit)
+
+
+def touch_range(vm: Kvm, start: int, end: int, write: bool) -> None:
+    """Touch gfns ``[start, end)`` as the guest would (see the module docstring)."""
+    gfn = start
+    while gfn < end:
+        slot = vm.find_memslot(gfn)
+        via_gmem = slot is not None and slot.has_gmem and slot.gmem_file is not None
+        if slot is None or not via_gmem or not (slot.gmem_only or vm.kvm_mem_is_private(gfn)):
+            kvm_mmu_page_fault(vm, gfn << PAGE_SHIFT, write, _access(vm, gfn))  # the general path, one page
+            gfn += 1
+            continue
+        seg_end = min(end, slot.end_gfn)
+        for a, b, spte in list(vm.stage2.sptes.runs(gfn, seg_end)):
+            if spte is not None:
+                continue
+            x = a
+            while x < b:
+                if vm.stage2.lookup(x) is not None:
+                    x += 1
+                    continue
+                private = _access(vm, x)
+                kvm_mmu_page_fault(vm, x << PAGE_SHIFT, write, private)
+                spte = vm.stage2.lookup(x)
+                if spte is None:  # mapped and zapped again (PSMASH); count it and move on
+                    x += 1
+                    continue
+                pages = LEVEL_PAGES[spte.level]
+                if spte.level != LEVEL_4K:
+                    x = x - x % pages + pages
+                    continue
+                run_end = min(b, x - x % 512 + 512, _same_state_end(vm, slot, x, b))
+                if run_end > x + 1:
+                    _map_run_4k(vm, slot, x + 1, run_end, spte.private)
+                x = run_end
+        gfn = seg_end
+
+
+def _access(vm: Kvm, gfn: int) -> bool | None:
+    """The fault type a well-behaved guest uses: private where the memory is private (CoCo VMs)."""
+    if not vm.vm_type.has_private_mem:
+        return None
+    return vm.kvm_mem_is_private(gfn)
+
+

@@ -1,0 +1,82 @@
+"""Stage-2 (TDP/NPT/EPT) page tables of one VM as runs of leaves, and their zapping (spec 2.7, 2.11).
+
+``struct kvm_mmu`` reduced to what guest_memfd needs (arch/x86/kvm/mmu/tdp_mmu.c): each leaf records its
+level and whether a private or a shared fault installed it, which is what invalidation filters on
+(``kvm_gfn_range_filter_to_root_types``) and what the invariant check compares against
+``kvm_mem_is_private``; a zap that touches part of a huge leaf removes the whole leaf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..level import LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES
+from ..rangemap import RangeMap
+from ..uapi import PAGE_SHIFT
+from .metrics import Metrics
+
+GFN_LIMIT = 1 << 52  # gfns of a 64-bit GPA space; the map is range based so this costs nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Spte:
+    """A present leaf: private or shared, and its level."""
+
+    private: bool
+    level: int = LEVEL_4K
+
+
+class Stage2:
+    """The VM's stage-2 page tables as runs of leaves; counts faults, zaps and TLB flushes."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.sptes: RangeMap[Spte | None] = RangeMap(GFN_LIMIT, None)
+        self.stats = {"faults": 0, "zaps": 0, "leaves_zapped": 0, "tlb_flushes": 0}
+        self.metrics = metrics
+
+    def lookup(self, gfn: int) -> Spte | None:
+        return self.sptes.load(gfn)
+
+    def map(self, gfn: int, npages: int, private: bool, level: int = LEVEL_4K, faults: int = 1) -> None:
+        """Install leaves of ``level`` over ``[gfn, gfn + npages)``; ``faults`` = how many faults that was
+        (a batch of 4 KiB faults over a range is one call)."""
+        self.sptes.store(gfn, gfn + npages, Spte(private, level))
+        self.stats["faults"] += faults
+        if self.metrics is not None:
+            name = LEVEL_NAMES[level]
+            self.metrics.add("guest_faults", faults)
+            self.metrics.add(f"stage2_faults.{name}", faults)
+            self.metrics.add(f"stage2_bytes.{name}", npages << PAGE_SHIFT)
+
+    def zap(self, start: int, end: int, private: bool | None = None) -> int:
+        """Unmap leaves in ``[start, end)``; ``private`` filters (None = both). Flushes TLBs if any.
+
+        A huge leaf that overlaps the range is removed whole (KVM zaps the SPTE, not part of it).
+        """
+        zapped = 0
+        for s, e, spte in list(self.sptes.runs(start, end)):
+            if spte is None or (private is not None and spte.private != private):
+                continue
+            pages = LEVEL_PAGES[spte.level]
+            s, e = s - s % pages, -(-e // pages) * pages
+            zapped += (e - s) // pages
+            self.sptes.store(s, e, None)
+        if zapped:
+            self.stats["zaps"] += 1
+            self.stats["leaves_zapped"] += zapped
+            self.stats["tlb_flushes"] += 1
+            if self.metrics is not None:
+                self.metrics.add("zaps")
+                self.metrics.add("leaves_zapped", zapped)
+                self.metrics.add("tlb_flushes")
+        return zapped
+
+    def mapped(self, start: int = 0, end: int = GFN_LIMIT) -> list[tuple[int, int, Spte]]:
+        return [(s, e, v) for s, e, v in self.sptes.runs(start, end) if v is not None]
+
+    def mapped_bytes(self) -> dict[str, int]:
+        """Bytes currently mapped at each level (a snapshot, O(runs))."""
+        out = dict.fromkeys(LEVEL_NAMES.values(), 0)
+        for s, e, v in self.mapped():
+            out[LEVEL_NAMES[v.level]] += (e - s) << PAGE_SHIFT
+        return out
