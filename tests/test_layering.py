@@ -15,7 +15,8 @@ import pytest
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 # What each package may import besides itself (docs/architecture.md). The base modules sit below all.
-BASE = {"gmemlab.errors", "gmemlab.uapi", "gmemlab.rangemap", "gmemlab.backend", "gmemlab.level"}
+BASE = {"gmemlab.errors", "gmemlab.uapi", "gmemlab.rangemap", "gmemlab.backend", "gmemlab.level",
+        "gmemlab.hostfacts"}
 ALLOWED = {
     "gmemlab.model": BASE,
     "gmemlab.kernel": BASE,

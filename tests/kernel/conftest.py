@@ -32,6 +32,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"/dev/kvm unusable: {_REASON}"))
 
 
+@pytest.fixture(scope="session")
+def facts():
+    """What the kernel under test says about itself (capabilities, VM types, release, module params)."""
+    from gmemlab.hostfacts import HostFacts
+
+    b = open_kernel_backend()
+    try:
+        return HostFacts.probe(b)
+    finally:
+        b.close()
+
+
 @pytest.fixture
 def kb():
     """A fresh kernel backend, closed (with everything it created) after the test."""

@@ -43,7 +43,7 @@ def test_bind_unbind_rows_216_217(vm):
         ("uaddr unaligned #226", {"userspace_addr": 0x1001}, errno.EINVAL),
         ("uaddr kernel half #227", {"userspace_addr": 0xFFFF800000000000}, errno.EINVAL),
         ("slot 32764 #228", {"slot": 32764}, errno.EINVAL),
-        ("as id 1 #229", {"slot": 1 | 1 << 16}, errno.EINVAL),
+        ("as id 2", {"slot": 1 | 2 << 16}, errno.EINVAL),
         ("GMEM|READONLY #230", {"flags": GMEM | uapi.KVM_MEM_READONLY}, errno.EINVAL),
         ("GMEM|LOG_DIRTY #231", {"flags": GMEM | uapi.KVM_MEM_LOG_DIRTY_PAGES}, errno.EINVAL),
         ("flag bit 3 #232", {"flags": GMEM | 8}, errno.EINVAL),
@@ -83,12 +83,27 @@ def test_v1_rejects_gmem_flag_row_238_and_ignores_fields_row_239(kb, vm):
     vm.set_user_memory_region2(1, 0, MIB, 16 * P, anon.address, 12345, 0x800)
 
 
-def test_binding_sequence_rows_240_to_259(kb, vm):
+def test_address_space_1_row_229(vm, facts):
+    """Address space 1 exists only with CONFIG_KVM_SMM (KVM_CAP_MULTI_ADDRESS_SPACE = 2 on a default VM)."""
+    g = vm.create_guest_memfd(16 * P, 3)
+    spaces = vm.check_extension(uapi.Cap.MULTI_ADDRESS_SPACE)
+    assert spaces == facts.cap(uapi.Cap.MULTI_ADDRESS_SPACE, uapi.VmType.DEFAULT)
+    want = 0 if spaces >= 2 else errno.EINVAL  # #229 is the kvm_pvm host: no SMM, one address space
+    assert _errno(vm.set_user_memory_region2, 1 | 1 << 16, GMEM, MIB, 16 * P, 0, g, 0) == want
+
+
+def overlap_errno(facts) -> int:
+    """A file range already bound to another slot: EINVAL up to 7.1, EEXIST from 7.2 (spec 2.6 step 8)."""
+    return errno.EEXIST if facts.version >= (7, 2) else errno.EINVAL
+
+
+def test_binding_sequence_rows_240_to_259(kb, vm, facts):
     a = vm.create_guest_memfd(64 * P, 3)
     other = vm.create_guest_memfd(64 * P, 3)
+    overlap = overlap_errno(facts)
     vm.set_user_memory_region2(1, GMEM, MIB, 8 * P, 0, a, 0)  # 240
-    assert _errno(vm.set_user_memory_region2, 2, GMEM, 2 * MIB, 8 * P, 0, a, 4 * P) == errno.EINVAL  # 241
-    assert _errno(vm.set_user_memory_region2, 2, GMEM, 2 * MIB, 8 * P, 0, a, 0) == errno.EINVAL  # 242
+    assert _errno(vm.set_user_memory_region2, 2, GMEM, 2 * MIB, 8 * P, 0, a, 4 * P) == overlap  # 241
+    assert _errno(vm.set_user_memory_region2, 2, GMEM, 2 * MIB, 8 * P, 0, a, 0) == overlap  # 242
     vm.set_user_memory_region2(2, GMEM, 2 * MIB, 8 * P, 0, a, 8 * P)  # 243
     assert _errno(vm.set_user_memory_region2, 3, GMEM, MIB + 4 * P, 8 * P, 0, other, 0) == errno.EEXIST
     assert _errno(vm.set_user_memory_region2, 1, GMEM, MIB, 8 * P, 0, a, 0) == errno.EINVAL  # 245
@@ -99,7 +114,7 @@ def test_binding_sequence_rows_240_to_259(kb, vm):
     vm.set_user_memory_region2(4, GMEM, MIB, 8 * P, 0, a, 0)  # 250
     dup = os.dup(a.fd)
     try:
-        assert _errno(vm.set_user_memory_region2, 5, GMEM, 8 * MIB, 8 * P, 0, dup, 0) == errno.EINVAL  # 251
+        assert _errno(vm.set_user_memory_region2, 5, GMEM, 8 * MIB, 8 * P, 0, dup, 0) == overlap  # 251
     finally:
         os.close(dup)
     vm2 = kb.create_vm()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 
 from .. import uapi
-from ..uapi import IO, IOR, IOW, KVMIO
+from ..uapi import IO, IOR, IOW, IOWR, KVMIO
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -101,6 +101,43 @@ class KvmSignalMask(ctypes.Structure):
     _fields_ = (("len", u32), ("sigset", u64))
 
 
+class KvmCpuidEntry2(ctypes.Structure):
+    """``struct kvm_cpuid_entry2`` (40 bytes): one CPUID leaf/subleaf."""
+
+    _fields_ = (
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    )
+
+
+class KvmCpuidHeader(ctypes.Structure):
+    """The fixed part of ``struct kvm_cpuid2`` (8 bytes): ``nent``, padding; the entries follow."""
+
+    _fields_ = (("nent", u32), ("padding", u32))
+
+
+CPUID_MAX_ENTRIES = 256  # more than any x86 CPU reports; KVM_GET_SUPPORTED_CPUID says E2BIG otherwise
+
+
+def kvm_cpuid2(nent: int) -> ctypes.Structure:
+    """A ``struct kvm_cpuid2`` with room for ``nent`` entries."""
+
+    class KvmCpuid2(ctypes.Structure):
+        _fields_ = (("nent", u32), ("padding", u32), ("entries", KvmCpuidEntry2 * nent))
+
+    buf = KvmCpuid2()
+    buf.nent = nent
+    return buf
+
+
+KVM_GET_SUPPORTED_CPUID = IOWR(KVMIO, 0x05, ctypes.sizeof(KvmCpuidHeader))
+KVM_SET_CPUID2 = IOW(KVMIO, 0x90, ctypes.sizeof(KvmCpuidHeader))
 KVM_GET_REGS = IOR(KVMIO, 0x81, ctypes.sizeof(KvmRegs))
 KVM_SET_REGS = IOW(KVMIO, 0x82, ctypes.sizeof(KvmRegs))
 KVM_GET_SREGS = IOR(KVMIO, 0x83, ctypes.sizeof(KvmSregs))
@@ -122,7 +159,8 @@ RUN_INTERNAL_NDATA = RUN_UNION + 4  # __u32 ndata
 RUN_INTERNAL_DATA = RUN_UNION + 8  # __u64 data[16]
 RUN_MEMORY_FAULT = RUN_UNION  # __u64 flags, gpa, size (uapi.MEMORY_FAULT_EXIT)
 
-STRUCT_SIZES = {"kvm_regs": 144, "kvm_segment": 24, "kvm_dtable": 16, "kvm_sregs": 312}
+STRUCT_SIZES = {"kvm_regs": 144, "kvm_segment": 24, "kvm_dtable": 16, "kvm_sregs": 312,
+                "kvm_cpuid_entry2": 40, "kvm_cpuid2": 8}
 
 
 def check_vcpu_struct_sizes() -> dict[str, tuple[int, int]]:
@@ -133,6 +171,8 @@ def check_vcpu_struct_sizes() -> dict[str, tuple[int, int]]:
         ("KVM_SET_REGS", KVM_SET_REGS, KvmRegs),
         ("KVM_GET_SREGS", KVM_GET_SREGS, KvmSregs),
         ("KVM_SET_SREGS", KVM_SET_SREGS, KvmSregs),
+        ("KVM_GET_SUPPORTED_CPUID", KVM_GET_SUPPORTED_CPUID, KvmCpuidHeader),
+        ("KVM_SET_CPUID2", KVM_SET_CPUID2, KvmCpuidHeader),
     ):
         if uapi.ioc_size(number) != ctypes.sizeof(st):
             bad[name] = (uapi.ioc_size(number), ctypes.sizeof(st))
@@ -141,6 +181,8 @@ def check_vcpu_struct_sizes() -> dict[str, tuple[int, int]]:
         ("kvm_segment", KvmSegment),
         ("kvm_dtable", KvmDtable),
         ("kvm_sregs", KvmSregs),
+        ("kvm_cpuid_entry2", KvmCpuidEntry2),
+        ("kvm_cpuid2", KvmCpuidHeader),
     ):
         if ctypes.sizeof(st) != STRUCT_SIZES[name]:
             bad[name] = (STRUCT_SIZES[name], ctypes.sizeof(st))

@@ -8,9 +8,9 @@ section 3). The setup below follows that recipe:
   the page tables, one mailbox/stack page per vCPU and one bounce buffer per vCPU. The host reads and
   writes it directly (it is ordinary memory), the guest through its identity map.
 * **Identity map.** Guest virtual = guest physical for ``[0, IDENTITY_TOP)`` with 2 MiB pages: one PML4,
-  one PDPT with 64 entries, 64 page directories. 64 GiB is the limit because without CPUID the guest's
-  MAXPHYADDR is 36 bits (KVM's ``cpuid_query_maxphyaddr()`` default); a PTE above it would have reserved
-  bits set. Every entry is present, writable and user-accessible (the guest runs at CPL3).
+  one PDPT with 64 entries, 64 page directories. 64 GiB (36 bits) is below every MAXPHYADDR KVM reports
+  in the supported CPUID the vCPU gets (``KVM_SET_CPUID2``), and is KVM's default without CPUID, so no PTE
+  has reserved bits set. Every entry is present, writable and user-accessible (the guest runs at CPL3).
 * **Reporting.** The guest reports by storing EAX to :data:`REPORT_GPA`, the last 2 MiB page of the identity
   map, where no memslot may exist: the store is emulated as MMIO and ``KVM_RUN`` returns
   ``KVM_EXIT_MMIO`` (write). Cases must therefore keep memslots inside :data:`GPA_WINDOW`.
@@ -31,7 +31,7 @@ PAGE_2M = 2 * MIB
 
 SYSTEM_GPA = 0
 SYSTEM_SIZE = 2 * MIB
-IDENTITY_TOP = 64 * GIB  # 2**36: MAXPHYADDR of a vCPU without CPUID
+IDENTITY_TOP = 64 * GIB  # 2**36: the smallest MAXPHYADDR KVM gives a vCPU
 REPORT_GPA = IDENTITY_TOP - PAGE_2M  # unbacked; stores here exit with KVM_EXIT_MMIO
 GPA_WINDOW = (SYSTEM_GPA + SYSTEM_SIZE, REPORT_GPA)  # where cases may place memslots
 

@@ -7,6 +7,7 @@ guest_memfd, or when a ctypes struct disagrees with the size encoded in its ioct
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -53,6 +54,7 @@ class KernelBackend:
         self.closed = False
         self.resources = Resources()
         self._run_size = libc.ioctl(fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
+        self._cpuid: ctypes.Structure | None = None
 
     @classmethod
     def open(cls, path: str = KVM_DEVICE) -> KernelBackend:
@@ -73,10 +75,18 @@ class KernelBackend:
         mask = self.check_extension(Cap.VM_TYPES)
         return [t for t in VmType if mask & (1 << t)] or [VmType.DEFAULT]
 
+    def supported_cpuid(self) -> ctypes.Structure:
+        """KVM_GET_SUPPORTED_CPUID, once: what every vCPU gets with KVM_SET_CPUID2 (as the selftests do)."""
+        if self._cpuid is None:
+            cpuid = abi.kvm_cpuid2(abi.CPUID_MAX_ENTRIES)
+            libc.ioctl(self.fd, abi.KVM_GET_SUPPORTED_CPUID, cpuid, "KVM_GET_SUPPORTED_CPUID")
+            self._cpuid = cpuid
+        return self._cpuid
+
     def create_vm(self, vm_type: int = 0) -> KernelVm:
         fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VM, int(vm_type), "KVM_CREATE_VM", f"type {int(vm_type)}")
         try:
-            return KernelVm(fd, int(vm_type), self.resources, self._run_size)
+            return KernelVm(fd, int(vm_type), self.resources, self._run_size, self.supported_cpuid)
         except BaseException:
             os.close(fd)
             raise
@@ -103,6 +113,12 @@ class KernelBackend:
             os.close(fd)
             raise KvmError(exc.errno or 0, "ftruncate", f"memfd size {size:#x}") from None
         return KernelMemfd(fd, size, self.resources)
+
+    def module_params(self) -> dict[str, str]:
+        """Parameters of the loaded KVM modules (kvm.tdp_mmu, kvm_amd.npt, ...), from /sys/module."""
+        from ..hostfacts import read_module_params
+
+        return read_module_params()
 
     def nr_numa_nodes(self) -> int:
         """Online NUMA nodes (/sys/devices/system/node/online, e.g. "0" or "0-1")."""

@@ -43,7 +43,14 @@ class KernelVcpu:
     """vCPU ``vcpu_id`` of a VM; ``index`` selects its mailbox, stack and bounce buffer in the system slot."""
 
     def __init__(
-        self, fd: int, vcpu_id: int, index: int, system: SystemSlot, run_size: int, resources: Resources
+        self,
+        fd: int,
+        vcpu_id: int,
+        index: int,
+        system: SystemSlot,
+        run_size: int,
+        resources: Resources,
+        cpuid: ctypes.Structure,
     ) -> None:
         self.fd = fd
         self.vcpu_id = vcpu_id
@@ -68,6 +75,7 @@ class KernelVcpu:
         self._sregs = abi.KvmSregs()
         self._regs = abi.KvmRegs()
         self._needs_reset = True
+        self._cpuid = cpuid
         try:
             self._configure()
         except BaseException:  # the caller closes the fd and drops the system slot reference
@@ -79,6 +87,9 @@ class KernelVcpu:
 
     # -- setup -----------------------------------------------------------------------------------
     def _configure(self) -> None:
+        # CPUID first: KVM_SET_SREGS checks CR4 against the guest's CPUID (kvm_is_valid_cr4), so CR4.FSGSBASE
+        # is EINVAL on a vCPU without CPUID on upstream kernels (the PVM host of realkernel.md is lenient).
+        libc.ioctl(self.fd, abi.KVM_SET_CPUID2, self._cpuid, "KVM_SET_CPUID2")
         libc.ioctl(self.fd, abi.KVM_GET_SREGS, self._sregs, "KVM_GET_SREGS")
         s = self._sregs
         for seg, values in (

@@ -6,7 +6,9 @@ Each method is one VM ioctl (``kvm_vm_ioctl`` in virt/kvm/kvm_main.c) and raises
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Callable
 
 from .. import uapi
 from ..backend import HasFd
@@ -31,12 +33,15 @@ def fd_number(guest_memfd: HasFd | int | None) -> int:
 
 
 class KernelVm:
-    def __init__(self, fd: int, vm_type: int, resources: Resources, run_size: int) -> None:
+    def __init__(
+        self, fd: int, vm_type: int, resources: Resources, run_size: int, cpuid: Callable[[], ctypes.Structure]
+    ) -> None:
         self.fd = fd
         self.vm_type = VmType(vm_type) if vm_type in VmType._value2member_map_ else vm_type
         self.closed = False
         self._resources = resources
         self._run_size = run_size
+        self._cpuid = cpuid
         self._system: SystemSlot | None = None
         self._vcpus: list[KernelVcpu] = []
         resources.add(self)
@@ -126,7 +131,9 @@ class KernelVm:
         fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VCPU, vcpu_id, "KVM_CREATE_VCPU", f"id {vcpu_id}")
         self._system.get()
         try:
-            vcpu = KernelVcpu(fd, vcpu_id, len(self._vcpus), self._system, self._run_size, self._resources)
+            vcpu = KernelVcpu(
+                fd, vcpu_id, len(self._vcpus), self._system, self._run_size, self._resources, self._cpuid()
+            )
         except BaseException:
             self._system.put()
             os.close(fd)

@@ -9,8 +9,12 @@ backend's probe turns this machine's answers into a config so the model mirrors 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from ..uapi import VmType
+
+if TYPE_CHECKING:
+    from ..hostfacts import HostFacts
 
 UPSTREAM_POOL = {1 << 21: 1 << 21, 1 << 30: 1 << 12}
 
@@ -23,7 +27,8 @@ class HostConfig:
     * ``memory_attributes``: CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES; without it KVM_SET_MEMORY_ATTRIBUTES
       is ENOTTY and KVM_CAP_MEMORY_ATTRIBUTES is 0 (realkernel #10, #261).
     * ``pre_fault``: KVM_CAP_PRE_FAULT_MEMORY (TDP MMU only).
-    * ``address_spaces``: memslot address spaces (2 with SMM, 1 without; realkernel #229).
+    * ``address_spaces``: memslot address spaces of VMs without private memory (2 with CONFIG_KVM_SMM, 1
+      without; realkernel #229); VMs with private memory always have 1 (``kvm_arch_nr_memslot_as_ids``).
     * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound; 52 under the shadow MMU.
     * ``hugetlb``: CONFIG_KVM_GMEM_HUGETLB (rfc-v2 only).
     * ``readonly_mem``: ``kvm_arch_has_readonly_mem`` for VMs without protected state.
@@ -71,22 +76,31 @@ class HostConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-def _from_backend(backend: object) -> HostConfig:
-    """Mirror what a backend (the real kernel) reports: VM types, attribute and pre-fault support, and
-    the vCPU GPA window, so differential runs exercise the same paths on both sides."""
+def _from_facts(facts: HostFacts) -> HostConfig:
+    """The model of the kernel that reported ``facts`` (:class:`gmemlab.hostfacts.HostFacts`): its VM types,
+    memory attributes, pre-fault, read-only memory, memslot count, memslot address spaces (2 with
+    CONFIG_KVM_SMM: KVM_CAP_MULTI_ADDRESS_SPACE), NUMA nodes and vCPU GPA window, so differential runs
+    exercise the same paths on both sides."""
     from ..uapi import Cap
 
-    check = backend.check_extension  # type: ignore[attr-defined]
-    window = backend.guest_gpa_window()  # type: ignore[attr-defined]
     return HostConfig(
-        vm_types=tuple(backend.vm_types()),  # type: ignore[attr-defined]
-        memory_attributes=bool(check(Cap.MEMORY_ATTRIBUTES)),
-        pre_fault=bool(check(Cap.PRE_FAULT_MEMORY)),
-        readonly_mem=bool(check(Cap.READONLY_MEM)),
-        nr_memslots=check(Cap.NR_MEMSLOTS) or 32764,
-        gpa_window=window,
-        numa_nodes=backend.nr_numa_nodes(),  # type: ignore[attr-defined]
+        vm_types=tuple(facts.types()),
+        memory_attributes=bool(facts.cap(Cap.MEMORY_ATTRIBUTES)),
+        pre_fault=bool(facts.cap(Cap.PRE_FAULT_MEMORY)),
+        readonly_mem=bool(facts.cap(Cap.READONLY_MEM)),
+        nr_memslots=facts.cap(Cap.NR_MEMSLOTS) or 32764,
+        address_spaces=max(1, facts.cap(Cap.MULTI_ADDRESS_SPACE)),
+        gpa_window=facts.gpa_window,
+        numa_nodes=facts.numa_nodes,
     )
 
 
+def _from_backend(backend: object) -> HostConfig:
+    """Mirror what a backend (the real kernel) reports, through :class:`gmemlab.hostfacts.HostFacts`."""
+    from ..hostfacts import HostFacts
+
+    return _from_facts(HostFacts.probe(backend))
+
+
 HostConfig.from_backend = staticmethod(_from_backend)  # type: ignore[attr-defined]
+HostConfig.from_facts = staticmethod(_from_facts)  # type: ignore[attr-defined]

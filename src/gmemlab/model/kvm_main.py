@@ -245,6 +245,11 @@ class ModelVm(Kvm):
             op, slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd, guest_memfd_offset
         )
 
+    def nr_address_spaces(self) -> int:
+        """``kvm_arch_nr_memslot_as_ids``: x86 VMs with private memory have no SMM address space
+        (realkernel-private.md 1/cap/swp_vm/MULTI_ADDRESS_SPACE = 1, 5/bind/as1_plain_swp EINVAL)."""
+        return 1 if self.vm_type.has_private_mem else self.config.address_spaces
+
     def _readonly_allowed(self) -> bool:
         # kvm_arch_has_readonly_mem(): not for VMs with protected state (SEV-ES, SNP, TDX).
         return self.config.readonly_mem and self.vm_type not in (VmType.SEV_ES, VmType.SNP, VmType.TDX)
@@ -266,7 +271,7 @@ class ModelVm(Kvm):
         if r.slot_id >= config.nr_memslots:
             raise KvmError(errno.EINVAL, op, f"slot id {r.slot_id} >= KVM_USER_MEM_SLOTS ({config.nr_memslots})")
         check_memory_region_flags(op, r.flags, self._readonly_allowed())
-        check_memory_region_sanity(op, r, config)
+        check_memory_region_sanity(op, r, self.nr_address_spaces())
         old = self.memslots.get(r.key)
         if r.size == 0:
             if old is None:

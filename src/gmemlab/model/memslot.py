@@ -21,7 +21,6 @@ from ..uapi import (
     page_aligned,
 )
 from .args import u32, u64
-from .config import HostConfig
 from .gmem import GmemFile
 from .host import USER_ADDR_LIMIT
 
@@ -100,8 +99,9 @@ def check_memory_region_flags(op: str, flags: int, readonly_allowed: bool) -> No
         raise KvmError(errno.EINVAL, op, f"flags {flags:#x} not in the valid set {valid:#x}")
 
 
-def check_memory_region_sanity(op: str, r: MemoryRegion, config: HostConfig) -> None:
-    """The general sanity checks of ``__kvm_set_memory_region()``, in the kernel's order."""
+def check_memory_region_sanity(op: str, r: MemoryRegion, nr_address_spaces: int) -> None:
+    """The general sanity checks of ``__kvm_set_memory_region()``, in the kernel's order;
+    ``nr_address_spaces`` is the VM's ``kvm_arch_nr_memslot_as_ids``."""
     if not page_aligned(r.size):
         raise KvmError(errno.EINVAL, op, f"memory_size {r.size:#x} is not page aligned")
     if not page_aligned(r.gpa):
@@ -111,8 +111,8 @@ def check_memory_region_sanity(op: str, r: MemoryRegion, config: HostConfig) -> 
                        "not a user range (access_ok)")
     if r.flags & KVM_MEM_GUEST_MEMFD and (not page_aligned(r.gmem_offset) or r.gmem_offset + r.size > U64_MAX):
         raise KvmError(errno.EINVAL, op, f"guest_memfd_offset {r.gmem_offset:#x} unaligned or wraps")
-    if r.as_id >= config.address_spaces:
-        raise KvmError(errno.EINVAL, op, f"address space {r.as_id} >= {config.address_spaces}")
+    if r.as_id >= nr_address_spaces:
+        raise KvmError(errno.EINVAL, op, f"address space {r.as_id} >= {nr_address_spaces} for this VM")
     if r.gpa + r.size > U64_MAX:
         raise KvmError(errno.EINVAL, op, "guest_phys_addr + memory_size wraps")
     if r.size >> PAGE_SHIFT > KVM_MEM_MAX_NR_PAGES:

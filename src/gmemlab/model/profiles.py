@@ -84,6 +84,14 @@ class Behaviour:
             return sum(1 << t for t in config.vm_types)
         if cap == Cap.PRE_FAULT_MEMORY:
             return 1 if config.pre_fault else 0
+        if cap in (Cap.X86_SMM, Cap.MULTI_ADDRESS_SPACE):
+            # Without CONFIG_KVM_SMM there is one address space and the cap reads 0 (realkernel #229); with
+            # it, /dev/kvm says 2 and a VM says kvm_arch_nr_memslot_as_ids (1 with private memory).
+            if config.address_spaces < 2:
+                return 0
+            if cap == Cap.X86_SMM:
+                return 1
+            return 1 if vm_type is not None and vm_type.has_private_mem else config.address_spaces
         if cap == Cap.MEMORY_ATTRIBUTES:
             if not config.memory_attributes:
                 return 0

@@ -1,0 +1,112 @@
+"""What a kernel says about itself: the host facts the model is configured from (issue 15 item 3).
+
+:class:`HostFacts` records what any backend answers through the :class:`gmemlab.backend.Backend` interface
+(capabilities on ``/dev/kvm`` and on a VM of each type it offers, the VM types, NUMA nodes, the vCPU GPA
+window) plus, for a real kernel, its release and KVM module parameters. It is plain data: probed once from
+the kernel under test (possibly inside a VM booted for it), saved as JSON, and turned into a model
+configuration by :meth:`gmemlab.model.HostConfig.from_facts`. So the model is compared with *that* kernel,
+never with assumptions about the machine the tests happen to run on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .uapi import Cap, VmType
+
+PROBED_CAPS = (
+    Cap.USER_MEMORY, Cap.NR_MEMSLOTS, Cap.SYNC_MMU, Cap.READONLY_MEM, Cap.IMMEDIATE_EXIT, Cap.USER_MEMORY2,
+    Cap.MEMORY_FAULT_INFO, Cap.MEMORY_ATTRIBUTES, Cap.GUEST_MEMFD, Cap.VM_TYPES, Cap.PRE_FAULT_MEMORY,
+    Cap.GUEST_MEMFD_FLAGS, Cap.X86_SMM, Cap.MULTI_ADDRESS_SPACE,
+)
+KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel", "kvm_pvm")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Capability values by name (``KVM_CAP_`` dropped), for the system and per VM type."""
+
+    release: str
+    system_caps: dict[str, int]
+    vm_caps: dict[str, dict[str, int]]  # VM type label -> caps on a VM fd of that type
+    vm_types: tuple[str, ...]  # labels of the types KVM_CREATE_VM accepts
+    numa_nodes: int
+    gpa_window: tuple[int, int]
+    module_params: dict[str, str] = field(default_factory=dict)  # "kvm.tdp_mmu" -> "Y"
+
+    # -- derived ---------------------------------------------------------------------------------------------
+    @property
+    def version(self) -> tuple[int, int]:
+        """(major, minor) of the release, (0, 0) if it does not start with digits."""
+        found = re.match(r"(\d+)\.(\d+)", self.release)
+        return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+    def cap(self, cap: Cap, vm_type: VmType | None = None) -> int:
+        table = self.system_caps if vm_type is None else self.vm_caps.get(vm_type.label, {})
+        return table.get(cap.name, 0)
+
+    def types(self) -> list[VmType]:
+        return [VmType[label.upper().replace("-", "_")] for label in self.vm_types]
+
+    @property
+    def is_pvm(self) -> bool:
+        """The ``kvm_pvm`` host of realkernel.md (software virtualisation, shadow MMU)."""
+        return any(k.startswith("kvm_pvm.") for k in self.module_params)
+
+    # -- probing and serialising -------------------------------------------------------------------------------
+    @classmethod
+    def probe(cls, backend: Any) -> HostFacts:
+        """Ask a backend (the kernel's ``/dev/kvm`` or a model) everything the model needs."""
+        system = {c.name: int(backend.check_extension(c)) for c in PROBED_CAPS}
+        types = list(backend.vm_types())
+        per_vm: dict[str, dict[str, int]] = {}
+        for t in types:
+            vm = backend.create_vm(int(t))
+            try:
+                per_vm[t.label] = {c.name: int(vm.check_extension(c)) for c in PROBED_CAPS}
+            finally:
+                vm.close()
+        params = backend.module_params() if hasattr(backend, "module_params") else {}
+        release = os.uname().release if getattr(backend, "name", "") == "kernel" else f"model {backend.profile.name}"
+        lo, hi = backend.guest_gpa_window()
+        return cls(release, system, per_vm, tuple(t.label for t in types), int(backend.nr_numa_nodes()),
+                   (int(lo), int(hi)), params)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> HostFacts:
+        try:
+            data = json.loads(text)
+            return cls(
+                release=str(data["release"]), system_caps={str(k): int(v) for k, v in data["system_caps"].items()},
+                vm_caps={str(t): {str(k): int(v) for k, v in caps.items()} for t, caps in data["vm_caps"].items()},
+                vm_types=tuple(str(t) for t in data["vm_types"]), numa_nodes=int(data["numa_nodes"]),
+                gpa_window=(int(data["gpa_window"][0]), int(data["gpa_window"][1])),
+                module_params={str(k): str(v) for k, v in data.get("module_params", {}).items()},
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ValueError(f"not a host-facts JSON document: {type(exc).__name__}: {exc}") from None
+
+
+def read_module_params(root: str = "/sys/module") -> dict[str, str]:
+    """``module.param`` -> value for the KVM modules loaded here (the first line of each readable file)."""
+    out: dict[str, str] = {}
+    for module in KVM_MODULES:
+        directory = os.path.join(root, module, "parameters")
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            try:
+                with open(os.path.join(directory, name)) as f:
+                    out[f"{module}.{name}"] = f.readline().strip()
+            except OSError:
+                continue
+    return out
