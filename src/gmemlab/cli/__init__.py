@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
     "gmemlab.cli.sim",
+    "gmemlab.cli.vm",
 ]
 
 app = typer.Typer(

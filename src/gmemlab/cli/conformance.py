@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,6 +14,7 @@ from rich.table import Table
 from ..conformance import CaseResult, Divergence, run_suite, summary
 from ..errors import UnsupportedByBackend, UsageError
 from ..uapi import PROFILES
+from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
 class BackendChoice(StrEnum):
@@ -125,8 +127,12 @@ def register(app: typer.Typer) -> None:
         tap: Annotated[bool, typer.Option("--tap", help="KTAP output, as the kernel selftests print")] = False,
         select: Annotated[str | None, typer.Option("-k", help="only cases whose name contains this")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="details for passing cases too")] = False,
+        kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
     ) -> None:
-        """Run the guest_memfd selftest checklist (spec section 3); non-zero exit on failure or divergence."""
+        """Run the guest_memfd selftest checklist (spec section 3); non-zero exit on failure or divergence.
+
+        With --kernel IMAGE the cases run inside IMAGE booted under QEMU: the kernel backend is its /dev/kvm
+        and the model is configured from its host facts."""
         if profile == "all":
             profiles = list(PROFILES)
         elif profile in PROFILES:
@@ -135,6 +141,10 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--profile {profile!r} is not one of: {', '.join([*PROFILES, 'all'])}")
         if as_json and tap:
             raise UsageError("--json and --tap are exclusive")
+        if kernel_arg(kernel) is not None:
+            args = ["conformance", "--backend", backend.value, "--profile", profile]
+            args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose + (["-k", select] if select else [])
+            raise typer.Exit(run_gmemlab_in_vm(kernel, args))
         results, divergences = run_suite(profiles, backends_for(backend.value), select)
         if not results:
             raise UsageError(f"no case matches -k {select!r}")

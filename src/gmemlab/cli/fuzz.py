@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..conformance.fuzz import compare_sequence, fuzz, load_sequence
 from ..errors import UnsupportedByBackend, UsageError
+from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
 def _factories(backend: str) -> tuple[Any, Any, str]:
@@ -42,10 +43,19 @@ def register(app: typer.Typer) -> None:
         max_ops: Annotated[int, typer.Option(help="operations per sequence at most")] = 25,
         replay: Annotated[Path | None, typer.Option(help="re-run one JSON sequence instead of fuzzing")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
+        kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
     ) -> None:
-        """Run random guest_memfd operation sequences on two backends; any differing observation fails."""
+        """Run random guest_memfd operation sequences on two backends; any differing observation fails.
+
+        With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers."""
         if examples < 1 or max_ops < 1:
             raise UsageError("--examples and --max-ops must be at least 1")
+        if kernel_arg(kernel) is not None:
+            args = ["fuzz", "--backend", backend, "--examples", str(examples), "--seed", str(seed),
+                    "--max-ops", str(max_ops)] + ["--json"] * as_json
+            if replay is not None:
+                args += ["--replay", str(replay.resolve())]
+            raise typer.Exit(run_gmemlab_in_vm(kernel, args))
         left, right, label = _factories(backend)
         if replay is not None:
             try:

@@ -138,7 +138,7 @@ class ModelHostMapping:
         self.address = space.place(length)
         self.ptes: RangeMap[bool] = RangeMap(self.npages, False)  # host PTEs installed
         self.anon: dict[int, bytearray] = {}
-        self.vma_policy = numa.SharedPolicy(self.npages)  # anonymous memory: the VMA's own policy
+        self.vma_policy = numa.SharedPolicy(self.npages)  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
         space.vmas.append(self)
         if file is not None:
@@ -255,21 +255,27 @@ class ModelHostMapping:
         return first, last
 
     def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
-        """``mbind(2)``: a guest_memfd stores the policy in the inode (every mapping sees it)."""
+        """``mbind(2)``: a guest_memfd with policy vm_ops (U6.19) stores it in the inode (every mapping sees it
+        and allocation follows it); otherwise it is this VMA's policy and allocation ignores it."""
         first, last = self._policy_pages(offset, length, "mbind")
         if flags & ~0x7:
             raise KvmError(errno.EINVAL, "mbind", f"flags {flags:#x} are not MPOL_MF_*")
         policy = numa.validate(mode, nodemask, self.space.numa_nodes)
-        target = self.file.inode.pagecache.shared_policy if self.file is not None else self.vma_policy
-        target.set(self.pgoff + first if self.file is not None else first,
-                   self.pgoff + last if self.file is not None else last, policy)
+        if self._inode_policy():
+            self.file.inode.pagecache.shared_policy.set(self.pgoff + first, self.pgoff + last, policy)
+        else:
+            self.vma_policy.set(first, last, policy)
 
     def get_mempolicy(self, offset: int) -> tuple[int, int]:
         """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask)."""
         first, _ = self._policy_pages(offset, 1, "get_mempolicy")
-        if self.file is not None:
+        if self._inode_policy():
             return self.file.inode.pagecache.shared_policy.get(self.pgoff + first)
         return self.vma_policy.get(first)
+
+    def _inode_policy(self) -> bool:
+        """Whether this mapping's policy lives in the inode (guest_memfd with U6.19's policy vm_ops)."""
+        return self.file is not None and self.file.inode.behaviour.gmem_shared_policy
 
     def page_nodes(self, offset: int, npages: int) -> list[int]:
         """``move_pages(2)`` status query: each page's node, or -ENOENT where nothing is mapped."""

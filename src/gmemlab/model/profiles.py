@@ -68,6 +68,13 @@ class Behaviour:
         """HugeTLB page size requested by the flags, 0 for none."""
         return 0
 
+    @property
+    def gmem_shared_policy(self) -> bool:
+        """guest_memfd's ``set_policy``/``get_policy`` vm_ops (U6.19): ``mbind`` on a mapping sets the inode's
+        shared policy and folios are allocated by it. Without them (6.18, the RFC on 6.15) the policy stays in
+        the VMA and the page cache allocates on the local node (realkernel-private.md finding 15)."""
+        return False
+
     # -- capabilities ------------------------------------------------------------------------
     def check_extension(self, cap: int, vm_type: VmType | None, config: HostConfig) -> int:
         """KVM_CHECK_EXTENSION on /dev/kvm (``vm_type is None``) or on a VM fd (spec 1.4)."""

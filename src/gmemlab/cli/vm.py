@@ -1,0 +1,112 @@
+"""``gmemlab vm``: boot a kernel image under QEMU and run a command inside it (issue 15).
+
+``conformance --kernel`` and ``fuzz --kernel`` use :func:`run_gmemlab_in_vm` to run themselves inside the
+booted kernel, where both backends meet that kernel: its ``/dev/kvm``, and the model configured from its
+host facts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UsageError
+
+KERNEL_HELP = "kernel image (bzImage) to boot under QEMU; its modules are taken from beside it when packaged"
+
+
+def _write(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None, memory: int = 2048,
+                  cpus: int = 1, numa_nodes: int = 2, accel: str = "auto", timeout: float = 1800.0,
+                  boot_timeout: float = 180.0, append: str = "", keep: bool = False) -> int:
+    """Run ``argv`` in ``kernel``; returns the exit status (3 when it never finished)."""
+    from ..qemu import VmSpec, run_in_vm
+
+    if memory < 256 or cpus < 1 or numa_nodes < 1 or timeout <= 0 or boot_timeout <= 0:
+        raise UsageError("--memory must be >= 256 (MiB), --cpus and --numa-nodes >= 1, timeouts positive")
+    if accel not in ("auto", "kvm", "tcg"):
+        raise UsageError(f"--accel {accel!r} is not one of auto, kvm, tcg")
+    spec = VmSpec(str(kernel), str(modules) if modules else None, memory, cpus, numa_nodes, accel, timeout,
+                  boot_timeout, append, keep)
+    color = sys.stdout.isatty()
+    env = {} if color else {"NO_COLOR": "1", "PY_COLORS": "0", "TERM": "dumb"}
+    result = run_in_vm(spec, argv, sink=_write, env=env)
+    say = lambda text: print(f"gmemlab vm: {text}", file=sys.stderr)  # noqa: E731
+    if result.kvm == "missing":
+        say(f"no /dev/kvm in kernel {result.release} (CPU flags seen by the guest: {result.cpu_flags or 'none'}); "
+            "a lab kernel needs CONFIG_KVM and CONFIG_KVM_AMD (or their modules beside the image)")
+        if result.insmod_log.strip():
+            say("module loading said: " + result.insmod_log.strip().splitlines()[-1])
+    if result.tsc_khz == 0:
+        say("the guest's TSC frequency is 0: every KVM_RUN inside would spin (pass --append tsc_early_khz=...)")
+    for note in result.notes:
+        say(note)
+    boot = f"{result.boot_seconds:.1f} s to the command, " if result.boot_seconds is not None else ""
+    say(f"kernel {result.release} ({result.accel}, root {result.rootfs or '?'}): {boot}{result.seconds:.1f} s in "
+        f"all, exit status {result.status}" + (f"; logs kept in {result.run_dir}" if result.run_dir else ""))
+    return 3 if result.status is None else result.status
+
+
+def run_gmemlab_in_vm(kernel: Path, args: list[str]) -> int:
+    """Run ``gmemlab ARGS`` (this installation, this working directory) inside ``kernel``."""
+    return run_in_vm_cli(kernel, [sys.executable, "-m", "gmemlab", *args])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(name="vm", context_settings={"allow_interspersed_args": False})
+    def vm_command(
+        command: Annotated[list[str], typer.Argument(help="command to run inside the guest (after --)")],
+        kernel: Annotated[Path, typer.Option(envvar="GMEMLAB_KERNEL", help=KERNEL_HELP)],
+        modules: Annotated[Path | None, typer.Option(help="modules directory (.../lib/modules/RELEASE)")] = None,
+        memory: Annotated[int, typer.Option(help="guest memory in MiB")] = 2048,
+        cpus: Annotated[int, typer.Option(help="guest vCPUs")] = 1,
+        numa_nodes: Annotated[int, typer.Option(help="guest NUMA nodes (memory split evenly)")] = 2,
+        accel: Annotated[str, typer.Option(help="auto (KVM if the guest could use it, else TCG), kvm or tcg")] = "auto",
+        timeout: Annotated[float, typer.Option(help="seconds for the whole run")] = 1800.0,
+        boot_timeout: Annotated[float, typer.Option(help="seconds until the command starts")] = 180.0,
+        append: Annotated[str, typer.Option(help="extra kernel command line")] = "",
+        keep: Annotated[bool, typer.Option(help="keep the run directory (console, dmesg) after a clean run")] = False,
+    ) -> None:
+        """Boot KERNEL under QEMU with this machine's / (read-only, overlaid) and run COMMAND inside.
+
+        The command runs as root in the current directory with this Python environment; its output streams
+        here and its exit status is gmemlab's. Inside, $GMEMLAB_VM_OUT is a directory shared back to this
+        machine (kept with --keep)."""
+        if not command:
+            raise UsageError("no command: gmemlab vm --kernel IMAGE -- CMD [ARGS...]")
+        if not kernel.is_file():
+            raise UsageError(f"--kernel {kernel}: no such file")
+        raise typer.Exit(run_in_vm_cli(kernel, command, modules=modules, memory=memory, cpus=cpus,
+                                       numa_nodes=numa_nodes, accel=accel, timeout=timeout,
+                                       boot_timeout=boot_timeout, append=append, keep=keep))
+
+
+    @app.command(name="debian-kernel")
+    def debian_kernel(
+        cached: Annotated[bool, typer.Option(help="only look in the cache, never fetch")] = False,
+    ) -> None:
+        """Print the path of Debian's packaged kernel (trixie-backports linux-image-amd64), fetching and
+        unpacking it with apt into ~/.cache/gmemlab on first use. For: gmemlab vm --kernel "$(gmemlab
+        debian-kernel)" -- ..."""
+        from ..qemu import debian
+
+        path = debian.cached_kernel() if cached else debian.fetch()
+        if path is None:
+            raise UsageError(f"no packaged kernel in {debian.cache_dir()} (run without --cached to fetch it)")
+        print(path)
+
+
+def kernel_arg(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise UsageError(f"--kernel {value}: no such file")
+    if value is not None and os.environ.get("GMEMLAB_VM"):
+        raise UsageError("--kernel inside a gmemlab VM: already running in a booted kernel")
+    return value
