@@ -10,8 +10,7 @@ import struct
 
 import pytest
 
-from gmemlab.qemu import KernelImage, KernelImageError, VmError, VmSpec, run_in_vm
-from gmemlab.qemu import debian, initramfs, machine, modules
+from gmemlab.qemu import KernelImage, KernelImageError, VmError, VmSpec, debian, initramfs, machine, modules, run_in_vm
 from gmemlab.qemu.image import release_of
 
 

@@ -143,7 +143,8 @@ def register(app: typer.Typer) -> None:
             raise UsageError("--json and --tap are exclusive")
         if kernel_arg(kernel) is not None:
             args = ["conformance", "--backend", backend.value, "--profile", profile]
-            args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose + (["-k", select] if select else [])
+            args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose
+            args += ["-k", select] if select else []
             raise typer.Exit(run_gmemlab_in_vm(kernel, args))
         results, divergences = run_suite(profiles, backends_for(backend.value), select)
         if not results:
