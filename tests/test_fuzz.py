@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from gmemlab.cli import app
 from gmemlab.conformance.fuzz import compare_sequence, fuzz, load_sequence
 from gmemlab.model import HostConfig, ModelBackend
+from gmemlab.uapi import VmType
 
 
 def test_identical_models_never_diverge() -> None:
@@ -19,12 +20,14 @@ def test_identical_models_never_diverge() -> None:
 
 
 def test_planted_difference_is_found_and_shrunk() -> None:
-    other = HostConfig(nr_memslots=3)  # slot ids >= 3 refused
-    report = fuzz(lambda: ModelBackend(), lambda: ModelBackend(config=other), examples=300, seed_value=1)
+    # A host offering only default VMs: sequences that create a VM of another type diverge at once.
+    other = HostConfig.upstream().with_(vm_types=(VmType.DEFAULT,))
+    report = fuzz(lambda: ModelBackend(), lambda: ModelBackend(config=other), examples=100, seed_value=1)
     div = report.divergence
     assert div is not None
-    assert "set_user_memory_region2(3" in div.left or "set_user_memory_region2(4" in div.left
-    assert len(div.ops) <= 5  # shrunk to a handful of operations
+    assert div.left.startswith("kvm1.vm_types() -> ok (<VmType.DEFAULT: 0>, <VmType.SW_PROTECTED: 1>")
+    assert div.right == "kvm1.vm_types() -> ok (<VmType.DEFAULT: 0>,)"
+    assert len(div.ops) <= 5 and div.ops[0]["op"] == "create_vm"  # shrunk to the prelude and one operation
     assert compare_sequence(lambda: ModelBackend(), lambda: ModelBackend(config=other), div.ops) is not None
 
 

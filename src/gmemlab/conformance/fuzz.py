@@ -1,8 +1,9 @@
 """Differential fuzzing: random operation sequences run on two backends, identical observations required.
 
-A sequence is a list of JSON-able operations (create a VM or guest_memfd with random sizes and flags,
-mmap, host read/write, fallocate allocate/punch, bind/unbind with random offsets and sizes, guest
-read/write, munmap, close in random order). Objects are referred to by creation order, so a sequence
+A sequence is a list of JSON-able operations (create a VM of any type the backend offers, or a
+guest_memfd with random sizes and flags, mmap, host read/write, fallocate allocate/punch, bind/unbind with
+random offsets and sizes, per-VM memory attribute changes, guest read/write, munmap, close in random
+order). Objects are referred to by creation order, so a sequence
 replays on any backend. :func:`run_sequence` executes one through the observation recorder; two
 backends agree when their logs are equal. Hypothesis generates and shrinks the sequences, so a
 divergence is reported as a minimal sequence, printed as JSON that ``gmemlab fuzz --replay`` re-runs.
@@ -26,6 +27,7 @@ from ..uapi import (
     FALLOC_FL_ZERO_RANGE,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SIZE,
 )
 from .record import Observation, Recorder
@@ -55,7 +57,10 @@ def _offset() -> st.SearchStrategy[int]:
 
 
 OPERATIONS: dict[str, st.SearchStrategy[Op]] = {
-    "create_vm": st.just({"op": "create_vm"}),
+    # "type" picks among the VM types the backend offers (KVM_CAP_VM_TYPES), by index.
+    "create_vm": st.fixed_dictionaries({"op": st.just("create_vm"), "type": st.integers(0, 3)}),
+    "set_attrs": st.fixed_dictionaries({"op": st.just("set_attrs"), "vm": _ref, "gpa_page": st.integers(0, 48),
+                                        "pages": st.sampled_from([1, 1, 2, 4, 16]), "private": st.booleans()}),
     "create_gmem": st.fixed_dictionaries({"op": st.just("create_gmem"), "vm": _ref, "size": _sizes,
                                           "flags": _flags}),
     "mmap": st.fixed_dictionaries({"op": st.just("mmap"), "gmem": _ref, "offset": _offset(),
@@ -105,14 +110,15 @@ def sequences(max_ops: int = 25) -> st.SearchStrategy[list[Op]]:
     prelude = st.fixed_dictionaries({
         "size": st.sampled_from([16 * P, 64 * P]), "flags": st.sampled_from([3, 3, 1, 0, 2]),
         "slot_pages": st.sampled_from([4, 16]), "uaddr": st.sampled_from([0, None]),
+        "type": st.integers(0, 3),
     }).map(lambda p: [
-        {"op": "create_vm"},
+        {"op": "create_vm", "type": p["type"]},
         {"op": "create_gmem", "vm": 0, "size": p["size"], "flags": p["flags"]},
         {"op": "mmap", "gmem": 0, "offset": 0, "pages": 16, "private": False},
         {"op": "bind", "vm": 0, "slot": 1, "gpa_page": 0, "pages": p["slot_pages"], "gmem": 0, "offset": 0,
          "flags": KVM_MEM_GUEST_MEMFD, "uaddr_map": p["uaddr"]},
     ])
-    short = st.tuples(st.just({"op": "create_vm"}), OPERATIONS["create_gmem"].map(lambda o: {**o, "vm": 0})).map(list)
+    short = st.tuples(OPERATIONS["create_vm"], OPERATIONS["create_gmem"].map(lambda o: {**o, "vm": 0})).map(list)
     return st.builds(lambda head, tail: [*head, *tail], st.one_of(prelude, prelude, short), body)
 
 
@@ -140,7 +146,14 @@ def _gpa_base(backend: Any) -> int:
 
 
 def _create_vm(w: _World, op: Op) -> None:
-    w.vms.append(w.system.create_vm(0))
+    types = w.system.vm_types()
+    w.vms.append(w.system.create_vm(int(types[op.get("type", 0) % len(types)])))
+
+
+def _set_attrs(w: _World, op: Op, vm: Any) -> None:
+    """KVM_SET_MEMORY_ATTRIBUTES on the VM: PRIVATE or shared over a few pages of the fuzzed GPA range."""
+    vm.set_memory_attributes(w.gpa_base + op["gpa_page"] * P, op["pages"] * P,
+                             KVM_MEMORY_ATTRIBUTE_PRIVATE if op["private"] else 0)
 
 
 def _create_gmem(w: _World, op: Op, vm: Any) -> None:
@@ -240,6 +253,7 @@ def _close_vm(w: _World, op: Op, vm: Any) -> None:
 _HANDLERS: dict[str, tuple[str | None, Callable[..., None]]] = {
     "create_vm": (None, _create_vm), "mmap_anon": (None, _mmap_anon),
     "create_gmem": ("vm", _create_gmem), "bind": ("vm", _bind), "unbind": ("vm", _unbind),
+    "set_attrs": ("vm", _set_attrs),
     "guest_read": ("vm", _guest_access), "guest_write": ("vm", _guest_access), "close_vm": ("vm", _close_vm),
     "mmap": ("gmem", _mmap), "fallocate": ("gmem", _fallocate), "file_op": ("gmem", _file_op),
     "close_gmem": ("gmem", _close_gmem),
@@ -381,6 +395,7 @@ def load_sequence(text: str) -> list[Op]:
 
 REQUIRED_KEYS: dict[str, set[str]] = {
     "create_vm": {"op"},
+    "set_attrs": {"op", "vm", "gpa_page", "pages", "private"},
     "create_gmem": {"op", "vm", "size", "flags"},
     "mmap": {"op", "gmem", "offset", "pages", "private"},
     "mmap_anon": {"op", "pages"},
