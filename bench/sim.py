@@ -39,7 +39,7 @@ RSS_TARGET_MIB = {"1t": 300}
 def one(case: str, policy: str) -> dict[str, object]:
     """Run one case here and report it (called in a child interpreter)."""
     from gmemlab.sim.run import simulate
-    from gmemlab.sim.scenario import load_scenario
+    from gmemlab.workload.scenario import load_scenario
 
     scenario, sets = CASES[case]
     t0 = time.perf_counter()

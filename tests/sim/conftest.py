@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from gmemlab.arch import generate
-from gmemlab.sim.events import Event
-from gmemlab.sim.scenario import Scenario, load_scenario
+from gmemlab.workload.events import Event
+from gmemlab.workload.scenario import Scenario, load_scenario
 
 
 def events(name: str, sets: Sequence[str] = (), seed: int = 0) -> list[Event]:

@@ -6,7 +6,7 @@ import pytest
 
 from gmemlab.errors import UsageError
 from gmemlab.sim.costs import CATEGORIES, TAGS, CostTable, load_cost_table, memory_overhead_bytes
-from gmemlab.sim.units import GiB
+from gmemlab.workload.units import GiB
 
 
 def test_every_section4_row_is_present_with_a_source():

@@ -11,9 +11,9 @@ from gmemlab.model.policy import POLICIES
 from gmemlab.sim.costs import CostTable
 from gmemlab.sim.engine import Engine
 from gmemlab.sim.run import RunResult, simulate
-from gmemlab.sim.scenario import builtin_names, load_scenario, parse_scenario
-from gmemlab.sim.units import GiB, MiB
 from gmemlab.uapi import PAGE_SIZE
+from gmemlab.workload.scenario import builtin_names, load_scenario, parse_scenario
+from gmemlab.workload.units import GiB, MiB
 
 from .test_scenario import BUILTINS
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from gmemlab.sim import events as ev
-from gmemlab.sim.units import GiB, MiB
+from gmemlab.workload import events as ev
+from gmemlab.workload.units import GiB, MiB
 
 RANGED = [ev.SetAttr, ev.GmemConvert, ev.Falloc, ev.Punch, ev.HostWrite, ev.Populate, ev.Pin, ev.Unpin,
           ev.GuestFault, ev.HcMapGpa, ev.MemfaultExit, ev.PscRun, ev.Pvalidate, ev.Accept, ev.MapGpa, ev.Share,

@@ -8,10 +8,10 @@ import pytest
 
 from gmemlab.arch import generate
 from gmemlab.arch.snp import psc_descriptors
-from gmemlab.sim import events as ev
-from gmemlab.sim.derived import swiotlb_default_size
-from gmemlab.sim.scenario import load_scenario
-from gmemlab.sim.units import GiB, KiB, MiB, TiB
+from gmemlab.workload import events as ev
+from gmemlab.workload.derived import swiotlb_default_size
+from gmemlab.workload.scenario import load_scenario
+from gmemlab.workload.units import GiB, KiB, MiB, TiB
 
 from .conftest import by_type, events
 from .test_scenario import BUILTINS

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.errors import UsageError
-from gmemlab.sim.scenario import builtin_names, load_scenario
-from gmemlab.sim.units import GiB, MiB
+from gmemlab.workload.scenario import builtin_names, load_scenario
+from gmemlab.workload.units import GiB, MiB
 
 BUILTINS = ["attr-init-1t", "churn-pingpong", "dpdk-shared-buffers-64g", "non-coco-mmap-64g", "pkvm-android-1g",
             "snp-eager-accept-64g", "snp-lazy-accept-64g", "snp-mmap-populate-64g", "tdx-boot-64g"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.arch import generate
-from gmemlab.sim import events as ev
-from gmemlab.sim.scenario import load_scenario
+from gmemlab.workload import events as ev
 from gmemlab.sim.summary import derived_counts
+from gmemlab.workload.scenario import load_scenario
 
 from .test_generators import REDUCED
 from .test_scenario import BUILTINS

@@ -1,10 +1,10 @@
-"""Sizes as scenario files write them (gmemlab.sim.units)."""
+"""Sizes as scenario files write them (gmemlab.workload.units)."""
 
 from __future__ import annotations
 
 import pytest
 
-from gmemlab.sim.units import GiB, KiB, MiB, TiB, format_level, format_size, parse_size
+from gmemlab.workload.units import GiB, KiB, MiB, TiB, format_level, format_size, parse_size
 
 
 @pytest.mark.parametrize(

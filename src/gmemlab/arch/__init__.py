@@ -1,6 +1,6 @@
 """Architecture event generators: deterministic, lazy event streams for a scenario (workloads.md §1).
 
-``generate(scenario, seed)`` yields the guest's lifecycle as events (:mod:`gmemlab.sim.events`). The
+``generate(scenario, seed)`` yields the guest's lifecycle as events (:mod:`gmemlab.workload.events`). The
 same (scenario, seed) always gives the same stream; randomness (placement of scattered shared pages,
 runtime buffer sizes and addresses) comes only from ``random.Random(seed)``.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..sim.events import Event
-from ..sim.scenario import Scenario
+from ..workload.events import Event
+from ..workload.scenario import Scenario
 from .base import GuestArch
 from .lifecycle import Lifecycle
 from .none import NoneGuest

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ..sim.events import Event
-from ..sim.scenario import Scenario, SharedRegion
+from ..workload.events import Event
+from ..workload.scenario import Scenario, SharedRegion
 from .vmm import Vmm
 
 

@@ -24,7 +24,8 @@ import random
 from collections.abc import Iterator
 
 from ..errors import UsageError
-from ..sim.events import (
+from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
+from ..workload.events import (
     CreateGmem,
     Event,
     Falloc,
@@ -41,9 +42,8 @@ from ..sim.events import (
     Tick,
     Unpin,
 )
-from ..sim.scenario import Scenario, SharedRegion
-from ..sim.units import format_size
-from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
+from ..workload.scenario import Scenario, SharedRegion
+from ..workload.units import format_size
 from .acceptance import Acceptance
 from .base import GuestArch
 from .layout import LOW_LIMIT, Layout, PlacementError, align_down

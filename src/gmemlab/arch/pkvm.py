@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ..sim.events import Event, GmemConvert, GuestFault, MmioGuardMap, Share, Unshare
-from ..sim.scenario import SharedRegion
 from ..uapi import PAGE_SIZE, PUD_SIZE
+from ..workload.events import Event, GmemConvert, GuestFault, MmioGuardMap, Share, Unshare
+from ..workload.scenario import SharedRegion
 from .base import GuestArch
 
 

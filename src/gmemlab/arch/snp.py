@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..sim.derived import PSC_MAX_ENTRIES
-from ..sim.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate
-from ..sim.scenario import SharedRegion
 from ..uapi import PAGE_SIZE, PMD_SIZE
+from ..workload.derived import PSC_MAX_ENTRIES
+from ..workload.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate
+from ..workload.scenario import SharedRegion
 from .base import GuestArch
 
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..sim.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa
-from ..sim.scenario import SharedRegion
+from ..workload.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa
+from ..workload.scenario import SharedRegion
 from .base import GuestArch
 
 

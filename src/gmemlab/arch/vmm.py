@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..sim.events import Event, GmemConvert, Punch, SetAttr
-from ..sim.scenario import Scenario
+from ..workload.events import Event, GmemConvert, Punch, SetAttr
+from ..workload.scenario import Scenario
 
 
 class Vmm:

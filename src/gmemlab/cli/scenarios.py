@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..arch import generate
-from ..sim.events import format_event
-from ..sim.scenario import Scenario, builtin_names, load_scenario
 from ..sim.summary import derived_counts
-from ..sim.units import format_level, format_size
+from ..workload.events import format_event
+from ..workload.scenario import Scenario, builtin_names, load_scenario
+from ..workload.units import format_level, format_size
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
 _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "early_accepted", "accepted_at_boot_end",

@@ -22,12 +22,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import report
 from ..errors import UsageError
 from ..model.policy import POLICIES
+from ..sim import report
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
-from ..sim.scenario import load_scenario
+from ..workload.scenario import load_scenario
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
 POLICY_HELP = f"guest_memfd split/merge policy ({', '.join(POLICIES)})."

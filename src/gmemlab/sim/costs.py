@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .schema import Choice, Number, TableOf, Text, build, did_you_mean, fail, option
+from ..workload.schema import Choice, Number, TableOf, Text, build, did_you_mean, fail, option
 
 TAGS = ("src", "pub", "derived", "measured", "assumed")
 CATEGORIES = (

@@ -6,7 +6,7 @@ one handler (``_on_<EventType>``). Handlers act on the model through :class:`gme
 the cost table (:mod:`gmemlab.sim.costs`, §4), so :meth:`CostTable.modelled_time` prices them by name.
 Counters no row prices (``psc_entries``, ``host_sigbus``...) are kept and reported as unpriced.
 
-Decisions the generators leave to the engine (see :mod:`gmemlab.sim.events`):
+Decisions the generators leave to the engine (see :mod:`gmemlab.workload.events`):
 
 * **PVALIDATE at 2M** (§1.2, rows 23/24): after the validated range is faulted in, each 2 MiB piece whose
   SNP RMP entry is 2M counts one ``pvalidate_2m``; a piece whose RMP entry is 4K counts one
@@ -47,8 +47,7 @@ from typing import Any
 from ..arch import generate
 from ..model.metrics import SIZES
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT, PAGE_SIZE
-from .costs import CostTable, ModelledTime
-from .events import (
+from ..workload.events import (
     Accept,
     CreateGmem,
     Event,
@@ -75,7 +74,8 @@ from .events import (
     Unpin,
     Unshare,
 )
-from .scenario import Scenario
+from ..workload.scenario import Scenario
+from .costs import CostTable, ModelledTime
 from .target import PMD_PAGES, Target
 
 TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B (§1.3)

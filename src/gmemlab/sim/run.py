@@ -25,15 +25,15 @@ from typing import Any
 
 from ..errors import UsageError
 from ..model.policy import POLICIES
+from ..workload.scenario import Scenario, load_scenario
 from .costs import CostTable, ModelledTime
 from .engine import Engine, Sample
-from .scenario import Scenario, load_scenario
 
 
 def check_policy(name: str) -> str:
     """``name`` if :mod:`gmemlab.model.policy` registers it, else a one-line :class:`UsageError`."""
     if name not in POLICIES:
-        from .schema import did_you_mean
+        from ..workload.schema import did_you_mean
 
         raise UsageError(f"--policy {name}: unknown policy{did_you_mean(name, list(POLICIES))}; "
                          f"known: {', '.join(POLICIES)}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
+from ..workload.derived import PSC_MAX_ENTRIES, ceil_div, snp_psc_counts
+from ..workload.scenario import Scenario, SharedRegion
+from ..workload.units import format_size
 from .costs import CostTable
-from .derived import PSC_MAX_ENTRIES, ceil_div, snp_psc_counts
-from .scenario import Scenario, SharedRegion
-from .units import format_size
 
 TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B (§1.3)
 

@@ -6,7 +6,7 @@ of the ``rfc-v2`` lineage (the HugeTLB + in-place conversion RFC the thread is a
 
 * VM type by arch: ``snp`` -> SNP (4), ``tdx`` -> TDX (5), ``none`` -> default (0), ``pkvm`` ->
   SW_PROTECTED (1, a VM with private memory and no vendor hooks: arm64 pKVM is not modelled, §1.4).
-* guest_memfd flags from :class:`~gmemlab.sim.events.CreateGmem`: MMAP -> SUPPORT_SHARED, private by
+* guest_memfd flags from :class:`~gmemlab.workload.events.CreateGmem`: MMAP -> SUPPORT_SHARED, private by
   default -> INIT_PRIVATE, ``hugetlb`` 2M/1G -> HUGETLB + page-size log; ``buddy_thp`` (pKVM THP blocks)
   is approximated by 2 MiB HugeTLB folios [assumed]; ``buddy`` gives order-0 folios (§0).
 * Arch limits (§5 ``arch_limits.private_max_level``) map onto ``HostConfig``: TDX 2M private mappings
@@ -57,9 +57,9 @@ from ..uapi import (
     GmemFlagsRfc2,
     VmType,
 )
-from .events import CreateGmem, SetMemoryRegion
-from .scenario import Scenario
-from .units import GiB, MiB
+from ..workload.events import CreateGmem, SetMemoryRegion
+from ..workload.scenario import Scenario
+from ..workload.units import GiB, MiB
 
 PROFILE = "rfc-v2"
 VM_TYPES = {"none": VmType.DEFAULT, "snp": VmType.SNP, "tdx": VmType.TDX, "pkvm": VmType.SW_PROTECTED}

@@ -19,9 +19,9 @@ from typing import Any
 
 from rich.table import Table
 
-from .errors import UsageError
-from .sim.costs import CATEGORIES
-from .sim.run import RunResult
+from ..errors import UsageError
+from .costs import CATEGORIES
+from .run import RunResult
 
 LEVELS = ("4K", "2M", "1G")
 
