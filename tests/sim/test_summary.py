@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.arch import generate
-from gmemlab.workload import events as ev
 from gmemlab.sim.summary import derived_counts
+from gmemlab.workload import events as ev
 from gmemlab.workload.scenario import load_scenario
 
 from .test_generators import REDUCED
