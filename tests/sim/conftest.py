@@ -8,12 +8,29 @@ from collections.abc import Sequence
 import pytest
 
 from gmemlab.arch import generate
+from gmemlab.workload import events as ev
 from gmemlab.workload.events import Event
 from gmemlab.workload.scenario import Scenario, load_scenario
 
 
 def events(name: str, sets: Sequence[str] = (), seed: int = 0) -> list[Event]:
     return list(generate(load_scenario(name, sets), seed))
+
+
+def directed(stream: Sequence[Event], cls: type, to_shared: bool) -> list[Event]:
+    """The ``cls`` events (PSC VMGEXITs, exits, MapGPAs) of one direction, which the VMM's next conversion
+    (:class:`GmemConvert`, or :class:`SetAttr` without in-place conversion) tells."""
+    out: list[Event] = []
+    pending: list[Event] = []
+    for e in stream:
+        if isinstance(e, ev.Psc | ev.HcMapGpa | ev.MapGpa):
+            pending.append(e)
+        elif isinstance(e, ev.GmemConvert | ev.SetAttr):
+            shared = e.to_shared if isinstance(e, ev.GmemConvert) else not e.private
+            if shared == to_shared:
+                out += [p for p in pending if isinstance(p, cls)]
+            pending = []
+    return out
 
 
 def by_type(stream: Sequence[Event]) -> Counter[str]:
@@ -32,4 +49,4 @@ def scenario_file(tmp_path):
     return write
 
 
-__all__ = ["Scenario", "by_type", "events"]
+__all__ = ["Scenario", "by_type", "directed", "events"]

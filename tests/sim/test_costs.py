@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.errors import UsageError
-from gmemlab.sim.costs import CATEGORIES, TAGS, CostTable, load_cost_table, memory_overhead_bytes
+from gmemlab.sim.costs import CATEGORIES, DATAPLANE, SOURCES, TAGS, CostTable, load_cost_table
+from gmemlab.sim.timing import compute, new_ledger
 from gmemlab.workload.units import GiB
 
 
@@ -19,46 +20,65 @@ def test_every_section4_row_is_present_with_a_source():
     counters = [c for row in table.rows for c in row.counters]
     assert len(counters) == len(set(counters))
     for row in table.rows:
-        assert row.tag in TAGS and row.category in CATEGORIES and row.unit and row.operation
+        assert row.tag in TAGS and row.category in (*CATEGORIES, DATAPLANE) and row.unit and row.operation
         assert (row.weight is None) == (not row.counters), row.id
+        assert set(row.sources) <= set(SOURCES), row.id
+        if row.tag in ("pub", "measured"):
+            assert row.sources, f"row {row.id} is tagged {row.tag} without a source"
+
+
+def test_derived_rows_say_from_what():
+    """A row tagged derived names its basis; rows 24 and 36 follow the rows they are derived from."""
+    t = CostTable()
+    for row in t.rows:
+        if row.tag == "derived":
+            assert row.basis and (row.sources or row.of), row.id
+    assert t.row("24").tag == t.row("36").tag == "derived"
+    assert t.derived_from(t.row("24")) == ["23"] and t.derived_from(t.row("36")) == ["10"]
+    assert t.cost("24") == pytest.approx(513 * t.cost("23"))
+    scaled = t.scaled({"23": 2.0})
+    assert scaled.cost("24") == pytest.approx(2 * t.cost("24"))  # the derivation follows its input
+    assert not t.is_assumed("24") and not t.is_assumed("36")
+    assert t.is_assumed("9") and t.is_assumed("26")
 
 
 def test_weights_follow_section4():
     t = CostTable()
-    assert t.row("6").weight == 1.5e4 and t.row("6").tag == "pub"
+    assert t.row("6").weight == pytest.approx(46_475_980 / 3000) and t.row("6").tag == "pub"
     assert t.row("12").weight == 0.1 and t.row("26").weight == 20
-    assert t.row("24").weight == pytest.approx(512 * t.row("23").weight)
-    assert t.row("27").cost(vcpus=16) == 2 + 0.5 * 16
-    assert t.row("18").cost(vcpus=16) == 50 + 2 * 16
+    assert t.cost("27", vcpus=16) == 2 + 0.5 * 16
+    assert t.cost("18", vcpus=16) == 50 + 2 * 16
 
 
-def test_modelled_time_by_category():
-    result = CostTable().modelled_time(
-        {"split_1g_4k": 2, "merge_4k_1g": 1, "userspace_exit": 16_384, "psc_vmgexit": 16_384, "tlb_flush_remote": 3,
-         "pvalidate_2m": 32_768, "attr_xarray_pages": 0, "made_up": 5},
-        vcpus=16,
-    )
-    assert set(result.by_category) == set(CATEGORIES)
-    assert result.by_category["split_merge"] == 3 * 1.5e4
-    assert result.by_category["exits"] == 16_384 * (20 + 3)
-    assert result.by_category["tlb"] == 3 * (2 + 0.5 * 16)
-    assert result.by_category["accept"] == pytest.approx(32_768 * 3.4)
-    assert result.by_row["6"] == 3 * 1.5e4
-    assert result.unpriced == ("made_up",)
-    assert result.total_us == pytest.approx(sum(result.by_category.values()))
+def _one(counters, vcpus=16, segment="boot", lane="serial"):
+    ledger = new_ledger()
+    ledger[segment][lane].update(counters)
+    return compute(ledger, {}, CostTable(), vcpus)
+
+
+def test_cpu_time_by_category():
+    t = _one({"split_1g_4k": 2, "merge_4k_1g": 1, "userspace_exit": 16_384, "psc_vmgexit": 16_384,
+              "tlb_flush_remote": 3, "pvalidate_2m": 32_768, "attr_xarray_pages": 0, "made_up": 5})
+    six = CostTable().cost("6")
+    assert set(t.cpu_by_category) == set(CATEGORIES)
+    assert t.cpu_by_category["split_merge"].seconds == pytest.approx(3 * six / 1e6)
+    assert t.cpu_by_category["exits"].seconds == pytest.approx(16_384 * (20 + 3) / 1e6)
+    assert t.cpu_by_category["exits"].assumed_share == 1.0
+    assert t.cpu_by_category["split_merge"].assumed_share == 0.0
+    assert t.cpu_by_category["tlb"].seconds == pytest.approx(3 * (2 + 0.5 * 16) / 1e6)
+    assert t.cpu_by_category["accept"].seconds == pytest.approx(32_768 * 3.4 / 1e6)
+    assert t.cpu_by_row["6"] == pytest.approx(3 * six / 1e6)
+    assert t.unpriced == ("made_up",)
+    assert t.cpu.seconds == pytest.approx(sum(f.seconds for f in t.cpu_by_category.values()))
 
 
 def test_section6_times():
-    t = CostTable()
     pages_64g = 64 * GiB // 4096
     # SET_ATTR(all) with the xarray: >= 1.6 s for 64 GiB, >= 26 s for 1 TiB (row 12)
-    assert t.modelled_time({"attr_xarray_pages": pages_64g}).total_us / 1e6 == pytest.approx(1.68, abs=0.01)
-    assert t.modelled_time({"attr_xarray_pages": 1024 * pages_64g // 64}).total_us / 1e6 >= 26
+    assert _one({"attr_xarray_pages": pages_64g}).cpu.seconds == pytest.approx(1.68, abs=0.01)
+    assert _one({"attr_xarray_pages": 16 * pages_64g}).cpu.seconds >= 26
     # TDX full accept at 4K S-EPT: 16,777,216 x 8 µs ~ 134 s (row 16)
-    assert t.modelled_time({"tdx_accept_4k": pages_64g}).total_us / 1e6 == pytest.approx(134, abs=0.3)
-    # vmemmap growth if all 64 1G folios are split: ~1 GiB (row 6m)
-    assert memory_overhead_bytes({"folios_1g_split": 64}) == 64 * 4095 * 4096
-    assert memory_overhead_bytes({"s2_leaves_4k": 512}) == 4096  # 4 KiB of table per 2 MiB at 4K
+    assert _one({"tdx_accept_4k": pages_64g}).cpu.seconds == pytest.approx(134, abs=0.3)
 
 
 def test_overrides(tmp_path):
@@ -66,8 +86,8 @@ def test_overrides(tmp_path):
     path.write_text('[rows.6]\nweight = 2.2e4\ntag = "measured"\nbasis = "my box"\n[rows.27]\nper_vcpu = 1\n')
     table = load_cost_table(path)
     assert (table.row("6").weight, table.row("6").tag, table.row("6").basis) == (2.2e4, "measured", "my box")
-    assert table.row("27").cost(vcpus=4) == 2 + 4
-    assert table.row("7").weight == 40  # untouched
+    assert table.cost("27", vcpus=4) == 2 + 4
+    assert table.row("7") == CostTable().row("7")  # untouched
     assert str(path) in table.source
 
 

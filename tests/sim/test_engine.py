@@ -8,7 +8,7 @@ import pytest
 
 from gmemlab.errors import UsageError
 from gmemlab.model.policy import POLICIES
-from gmemlab.sim.costs import CostTable
+from gmemlab.sim.costs import CATEGORIES, CostTable
 from gmemlab.sim.engine import Engine
 from gmemlab.sim.run import RunResult, simulate
 from gmemlab.uapi import PAGE_SIZE
@@ -55,15 +55,22 @@ def test_every_builtin_runs_at_reduced_size(name, policy):
     assert j["scenario"] == name and j["policy"] == policy and j["seed"] == 0
     m = j["metrics"]
     assert set(m) == {"splits", "merges", "stage2_bytes", "host_map_bytes", "conversions", "userspace_exits",
-                      "guest_faults", "zaps", "tlb_flushes", "tracking", "vmemmap_bytes", "modelled_time_s"}
+                      "guest_faults", "zaps", "tlb_flushes", "tracking", "vmemmap_bytes", "vmemmap_peak_bytes",
+                      "shared_bytes"}
     assert set(m["splits"]) == set(m["merges"]) == {"1G", "2M"}
     assert set(m["stage2_bytes"]) == set(m["host_map_bytes"]) == {"4K", "2M", "1G"}
     assert set(m["conversions"]) == {"ok", "eagain"}
     assert set(m["tracking"]) == {"ranges", "per_page_entries"}
-    assert set(m["modelled_time_s"]) == set(CostTable().modelled_time({}).by_category)
+    t = j["time"]
+    assert set(t) == {"boot_critical_path", "cpu", "dataplane"}
+    assert set(t["cpu"]["by_category"]) == set(CATEGORIES)
+    assert [s["segment"] for s in t["boot_critical_path"]["segments"]] == ["launch", "firmware", "boot", "smp"]
+    for fig in (t["boot_critical_path"], t["cpu"], *t["cpu"]["by_category"].values()):
+        assert fig["s"] >= 0 and 0 <= fig["assumed_share"] <= 1
     assert sum(m["stage2_bytes"].values()) <= load_scenario(name, reduced(name)).guest_mem
     assert j["series"][0]["label"] == "launch" and j["series"][-1]["label"] == "end"
-    assert result.modelled_total_s >= 0
+    walls = [s["wall_s"] for s in j["series"]]
+    assert walls == sorted(walls)
 
 
 @pytest.mark.parametrize("name", BUILTINS)
@@ -161,10 +168,10 @@ def test_attr_init_xarray_vs_maple_cost():
     xarray = simulate("attr-init-1t", "eager")
     maple = simulate("attr-init-1t", "eager", ["attr_store=maple"])
     assert xarray.counters["attr_xarray_pages"] == (1 << 40) // PAGE_SIZE
-    assert xarray.metrics["modelled_time_s"]["attr_store"] == pytest.approx(26.8435456)
+    assert xarray.times.cpu_by_category["attr_store"].seconds == pytest.approx(26.8435456)
     assert xarray.metrics["tracking"]["per_page_entries"] == (1 << 40) // PAGE_SIZE
     assert maple.counters["attr_maple_calls"] == 1
-    assert maple.metrics["modelled_time_s"]["attr_store"] == pytest.approx(5e-6)
+    assert maple.times.cpu_by_category["attr_store"].seconds == pytest.approx(5e-6)
     assert maple.metrics["tracking"]["per_page_entries"] == 0
 
 
@@ -185,7 +192,7 @@ def test_deferred_splits_no_more_than_eager_for_lazy_accept(seed):
     assert deferred.metrics["splits"]["1G"] <= eager.metrics["splits"]["1G"]
     assert deferred.metrics["vmemmap_bytes"] <= eager.metrics["vmemmap_bytes"]
     time = "split_merge"
-    assert deferred.metrics["modelled_time_s"][time] <= eager.metrics["modelled_time_s"][time]
+    assert deferred.times.cpu_by_category[time].seconds <= eager.times.cpu_by_category[time].seconds
     assert eager.metrics["splits"]["1G"] > 0  # the shared regions do split under eager
 
 
@@ -245,7 +252,7 @@ def test_cost_overrides_change_modelled_time(tmp_path):
     path.write_text('[rows.26]\nweight = 40\ntag = "measured"\n')
     base = run("tdx-boot-64g")
     costly = run("tdx-boot-64g", costs=CostTable().with_overrides(path))
-    assert costly.metrics["modelled_time_s"]["exits"] == pytest.approx(2 * base.metrics["modelled_time_s"]["exits"])
+    assert costly.times.cpu_by_category["exits"].seconds == pytest.approx(2 * base.times.cpu_by_category["exits"].seconds)
 
 
 def test_every_policy_of_the_registry_runs():
@@ -321,4 +328,4 @@ def test_zero_on_convert_charges_zeroing():
     with_zero = simulate("churn-pingpong", "deferred", ["guest_mem=4GiB"])
     without = simulate("churn-pingpong", "deferred", ["guest_mem=4GiB", "zero_on_convert=false"])
     assert with_zero.counters.get("zero_4k", 0) > without.counters.get("zero_4k", 0)
-    assert with_zero.metrics["modelled_time_s"]["zeroing"] > without.metrics["modelled_time_s"]["zeroing"]
+    assert with_zero.times.cpu_by_category["zeroing"].seconds > without.times.cpu_by_category["zeroing"].seconds

@@ -10,7 +10,7 @@ from gmemlab.workload import events as ev
 from gmemlab.workload.units import GiB, MiB
 
 RANGED = [ev.SetAttr, ev.GmemConvert, ev.Falloc, ev.Punch, ev.HostWrite, ev.Populate, ev.Pin, ev.Unpin,
-          ev.GuestFault, ev.HcMapGpa, ev.MemfaultExit, ev.PscRun, ev.Pvalidate, ev.Accept, ev.MapGpa, ev.Share,
+          ev.GuestFault, ev.HcMapGpa, ev.PscRun, ev.Pvalidate, ev.Accept, ev.MapGpa, ev.Share,
           ev.Unshare, ev.MmioGuardMap]
 
 
@@ -26,7 +26,7 @@ def test_a_4mib_accept_is_one_event_with_counts():
     assert (accept.pages, accept.gfn_start, accept.gfn_end) == (1024, 0, 1024)
     share = ev.Share(0, 64 * MiB)
     assert share.hypercalls == 16384
-    psc = ev.Psc(False, (ev.PscRun(0, 4 * MiB, 2 * MiB),))
+    psc = ev.Psc((ev.PscRun(0, 4 * MiB, 2 * MiB),))
     assert psc.entries == 2
     assert ev.HostWrite(0, GiB, stride=200 * 1024).touched_pages == 5243
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -32,7 +32,7 @@ def test_run_prints_metrics_time_and_cost_rows():
     assert result.exit_code == 0, result.output
     out = result.output
     assert "policy deferred" in out and "splits 1G" in out and "stage-2 mapped at 2M" in out
-    assert "Modelled time" in out and "accept" in out
+    assert "Modelled time" in out and "accept" in out and "boot critical path" in out and "assumed" in out
     assert "Cost rows used" in out and "PVALIDATE" in out and "derived" in out  # weight with its tag
 
 
@@ -40,12 +40,12 @@ def test_run_json_shape():
     result = invoke("run", "tdx-boot-64g", "--json", "--seed", "3", *SMALL)
     assert result.exit_code == 0, result.output
     j = json.loads(result.output)
-    assert {"scenario", "policy", "seed", "params", "metrics"} <= set(j)
+    assert {"scenario", "title", "overrides", "policy", "seed", "params", "metrics", "time"} <= set(j)
     assert j["scenario"] == "tdx-boot-64g" and j["policy"] == "eager" and j["seed"] == 3
+    assert j["overrides"] == SMALL[1::2] and j["title"] == f"tdx-boot-64g ({', '.join(SMALL[1::2])})"
     assert j["params"]["guest_mem"] == 1 << 30
-    m = j["metrics"]
-    assert set(m["modelled_time_s"]) >= {"accept", "exits", "split_merge"}
-    assert m["userspace_exits"] > 0
+    assert set(j["time"]["cpu"]["by_category"]) >= {"accept", "exits", "split_merge"}
+    assert j["metrics"]["userspace_exits"] > 0
 
 
 def test_compare_side_by_side_and_json_list():

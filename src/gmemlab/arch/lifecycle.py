@@ -10,9 +10,12 @@ Order (§1.2 is the template; other arches skip what they lack):
 * launch: CREATE_GMEM, bind the memslot, SET_ATTR(all, private) if the VMM does (QEMU does for CoCo),
   FALLOC if preallocating, the payload (kvm_gmem_populate, mmap in place, or plain VMM writes), launch
   finish.
-* boot: arch boot start (pKVM donation of the payload), firmware/early acceptance, guest first touches,
-  shared regions in file order (each allocation accepts its own chunks first, like memblock does), then
-  lazy acceptance up to ``accepted_at_boot_end`` (eager: everything).
+* firmware (boot vCPU): arch boot start (pKVM donation of the payload), the firmware's acceptance
+  (``early_accepted``);
+* boot (boot vCPU, kernel before SMP): the pre-watermark acceptance storm (dstack #1220), shared regions in
+  file order (each allocation accepts its own chunks first, like memblock does);
+* smp (every vCPU): guest first touches, then lazy acceptance up to ``accepted_at_boot_end`` (eager:
+  everything) [assumed: accepted by allocations spread over the vCPUs].
 * runtime: host access to the shared pool and pins, then one :class:`Tick` per simulated second with that
   second's share of lazy acceptance, runtime conversions and scattered host writes.
 * teardown: unpin, then punch the whole file (close + truncate, §1.1 step 6).
@@ -24,7 +27,7 @@ import random
 from collections.abc import Iterator
 
 from ..errors import UsageError
-from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
+from ..uapi import PAGE_SIZE, PMD_SIZE
 from ..workload.events import (
     CreateGmem,
     Event,
@@ -150,16 +153,22 @@ class Lifecycle:
             yield GmemConvert(0, self.sc.guest_mem, to_shared=False)
 
     def boot(self) -> Iterator[Event]:
-        sc = self.sc
-        yield PhaseMark(Phase.BOOT)
+        """Firmware and the kernel's early boot run on the boot vCPU alone; then every vCPU is up (SMP)."""
+        sc, plan = self.sc, self.plan
+        yield PhaseMark(Phase.FIRMWARE)
         yield from self.guest.boot_start(self.payload)
-        yield from self._accept(self.acceptance.advance(self.plan.early))
-        touched = align_down(int(sc.guest_touch.fraction_of_mem * sc.guest_mem), PMD_SIZE)
-        if touched:
-            yield GuestFault(0, touched, private=self.guest.private_memory, level=PUD_SIZE)
+        yield from self._accept(self.acceptance.advance(plan.early))
+        yield PhaseMark(Phase.BOOT)
+        # Before init_per_zone_wmark_min() the watermarks are zero and every allocation accepts a chunk:
+        # the boot vCPU accepts this much alone (dstack #1220).
+        yield from self._accept(self.acceptance.advance(plan.early + plan.storm))
         for region in sc.shared_regions:
             yield from self.shared_region(region)
-        yield from self._accept(self.acceptance.advance(self.plan.boot))
+        yield PhaseMark(Phase.SMP)
+        touched = align_down(int(sc.guest_touch.fraction_of_mem * sc.guest_mem), PMD_SIZE)
+        if touched:
+            yield GuestFault(0, touched)
+        yield from self._accept(self.acceptance.advance(plan.boot))
 
     def shared_region(self, region: SharedRegion) -> Iterator[Event]:
         """Place each instance, accept its chunks (the allocation), convert it to shared (§1.2-§1.4)."""

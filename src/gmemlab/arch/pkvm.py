@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from ..uapi import PAGE_SIZE, PUD_SIZE
+from ..uapi import PAGE_SIZE
 from ..workload.events import Event, GmemConvert, GuestFault, MmioGuardMap, Share, Unshare
 from ..workload.scenario import SharedRegion
 from .base import GuestArch
@@ -29,7 +29,7 @@ class PkvmGuest(GuestArch):
 
     def boot_start(self, payload: Iterable[tuple[int, int]]) -> Iterator[Event]:
         for start, end in payload:
-            yield GuestFault(start, end, private=True, level=PUD_SIZE)
+            yield GuestFault(start, end)
 
     def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
         yield Share(start, end, self._granule(region))

@@ -64,7 +64,7 @@ class SnpGuest(GuestArch):
 
     def _exits(self, runs: tuple[PscRun, ...], to_shared: bool) -> Iterator[Event]:
         for run in runs:
-            yield HcMapGpa(run.start, run.end, to_shared, run.page_size)
+            yield HcMapGpa(run.start, run.end)
             yield from self.vmm.convert(run.start, run.end, to_shared)
 
     def _change(self, start: int, end: int, to_shared: bool, msr: bool = False) -> Iterator[Event]:
@@ -75,7 +75,7 @@ class SnpGuest(GuestArch):
         for runs in descriptors:
             if to_shared:
                 yield from self._pvalidate(runs, validate=False)
-            yield Psc(to_shared, runs, msr)
+            yield Psc(runs)
             yield from self._exits(runs, to_shared)
             if not to_shared:
                 yield from self._pvalidate(runs, validate=True)

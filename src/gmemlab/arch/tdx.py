@@ -27,10 +27,10 @@ class TdxGuest(GuestArch):
         yield LaunchFinish(vmsa_pages=0)  # TDH.MR.FINALIZE; TDVPR pages are not guest_memfd
 
     def _map_gpa(self, start: int, end: int, to_shared: bool) -> Iterator[Event]:
-        yield MapGpa(start, end, to_shared)
+        yield MapGpa(start, end)
         step = self.sc.arch_limits.map_gpa_chunk
         for piece in range(start, end, step):
-            yield HcMapGpa(piece, min(piece + step, end), to_shared)
+            yield HcMapGpa(piece, min(piece + step, end))
             yield from self.vmm.convert(piece, min(piece + step, end), to_shared)
 
     def accept(self, start: int, end: int) -> Iterator[Event]:

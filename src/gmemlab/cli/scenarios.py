@@ -20,17 +20,20 @@ from ..arch import generate
 from ..sim.summary import derived_counts
 from ..workload.events import format_event
 from ..workload.scenario import Scenario, builtin_names, load_scenario
+from ..workload.schema import Portion
 from ..workload.units import format_level, format_size
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
-_SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "early_accepted", "accepted_at_boot_end",
-              "accepted_eventually", "align", "granule", "map_gpa_chunk"}
+_SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "map_gpa_chunk"}
 _LEVEL_KEYS = {"page", "psc_entry_size", "pvalidate_size", "private_max_level", "wants_mapping"}
 
 
 def _format(key: str, value: object) -> str:
+    if isinstance(value, Portion):
+        j = value.as_json()
+        return j if isinstance(j, str) else f"{j:g} of guest_mem" if isinstance(j, float) else format_size(j)
     if value is None:
-        return "auto" if key in ("size", "accepted_eventually") else "-"
+        return "auto" if key == "size" else "-"
     if isinstance(value, bool):
         return str(value).lower()
     if key in _SIZE_KEYS and isinstance(value, int):
@@ -52,7 +55,9 @@ def flatten(obj: object, prefix: str = "") -> list[tuple[str, str]]:
             continue
         value = getattr(obj, fld.name)
         key = f"{prefix}{fld.name}"
-        if dataclasses.is_dataclass(value):
+        if isinstance(value, Portion):
+            rows.append((key, _format(fld.name, value)))
+        elif dataclasses.is_dataclass(value):
             rows.extend(flatten(value, key + "."))
         elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
             for i, item in enumerate(value):
@@ -101,7 +106,7 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
     for i, event in enumerate(generate(sc, seed)):
         name = type(event).__name__
         by_type[name] += 1
-        exits += name in ("HcMapGpa", "MemfaultExit")
+        exits += name == "HcMapGpa"
         if i < limit:
             console.print(f"{i:>6}  {format_event(event)}", highlight=False, markup=False)
     table = Table(title=f"{sc.name}: events by type (seed {seed})")

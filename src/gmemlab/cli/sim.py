@@ -24,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UsageError
 from ..model.policy import POLICIES
-from ..sim import report
+from ..sim import plot, report
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..workload.scenario import load_scenario
@@ -39,12 +39,12 @@ def _costs(path: str | None) -> CostTable | None:
 
 
 def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: int, costs_file: str | None,
-             plot: str | None, show_progress: bool) -> list[RunResult]:
+             plot_path: str | None, show_progress: bool) -> list[RunResult]:
     """Validate everything first (one-line errors before any work), then run each policy."""
     for name in policies:
         check_policy(name)
-    if plot:
-        report.check_plot_path(plot)
+    if plot_path:
+        plot.check_plot_path(plot_path)
     costs = _costs(costs_file)
     sc = load_scenario(scenario, sets)
     policies = list(policies) or [sc.policy]
@@ -62,7 +62,7 @@ def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: 
             def tick(n: int, base: int = done) -> None:
                 progress.update(task, completed=base + n, events=f"{n:,}")
 
-            result = run_scenario(sc, name, seed, costs, progress=tick)
+            result = run_scenario(sc, name, seed, costs, progress=tick, overrides=sets)
             results.append(result)
             done += sum(result.events.values())
             if i == 0:
@@ -71,9 +71,9 @@ def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: 
     return results
 
 
-def _print(results: list[RunResult], as_json: bool, plot: str | None, listed: bool) -> None:
-    if plot:
-        report.write_plot(results, plot)
+def _print(results: list[RunResult], as_json: bool, plot_path: str | None, listed: bool) -> None:
+    if plot_path:
+        plot.write_plot(results, plot_path)
     if as_json:
         payload = [r.as_json() for r in results] if listed else results[0].as_json()
         typer.echo(json.dumps(payload, indent=2))
@@ -85,11 +85,11 @@ def _print(results: list[RunResult], as_json: bool, plot: str | None, listed: bo
     console.print(report.time_table(results))
     if len(results) == 1:
         console.print(report.cost_rows_table(results[0]))
-    unpriced = sorted({name for r in results for name in r.modelled.unpriced})
+    unpriced = sorted({name for r in results for name in r.times.unpriced})
     if unpriced:
-        console.print(f"unpriced counters (reported, no cost row): {', '.join(unpriced)}", highlight=False)
-    if plot:
-        console.print(f"plot written to {plot}", highlight=False)
+        console.print(f"counted, no cost row: {', '.join(unpriced)}", highlight=False)
+    if plot_path:
+        console.print(f"plot written to {plot_path}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -101,11 +101,11 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the generator's random choices."),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
-        plot: str | None = typer.Option(None, "--plot", help="Write a PNG of the run to this file."),
+        plot_path: str | None = typer.Option(None, "--plot", help="Write a PNG of the run to this file."),
     ) -> None:
         """Simulate a scenario under one policy: metrics, modelled time by category, cost rows."""
-        results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot, show_progress=True)
-        _print(results, as_json, plot, listed=False)
+        results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot_path, show_progress=True)
+        _print(results, as_json, plot_path, listed=False)
 
     @app.command("compare")
     def compare_cmd(
@@ -115,11 +115,11 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the generator's random choices."),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
-        plot: str | None = typer.Option(None, "--plot", help="Write a PNG comparing the policies."),
+        plot_path: str | None = typer.Option(None, "--plot", help="Write a PNG comparing the policies."),
     ) -> None:
         """Simulate a scenario under several policies and show them side by side."""
         policies = list(policy) or [p for p in ("eager", "deferred") if p in POLICIES]
         if len(set(policies)) != len(policies):
             raise UsageError(f"--policy: given more than once: {', '.join(policies)}")
-        results = _run_all(scenario, policies, set_, seed, costs, plot, show_progress=True)
-        _print(results, as_json, plot, listed=True)
+        results = _run_all(scenario, policies, set_, seed, costs, plot_path, show_progress=True)
+        _print(results, as_json, plot_path, listed=True)

@@ -1,17 +1,20 @@
-"""The cost model of workloads.md §4 as one table of weights, and counters -> modelled time.
+"""The cost model of workloads.md §4 as one table of weights, with the source behind every weight.
 
 Each :class:`CostRow` keeps the row id of §4 (``"6"``, ``"6m"``; §4.1 rows are ``"41-4k"`` etc.; rows this
 lab adds carry a letter, e.g. ``"19a"``), the estimate as published, a weight in **W = 1 µs** (the cost of a
-4K stage-2 map on a TDP fault, §4), the source tag and its citation, the category it is reported under, and
-the counters it prices. The engine's counters (DESIGN.md principle 7) are plain ``{name: count}``;
-:meth:`CostTable.modelled_time` multiplies them out. Counters no row prices are reported, never dropped.
+4K stage-2 map on a TDP fault, §4), the tag (``src``, ``pub``, ``derived``, ``measured``, ``assumed``), the
+basis, the sources it rests on (ids of :data:`SOURCES`, so a calibration check can tell whether a weight is
+independent of the figure it is checked against), the category it is reported under and the counters it
+prices.
 
-Counter contract (what the engine counts, one per event of that kind):
+A ``derived`` row says from what: ``of = ("23", 513)`` makes its weight 513 x row 23's, so changing row 23
+(an override, the sensitivity analysis) changes it too, and it counts as ``assumed`` in the provenance
+shares when the row it is derived from is (:meth:`CostTable.is_assumed`).
 
-* a PVALIDATE at 2M that meets a 4K RMP entry counts once in ``pvalidate_2m_fallback`` (row 24 prices the
-  failed attempt plus the 512 x 4K retries); its 4K retries are *not* also counted in ``pvalidate_4k``;
-* ``tdx_mr_extend`` counts SEAMCALLs (16 per measured 4K page), ``*_hvc`` count hypercalls;
-* split and merge of the same size share a row (row 8: "same order as the split").
+Two kinds of rows: ``cpu`` rows price work some CPU does (host CPU time by category, and the boot critical
+path, :mod:`gmemlab.sim.timing`); the §4.1 ``dataplane`` rows price translation overhead per unit of guest
+work and never add into CPU time. Rows with ``weight = None`` are informational (calibration targets or
+memory), priced by nothing.
 
 Weights can be overridden from a TOML file (``[rows.<id>]`` tables with ``weight``, ``per_vcpu``, ``tag``,
 ``basis``), validated like scenario files.
@@ -31,7 +34,24 @@ CATEGORIES = (
     "alloc", "zeroing", "split_merge", "conversion", "attr_store", "faults", "accept", "populate",
     "exits", "hypercalls", "tlb", "direct_map",
 )
-PAGE = 4096
+DATAPLANE = "translation"  # the §4.1 rows' category: overhead per second of guest work, not CPU time
+CYCLES_PER_US = 3000  # §4: "convert at 3 GHz [assumed] unless the source gives time"
+
+# Where numbers come from (workloads.md §4, linux-7.md §4). A weight and a calibration check that name the
+# same source id are not independent (gmemlab validate says so).
+SOURCES: dict[str, str] = {
+    "roth-16g": "Michael Roth <20250712001055.3in2lnjz6zljydq2@amd.com>, 16 GB SNP guest, 1G/2M HugeTLB",
+    "merwick-lockup": "Liam Merwick <20250609091121.2497429-2-liam.merwick@oracle.com>, >=1 TiB SNP soft lockup",
+    "dstack-1220": "Dstack-TEE/dstack PR #1220 (TDX lazy accept, 248 vCPUs)",
+    "asterinas-1691": "asterinas PR #1691 (TDX eager accept of 8 GB)",
+    "openhcl-50": "microsoft/openvmm (OpenHCL) PR #50 (64 GiB, 64 VPs, 4K vs 2M PVALIDATE)",
+    "edk2-12774": "Tom Lendacky, tianocore/edk2 PR #12774 (2M PVALIDATE falls back to 512 x 4K)",
+    "cloud-vm": "memset microbenchmark on a 2-vCPU cloud VM (workloads.md §4 rows 3-5)",
+    "ackerley-xarray": "Ackerley Tng <diqz8qfh69uq.fsf@google.com> (xarray nodes per 1G split)",
+    "chv-8501": "cloud-hypervisor PR 8501 (SNP + VFIO pinned memory)",
+    "yan-v3": "Yan Zhao <20260106101646.24809-1-yan.y.zhao@intel.com> (TDX huge pages v3 cover)",
+    "kernel": "kernel source (sev.c, tdx.c, guest_memfd.c, xarray.h; commits in workloads.md)",
+}
 
 
 @dataclass(frozen=True)
@@ -48,18 +68,21 @@ class CostRow:
     basis: str
     counters: tuple[str, ...] = ()
     per_vcpu: float = 0.0
+    sources: tuple[str, ...] = ()
+    of: tuple[str, float] | None = None  # derived: weight = factor x that row's weight (and per_vcpu)
 
-    def cost(self, vcpus: int) -> float:
-        """Weight in W (µs) for one counted event with ``vcpus`` vCPUs."""
-        return (self.weight or 0.0) + self.per_vcpu * vcpus
+    @property
+    def kind(self) -> str:
+        return "dataplane" if self.category == DATAPLANE else "cpu"
 
 
 def _row(id_: str, operation: str, estimate: str, weight: float | None, unit: str, category: str, tag: str,
-         basis: str, *counters: str, per_vcpu: float = 0.0) -> CostRow:
-    return CostRow(id_, operation, estimate, weight, unit, category, tag, basis, counters, per_vcpu)
+         basis: str, *counters: str, per_vcpu: float = 0.0, sources: tuple[str, ...] = (),
+         of: tuple[str, float] | None = None) -> CostRow:
+    return CostRow(id_, operation, estimate, weight, unit, category, tag, basis, counters, per_vcpu, sources, of)
 
 
-MICHAEL = "Michael Roth <20250712001055.3in2lnjz6zljydq2@amd.com>, 16 GB SNP guest"
+MICHAEL = "Michael Roth, 16 GB SNP guest"
 
 DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("1", "Allocate order-0 folio (buddy)", "~0.2-0.5 µs", 0.3, "per folio", "alloc", "assumed", "",
@@ -67,36 +90,40 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("2", "Allocate HugeTLB folio from the reserved pool (2M or 1G, no zeroing)", "~1-5 µs", 2, "per folio",
          "alloc", "assumed", "list dequeue + accounting; subpool pre-reserved (§3.1)", "folio_alloc_huge"),
     _row("3", "Zero 4 KiB", "0.26 µs", 0.3, "per 4K", "zeroing", "measured",
-         "memset per 4K page, warm cache, 2-vCPU cloud VM", "zero_4k"),
-    _row("4", "Zero 2 MiB", "~140 µs (~15 GB/s cached stores)", 140, "per 2M", "zeroing", "measured",
-         "2-vCPU cloud VM", "zero_2m"),
-    _row("5", "Zero 1 GiB", "22 ms (non-temporal) to ~70 ms (cached)", 7e4, "per 1G", "zeroing", "measured",
-         "2-vCPU cloud VM; cached-store end taken, consistent with row 4 x 512", "zero_1g"),
+         "memset per 4K page, warm cache, 2-vCPU cloud VM", "zero_4k", sources=("cloud-vm",)),
+    _row("4", "Zero 2 MiB (a whole 2M folio on its first guest fault, §3.7)", "~140 µs (~15 GB/s cached stores)",
+         140, "per 2M", "zeroing", "measured", "2-vCPU cloud VM", "zero_2m", sources=("cloud-vm",)),
+    _row("5", "Zero 1 GiB (a whole 1G folio on its first guest fault, §3.7)",
+         "22 ms (non-temporal) to ~70 ms (cached)", 7e4, "per 1G", "zeroing", "measured",
+         "2-vCPU cloud VM; the cached-store end, consistent with row 4 x 512", "zero_1g", sources=("cloud-vm",)),
     _row("6", "Split or merge 1G<->4K (HugeTLB + HVO restore + 262,144 filemap entries)",
-         "46,475,980 cyc (~15 ms)", 1.5e4, "per split or merge", "split_merge", "pub",
-         f"{MICHAEL}: 46475980 cycles vs 320 for a normal conversion", "split_1g_4k", "merge_4k_1g"),
+         "46,475,980 cyc (~15 ms)", 46_475_980 / CYCLES_PER_US, "per split or merge", "split_merge", "pub",
+         f"{MICHAEL}: 46475980 cycles vs 320 for a normal conversion; at 3 GHz [assumed]",
+         "split_1g_4k", "merge_4k_1g", sources=("roth-16g",)),
     _row("6m", "Extra memory when a 1G folio is split (HVO undone)", "+4,095 pages = 16 MiB vmemmap", None,
-         "pages per split 1G", "split_merge", "derived", "262,144 struct pages x 64 B; HVO keeps 1 page"),
-    _row("7", "Split or merge 2M<->4K (HugeTLB)", "~1e5 cyc (~37 µs)", 40, "per split or merge", "split_merge",
-         "derived", f"{MICHAEL}: ~100x an average conversion operation", "split_2m_4k", "merge_4k_2m"),
+         "pages per split 1G", "split_merge", "derived", "262,144 struct pages x 64 B; HVO keeps 1 page",
+         sources=("kernel",)),
+    _row("7", "Split or merge 2M<->4K (HugeTLB)", "~1e5 cyc (~37 µs)", 1.1e5 / CYCLES_PER_US, "per split or merge",
+         "split_merge", "derived", f"{MICHAEL}: ~100x an average conversion operation (~1.1e3 cyc, row 10), "
+         "at 3 GHz [assumed]", "split_2m_4k", "merge_4k_2m", sources=("roth-16g",)),
     _row("7m", "Extra memory when a 2M folio is split", "+7 pages = 28 KiB", None, "pages per split 2M",
-         "split_merge", "derived", "512 x 64 B = 8 pages; HVO keeps 1"),
+         "split_merge", "derived", "512 x 64 B = 8 pages; HVO keeps 1", sources=("kernel",)),
     _row("8", "Merge 4K->2M / 4K->1G", "same order as the split", None, "per merge", "split_merge", "pub",
-         f"{MICHAEL}; priced by rows 6 and 7"),
+         f"{MICHAEL}; priced by rows 6 and 7", sources=("roth-16g",)),
     _row("9", "Split 1G->2M (proposed, not implemented)", "2M split + 512 filemap entries", 60, "per split",
          "split_merge", "assumed", "cover letter <cover.1747264138.git.ackerleytng@google.com> future work; "
-         "merge 2M->1G priced the same",
-         "split_1g_2m", "merge_2m_1g"),
+         "merge 2M->1G priced the same", "split_1g_2m", "merge_2m_1g"),
     _row("10", "Conversion bookkeeping per work item (maple-tree store, refcount scan)",
          "~320 cyc (1G sample) to ~1.1e3 cyc (2M sample)", 0.25, "per work item", "conversion", "derived",
-         f"{MICHAEL}: ratios", "conversion_work_items"),
+         f"{MICHAEL}: 320 cyc (1G) and 46475980/320 vs ~100x (2M) => 320-1.1e3 cyc, midpoint at 3 GHz [assumed]",
+         "conversion_work_items", sources=("roth-16g",)),
     _row("11", "Whole conversion handling, 16 GB SNP boot (calibration target)",
          "1,043,938,460 cyc (~0.35 s), split/merge ~7%", None, "total", "conversion", "pub",
-         f"{MICHAEL}: kvm_gmem_convert_execute_work()"),
+         f"{MICHAEL}: kvm_gmem_convert_execute_work(); checked by gmemlab validate", sources=("roth-16g",)),
     _row("12", "SET_ATTR with the xarray, per 4K page", ">= ~100 ns/page (reserve + store passes)", 0.1,
          "per 4K page", "attr_store", "derived",
-         "Liam Merwick <20250609091121.2497429-2-liam.merwick@oracle.com>: >=26 s soft lockup at >=1 TiB",
-         "attr_xarray_pages"),
+         "Liam Merwick: >=26 s soft lockup at >=1 TiB => >= 26 s / 2.7e8 pages", "attr_xarray_pages",
+         sources=("merwick-lockup",)),
     _row("13", "SET_ATTR with a maple tree (range store)", "~1-10 µs per call", 5, "per call", "attr_store",
          "assumed", "O(log n) range store", "attr_maple_calls"),
     _row("14", "Stage-2 map on a fault, 4K", "~1 µs", 1, "per fault", "faults", "assumed", "baseline W",
@@ -106,14 +133,16 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("16", "TDX private 4K fault: EPT violation + TDH.MEM.PAGE.AUG + guest ACCEPT",
          "8 µs; 153 µs under tick/HLT-exit pressure at 248 vCPUs", 8, "per accept", "accept", "pub",
          "Dstack-TEE/dstack PR #1220; a successful 2M accept (RFC) is priced as one [assumed]",
-         "tdx_accept_4k", "tdx_accept_2m"),
+         "tdx_accept_4k", "tdx_accept_2m", sources=("dstack-1220",)),
     _row("17", "TDX accept, 4K-granular, eager in firmware", "8 GiB in ~30 s => ~14 µs per 4K", 14, "per 4K",
-         "accept", "pub", "asterinas PR #1691; per-page figure derived", "tdx_accept_4k_eager"),
+         "accept", "derived", "asterinas PR #1691: 30 s / 2,097,152 pages", "tdx_accept_4k_eager",
+         sources=("asterinas-1691",)),
     _row("18", "TDX 2M split (BLOCK + TRACK + kick vCPUs + DEMOTE [+ PAMT.ADD])",
          "exclusive mmu_lock + IPI to all vCPUs", 50, "per demote", "split_merge", "assumed",
          "mechanism: Yan Zhao <20250807093950.4395-1-yan.y.zhao@intel.com>", "tdx_demote", per_vcpu=2),
     _row("19", "TDX TDH.MR.EXTEND (16 per measured 4K page, 256 B each)", "per SEAMCALL", 0.5, "per SEAMCALL",
-         "populate", "src", "TDX_EXTENDMR_CHUNKSIZE = 256; per-call cost [assumed]", "tdx_mr_extend"),
+         "populate", "assumed", "count: TDX_EXTENDMR_CHUNKSIZE = 256 [src]; per-call cost assumed",
+         "tdx_mr_extend"),
     _row("19a", "TDX TDH.MEM.PAGE.ADD per 4K (not in workloads.md §4)", "~1 µs", 1, "per 4K", "populate",
          "assumed", "tdx_gmem_post_populate, 4K only [src]", "tdx_page_add"),
     _row("20", "SNP LAUNCH_UPDATE per 4K (RMPUPDATE + PSP command)", "PSP command: ~tens of µs", 30, "per 4K",
@@ -124,11 +153,12 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
          "per psmash", "accept", "assumed", "sev_handle_rmp_fault [src]; the flush is row 27", "psmash"),
     _row("23", "PVALIDATE (guest) incl. fault handling, per instruction",
          "~3.4 µs per 4K page", 3.4, "per instruction", "accept", "derived",
-         "OpenHCL PR #50: 64 GiB, 64 VPs ~57 s at 4K vs <1 s at 2M; a 2M PVALIDATE priced as one [assumed]",
-         "pvalidate_4k", "pvalidate_2m"),
-    _row("24", "PVALIDATE at 2M that hits a 4K RMP: 1 failed + 512 x 4K", "512 x row 23", 512 * 3.4,
-         "per fallback", "accept", "src", "pval_pages fallback; T. Lendacky tianocore/edk2 PR #12774",
-         "pvalidate_2m_fallback"),
+         "OpenHCL PR #50: 64 GiB ~57 s at 4K => 57 s / 16.8M pages (Hyper-V, not KVM); "
+         "a 2M PVALIDATE priced as one [assumed]", "pvalidate_4k", "pvalidate_2m", sources=("openhcl-50",)),
+    _row("24", "PVALIDATE at 2M that hits a 4K RMP: 1 failed + 512 x 4K", "513 x row 23", 513 * 3.4,
+         "per fallback", "accept", "derived", "from row 23: the failed 2M attempt plus 512 x 4K "
+         "(pval_pages fallback [src]; T. Lendacky tianocore/edk2 PR #12774)", "pvalidate_2m_fallback",
+         sources=("edk2-12774",), of=("23", 513)),
     _row("25", "SNP PSC VMGEXIT (guest -> KVM), per descriptor of <=64 entries", "~2-5 µs", 3, "per VMGEXIT",
          "exits", "assumed", "batching [src snp_begin_psc]", "psc_vmgexit"),
     _row("26", "Userspace exit round trip (KVM_EXIT_HYPERCALL / MEMORY_FAULT -> VMM -> KVM_RUN)",
@@ -150,23 +180,22 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("33", "Direct-map removal (NO_DIRECT_MAP) per folio", "4K: a few µs; once per unsplit huge folio", 3,
          "per folio", "direct_map", "assumed", "semantics: Patrick Roy's series", "direct_map_remove"),
     _row("34", "kvm_gmem_populate source GUP per 4K", "~0.3 µs", 0.3, "per 4K", "populate", "assumed",
-         "one get_user_pages_fast per page [src]", "populate_gup_4k"),
+         "one get_user_pages_fast per page [src]; none for SNP ZERO pages (src = NULL)", "populate_gup_4k"),
     _row("35", "Refcount spin during restructuring (transient refs)", "usually 0; rare small delay", 1,
-         "per spin", "conversion", "assumed", "WARN_ONCE loop [src]", "refcount_spin"),
+         "per spin", "conversion", "assumed", "WARN_ONCE loop [src]; counted when a split or merge meets a "
+         "short-term GUP pin (host_access.pins.longterm = false)", "refcount_spin"),
     _row("36", "-EAGAIN conversion failure (pinned folio)", "cost of row 10 + retry policy (userspace)", 0.25,
-         "per failure", "conversion", "src", "kvm_gmem_has_safe_refcount", "conversion_eagain"),
-    _row("41-4k", "Translation overhead per guest access unit on a 4K leaf", "miss_rate 0.10", 0.1,
-         "per access unit", "tlb", "assumed", "§4.1: base x miss_rate, base = 1 W", "guest_access_4k"),
-    _row("41-2m", "Translation overhead per guest access unit on a 2M leaf", "miss_rate 0.02", 0.02,
-         "per access unit", "tlb", "assumed", "§4.1", "guest_access_2m"),
-    _row("41-1g", "Translation overhead per guest access unit on a 1G leaf", "miss_rate 0.005", 0.005,
-         "per access unit", "tlb", "assumed", "§4.1", "guest_access_1g"),
-    _row("41m", "EPT/NPT page-table memory per 4K leaf", "8 bytes", None, "bytes per 4K leaf", "tlb",
-         "derived", "4 KiB of table per 2 MiB mapped at 4K (§4.1)"),
+         "per failure", "conversion", "derived", "from row 10: the work done until kvm_gmem_has_safe_refcount "
+         "fails [src]; no retry modelled", "conversion_eagain", of=("10", 1)),
+    _row("41-4k", "Translation overhead per unit of guest work on 4K leaves", "miss_rate 0.10", 0.1,
+         "per unit of guest work", DATAPLANE, "assumed", "§4.1: base x miss_rate, base = 1", "guest_access_4k"),
+    _row("41-2m", "Translation overhead per unit of guest work on 2M leaves", "miss_rate 0.02", 0.02,
+         "per unit of guest work", DATAPLANE, "assumed", "§4.1", "guest_access_2m"),
+    _row("41-1g", "Translation overhead per unit of guest work on 1G leaves", "miss_rate 0.005", 0.005,
+         "per unit of guest work", DATAPLANE, "assumed", "§4.1", "guest_access_1g"),
+    _row("41m", "EPT/NPT page-table memory per 4K leaf", "8 bytes", None, "bytes per 4K leaf", DATAPLANE,
+         "derived", "4 KiB of table per 2 MiB mapped at 4K (§4.1)", sources=("kernel",)),
 )
-
-VMEMMAP_PAGES = {"folios_1g_split": 4095, "folios_2m_split": 7}  # rows 6m, 7m
-PTE_BYTES = 8  # row 41m
 
 
 @dataclass(frozen=True)
@@ -184,49 +213,65 @@ class CostOverrides:
 
 
 @dataclass(frozen=True)
-class ModelledTime:
-    """Modelled time in µs by category and by row, and the counters nothing priced."""
-
-    by_category: dict[str, float] = field(default_factory=dict)
-    by_row: dict[str, float] = field(default_factory=dict)
-    unpriced: tuple[str, ...] = ()
-
-    @property
-    def total_us(self) -> float:
-        return sum(self.by_category.values())
-
-
-@dataclass(frozen=True)
 class CostTable:
+    """The rows, with derived weights resolved (:meth:`cost`)."""
+
     rows: tuple[CostRow, ...] = DEFAULT_ROWS
     source: str = "workloads.md §4"
+    _by_id: dict[str, CostRow] = field(init=False, repr=False, compare=False)
+    _pricing: dict[str, CostRow] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {row.id: row for row in self.rows})
+        object.__setattr__(self, "_pricing", {c: row for row in self.rows for c in row.counters})
 
     def row(self, row_id: str) -> CostRow:
-        for row in self.rows:
-            if row.id == row_id:
-                return row
-        raise KeyError(row_id)
+        return self._by_id[row_id]
 
     def pricing(self) -> dict[str, CostRow]:
         """Counter name -> the row that prices it."""
-        return {counter: row for row in self.rows for counter in row.counters}
+        return self._pricing
 
-    def modelled_time(self, counters: Mapping[str, int | float], vcpus: int = 1) -> ModelledTime:
-        """Counters -> µs by category (every category present, zero if unused) and by row."""
-        pricing = self.pricing()
-        by_category = dict.fromkeys(CATEGORIES, 0.0)
-        by_row: dict[str, float] = {}
-        unpriced = []
-        for name, count in counters.items():
-            row = pricing.get(name)
-            if row is None:
-                if count and name not in VMEMMAP_PAGES and name != "s2_leaves_4k":
-                    unpriced.append(name)
-                continue
-            time = row.cost(vcpus) * count
-            by_category[row.category] += time
-            by_row[row.id] = by_row.get(row.id, 0.0) + time
-        return ModelledTime(by_category, by_row, tuple(sorted(unpriced)))
+    def weights(self, row: CostRow) -> tuple[float, float]:
+        """(weight, per_vcpu) in µs, following ``of`` for derived rows."""
+        if row.of is not None:
+            base, factor = row.of
+            w, p = self.weights(self._by_id[base])
+            return w * factor, p * factor
+        return row.weight or 0.0, row.per_vcpu
+
+    def cost(self, row: CostRow | str, vcpus: int = 1) -> float:
+        """µs for one counted event of ``row`` with ``vcpus`` vCPUs."""
+        if isinstance(row, str):
+            row = self._by_id[row]
+        w, p = self.weights(row)
+        return w + p * vcpus
+
+    def is_assumed(self, row: CostRow | str) -> bool:
+        """Whether the row's weight rests on an assumption: tagged ``assumed``, or derived from such a row."""
+        if isinstance(row, str):
+            row = self._by_id[row]
+        if row.tag == "assumed":
+            return True
+        return row.of is not None and self.is_assumed(row.of[0])
+
+    def derived_from(self, row: CostRow) -> list[str]:
+        """The rows a derived row's weight follows (transitively), nearest first."""
+        out: list[str] = []
+        while row.of is not None:
+            out.append(row.of[0])
+            row = self._by_id[row.of[0]]
+        return out
+
+    def scaled(self, factors: Mapping[str, float]) -> CostTable:
+        """This table with each named row's weight and per_vcpu multiplied (rows derived from it follow)."""
+        rows = []
+        for row in self.rows:
+            f = factors.get(row.id)
+            if f is not None and row.of is None and row.weight is not None:
+                row = replace(row, weight=row.weight * f, per_vcpu=row.per_vcpu * f)
+            rows.append(row)
+        return CostTable(tuple(rows), self.source)
 
     def with_overrides(self, path: str | Path) -> CostTable:
         """This table with the ``[rows.<id>]`` overrides of a TOML file applied (validated)."""
@@ -246,18 +291,15 @@ class CostTable:
             i = ids.index(ov.name)
             if rows[i].weight is None and ov.weight is not None:
                 raise fail(source, f"rows.{ov.name}.weight", "this row is informational and has no weight")
-            changes = {k: getattr(ov, k) for k in ("weight", "per_vcpu", "tag", "basis") if getattr(ov, k) is not None}
-            rows[i] = replace(rows[i], **changes)
+            changes: dict[str, object] = {
+                k: getattr(ov, k) for k in ("weight", "per_vcpu", "tag", "basis") if getattr(ov, k) is not None
+            }
+            if rows[i].of is not None and ("weight" in changes or "per_vcpu" in changes):
+                changes["of"] = None  # an explicit weight replaces the derivation
+                if "tag" not in changes:
+                    changes["tag"] = "assumed"
+            rows[i] = replace(rows[i], **changes)  # type: ignore[arg-type]
         return CostTable(tuple(rows), f"{self.source} + {source}")
-
-
-def memory_overhead_bytes(counters: Mapping[str, int]) -> int:
-    """Extra memory from split HugeTLB folios (rows 6m, 7m) and 4K stage-2 leaves (row 41m).
-
-    Counters: ``folios_1g_split`` / ``folios_2m_split`` (folios split *now*), ``s2_leaves_4k``.
-    """
-    vmemmap = sum(counters.get(name, 0) * pages * PAGE for name, pages in VMEMMAP_PAGES.items())
-    return vmemmap + counters.get("s2_leaves_4k", 0) * PTE_BYTES
 
 
 def load_cost_table(path: str | Path | None = None) -> CostTable:

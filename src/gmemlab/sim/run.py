@@ -1,40 +1,55 @@
-"""One simulated run as a result object: what ``gmemlab run`` / ``compare`` print (DESIGN.md "Metrics").
+"""The simulator's public API: one run as a result object (what ``gmemlab run`` / ``compare`` print).
 
 :func:`simulate` loads (or takes) a scenario, checks the policy against :data:`gmemlab.model.policy.POLICIES`,
-runs the :class:`~gmemlab.sim.engine.Engine` and returns a :class:`RunResult`. :meth:`RunResult.as_json`
-is the documented ``--json`` object::
+runs the :class:`~gmemlab.sim.engine.Engine` and returns a :class:`RunResult`. :meth:`RunResult.as_json` is
+the documented, stable result object (``gmemlab run --json``; the sweep flattens it generically)::
 
-    {"scenario", "policy", "seed", "params",
+    {"scenario": NAME, "title": "NAME (guest_mem=1TiB, ...)", "overrides": ["guest_mem=1TiB", ...],
+     "policy", "seed", "params": {dotted.key: value},
      "metrics": {"splits": {"1G", "2M"}, "merges": {"1G", "2M"}, "stage2_bytes": {"4K", "2M", "1G"},
                  "host_map_bytes": {"4K", "2M", "1G"}, "conversions": {"ok", "eagain"}, "userspace_exits",
                  "guest_faults", "zaps", "tlb_flushes", "tracking": {"ranges", "per_page_entries"},
-                 "vmemmap_bytes", "modelled_time_s": {CATEGORY: seconds}},
-     "counters", "unpriced", "modelled_time_total_s", "events", "series"}
+                 "vmemmap_bytes", "vmemmap_peak_bytes", "shared_bytes"},
+     "time": {
+       "boot_critical_path": {"s", "assumed_share",
+                              "segments": [{"segment", "cpus", "serial_s", "work_s", "wall": {"s", "assumed_share"},
+                                            "bound": "serial"|"work"}]},
+       "cpu": {"s", "assumed_share", "by_category": {CATEGORY: {"s", "assumed_share"}},
+               "by_phase": {PHASE: {"s", "assumed_share"}}},
+       "dataplane": {"overhead_per_guest_s", "assumed_share", "level_shares": {"4K", "2M", "1G"}}},
+     "cost_rows": {ROW: {"cpu_s", "tag", "assumed"}},
+     "counters": {NAME: count}, "counters_by_phase": {PHASE: {"serial"|"parallel": {NAME: count}}},
+     "unpriced": [NAME], "events": {EVENT_TYPE: count},
+     "series": [{"label", "phase", "wall_s", "stage2_bytes", "splits", "merges"}]}
 
-``stage2_bytes``, ``host_map_bytes``, ``tracking`` and ``vmemmap_bytes`` are taken when the guest stops
+The three ``time`` results are never summed (:mod:`gmemlab.sim.timing`): boot critical path (wall time),
+CPU time by category, data-plane overhead per second of guest work; each ``assumed_share`` is the part of
+that figure priced by rows that are, or derive from, ``assumed`` weights. ``stage2_bytes``,
+``host_map_bytes``, ``tracking``, ``vmemmap_bytes`` and ``shared_bytes`` are taken when the guest stops
 (before teardown frees everything); counts are totals over the whole run, teardown included. The same
-(scenario, policy, seed) always gives the same object; wall time is kept out of it (``wall_s``).
+(scenario, overrides, policy, seed) always gives the same object; wall time is kept out of it (``wall_s``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..errors import UsageError
 from ..model.policy import POLICIES
 from ..workload.scenario import Scenario, load_scenario
-from .costs import CostTable, ModelledTime
+from ..workload.schema import Portion, did_you_mean
+from .costs import CostTable
 from .engine import Engine, Sample
+from .timing import Ledger, Times, compute, ledger_total
 
 
 def check_policy(name: str) -> str:
     """``name`` if :mod:`gmemlab.model.policy` registers it, else a one-line :class:`UsageError`."""
     if name not in POLICIES:
-        from ..workload.schema import did_you_mean
-
         raise UsageError(f"--policy {name}: unknown policy{did_you_mean(name, list(POLICIES))}; "
                          f"known: {', '.join(POLICIES)}")
     return name
@@ -64,7 +79,9 @@ def params(sc: Scenario) -> dict[str, Any]:
                 continue
             value = getattr(obj, fld.name)
             key = prefix + fld.name
-            if dataclasses.is_dataclass(value):
+            if isinstance(value, Portion):
+                out[key] = value.as_json()
+            elif dataclasses.is_dataclass(value):
                 walk(value, key + ".")
             elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
                 for i, item in enumerate(value):
@@ -89,42 +106,70 @@ class RunResult:
     policy: str
     seed: int
     metrics: dict[str, Any]
-    counters: dict[str, int]
-    modelled: ModelledTime
+    ledger: Ledger
+    level_shares: dict[str, float]
     costs: CostTable
     events: dict[str, int]
     samples: list[Sample]
     wall_s: float
+    overrides: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def times(self) -> Times:
+        """The three time results under this run's cost table."""
+        return self.times_under(self.costs)
+
+    def times_under(self, table: CostTable) -> Times:
+        """The three time results if the weights were ``table``'s (no new simulation)."""
+        return compute(self.ledger, self.level_shares, table, self.scenario.vcpus)
+
+    @cached_property
+    def counters(self) -> dict[str, int]:
+        """Priced counters over the whole run."""
+        return {k: int(v) for k, v in sorted(ledger_total(self.ledger).items()) if v}
 
     @property
-    def modelled_total_s(self) -> float:
-        return self.modelled.total_us / 1e6
+    def title(self) -> str:
+        """The scenario's name and every override, so a changed scenario never reads like the built-in."""
+        return f"{self.scenario.name} ({', '.join(self.overrides)})" if self.overrides else self.scenario.name
+
+    def cost_rows(self) -> dict[str, dict[str, Any]]:
+        t = self.times
+        return {rid: {"cpu_s": round(s, 9), "tag": self.costs.row(rid).tag,
+                      "assumed": self.costs.is_assumed(rid)} for rid, s in sorted(t.cpu_by_row.items())}
 
     def as_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario.name,
+            "title": self.title,
+            "overrides": list(self.overrides),
             "policy": self.policy,
             "seed": self.seed,
             "params": {**params(self.scenario), "policy": self.policy},  # the run's, not the file's default
             "metrics": self.metrics,
-            "counters": dict(sorted(self.counters.items())),
-            "unpriced": list(self.modelled.unpriced),
-            "modelled_time_total_s": round(self.modelled_total_s, 9),
+            "time": self.times.as_json(),
+            "cost_rows": self.cost_rows(),
+            "counters": self.counters,
+            "counters_by_phase": {
+                seg: {lane: dict(sorted(c.items())) for lane, c in lanes.items() if c}
+                for seg, lanes in self.ledger.items() if any(lanes.values())
+            },
+            "unpriced": list(self.times.unpriced),
             "events": dict(sorted(self.events.items())),
             "series": [dataclasses.asdict(s) for s in self.samples],
         }
 
 
 def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None, exact: bool = False,
-                 progress: Callable[[int], None] | None = None, coalesce: bool = True) -> RunResult:
+                 progress: Callable[[int], None] | None = None, coalesce: bool = True,
+                 overrides: Sequence[str] = ()) -> RunResult:
     """Run a validated scenario under ``policy`` (checked) with ``seed``. ``exact`` and ``coalesce=False``
-    select the slow reference paths the tests compare against (see :mod:`gmemlab.sim.engine`)."""
+    select the slow reference paths the tests compare against (see :mod:`gmemlab.sim.engine`).
+    ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON)."""
     policy = effective_policy(check_policy(policy), sc.merge)
     engine = Engine(sc, policy, seed, costs, exact=exact, progress=progress, coalesce=coalesce).run()
-    modelled = engine.modelled_time()
-    counters = {k: int(v) for k, v in engine.priced_counters().items()}
-    return RunResult(sc, policy, seed, engine.model_metrics(), counters, modelled, engine.costs,
-                     dict(engine.events), engine.samples, engine.wall_s)
+    return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, engine.level_shares(),
+                     engine.costs, dict(engine.events), engine.samples, engine.wall_s, tuple(overrides))
 
 
 def simulate(scenario: str, policy: str | None = None, overrides: Sequence[str] = (), seed: int = 0,
@@ -135,4 +180,4 @@ def simulate(scenario: str, policy: str | None = None, overrides: Sequence[str] 
     if policy is not None:
         check_policy(policy)
     sc = load_scenario(scenario, overrides)
-    return run_scenario(sc, policy or sc.policy, seed, costs, exact, progress, coalesce)
+    return run_scenario(sc, policy or sc.policy, seed, costs, exact, progress, coalesce, overrides)

@@ -36,7 +36,7 @@ def derived_counts(sc: Scenario, costs: CostTable | None = None) -> list[Count]:
     if sc.set_attr_private:
         if sc.attr_store == "xarray":
             pages = mem // PAGE_SIZE
-            secs = pages * costs.row("12").cost(sc.vcpus) / 1e6
+            secs = pages * costs.cost("12", sc.vcpus) / 1e6
             out.append(Count("SET_ATTR(all, private)", f"{_n(pages)} xarray stores, >= {secs:.3g} s",
                              "one entry per 4K page x row 12"))
         else:
@@ -86,7 +86,7 @@ def _accept_counts(sc: Scenario, chunks: int, chunk: int, costs: CostTable, exit
         ]
     if sc.arch == "tdx":
         pages = chunks * chunk // PAGE_SIZE
-        secs = pages * costs.row("16").cost(sc.vcpus) / 1e6
+        secs = pages * costs.cost("16", sc.vcpus) / 1e6
         return [Count("TDX accept: 4K accepts at 4K S-EPT", f"{_n(pages)}, ~{secs:.0f} s of vCPU time",
                       "2M tries fall back to 512 x 4K upstream (§1.3) x row 16")]
     return []

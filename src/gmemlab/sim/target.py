@@ -146,24 +146,33 @@ class Target:
             return {"ranges": out["ranges"] + self.vm.attributes.nr_runs(), "per_page_entries": 0}
         return {"ranges": out["ranges"], "per_page_entries": out["per_page_entries"]}
 
-    def allocated_folios(self) -> tuple[int, int]:
-        """(huge folios, 4 KiB folios) ever allocated, from the page cache's counter."""
-        if self.file is None:
-            return 0, 0
-        pages = self.inode.pagecache.stats["folios_allocated"]
-        huge = self.inode.huge
-        if huge is None:
-            return 0, pages
-        return pages // huge.hf.block_pages, 0
+    def pagecache_stats(self) -> dict[str, int]:
+        """The page cache's statistics (``folios_allocated``, ``pages_zeroed``, ...), empty before CREATE."""
+        return dict(self.inode.pagecache.stats) if self.file is not None else {}
 
-    def zeroed_pages(self) -> int:
-        """4 KiB pages zeroed so far: the model's ``bytes_zeroed`` (HugeTLB paths, whole folios on a guest
-        fault, §3.7) or the page cache's count for order-0 files."""
-        if self.file is None:
+    def huge_block_pages(self) -> int:
+        """4 KiB pages per HugeTLB folio of the file, 0 for order-0 files."""
+        if self.file is None or self.inode.huge is None:
             return 0
-        if self.inode.huge is None:
-            return self.inode.pagecache.stats["pages_zeroed"]
-        return self.metrics["bytes_zeroed"] >> PAGE_SHIFT
+        return self.inode.huge.hf.block_pages
+
+    def tdx_huge(self) -> bool:
+        """TDX private leaves may be 2M (Yan Zhao's RFC) rather than 4K only (upstream)."""
+        return getattr(self.vm.vendor, "max_level", 1) > 1
+
+    def vmemmap_peak_bytes(self) -> int:
+        return self.backend.counters.vmemmap_peak_bytes
+
+    def shared_bytes(self) -> int:
+        """Bytes of guest memory shared now (what VFIO pins with per-page shared tracking, linux-7 §3)."""
+        if self.file is None or self.slot is None:
+            return 0
+        if self.slot.gmem_tracks_shareability:
+            sh = self.inode.shareability
+            return sum(e - s for s, e, shared in sh.runs(0, self.inode.npages) if shared) << PAGE_SHIFT
+        private = KVM_MEMORY_ATTRIBUTE_PRIVATE
+        g0, g1 = self.slot.base_gfn, self.slot.end_gfn
+        return sum(e - s for s, e, v in self.vm.attributes.runs(g0, g1) if not v & private) << PAGE_SHIFT
 
     def is_private(self, gfn: int) -> bool:
         return self.vm.kvm_mem_is_private(gfn)

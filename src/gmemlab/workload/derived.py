@@ -32,12 +32,15 @@ def ceil_div(a: int, b: int) -> int:
 class AcceptPlan:
     """How much memory is accepted when, in ``chunk`` units (§1.2 lazy acceptance, §5.2 ``accept``).
 
-    ``boot`` includes the early (firmware) part; ``total`` is everything ever accepted. Each chunk is one
-    accept_memory() call of ``chunk`` bytes (the last may be shorter).
+    ``early`` is accepted by the firmware, ``storm`` by the boot vCPU before the zone watermarks exist
+    (dstack #1220), ``boot`` is everything accepted by the end of boot (early and storm included) and
+    ``total`` everything ever accepted. Each chunk is one accept_memory() call of ``chunk`` bytes (the last
+    may be shorter).
     """
 
     chunk: int
     early: int
+    storm: int
     boot: int
     total: int
 

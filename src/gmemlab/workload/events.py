@@ -12,8 +12,8 @@ Who decides what (the engine applies these to the model under a policy):
   the engine's: whether a 2M :class:`Pvalidate` hits a 4K RMP entry and falls back to 512 x 4K (§1.2,
   cost row 24), which level of an :class:`Accept`'s ``try_levels`` succeeds against the S-EPT (§1.3), the
   mapping level a :class:`GuestFault` gets (§2.1), and whether a conversion fails with EAGAIN (§3.4).
-* An exit event (:class:`HcMapGpa`, :class:`MemfaultExit`) only records the trip to userspace; the VMM's
-  reaction follows as explicit events (:class:`GmemConvert`, or :class:`SetAttr` plus :class:`Punch`).
+* An exit event (:class:`HcMapGpa`) only records the trip to userspace; the VMM's reaction follows as
+  explicit events (:class:`GmemConvert`, or :class:`SetAttr` plus :class:`Punch`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,13 @@ from .units import format_level, format_size
 
 
 class Phase(StrEnum):
-    """Lifecycle phases (§1): the VMM builds the VM, the guest boots, runs, and the VM is torn down."""
+    """Lifecycle phases (§1): the VMM builds the VM (``launch``), the guest boots (``firmware`` and ``boot`` on
+    the boot vCPU alone, then ``smp`` with every vCPU up), runs, and the VM is torn down."""
 
     LAUNCH = "launch"
+    FIRMWARE = "firmware"
     BOOT = "boot"
+    SMP = "smp"
     RUNTIME = "runtime"
     TEARDOWN = "teardown"
 
@@ -187,29 +190,18 @@ class Unpin(Range):
 class GuestFault(Range):
     """The guest touches every page of the range; each unmapped page takes a stage-2 fault (§2.1).
 
-    ``level`` is the largest mapping the fault may get before the model's rules (fault->max_level).
+    A well-behaved guest faults private memory as private and shared memory as shared, so the model's
+    state decides the fault type and the level (``kvm_mmu_max_mapping_level``), not the event.
     """
-
-    private: bool
-    level: int
 
 
 @dataclass(frozen=True, slots=True)
 class HcMapGpa(Range):
     """One KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE) trip to userspace (§1 ``HC_MAP_GPA``, cost row 26).
 
-    ``page_size`` is the size hint KVM passes (SNP: the merged PSC entries' size; TDX: 4K).
+    The VMM's reaction (and so the direction) follows as its own events (:class:`GmemConvert`, or
+    :class:`SetAttr` and :class:`Punch`).
     """
-
-    to_shared: bool
-    page_size: int = PAGE_SIZE
-
-
-@dataclass(frozen=True, slots=True)
-class MemfaultExit(Range):
-    """KVM_EXIT_MEMORY_FAULT: an implicit conversion request (fault's private bit != attribute, §2.1 2a)."""
-
-    private: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,12 +221,10 @@ class PscRun(Range):
 
 @dataclass(frozen=True, slots=True)
 class Psc:
-    """One SNP Page State Change VMGEXIT (§1.2): at most 64 entries; ``msr`` = early GHCB MSR protocol
-    (one 4K page per VMGEXIT)."""
+    """One SNP Page State Change VMGEXIT (§1.2): a GHCB descriptor of at most 64 entries, or one 4K page
+    with the early GHCB MSR protocol (a single run of one 4K entry); both are one VMGEXIT (row 25)."""
 
-    to_shared: bool
     runs: tuple[PscRun, ...]
-    msr: bool = False
 
     @property
     def entries(self) -> int:
@@ -270,8 +260,6 @@ class Accept(Range):
 class MapGpa(Range):
     """TDX TDG.VP.VMCALL<MapGPA>; KVM splits it into 2 MiB :class:`HcMapGpa` exits (§1.3)."""
 
-    to_shared: bool
-
 
 @dataclass(frozen=True, slots=True)
 class PerGranule(Range):
@@ -301,11 +289,11 @@ class MmioGuardMap(PerGranule):
 
 Event = (
     PhaseMark | Tick | CreateGmem | SetMemoryRegion | SetAttr | GmemConvert | Falloc | Punch | HostWrite
-    | Populate | LaunchFinish | Pin | Unpin | GuestFault | HcMapGpa | MemfaultExit | Psc | Pvalidate | Accept
+    | Populate | LaunchFinish | Pin | Unpin | GuestFault | HcMapGpa | Psc | Pvalidate | Accept
     | MapGpa | Share | Unshare | MmioGuardMap
 )
 
-_LEVEL_FIELDS = {"page_size", "granule", "want_size", "level"}
+_LEVEL_FIELDS = {"page_size", "granule", "want_size"}
 
 
 def format_event(event: Event) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 from ..uapi import PAGE_SIZE
 from . import derived
 from .schema import (
+    ALL,
+    Amount,
     ArrayOf,
     Bool,
     Choice,
@@ -26,6 +28,7 @@ from .schema import (
     Level,
     Levels,
     Number,
+    Portion,
     Size,
     SizeDist,
     StrMap,
@@ -43,6 +46,8 @@ from .units import GiB, MiB, format_size
 ARCHES = ("none", "snp", "tdx", "pkvm")
 PAGE = Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE)
 AMOUNT = Size(multiple_of=PAGE_SIZE)
+PORTION = Amount(multiple_of=PAGE_SIZE)
+NOTHING = Portion(size=0)
 
 
 @dataclass(frozen=True)
@@ -102,10 +107,10 @@ class AcceptSpec:
     mode: str = option(Choice(("lazy", "eager", "none")), "none")
     unit: int = option(PAGE, 2 * MiB, doc="EFI unaccepted bitmap unit; chunk must be a multiple")
     chunk: int = option(PAGE, 4 * MiB, doc="MAX_PAGE_ORDER block accepted at a time")
-    early_accepted: int = option(AMOUNT, 0, doc="accepted by firmware before the kernel runs")
-    accepted_at_boot_end: int = option(AMOUNT, 0)
-    accepted_eventually: int | None = option(Size(multiple_of=PAGE_SIZE, auto=True), None,
-                                             doc="auto = all of guest_mem")
+    # Portion values are immutable (no setters), so sharing a default is safe.
+    early_accepted: Portion = option(PORTION, NOTHING, doc="accepted by firmware (size, fraction or all)")  # noqa: RUF009
+    accepted_at_boot_end: Portion = option(PORTION, NOTHING, doc="size, fraction of guest_mem or all")  # noqa: RUF009
+    accepted_eventually: Portion = option(PORTION, ALL, doc="size, fraction of guest_mem or all")  # noqa: RUF009
     psc_entry_size: int = option(Level(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
     pvalidate_size: int = option(Level(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
     guest_try_levels: tuple[int, ...] = option(Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels")
@@ -224,16 +229,19 @@ class Scenario:
         scenario without touching ``accept.*``); eager accepts everything at boot (§5.4)."""
         acc = self.accept
         if acc.mode == "none":
-            return derived.AcceptPlan(acc.chunk, 0, 0, 0)
-        total = min(self.guest_mem, acc.accepted_eventually or self.guest_mem)
+            return derived.AcceptPlan(acc.chunk, 0, 0, 0, 0)
+        mem = self.guest_mem
+        total = acc.accepted_eventually.resolve(mem)
+        early = min(acc.early_accepted.resolve(mem), total)
         if acc.mode == "eager":
-            return derived.AcceptPlan(acc.chunk, min(acc.early_accepted, total), total, total)
-        boot = acc.accepted_at_boot_end
-        storm = acc.pre_watermark_storm
-        if storm.enabled_if_vcpus_gt and self.vcpus > storm.enabled_if_vcpus_gt:
-            boot += int(storm.extra_fraction * self.guest_mem) // acc.chunk * acc.chunk
-        boot = min(max(boot, acc.early_accepted), total)
-        return derived.AcceptPlan(acc.chunk, min(acc.early_accepted, boot), boot, total)
+            return derived.AcceptPlan(acc.chunk, early, 0, total, total)
+        storm = 0
+        spec = acc.pre_watermark_storm
+        if spec.enabled_if_vcpus_gt and self.vcpus > spec.enabled_if_vcpus_gt:
+            storm = int(spec.extra_fraction * mem) // acc.chunk * acc.chunk
+        storm = min(storm, total - early)
+        boot = min(max(acc.accepted_at_boot_end.resolve(mem), early) + storm, total)
+        return derived.AcceptPlan(acc.chunk, early, storm, boot, total)
 
 
 def _check(sc: Scenario) -> list[tuple[str, str]]:

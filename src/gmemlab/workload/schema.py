@@ -66,6 +66,66 @@ class Size(Spec):
         return size
 
 
+class Portion:
+    """A part of guest memory as a scenario writes it: a size, a fraction of guest memory, or all of it.
+
+    Kept unresolved so ``--set guest_mem=...`` scales it (simulator issue item 8): ``resolve(guest_mem)``.
+    """
+
+    __slots__ = ("fraction", "size")
+
+    def __init__(self, size: int | None = None, fraction: float | None = None) -> None:
+        self.size = size
+        self.fraction = fraction
+
+    def resolve(self, guest_mem: int, page: int = 4096) -> int:
+        """Bytes, at most ``guest_mem``, rounded down to ``page``."""
+        if self.size is not None:
+            return min(self.size, guest_mem)
+        return int((self.fraction if self.fraction is not None else 1.0) * guest_mem) // page * page
+
+    def as_json(self) -> int | float | str:
+        if self.size is not None:
+            return self.size
+        return "all" if self.fraction is None else self.fraction
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Portion) and (self.size, self.fraction) == (other.size, other.fraction)
+
+    def __hash__(self) -> int:
+        return hash((self.size, self.fraction))
+
+    def __repr__(self) -> str:
+        return f"Portion({self.as_json()!r})"
+
+
+ALL = Portion()
+
+
+@dataclass(frozen=True)
+class Amount(Spec):
+    """A :class:`Portion`: ``"all"``, a fraction of guest memory (a float such as ``0.25``) or a size
+    (``"4GiB"``, a multiple of ``multiple_of``)."""
+
+    multiple_of: int = 1
+
+    def parse(self, value: Any, path: str, source: str) -> Portion:
+        if value == "all":
+            return ALL
+        if isinstance(value, float):
+            if not 0.0 <= value <= 1.0 or value != value:
+                raise ValueError(f"a fraction of guest memory must be within [0, 1], got {value!r}")
+            return Portion(fraction=value)
+        if isinstance(value, str) and value.strip().lower() in ("auto", "whole", "everything"):
+            raise ValueError(f"{value!r}: write \"all\" for all of guest memory")
+        try:
+            size = Size(multiple_of=self.multiple_of).parse(value, path, source)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; or a fraction of guest memory such as 0.25, or \"all\"") from None
+        assert size is not None
+        return Portion(size=size)
+
+
 @dataclass(frozen=True)
 class Number(Spec):
     """An int (``integer=True``) or a float, within [min, max]."""

@@ -1,0 +1,127 @@
+"""PNG of simulated runs (``gmemlab run/compare --plot``), drawn with matplotlib's Agg backend.
+
+Per policy: stage-2 bytes per leaf level and cumulative splits/merges over the simulated timeline (wall
+time: the boot critical path, then runtime seconds). Below, the three time results side by side, never
+summed: the boot critical path by segment, CPU time by category (log scale) and the data-plane overhead,
+each with its assumed part hatched. The title names every ``--set`` override.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import UsageError
+from .costs import CATEGORIES
+from .run import RunResult
+
+LEVELS = ("4K", "2M", "1G")
+COLORS = {"4K": "#d62728", "2M": "#ff7f0e", "1G": "#2ca02c"}
+
+
+def check_plot_path(path: str) -> Path:
+    """The ``--plot`` target, or a one-line :class:`UsageError` when it cannot be written."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"--plot {path}: is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"--plot {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"--plot {path}: not writable")
+    return target
+
+
+def write_plot(results: Sequence[RunResult], path: str) -> Path:
+    """Write the PNG described in the module docstring; returns the path."""
+    target = check_plot_path(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(results)
+    fig = plt.figure(figsize=(14, 3.0 * n + 4.2), layout="constrained")
+    grid = fig.add_gridspec(n + 1, 3, height_ratios=[1.0] * n + [1.3])
+    for i, r in enumerate(results):
+        samples = r.samples
+        xs = [s.wall_s for s in samples]
+        ax = fig.add_subplot(grid[i, :2])
+        ys = [[s.stage2_bytes[lv] / (1 << 30) for s in samples] for lv in LEVELS]
+        ax.stackplot(xs, *ys, labels=[f"{lv} leaves" for lv in LEVELS], colors=[COLORS[lv] for lv in LEVELS],
+                     alpha=0.85, step="post")
+        ax.set_title(f"{r.policy}: stage-2 mapped, by leaf level")
+        ax.set_ylabel("GiB")
+        ax.legend(loc="center left", fontsize=8)
+        ax2 = fig.add_subplot(grid[i, 2])
+        for kind, style in (("splits", "-"), ("merges", "--")):
+            for size in ("1G", "2M"):
+                values = [getattr(s, kind)[size] for s in samples]
+                if any(values):
+                    ax2.plot(xs, values, style, label=f"{kind} {size}", drawstyle="steps-post")
+        ax2.set_title(f"{r.policy}: folio splits and merges")
+        ax2.set_ylabel("folios (cumulative)")
+        if ax2.get_legend_handles_labels()[0]:
+            ax2.legend(loc="center left", fontsize=8)
+        else:
+            ax2.text(0.5, 0.5, "none", transform=ax2.transAxes, ha="center", va="center")
+        for axis in (ax, ax2):
+            axis.set_xlabel("simulated wall time (s): boot critical path, then runtime", fontsize=8)
+            for s, x in zip(samples, xs, strict=True):
+                if not s.label.startswith("t=") and s.label != "end":
+                    axis.axvline(x, color="grey", lw=0.6, ls=":")
+                    axis.text(x, 1.0, f" {s.label}", transform=axis.get_xaxis_transform(), fontsize=7,
+                              rotation=90, va="top", ha="left", color="dimgrey")
+    _time_panels(fig, grid, n, results)
+    fig.suptitle(f"{results[0].title} (seed {results[0].seed})")
+    try:
+        fig.savefig(target, format="png", dpi=90)
+    except OSError as exc:
+        raise UsageError(f"--plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return target
+
+
+def _time_panels(fig, grid, n: int, results: Sequence[RunResult]) -> None:  # type: ignore[no-untyped-def]
+    """The three time results, one panel each; the assumed part of every bar is hatched."""
+    names = [r.policy for r in results]
+    times = [r.times for r in results]
+    ax = fig.add_subplot(grid[n, 0])
+    bottoms = [0.0] * len(results)
+    for j, seg in enumerate(times[0].segments):
+        values = [t.segments[j].wall.seconds for t in times]
+        ax.bar(names, values, bottom=bottoms, label=seg.name)
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    for k, t in enumerate(times):
+        ax.text(k, bottoms[k], f"{t.boot.seconds:.3g} s\n{t.boot.assumed_share:.0%} assumed", ha="center",
+                va="bottom", fontsize=8)
+    ax.set_title("boot critical path (wall)")
+    ax.set_ylabel("seconds")
+    ax.legend(fontsize=7)
+    ax.margins(y=0.25)
+    ax = fig.add_subplot(grid[n, 1])
+    cats = [c for c in CATEGORIES if any(t.cpu_by_category[c].seconds for t in times)]
+    width = 0.8 / max(len(results), 1)
+    for i, t in enumerate(times):
+        xs = [j + i * width for j in range(len(cats))]
+        total = [t.cpu_by_category[c].seconds for c in cats]
+        assumed = [t.cpu_by_category[c].assumed_s for c in cats]
+        bars = ax.bar(xs, total, width, label=f"{names[i]} ({t.cpu.seconds:.3g} s, {t.cpu.assumed_share:.0%} assumed)")
+        ax.bar(xs, assumed, width, fill=False, hatch="//", edgecolor=bars.patches[0].get_facecolor() if bars else None,
+               linewidth=0)
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(cats))], cats, rotation=30, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("CPU seconds (log); hatched: assumed")
+    ax.set_title("CPU time by category, whole lifecycle")
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[n, 2])
+    values = [t.dataplane.seconds * 100 for t in times]
+    ax.bar(names, values, hatch="//")
+    for k, value in enumerate(values):
+        ax.text(k, value, f"{value:.2f}%", ha="center", va="bottom", fontsize=8)
+    share = max(t.dataplane.assumed_share for t in times)
+    ax.set_title(f"data-plane translation overhead (§4.1, {share:.0%} assumed)")
+    ax.set_ylabel("% of guest work")
+    ax.margins(y=0.2)
