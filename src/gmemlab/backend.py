@@ -29,6 +29,7 @@ PROT_WRITE = _mmap.PROT_WRITE
 PROT_EXEC = getattr(_mmap, "PROT_EXEC", 4)
 MAP_SHARED = _mmap.MAP_SHARED
 MAP_PRIVATE = _mmap.MAP_PRIVATE
+MAP_SHARED_VALIDATE = MAP_SHARED | MAP_PRIVATE  # 0x03: MAP_SHARED that also validates the flags
 
 MADV_DONTNEED = 4
 MADV_REMOVE = 9
@@ -80,14 +81,16 @@ class HostMapping(Protocol):
         """``move_pages(2)`` query: the node of each page, ``-ENOENT`` where none is mapped."""
         ...
 
-    def pin(self, offset: int, length: int) -> Pin:
+    def pin(self, offset: int, length: int) -> LongTermPin:
         """Long-term GUP pin (``FOLL_LONGTERM``) of the pages under ``[offset, offset+length)``."""
         ...
 
     def munmap(self) -> None: ...
 
 
-class Pin(Protocol):
+class LongTermPin(Protocol):
+    """A ``pin_user_pages(FOLL_LONGTERM)`` pin on host-mapped guest_memfd pages (e.g. VFIO)."""
+
     def unpin(self) -> None: ...
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 from dataclasses import dataclass
+from typing import Any
 
 # The kernel's spelling where libc has aliases (ENOTSUP == EOPNOTSUPP, EWOULDBLOCK == EAGAIN).
 _PREFERRED = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN", _errno.EDEADLK: "EDEADLK"}
@@ -45,7 +46,7 @@ class KvmError(OSError, GmemlabError):
         text = f"{self.op}: {self.errname} ({self.strerror})"
         return f"{text}: {self.reason}" if self.reason else text
 
-    def __reduce__(self):  # keep pickling (multiprocessing) working with the extra arguments
+    def __reduce__(self) -> tuple[Any, ...]:  # keep pickling (multiprocessing) working with the extra arguments
         return (type(self), (self.errno, self.op, self.reason))
 
 
@@ -56,7 +57,7 @@ class ConversionError(KvmError):
         super().__init__(err, op, reason)
         self.error_offset = error_offset
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errno, self.op, self.reason, self.error_offset))
 
 
@@ -74,7 +75,7 @@ class HostSigbus(GmemlabError):
         text = f"SIGBUS on host {kind} at mapping offset {self.offset:#x}"
         return f"{text}: {self.reason}" if self.reason else text
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.offset, self.write, self.reason))
 
 
@@ -87,7 +88,7 @@ class HostSigsegv(GmemlabError):
         self.reason = reason
         super().__init__(f"SIGSEGV on host {'write' if write else 'read'} at offset {offset:#x}: {reason}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.offset, self.write, self.reason))
 
 

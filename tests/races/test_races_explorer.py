@@ -5,11 +5,11 @@ from __future__ import annotations
 from gmemlab.races import Explorer, PathDef, Protocol, Setup, ThreadSpec, explore, parse_threads
 from gmemlab.races.paths import Locking
 from gmemlab.races.protocols import locking_paths
-from gmemlab.races.steps import Ctx, folio_put, read_state, store_state
+from gmemlab.races.steps import StepCtx, folio_put, read_state, store_state
 from gmemlab.races.world import INVALIDATE_LOCK, PRIVATE, READ, SHARED, WRITE, World
 
 
-def inverted(ctx: Ctx, indices):
+def inverted(ctx: StepCtx, indices):
     """Takes a folio lock, then invalidate_lock: inverts the documented order."""
     (i,) = indices
     ctx.where = "bad_path"
@@ -20,13 +20,13 @@ def inverted(ctx: Ctx, indices):
     return "0"
 
 
-def waits_forever(ctx: Ctx, indices):
+def waits_forever(ctx: StepCtx, indices):
     yield from ctx.lock("w.invalidate_lock", INVALIDATE_LOCK, READ)
     yield ctx.step("wait_event(never)", lambda w, tid: None, lambda w, tid: False)
     return "0"
 
 
-def double_put(ctx: Ctx, indices):
+def double_put(ctx: StepCtx, indices):
     (i,) = indices
     gen = yield from ctx.grab_folio("dp.folio_lock", i)
     yield from ctx.unlock_folio("dp.folio_lock", i)
@@ -35,12 +35,12 @@ def double_put(ctx: Ctx, indices):
     return "0"
 
 
-def leaks(ctx: Ctx, indices):
+def leaks(ctx: StepCtx, indices):
     yield from ctx.lock("leak.invalidate_lock", INVALIDATE_LOCK, READ)
     return "0"
 
 
-def racy_toggle(ctx: Ctx, indices):
+def racy_toggle(ctx: StepCtx, indices):
     """Read-modify-write of the shareability without any lock (a lost update is possible)."""
     (i,) = indices
     old = yield read_state(ctx, i)

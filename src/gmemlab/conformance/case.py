@@ -102,7 +102,7 @@ class Ctx:
         raise CaseSkipped(reason)
 
     def require_cap(self, cap: Cap, on: Any = None, mask: int | None = None) -> int:
-        value = (on or self.system).check_extension(cap)
+        value = int((on or self.system).check_extension(cap))
         if not value or (mask is not None and not value & mask):
             self.skip(f"needs {cap.name and 'KVM_CAP_' + cap.name} ({int(cap)}), which is {value} here")
         return value
@@ -167,7 +167,8 @@ class Ctx:
     # -- common setup -------------------------------------------------------------------------------------
     def vm(self, vm_type: int = 0) -> Proxy:
         try:
-            return self.system.create_vm(vm_type)
+            vm: Proxy = self.system.create_vm(vm_type)
+            return vm
         except KvmError as exc:
             self.skip(f"KVM_CREATE_VM type {vm_type} refused here ({exc.errname})")
             raise  # unreachable

@@ -20,6 +20,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
+from ..backend import PROT_READ, PROT_WRITE
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit
 from ..uapi import (
     FALLOC_FL_KEEP_SIZE,
@@ -140,7 +141,7 @@ class _World:
 
 
 def _gpa_base(backend: Any) -> int:
-    lo, hi = backend.guest_gpa_window()
+    lo, hi = (int(x) for x in backend.guest_gpa_window())
     base = max(lo, 1 << 32) if hi >= (1 << 32) + (1 << 24) else lo
     return (base + (1 << 21) - 1) & ~((1 << 21) - 1)
 
@@ -162,7 +163,7 @@ def _create_gmem(w: _World, op: Op, vm: Any) -> None:
 
 def _mmap(w: _World, op: Op, g: Any) -> None:
     flags = 2 if op["private"] else 1  # MAP_PRIVATE / MAP_SHARED
-    w.maps.append(g.mmap(op["pages"] * P, op["offset"], op.get("prot", 3), flags))
+    w.maps.append(g.mmap(op["pages"] * P, op["offset"], op.get("prot", PROT_READ | PROT_WRITE), flags))
 
 
 def _mmap_anon(w: _World, op: Op) -> None:

@@ -57,12 +57,6 @@ _mprotect = _fn("mprotect", c_int, c_void_p, c_size_t, c_int)
 _fallocate = _fn("fallocate", c_int, c_int, c_int, c_int64, c_int64)
 
 
-class IoVec(ctypes.Structure):
-    """``struct iovec``."""
-
-    _fields_ = (("iov_base", c_void_p), ("iov_len", c_size_t))
-
-
 # The iovec arrays are passed as addresses (``struct iovec[]`` built as flat u64 pairs by the caller).
 _process_vm_readv = _fn("process_vm_readv", c_ssize_t, c_int, c_void_p, c_ulong, c_void_p, c_ulong, c_ulong)
 _process_vm_writev = _fn("process_vm_writev", c_ssize_t, c_int, c_void_p, c_ulong, c_void_p, c_ulong, c_ulong)

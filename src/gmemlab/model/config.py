@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from ..level import Level
 from ..uapi import VmType
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class HostConfig:
       record per 4 KiB) or ``guest-prepared`` (the discussed SHAREABILITY_GUEST_PREPARED state), 3.7.
     * ``default_private``: rfc-v2 variant where files start private and bit 1 means INIT_SHARED (the
       merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
-    * ``tdp_max_level``: ``max_huge_page_level`` (3 = 1G TDP pages, 2 = 2M only), workloads 2.1 step 1.
+    * ``tdp_max_level``: ``max_huge_page_level`` (1G TDP pages, or 2M only), workloads 2.1 step 1.
     * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
     """
 
@@ -58,7 +59,7 @@ class HostConfig:
     gmem_policy: str = "eager"
     gmem_prepare: str = "folio"
     default_private: bool = False
-    tdp_max_level: int = 3
+    tdp_max_level: Level = Level.PG_1G
     tdx_huge_private: bool = True
 
     @classmethod
@@ -66,11 +67,6 @@ class HostConfig:
         """Every option on, including CONFIG_KVM_GMEM_HUGETLB with a pool large enough for any case
         and simulated guest (4 TiB of 2 MiB pages, 4 TiB of 1 GiB pages; pool pages cost nothing)."""
         return cls(hugetlb=True, hugetlb_pool_pages=dict(UPSTREAM_POOL))
-
-    @classmethod
-    def like_this_host(cls) -> HostConfig:
-        """The PVM host of realkernel.md: default VMs only, no memory attributes, no pre-fault."""
-        return cls(vm_types=(VmType.DEFAULT,), memory_attributes=False, pre_fault=False)
 
     def with_(self, **changes: object) -> HostConfig:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -7,6 +7,13 @@ kernel's (0-2 are stdin/stdout/stderr).
 from __future__ import annotations
 
 from bisect import insort
+from typing import Protocol
+
+
+class OpenFile(Protocol):
+    """Anything an fd can name: closing the fd is its ``close()``."""
+
+    def close(self) -> None: ...
 
 
 class FdTable:
@@ -15,9 +22,9 @@ class FdTable:
     def __init__(self) -> None:
         self._free: list[int] = []
         self._next = 3
-        self.files: dict[int, object] = {}
+        self.files: dict[int, OpenFile] = {}
 
-    def install(self, obj: object) -> int:
+    def install(self, obj: OpenFile) -> int:
         fd = self._free.pop(0) if self._free else self._alloc()
         self.files[fd] = obj
         return fd
@@ -31,5 +38,5 @@ class FdTable:
         del self.files[fd]
         insort(self._free, fd)
 
-    def get(self, fd: int) -> object | None:
+    def get(self, fd: int) -> OpenFile | None:
         return self.files.get(fd)

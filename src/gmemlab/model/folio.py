@@ -21,12 +21,12 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..errors import FolioBusy
-from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_PAGES
+from ..level import LEVELS, Level
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SIZE
 from .host import FileMappings
 from .hugetlb import HugetlbSubpool
-from .metrics import Metrics
+from .metrics import Metrics, merge_key, split_key
 from .pagecache import PageCache
 
 ABSENT, INTACT, SPLIT_4K, SPLIT_2M = 0, 1, 2, 3
@@ -37,10 +37,15 @@ ABSENT, INTACT, SPLIT_4K, SPLIT_2M = 0, 1, 2, 3
 VMEMMAP_SPLIT_1G_4K = 4095 * PAGE_SIZE
 VMEMMAP_SPLIT_2M_4K = 7 * PAGE_SIZE
 VMEMMAP_SPLIT_1G_2M = 511 * PAGE_SIZE
+VMEMMAP_SPLIT = {
+    (Level.PG_1G, Level.PG_4K): VMEMMAP_SPLIT_1G_4K,
+    (Level.PG_2M, Level.PG_4K): VMEMMAP_SPLIT_2M_4K,
+    (Level.PG_1G, Level.PG_2M): VMEMMAP_SPLIT_1G_2M,
+}
+
+PMD = Level.PG_2M  # the 2 MiB pieces of a staged 1 GiB split are numbered like PMDs
 
 RangeCheck = Callable[[int, int], bool]
-
-LEVEL_NAME = {LEVEL_4K: "4K", LEVEL_2M: "2M", LEVEL_1G: "1G"}
 
 
 class HugeFolios:
@@ -66,12 +71,12 @@ class HugeFolios:
         self.pins = pins
         self.mappings = mappings
         self.hpage_size = hpage_size
-        self.level = LEVEL_1G if hpage_size == 1 << 30 else LEVEL_2M
-        self.block_pages = LEVEL_PAGES[self.level]
+        self.level = Level.of_size(hpage_size)
+        self.block_pages = self.level.pages
         self.nblocks = npages // self.block_pages
         self.shape: RangeMap[int] = RangeMap(self.nblocks, ABSENT)
         self.sub2m: RangeMap[int] | None = (
-            RangeMap(npages // 512, INTACT) if self.level == LEVEL_1G else None
+            RangeMap(npages // PMD.pages, INTACT) if self.level == Level.PG_1G else None
         )
         self.subpool = subpool
         self.metrics = metrics
@@ -86,26 +91,23 @@ class HugeFolios:
     def block_range(self, b: int) -> tuple[int, int]:
         return b * self.block_pages, (b + 1) * self.block_pages
 
-    def blocks_overlapping(self, start: int, end: int) -> range:
-        return range(start // self.block_pages, (end + self.block_pages - 1) // self.block_pages)
-
-    def folio_level(self, index: int) -> int:
-        """Level of the folio holding ``index`` (0 if none): what ``max_order`` can be at most."""
+    def folio_level(self, index: int) -> Level | None:
+        """Level of the folio holding ``index`` (None if none): what ``max_order`` can be at most."""
         shape = self.shape.load(self.block_of(index))
         if shape == ABSENT:
-            return 0
+            return None
         if shape == INTACT:
             return self.level
         if shape == SPLIT_4K:
-            return LEVEL_4K
+            return Level.PG_4K
         assert self.sub2m is not None
-        return LEVEL_2M if self.sub2m.load(index >> 9) == INTACT else LEVEL_4K
+        return Level.PG_2M if self.sub2m.load(PMD.number(index)) == INTACT else Level.PG_4K
 
     def folio_range(self, index: int) -> tuple[int, int]:
         """``[start, end)`` of the folio holding ``index`` (a 4 KiB range when there is none)."""
-        pages = LEVEL_PAGES[self.folio_level(index) or LEVEL_4K]
-        start = index - index % pages
-        return start, start + pages
+        level = self.folio_level(index) or Level.PG_4K
+        start = level.align_down(index)
+        return start, start + level.pages
 
     def folio_bounds(self, start: int, end: int) -> tuple[int, int]:
         """Smallest folio-aligned range holding ``[start, end)``."""
@@ -139,11 +141,13 @@ class HugeFolios:
         self.nr_allocated += b1 - b0
 
     # -- split -----------------------------------------------------------------------------------
-    def _count(self, kind: str, level: int, vmemmap: int, n: int = 1) -> None:
-        name = LEVEL_NAME[level]
-        self.counts[f"{kind}.{name}"] += n
-        self.metrics.add(f"{kind}s.{name}", n)
-        delta = n * vmemmap if kind == "split" else -n * vmemmap
+    def _count(self, kind: str, big: Level, small: Level, n: int = 1) -> None:
+        """``n`` folios of level ``big`` split into (or merged back from) folios of level ``small``."""
+        key = split_key(big, small) if kind == "split" else merge_key(small, big)
+        self.counts[key] += n
+        self.metrics.add(key, n)
+        vmemmap = n * VMEMMAP_SPLIT[big, small]
+        delta = vmemmap if kind == "split" else -vmemmap
         self.vmemmap_bytes += delta
         self.metrics.vmemmap(delta)
 
@@ -157,36 +161,39 @@ class HugeFolios:
             return
         s, e = self.block_range(b)
         self._require_safe(s, e, "split")
-        staged = to_2m and self.level == LEVEL_1G
-        self.mappings.unmap_above(s, e, LEVEL_2M if staged else LEVEL_4K)
+        staged = to_2m and self.level == Level.PG_1G
+        self.mappings.unmap_above(s, e, Level.PG_2M if staged else Level.PG_4K)
         if staged:
             assert self.sub2m is not None
             self.shape.store(b, b + 1, SPLIT_2M)
-            self.sub2m.store(s >> 9, e >> 9, INTACT)
-            self._count("split", LEVEL_1G, VMEMMAP_SPLIT_1G_2M)
+            self.sub2m.store(PMD.number(s), PMD.number(e), INTACT)
+            self._count("split", Level.PG_1G, Level.PG_2M)
         else:
             self.shape.store(b, b + 1, SPLIT_4K)
-            self._count("split", self.level, VMEMMAP_SPLIT_1G_4K if self.level == LEVEL_1G else VMEMMAP_SPLIT_2M_4K)
+            self._count("split", self.level, Level.PG_4K)
 
     def split_2m(self, index: int) -> None:
         """Split the 2 MiB folio holding ``index`` inside a ``SPLIT_2M`` block into 4 KiB folios."""
         assert self.sub2m is not None
-        j = index >> 9
+        j = PMD.number(index)
         if self.shape.load(self.block_of(index)) != SPLIT_2M or self.sub2m.load(j) != INTACT:
             return
-        self._require_safe(j << 9, (j + 1) << 9, "split")
-        self.mappings.unmap_above(j << 9, (j + 1) << 9, LEVEL_4K)
+        lo, hi = PMD.first_page(j), PMD.first_page(j + 1)
+        self._require_safe(lo, hi, "split")
+        self.mappings.unmap_above(lo, hi, Level.PG_4K)
         self.sub2m.store(j, j + 1, SPLIT_4K)
-        self._count("split", LEVEL_2M, VMEMMAP_SPLIT_2M_4K)
+        self._count("split", Level.PG_2M, Level.PG_4K)
 
-    def split_to(self, index: int, level: int, staged: bool) -> None:
+    def split_to(self, index: int, level: Level, staged: bool) -> None:
         """Split until the folio holding ``index`` is at most ``level``."""
         b = self.block_of(index)
-        if self.folio_level(index) <= level:
+        folio = self.folio_level(index)
+        if folio is None or folio <= level:
             return
         if self.shape.load(b) == INTACT:
             self.split_block(b, to_2m=staged)
-        if self.folio_level(index) > level:
+        folio = self.folio_level(index)
+        if folio is not None and folio > level:
             self.split_2m(index)
 
     def split_range_to_4k(self, start: int, end: int, staged: bool) -> None:
@@ -196,38 +203,37 @@ class HugeFolios:
         split to 2 MiB and only the 2 MiB pieces overlapping the range go on to 4 KiB. Runs of blocks are
         handled in one step; the refcount check covers every folio before anything changes.
         """
-        staged = staged and self.level == LEVEL_1G
+        staged = staged and self.level == Level.PG_1G
         bp = self.block_pages
         b_lo, b_hi = start // bp, (end + bp - 1) // bp
         intact = [(b0, b1) for b0, b1, v in self.shape.runs(b_lo, b_hi) if v == INTACT]
         pieces: list[tuple[int, int]] = []
         if staged:
             assert self.sub2m is not None
-            j_lo, j_hi = start >> 9, (end + 511) >> 9
+            j_lo, j_hi = PMD.number(start), PMD.number(PMD.align_up(end))
             for b0, b1, v in self.shape.runs(b_lo, b_hi):
                 if v in (INTACT, SPLIT_2M):
-                    lo, hi = max(j_lo, b0 << 9), min(j_hi, b1 << 9)
+                    lo, hi = max(j_lo, PMD.number(b0 * bp)), min(j_hi, PMD.number(b1 * bp))
                     pieces += [(a, c) for a, c, w in self.sub2m.runs(lo, hi) if w == INTACT or v == INTACT]
         for b0, b1 in intact:
             self._require_safe(b0 * bp, b1 * bp, "split")
         for j0, j1 in pieces:
-            self._require_safe(j0 << 9, j1 << 9, "split")
+            self._require_safe(PMD.first_page(j0), PMD.first_page(j1), "split")
         for b0, b1 in intact:
-            self.mappings.unmap_above(b0 * bp, b1 * bp, LEVEL_4K)
+            self.mappings.unmap_above(b0 * bp, b1 * bp, Level.PG_4K)
             if staged:
                 assert self.sub2m is not None
                 self.shape.store(b0, b1, SPLIT_2M)
-                self.sub2m.store(b0 << 9, b1 << 9, INTACT)
-                self._count("split", LEVEL_1G, VMEMMAP_SPLIT_1G_2M, b1 - b0)
+                self.sub2m.store(PMD.number(b0 * bp), PMD.number(b1 * bp), INTACT)
+                self._count("split", Level.PG_1G, Level.PG_2M, b1 - b0)
             else:
                 self.shape.store(b0, b1, SPLIT_4K)
-                vm = VMEMMAP_SPLIT_1G_4K if self.level == LEVEL_1G else VMEMMAP_SPLIT_2M_4K
-                self._count("split", self.level, vm, b1 - b0)
+                self._count("split", self.level, Level.PG_4K, b1 - b0)
         for j0, j1 in pieces:
             assert self.sub2m is not None
-            self.mappings.unmap_above(j0 << 9, j1 << 9, LEVEL_4K)
+            self.mappings.unmap_above(PMD.first_page(j0), PMD.first_page(j1), Level.PG_4K)
             self.sub2m.store(j0, j1, SPLIT_4K)
-            self._count("split", LEVEL_2M, VMEMMAP_SPLIT_2M_4K, j1 - j0)
+            self._count("split", Level.PG_2M, Level.PG_4K, j1 - j0)
 
     def merge_range_if(self, start: int, end: int, allowed: RangeCheck) -> None:
         """Merge the split folios of blocks overlapping ``[start, end)`` where ``allowed(s, e)`` says the
@@ -238,19 +244,18 @@ class HugeFolios:
         for b0, b1, v in list(self.shape.runs(b_lo, b_hi)):
             if v == SPLIT_4K and allowed(b0 * bp, b1 * bp) and not self.pins.any_match(b0 * bp, b1 * bp, bool):
                 self.shape.store(b0, b1, INTACT)
-                vm = VMEMMAP_SPLIT_1G_4K if self.level == LEVEL_1G else VMEMMAP_SPLIT_2M_4K
-                self._count("merge", self.level, vm, b1 - b0)
+                self._count("merge", self.level, Level.PG_4K, b1 - b0)
                 continue
             if v not in (SPLIT_4K, SPLIT_2M):
                 continue
             for b in range(b0, b1):
                 lo, hi = self.block_range(b)
                 for p0, p1 in self.split_pieces(b, max(lo, start), min(hi, end)):
-                    for j in range(p0 >> 9, p1 >> 9):
-                        if allowed(j << 9, (j + 1) << 9) and not self.pins.any_match(j << 9, (j + 1) << 9, bool):
-                            self.merge_2m(j << 9, check=False)
-                s, e = lo, hi
-                if allowed(s, e) and not self.pins.any_match(s, e, bool):
+                    for p in range(p0, p1, PMD.pages):
+                        q = p + PMD.pages
+                        if allowed(p, q) and not self.pins.any_match(p, q, bool):
+                            self.merge_2m(p, check=False)
+                if allowed(lo, hi) and not self.pins.any_match(lo, hi, bool):
                     self.merge_block(b, check=False)
 
     # -- merge -----------------------------------------------------------------------------------
@@ -267,35 +272,36 @@ class HugeFolios:
         if check:
             self._require_safe(s, e, "merge")
         if shape == SPLIT_4K:
-            self._count("merge", self.level, VMEMMAP_SPLIT_1G_4K if self.level == LEVEL_1G else VMEMMAP_SPLIT_2M_4K)
+            self._count("merge", self.level, Level.PG_4K)
         else:
             assert self.sub2m is not None
-            for j0, j1, v in list(self.sub2m.runs(s >> 9, e >> 9)):
+            for j0, j1, v in list(self.sub2m.runs(PMD.number(s), PMD.number(e))):
                 if v == SPLIT_4K:
                     for _ in range(j1 - j0):
-                        self._count("merge", LEVEL_2M, VMEMMAP_SPLIT_2M_4K)
-            self.sub2m.store(s >> 9, e >> 9, INTACT)
-            self._count("merge", LEVEL_1G, VMEMMAP_SPLIT_1G_2M)
+                        self._count("merge", Level.PG_2M, Level.PG_4K)
+            self.sub2m.store(PMD.number(s), PMD.number(e), INTACT)
+            self._count("merge", Level.PG_1G, Level.PG_2M)
         self.shape.store(b, b + 1, INTACT)
 
     def merge_2m(self, index: int, check: bool = True) -> None:
         """Merge the 4 KiB folios of one 2 MiB piece of a ``SPLIT_2M`` block back into a 2 MiB folio."""
         assert self.sub2m is not None
-        j = index >> 9
+        j = PMD.number(index)
         if self.shape.load(self.block_of(index)) != SPLIT_2M or self.sub2m.load(j) != SPLIT_4K:
             return
         if check:
-            self._require_safe(j << 9, (j + 1) << 9, "merge")
+            self._require_safe(PMD.first_page(j), PMD.first_page(j + 1), "merge")
         self.sub2m.store(j, j + 1, INTACT)
-        self._count("merge", LEVEL_2M, VMEMMAP_SPLIT_2M_4K)
+        self._count("merge", Level.PG_2M, Level.PG_4K)
 
     def split_pieces(self, b: int, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
         """2 MiB pieces (index ranges) of a ``SPLIT_2M`` block, overlapping ``[start, end)``, split to 4 KiB."""
         if self.sub2m is None or self.shape.load(b) != SPLIT_2M:
             return []
         s, e = self.block_range(b)
-        s, e = max(s, start - start % 512), min(e, e if end is None else -(-end // 512) * 512)
-        return [(j0 << 9, j1 << 9) for j0, j1, v in self.sub2m.runs(s >> 9, e >> 9) if v == SPLIT_4K]
+        s, e = max(s, PMD.align_down(start)), min(e, e if end is None else PMD.align_up(end))
+        return [(PMD.first_page(j0), PMD.first_page(j1))
+                for j0, j1, v in self.sub2m.runs(PMD.number(s), PMD.number(e)) if v == SPLIT_4K]
 
     # -- truncation ------------------------------------------------------------------------------
     def free_block(self, b: int) -> None:
@@ -316,26 +322,31 @@ class HugeFolios:
         self.subpool.used -= b1 - b0
 
     # -- checking --------------------------------------------------------------------------------
+    def _net_splits(self, big: Level) -> int:
+        """Splits minus merges of folios of level ``big`` in this inode."""
+        c = self.counts
+        return sum(c[split_key(big, small)] - c[merge_key(small, big)] for small in LEVELS if small < big)
+
     def check(self) -> None:
         """Split and merge counters agree with the folio shapes; vmemmap agrees with both."""
         self.shape.check()
         count = self.shape.count
         split_blocks = count(0, self.nblocks, lambda v: v in (SPLIT_4K, SPLIT_2M))
-        big = LEVEL_NAME[self.level]
-        if split_blocks != self.counts[f"split.{big}"] - self.counts[f"merge.{big}"]:
+        if split_blocks != self._net_splits(self.level):
             raise AssertionError(f"{split_blocks} split blocks but {self.counts} splits/merges")
         vmemmap = 0
-        if self.level == LEVEL_1G:
+        if self.level == Level.PG_1G:
             assert self.sub2m is not None
             self.sub2m.check()
             pieces = 0
             for b0, b1, v in self.shape.runs():
                 if v == SPLIT_2M:
-                    pieces += self.sub2m.count(b0 << 9, b1 << 9, lambda x: x == SPLIT_4K)
+                    pieces += self.sub2m.count(PMD.number(b0 * self.block_pages), PMD.number(b1 * self.block_pages),
+                                               lambda x: x == SPLIT_4K)
                     vmemmap += (b1 - b0) * VMEMMAP_SPLIT_1G_2M
                 elif v == SPLIT_4K:
                     vmemmap += (b1 - b0) * VMEMMAP_SPLIT_1G_4K
-            if pieces != self.counts["split.2M"] - self.counts["merge.2M"]:
+            if pieces != self._net_splits(Level.PG_2M):
                 raise AssertionError(f"{pieces} split 2M pieces but {self.counts} splits/merges")
             vmemmap += pieces * VMEMMAP_SPLIT_2M_4K
         else:

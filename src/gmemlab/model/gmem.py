@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import errno
 import itertools
-from collections import Counter
 from typing import Protocol
 
-from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_EXEC, FileStat
+from ..backend import MAP_PRIVATE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_EXEC, PROT_READ, PROT_WRITE, FileStat
 from ..errors import ConversionError, FaultRefused, FolioBusy, GmemError, KvmError
+from ..level import Level
 from ..rangemap import RangeMap
 from ..uapi import (
     FALLOC_FL_COLLAPSE_RANGE,
@@ -43,7 +43,7 @@ from .args import sint, u64
 from .fdtable import FdTable
 from .gmem_huge import HugeGmem
 from .host import AddressSpace, FileMappings, ModelHostMapping, ModelPin
-from .metrics import Metrics
+from .metrics import Metrics, per_level
 from .pagecache import UPTODATE, PageCache
 from .profiles import Behaviour
 from .shareability import RangeShareability, Shareability, WholeFileShareability
@@ -59,6 +59,9 @@ FALLOC_FL_MODE_MASK = (
     | FALLOC_FL_UNSHARE_RANGE
     | FALLOC_FL_WRITE_ZEROES
 )
+
+ST_BLOCK_SIZE = 512  # st_blocks counts 512-byte units whatever the block size (stat(2))
+GUEST_MEMFD_FLAG_MMAP = 1 << 0  # MMAP (6.18) / SUPPORT_SHARED (RFC v2): the flag that allows mmap
 
 _inode_numbers = itertools.count(45057)  # any distinct numbers do (realkernel #74)
 
@@ -116,20 +119,13 @@ class GmemInode:
         self.pin_objs: list[ModelPin] = []
         self.files: list[GmemFile] = []
         self.mappings = FileMappings()  # i_mmap: the host mappings of this inode
-        self.stats = {
-            "host_faults": 0,
-            "conversions": 0,
-            "conversions_eagain": 0,
-            "invalidations": 0,
-            "host_ptes_zapped": 0,
-            "punches": 0,
-        }
+        self.stats = {"host_faults": 0}  # this inode's (sim/target.py reads it; everything else is in metrics)
         # HugeTLB backing (RFC v2): set by KVM_CREATE_GUEST_MEMFD with GUEST_MEMFD_FLAG_HUGETLB.
         self.huge: HugeGmem | None = None
         self.metrics = metrics if metrics is not None else Metrics()
 
     # -- host faults (spec 2.4) ---------------------------------------------------------------------
-    def fault_user_mapping(self, index: int, vma: ModelHostMapping | None = None) -> tuple[int, int, int] | None:
+    def fault_user_mapping(self, index: int, vma: ModelHostMapping | None = None) -> tuple[int, int, Level] | None:
         """``kvm_gmem_fault_user_mapping`` (6.18) / ``kvm_gmem_fault_shared`` (RFC v2).
 
         Refuses past EOF and on indices the host may not fault; otherwise allocates the folio, zeroes it
@@ -145,14 +141,14 @@ class GmemInode:
             return self.huge.host_fault(index, vma)
         if self.pagecache.make_uptodate(index):
             self.metrics.add("bytes_zeroed", PAGE_SIZE)
-        self.metrics.add("host_faults.4K")
-        self.metrics.add("host_map_bytes.4K", PAGE_SIZE)
+        self.metrics.add(per_level("host_faults", Level.PG_4K))
+        self.metrics.add(per_level("host_map_bytes", Level.PG_4K), PAGE_SIZE)
         return None
 
     def unmap_host(self, start: int, end: int) -> int:
         """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
         zapped = self.mappings.unmap(start, end)
-        self.stats["host_ptes_zapped"] += zapped
+        self.metrics.add("host_ptes_zapped", zapped)
         return zapped
 
     def arch_invalidate(self, start: int, end: int) -> None:
@@ -160,11 +156,11 @@ class GmemInode:
         for file in self.files:
             file.vm.vendor.gmem_invalidate(self, start, end, file.gfn_ranges)
 
-    def folio_level(self, index: int) -> int:
+    def folio_level(self, index: int) -> Level:
         """Stage-2 level of the folio holding ``index`` (4 KiB files: always 4 KiB)."""
         if self.huge is None:
-            return 1
-        return self.huge.hf.folio_level(index) or 1
+            return Level.PG_4K
+        return self.huge.hf.folio_level(index) or Level.PG_4K
 
     # -- invalidation (spec 2.11) ---------------------------------------------------------------------
     def kvm_gmem_invalidate_begin(self, start: int, end: int, private: bool | None = None) -> int:
@@ -174,7 +170,7 @@ class GmemInode:
         page tables, every other VM loses both kinds (``kvm_gfn_range_filter_to_root_types``).
         """
         zapped = 0
-        self.stats["invalidations"] += 1
+        self.metrics.add("invalidations")
         for file in self.files:
             use_filter = private if file.vm.vm_type == VmType.TDX else None
             for s, e, slot in file.bindings.runs(start, end):
@@ -200,7 +196,7 @@ class GmemInode:
     def kvm_gmem_punch_hole(self, start: int, end: int) -> int:
         """Zap guest mappings, remove folios (unmapping them from host page tables), keep shareability."""
         end = min(end, self.npages)
-        self.stats["punches"] += 1
+        self.metrics.add("punches")
         if start >= end:
             return 0
         self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
@@ -283,9 +279,9 @@ class GmemInode:
         if not self.shareability.convertible:
             return  # stitched RFC tree: no tree for non-SUPPORT_SHARED files -> silent success (5.6)
         work = self.shareability.work_list(start, end, to_shared)
-        self.stats["conversions"] += 1
+        self.metrics.add("conversions")
         if not work:
-            self.metrics.add("conversions.ok")
+            self.metrics.add("conversions_ok")
             return
         for s, e in work:
             # to shared: private leaves go; to private: shared leaves go.
@@ -296,8 +292,7 @@ class GmemInode:
             for s, e in work:
                 bad = self.first_elevated_refcount(s, e)
                 if bad is not None:
-                    self.stats["conversions_eagain"] += 1
-                    self.metrics.add("conversions.eagain")
+                    self.metrics.add("conversion_eagain")
                     raise ConversionError(
                         errno.EAGAIN,
                         op,
@@ -310,13 +305,12 @@ class GmemInode:
             try:
                 self.huge.after_convert(work, to_shared)
             except FolioBusy as exc:
-                self.stats["conversions_eagain"] += 1
-                self.metrics.add("conversions.eagain")
+                self.metrics.add("conversion_eagain")
                 raise ConversionError(errno.EAGAIN, op, str(exc), error_offset=exc.index << PAGE_SHIFT) from None
         if to_shared:
             for s, e in work:
                 self.arch_invalidate(s, e)
-        self.metrics.add("conversions.ok")
+        self.metrics.add("conversions_ok")
 
     # -- accounting -------------------------------------------------------------------------------------
     def release_memory(self) -> int:
@@ -335,12 +329,11 @@ class GmemFile:
     """A guest_memfd file: implements :class:`gmemlab.backend.GuestMemfd` for the model."""
 
     def __init__(
-        self, vm: GmemKvm, inode: GmemInode, fdtable: FdTable, address_space: AddressSpace, stats: Counter[str]
+        self, vm: GmemKvm, inode: GmemInode, fdtable: FdTable, address_space: AddressSpace
     ) -> None:
         self.vm = vm
         self.fdtable = fdtable
         self.address_space = address_space
-        self.stats = stats  # the system's counters (pages freed at release)
         self.inode = inode
         self.size = inode.size
         self.flags = inode.flags
@@ -391,7 +384,7 @@ class GmemFile:
         inode.files.remove(self)
         if not inode.files:
             freed = inode.release_memory()
-            self.stats["pages_freed_at_release"] += freed
+            inode.metrics.add("pages_freed_at_release", freed)
         self.vm.put_ref()
 
     def _check_fd(self, op: str) -> None:
@@ -430,7 +423,7 @@ class GmemFile:
         huge = self.inode.huge
         if huge is not None:  # RFC v2: blksize = huge page size, i_blocks kept for HugeTLB (spec 2.3)
             return FileStat(st_size=self.inode.size, st_blksize=huge.hpage_size,
-                            st_blocks=huge.hf.allocated_bytes() // 512, st_ino=self.inode.ino)
+                            st_blocks=huge.hf.allocated_bytes() // ST_BLOCK_SIZE, st_ino=self.inode.ino)
         return FileStat(st_size=self.inode.size, st_blksize=PAGE_SIZE, st_blocks=0, st_ino=self.inode.ino)
 
     # -- fallocate (spec 2.5) ------------------------------------------------------------------------------
@@ -479,7 +472,9 @@ class GmemFile:
             self.inode.kvm_gmem_allocate(start, end)
 
     # -- mmap (spec 2.4) -----------------------------------------------------------------------------------
-    def mmap(self, length: int, offset: int = 0, prot: int = 3, flags: int = MAP_SHARED) -> ModelHostMapping:
+    def mmap(
+        self, length: int, offset: int = 0, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_SHARED
+    ) -> ModelHostMapping:
         op = "mmap"
         self._check_fd(op)
         # The mmap syscall and do_mmap() (mm/mmap.c) check, in order: offset alignment, length,
@@ -499,14 +494,15 @@ class GmemFile:
         aligned_len = npages << PAGE_SHIFT
         if aligned_len > LOFF_MAX or offset >> PAGE_SHIFT > (LOFF_MAX - aligned_len) >> PAGE_SHIFT:
             raise KvmError(errno.EOVERFLOW, op, f"offset {offset:#x} + length {length:#x} exceeds MAX_LFS_FILESIZE")
-        if flags & 3 not in (MAP_SHARED, MAP_PRIVATE, 3):  # MAP_SHARED_VALIDATE == 3
+        sharing = flags & MAP_SHARED_VALIDATE  # the low bits the mapping type lives in
+        if sharing not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
             raise KvmError(errno.EINVAL, op, "flags must contain MAP_SHARED or MAP_PRIVATE")
         if prot & PROT_EXEC:
             raise KvmError(errno.EPERM, op, "the guest_memfd mount is noexec (PROT_EXEC refused)")
         if not self.inode.behaviour.supports_mmap(self.inode.flags):
-            name = self.inode.behaviour.api.flag_name(1)
+            name = self.inode.behaviour.api.flag_name(GUEST_MEMFD_FLAG_MMAP)
             raise KvmError(errno.ENODEV, op, f"guest_memfd was created without {name}")
-        if flags & 3 == MAP_PRIVATE:
+        if sharing == MAP_PRIVATE:
             raise KvmError(errno.EINVAL, op, "guest_memfd needs MAP_SHARED (copy-on-write is refused)")
         huge = self.inode.huge
         if huge is not None and (length % huge.hpage_size or offset % huge.hpage_size):

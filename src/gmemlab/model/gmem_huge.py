@@ -24,14 +24,14 @@ from collections import Counter
 from typing import Protocol
 
 from ..errors import FaultRefused, FolioBusy, GmemError, KvmError
-from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES, order_for_level
+from ..level import HUGE_LEVELS, Level
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
 from .folio import ABSENT, INTACT, HugeFolios
 from .host import FileMappings, ModelHostMapping, ModelPin
 from .hugetlb import HugetlbSubpool
 from .lpage import GmemLpageInfo
-from .metrics import Metrics
+from .metrics import Metrics, per_level
 from .pagecache import PageCache
 from .policy import HugeInode, SplitPolicy
 from .prepare import PREPAREDNESS
@@ -125,12 +125,13 @@ class HugeGmem:
         try:
             self.ensure_blocks(b, b + 1)
         except KvmError as exc:
+            assert exc.errno is not None
             raise GmemError(exc.errno, exc.reason) from None
         level = self.policy.mapping_level(self.view, index)
         start, end = self.hf.folio_range(index)
         hooks = self.prep.guest_prepare(self.inode.pagecache, start, end)
         self.metrics.add("arch_prepares", len(hooks))
-        return order_for_level(level)
+        return level.order
 
     def prepare_run(self, start: int, end: int) -> None:
         """A batch of 4 KiB guest faults over ``[start, end)`` (4 KiB folios, one 2M range)."""
@@ -140,20 +141,19 @@ class HugeGmem:
         self.metrics.add("arch_prepares", len(hooks))
 
     # -- host faults -------------------------------------------------------------------------------
-    def vma_level(self, index: int, vma: ModelHostMapping | None) -> int:
+    def vma_level(self, index: int, vma: ModelHostMapping | None) -> Level:
         """Largest level at which ``vma`` maps the aligned range around ``index`` whole and aligned."""
         if vma is None:
-            return LEVEL_4K
-        for level in (LEVEL_1G, LEVEL_2M):
-            pages = LEVEL_PAGES[level]
-            lo = index - index % pages
-            if vma.pgoff <= lo and lo + pages <= vma.pgoff + vma.npages:
+            return Level.PG_4K
+        for level in HUGE_LEVELS:
+            lo = level.align_down(index)
+            if vma.pgoff <= lo and lo + level.pages <= vma.pgoff + vma.npages:
                 hva = vma.address + ((lo - vma.pgoff) << PAGE_SHIFT)
-                if hva % (pages << PAGE_SHIFT) == 0:
+                if hva % level.bytes == 0:
                     return level
-        return LEVEL_4K
+        return Level.PG_4K
 
-    def host_fault(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, int]:
+    def host_fault(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, Level]:
         """``kvm_gmem_fault_shared`` on a shared index: returns ``(start, end, level)`` to map."""
         b = self.hf.block_of(index)
         try:
@@ -163,14 +163,12 @@ class HugeGmem:
             raise FaultRefused(f"kvm_gmem_get_folio: {exc.reason}") from None
         except FolioBusy as exc:
             raise FaultRefused(f"cannot split for a host mapping: {exc}") from None
-        pages = LEVEL_PAGES[level]
-        lo = index - index % pages
-        zeroed = self.inode.pagecache.make_uptodate_range(lo, lo + pages)
+        lo = level.align_down(index)
+        zeroed = self.inode.pagecache.make_uptodate_range(lo, lo + level.pages)
         self.metrics.add("bytes_zeroed", zeroed << PAGE_SHIFT)
-        name = LEVEL_NAMES[level]
-        self.metrics.add(f"host_faults.{name}")
-        self.metrics.add(f"host_map_bytes.{name}", pages << PAGE_SHIFT)
-        return lo, lo + pages, level
+        self.metrics.add(per_level("host_faults", level))
+        self.metrics.add(per_level("host_map_bytes", level), level.bytes)
+        return lo, lo + level.pages, level
 
     # -- conversion --------------------------------------------------------------------------------
     def first_pinned_folio(self, start: int, end: int) -> int | None:

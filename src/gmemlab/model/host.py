@@ -10,11 +10,12 @@ RFC v2 conversion to private fail with EAGAIN (spec 2.14 step 4).
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
 from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
+from ..level import Level
 from ..rangemap import RangeMap
 from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
 from . import numa
@@ -38,7 +39,7 @@ class MappedInode(Protocol):
 
     def fault_user_mapping(
         self, index: int, vma: ModelHostMapping | None = None
-    ) -> tuple[int, int, int] | None: ...
+    ) -> tuple[int, int, Level] | None: ...
 
     def pin(self, start: int, end: int) -> ModelPin: ...
 
@@ -67,7 +68,6 @@ class FileMappings:
 
     def __init__(self) -> None:
         self.vmas: list[ModelHostMapping] = []
-        self.ptes_zapped = 0
 
     def __iter__(self) -> Iterator[ModelHostMapping]:
         return iter(self.vmas)
@@ -87,16 +87,14 @@ class FileMappings:
         for vma in self.vmas:
             first, last = vma.file_range_to_pages(start, end)
             zapped += vma.zap(first, last)
-        self.ptes_zapped += zapped
         return zapped
 
-    def unmap_above(self, start: int, end: int, level: int) -> int:
+    def unmap_above(self, start: int, end: int, level: Level) -> int:
         """Drop host mappings larger than ``level`` over ``[start, end)`` (before a folio split)."""
         zapped = 0
         for vma in self.vmas:
             first, last = vma.file_range_to_pages(start, end)
             zapped += vma.zap(first, last, above=level)
-        self.ptes_zapped += zapped
         return zapped
 
 
@@ -136,7 +134,7 @@ class ModelHostMapping:
         self.file = file
         self.pgoff = pgoff
         self.address = space.place(length)
-        self.ptes: RangeMap[bool] = RangeMap(self.npages, False)  # host PTEs installed
+        self.ptes: RangeMap[Level | None] = RangeMap(self.npages, None)  # host PTEs installed, by level
         self.anon: dict[int, bytearray] = {}
         self.vma_policy = numa.SharedPolicy(self.npages)  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
@@ -162,8 +160,8 @@ class ModelHostMapping:
                 span = self.file.inode.fault_user_mapping(self.pgoff + page, self)
             except FaultRefused as exc:
                 raise HostSigbus(offset, write, exc.reason) from None
-        if span is None or span[2] == 1:
-            self.ptes.store(page, page + 1, True)
+        if span is None or span[2] == Level.PG_4K:
+            self.ptes.store(page, page + 1, Level.PG_4K)
         else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
             self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
 
@@ -316,25 +314,25 @@ class ModelHostMapping:
             self.file.put_ref()
 
     # -- helpers for the inode ----------------------------------------------------------------------
-    def zap(self, first: int, last: int, above: int = 0) -> int:
+    def zap(self, first: int, last: int, above: Level | None = None) -> int:
         """Remove host PTEs for mapping pages ``[first, last)`` (``unmap_mapping_pages``).
 
-        Entries hold ``True`` for a 4 KiB PTE or the level (2 = PMD, 3 = PUD) of a huge mapping; a huge
-        mapping overlapping the range goes whole. ``above`` keeps mappings of that level or smaller.
+        Entries hold the level of the mapping (None: no PTE); a huge mapping overlapping the range goes
+        whole. ``above`` keeps mappings of that level or smaller.
         """
         last = min(last, self.npages)
         if first >= last:
             return 0
         n = 0
         for s, e, v in list(self.ptes.runs(first, last)):
-            if not v or int(v) <= above:
+            if not v or (above is not None and v <= above):
                 continue
-            if int(v) > 1:
-                pages = 512 ** (int(v) - 1)
-                lo = (self.pgoff + s) - (self.pgoff + s) % pages - self.pgoff
-                s, e = max(lo, 0), min(-(-(self.pgoff + e) // pages) * pages - self.pgoff, self.npages)
+            level = Level(v)
+            if level > Level.PG_4K:
+                lo = level.align_down(self.pgoff + s) - self.pgoff
+                s, e = max(lo, 0), min(level.align_up(self.pgoff + e) - self.pgoff, self.npages)
             n += self.ptes.count(s, e, bool)
-            self.ptes.store(s, e, False)
+            self.ptes.store(s, e, None)
         return n
 
     def file_range_to_pages(self, start: int, end: int) -> tuple[int, int]:
@@ -344,11 +342,6 @@ class ModelHostMapping:
     def mapped_file_runs(self) -> list[tuple[int, int]]:
         """File index runs that have a host PTE in this mapping."""
         return [(self.pgoff + s, self.pgoff + e) for s, e, v in self.ptes.runs() if v]
-
-    def guest_access(self, hva_offset: int, write: bool) -> Callable[[], None]:
-        """GUP-style fault for KVM's HVA path; raises FaultRefused-derived errors as HostSigbus."""
-        page = hva_offset >> PAGE_SHIFT
-        return lambda: self._fault(page, write)
 
 
 class ModelPin:

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NoReturn
 
-from ..level import LEVEL_PAGES
 from .gmem import GmemInode
 from .kvm_host import Kvm
 from .pagecache import ABSENT, UPTODATE
@@ -26,7 +26,7 @@ class InvariantViolation(AssertionError):
     pass
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise InvariantViolation(message)
 
 
@@ -35,32 +35,39 @@ def check(inodes: Iterable[GmemInode], vms: Iterable[Kvm]) -> None:
     for inode in inodes:
         _check_inode(inode)
     for vm in vms:
-        for (as_id, slot_id), slot in vm.memslots.items():
-            if (slot.as_id, slot.id) != (as_id, slot_id):
-                _fail(f"memslot {slot_id} filed under the wrong key")
-            file = slot.gmem_file
-            if file is not None:
-                if file.released:
-                    _fail(f"slot {slot_id} still points at a released guest_memfd")
-                for s, e, bound in file.bindings.runs(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages):
-                    if bound is not slot:
-                        _fail(f"slot {slot_id}: file indices [{s:#x},{e:#x}) bound to {bound!r}")
-        for s, e, spte in vm.stage2.mapped():
-            pages = LEVEL_PAGES[spte.level]
-            if s % pages or e % pages:
-                _fail(f"stage-2 {spte.level}-level leaves at [{s:#x},{e:#x}) are not aligned to their size")
-            for gfn in (s, e - 1):
-                slot = vm.find_memslot(gfn)
-                if slot is None:
-                    _fail(f"stage-2 leaf at gfn {gfn:#x} outside every memslot")
-                    return
-                if slot.has_gmem and slot.gmem_file is None and (spte.private or slot.gmem_only):
-                    _fail(f"stage-2 leaf at gfn {gfn:#x} survives its released guest_memfd")
-            # Compare against kvm_mem_is_private run by run (attributes and gmem state are range maps).
-            for gfn in _boundaries(vm, s, e):
-                if spte.private != vm.kvm_mem_is_private(gfn):
-                    _fail(f"stage-2 leaf at gfn {gfn:#x} is {'private' if spte.private else 'shared'} "
-                          "but the memory is not")
+        _check_memslots(vm)
+        _check_stage2(vm)
+
+
+def _check_memslots(vm: Kvm) -> None:
+    for (as_id, slot_id), slot in vm.memslots.items():
+        if (slot.as_id, slot.id) != (as_id, slot_id):
+            _fail(f"memslot {slot_id} filed under the wrong key")
+        file = slot.gmem_file
+        if file is not None:
+            if file.released:
+                _fail(f"slot {slot_id} still points at a released guest_memfd")
+            for s, e, bound in file.bindings.runs(slot.gmem_pgoff, slot.gmem_pgoff + slot.npages):
+                if bound is not slot:
+                    _fail(f"slot {slot_id}: file indices [{s:#x},{e:#x}) bound to {bound!r}")
+
+
+def _check_stage2(vm: Kvm) -> None:
+    for s, e, spte in vm.stage2.mapped():
+        pages = spte.level.pages
+        if s % pages or e % pages:
+            _fail(f"stage-2 {spte.level.label} leaves at [{s:#x},{e:#x}) are not aligned to their size")
+        for gfn in (s, e - 1):
+            slot = vm.find_memslot(gfn)
+            if slot is None:
+                _fail(f"stage-2 leaf at gfn {gfn:#x} outside every memslot")
+            if slot.has_gmem and slot.gmem_file is None and (spte.private or slot.gmem_only):
+                _fail(f"stage-2 leaf at gfn {gfn:#x} survives its released guest_memfd")
+        # Compare against kvm_mem_is_private run by run (attributes and gmem state are range maps).
+        for gfn in _boundaries(vm, s, e):
+            if spte.private != vm.kvm_mem_is_private(gfn):
+                _fail(f"stage-2 leaf at gfn {gfn:#x} is {'private' if spte.private else 'shared'} "
+                      "but the memory is not")
 
 
 def _boundaries(vm: Kvm, start: int, end: int) -> list[int]:

@@ -8,8 +8,6 @@ change this state are :class:`gmemlab.model.kvm_main.ModelVm`, which is a :class
 
 from __future__ import annotations
 
-from collections import Counter
-
 from ..rangemap import RangeMap
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, VmType
 from .config import HostConfig
@@ -43,7 +41,6 @@ class Kvm:
         self.attributes: RangeMap[int] = RangeMap(GFN_LIMIT, 0)  # kvm->mem_attr_array, per gfn
         self.stage2 = Stage2(metrics)
         self.vendor: NoVendor = vendor_for(vm_type, self.stage2, metrics, config)
-        self.stats: Counter[str] = Counter()
 
     # -- references (kvm_get_kvm / kvm_put_kvm) -------------------------------------------------------
     def get_ref(self) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
+from types import TracebackType
 
+from ..backend import PROT_READ, PROT_WRITE
 from ..errors import KvmError
+from ..level import LEVELS
 from ..uapi import (
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
@@ -68,7 +71,6 @@ class ModelBackend:
         self.fdtable = FdTable()
         self.address_space = AddressSpace(self.config.numa_nodes)
         self.vms: list[ModelVm] = []
-        self.stats: Counter[str] = Counter()
         self.fd = self.fdtable.install(self)
         self.closed = False
 
@@ -90,7 +92,7 @@ class ModelBackend:
     def mmap_anonymous(self, length: int) -> ModelHostMapping:
         if length <= 0:
             raise KvmError(errno.EINVAL, "mmap", f"length {length} must be positive")
-        return ModelHostMapping(self.address_space, length, 3)
+        return ModelHostMapping(self.address_space, length, PROT_READ | PROT_WRITE)
 
     def memfd_create(self, size: int) -> ModelMemfd:
         return ModelMemfd(self.fdtable, size)
@@ -105,7 +107,39 @@ class ModelBackend:
         return frozenset()
 
     def close(self) -> None:
+        """Release everything this backend created, like the kernel backend's ``close()``: vCPUs, pins,
+        mappings, then every open fd newest first (files, memfds, VMs), then ``/dev/kvm`` itself. Memory
+        goes back as the kernel frees it: the last reference to a guest_memfd evicts its inode (HugeTLB
+        pages return to the pool), the last reference to a VM destroys it."""
+        if self.closed:
+            return
         self.closed = True
+        for vm in list(self.vms):
+            for vcpu in reversed(vm.vcpus):
+                vcpu.close()
+        for inode in self.inodes():
+            for pin in reversed(list(inode.pin_objs)):
+                pin.unpin()
+        for vma in reversed(list(self.address_space.vmas)):
+            vma.munmap()
+        for fd in sorted(self.fdtable.files, reverse=True):
+            obj = self.fdtable.files[fd]
+            if obj is not self:
+                obj.close()
+        self.fdtable.remove(self.fd)
+
+    def __enter__(self) -> ModelBackend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> Counter[str]:
+        """The counters of :attr:`counters` (``pages_freed_at_release``, ``memslots_created``, ...)."""
+        return self.counters.counters
 
     # -- whole-system views -------------------------------------------------------------------------------
     def inodes(self) -> list[GmemInode]:
@@ -114,7 +148,7 @@ class ModelBackend:
             if isinstance(obj, GmemFile):
                 seen[id(obj.inode)] = obj.inode
         for vma in self.address_space.vmas:
-            if vma.file is not None:
+            if isinstance(vma.file, GmemFile):
                 seen[id(vma.file.inode)] = vma.file.inode
         return list(seen.values())
 
@@ -132,7 +166,7 @@ class ModelBackend:
                 ranges += hf.shape.nr_runs() + (hf.sub2m.nr_runs() if hf.sub2m is not None else 0)
                 ranges += inode.huge.prep.nr_ranges()
         per_page = 0
-        mapped = {"4K": 0, "2M": 0, "1G": 0}
+        mapped = {level.label: 0 for level in LEVELS}
         for vm in self.vms:
             per_page += vm.attributes.count(0, GFN_LIMIT, bool)  # an xarray holds one entry per such gfn
             for level, n in vm.stage2.mapped_bytes().items():
@@ -158,6 +192,7 @@ class ModelVm(Kvm):
         self.system = system
         self.fd = system.fdtable.install(self)
         self.fd_open = True
+        self.vcpus: list[ModelVcpu] = []
         super().__init__(vm_type, system.config, system.behaviour, system.counters, system.address_space)
 
     def kvm_destroy_vm(self) -> None:
@@ -216,8 +251,8 @@ class ModelVm(Kvm):
         if subpool is not None:
             inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, config.gmem_prepare,
                                   self.system.counters, shared)
-        self.system.stats["gmem_created"] += 1
-        return GmemFile(self, inode, self.system.fdtable, self.system.address_space, self.system.stats)
+        self.counters.add("gmem_created")
+        return GmemFile(self, inode, self.system.fdtable, self.system.address_space)
 
     # -- memslots (spec 2.6) ---------------------------------------------------------------------------------
     def set_user_memory_region(
@@ -298,7 +333,7 @@ class ModelVm(Kvm):
                 slot.gmem_file.kvm_gmem_unbind(slot)
             raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
         self.memslots[r.key] = slot
-        self.stats["memslots_created"] += 1
+        self.counters.add("memslots_created")
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
@@ -330,7 +365,7 @@ class ModelVm(Kvm):
         if slot.gmem_file is not None:
             slot.gmem_file.kvm_gmem_unbind(slot)
         del self.memslots[(slot.as_id, slot.id)]
-        self.stats["memslots_deleted"] += 1
+        self.counters.add("memslots_deleted")
 
     # -- memory attributes (spec 2.7) ---------------------------------------------------------------------------
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
@@ -356,12 +391,14 @@ class ModelVm(Kvm):
             return  # kvm_range_has_memory_attributes(): nothing to do
         self.stage2.zap(start, end)  # kvm_arch_pre_set_memory_attributes
         self.attributes.store(start, end, attributes)
-        self.stats["set_attributes"] += 1
+        self.counters.add("set_attributes")
 
     # -- vCPUs ---------------------------------------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> ModelVcpu:
         self._check_fd("KVM_CREATE_VCPU")
-        return ModelVcpu(self, vcpu_id)
+        vcpu = ModelVcpu(self, vcpu_id)
+        self.vcpus.append(vcpu)
+        return vcpu
 
     # -- kvm_gmem_populate (spec 2.9) ------------------------------------------------------------------------------
     def kvm_gmem_populate(self, gfn: int, src: bytes | None, npages: int) -> int:

@@ -8,13 +8,13 @@ HugeTLB files (RFC v2) may map 2 MiB or 1 GiB leaves, chosen by :func:`kvm_mmu_m
 
 from __future__ import annotations
 
-from ..level import LEVEL_1G, LEVEL_4K, LEVEL_PAGES, level_for_order
+from ..level import Level
 from ..uapi import KVM_MEM_LOG_DIRTY_PAGES, PAGE_SHIFT
 from .kvm_host import Kvm
 from .memslot import Memslot
 
 
-def disallow_lpage(vm: Kvm, slot: Memslot, gfn: int, level: int) -> str | None:
+def disallow_lpage(vm: Kvm, slot: Memslot, gfn: int, level: Level) -> str | None:
     """Why ``lpage_info_slot(gfn, slot, level)->disallow_lpage`` is non-zero, or None (workloads 2.1 step 3).
 
     * memslot head/tail: the first/last huge page when ``base_gfn`` / ``base_gfn + npages`` is unaligned;
@@ -23,7 +23,7 @@ def disallow_lpage(vm: Kvm, slot: Memslot, gfn: int, level: int) -> str | None:
       on every attribute change, 2M first and then 1G from the 2M results; for a huge page inside the
       slot that is exactly "the attribute range map has one run there", computed here on demand (O(runs)).
     """
-    pages = LEVEL_PAGES[level]
+    pages = level.pages
     mask = pages - 1
     hp = gfn // pages
     if hp == slot.base_gfn // pages and slot.base_gfn & mask:
@@ -40,17 +40,16 @@ def disallow_lpage(vm: Kvm, slot: Memslot, gfn: int, level: int) -> str | None:
     return None
 
 
-def kvm_mmu_max_mapping_level(vm: Kvm, slot: Memslot, gfn: int, is_private: bool, max_order: int) -> int:
+def kvm_mmu_max_mapping_level(vm: Kvm, slot: Memslot, gfn: int, is_private: bool, max_order: int) -> Level:
     """Level of a guest fault before the vendor cap (workloads 2.1 steps 1, 2b, 3, 7).
 
     Hardware cap (``HostConfig.tdp_max_level``), then ``max_order`` from guest_memfd (private faults, and
     shared faults on GMEM_ONLY slots, where the level comes from guest_memfd too), then walk down while
     ``lpage_info`` disallows, then 4 KiB under dirty logging.
     """
-    level = min(LEVEL_1G, vm.config.tdp_max_level)
-    level = min(level, level_for_order(max_order))
-    while level > LEVEL_4K and disallow_lpage(vm, slot, gfn, level):
-        level -= 1
+    level = min(Level.PG_1G, Level(vm.config.tdp_max_level), Level.for_order(max_order))
+    while level > Level.PG_4K and disallow_lpage(vm, slot, gfn, level):
+        level = level.smaller()
     if slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
-        level = LEVEL_4K
+        level = Level.PG_4K
     return level

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 
 from ..errors import FaultRefused, GmemError, UnsupportedByBackend, VcpuExit
-from ..level import LEVEL_4K, LEVEL_PAGES
+from ..level import Level
 from ..uapi import (
     KVM_EXIT_MEMORY_FAULT,
     KVM_EXIT_MMIO,
@@ -190,11 +190,10 @@ def touch_range(vm: Kvm, start: int, end: int, write: bool) -> None:
                 if spte is None:  # mapped and zapped again (PSMASH); count it and move on
                     x += 1
                     continue
-                pages = LEVEL_PAGES[spte.level]
-                if spte.level != LEVEL_4K:
-                    x = x - x % pages + pages
+                if spte.level != Level.PG_4K:
+                    x = spte.level.align_down(x) + spte.level.pages
                     continue
-                run_end = min(b, x - x % 512 + 512, _same_state_end(vm, slot, x, b))
+                run_end = min(b, Level.PG_2M.align_down(x) + Level.PG_2M.pages, _same_state_end(vm, slot, x, b))
                 if run_end > x + 1:
                     _map_run_4k(vm, slot, x + 1, run_end, spte.private)
                 x = run_end

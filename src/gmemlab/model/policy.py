@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..level import LEVEL_4K, LEVEL_PAGES
-from .folio import INTACT, SPLIT_2M, HugeFolios
+from ..level import Level
+from .folio import INTACT, PMD, SPLIT_2M, HugeFolios
 from .lpage import ALL_SHARED, GmemLpageInfo
 from .shareability import Shareability
 
@@ -62,26 +62,25 @@ class SplitPolicy:
     def after_convert(self, inode: HugeInode, work: list[tuple[int, int]], to_shared: bool) -> None:
         raise NotImplementedError
 
-    def mapping_level(self, inode: HugeInode, index: int) -> int:
+    def mapping_level(self, inode: HugeInode, index: int) -> Level:
         raise NotImplementedError
 
-    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: Level) -> Level:
         raise NotImplementedError
 
     def check(self, inode: HugeInode) -> None:
         """Assert the policy's own invariant over the inode's folios."""
 
 
-def uniform_level(inode: HugeInode, index: int, level: int) -> int:
+def uniform_level(inode: HugeInode, index: int, level: Level) -> Level:
     """Largest level <= ``level`` whose aligned range around ``index`` has one shareability state."""
     sh = inode.shareability
-    while level > LEVEL_4K:
-        pages = LEVEL_PAGES[level]
-        lo = index - index % pages
-        if len(sh.runs(lo, lo + pages)) == 1:
+    while level > Level.PG_4K:
+        lo = level.align_down(index)
+        if len(sh.runs(lo, lo + level.pages)) == 1:
             return level
-        level -= 1
-    return LEVEL_4K
+        level = level.smaller()
+    return Level.PG_4K
 
 
 @dataclass(frozen=True)
@@ -108,14 +107,14 @@ class EagerPolicy(SplitPolicy):
             for s, e in work:  # kvm_gmem_try_merge_folio_in_filemap per huge block
                 hf.merge_range_if(s, e, lambda lo, hi: not sh.any_shared(lo, hi))
 
-    def mapping_level(self, inode: HugeInode, index: int) -> int:
+    def mapping_level(self, inode: HugeInode, index: int) -> Level:
         # Mapping order = folio order, and huge only if no index in the aligned range is shared.
-        return uniform_level(inode, index, inode.folios.folio_level(index) or LEVEL_4K)
+        return uniform_level(inode, index, inode.folios.folio_level(index) or Level.PG_4K)
 
-    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: Level) -> Level:
         # kvm_gmem_fault_shared maps PAGE_SIZE PTEs only (a large folio would be a SIGBUS).
-        inode.folios.split_to(index, LEVEL_4K, self.staged)
-        return LEVEL_4K
+        inode.folios.split_to(index, Level.PG_4K, self.staged)
+        return Level.PG_4K
 
     def check(self, inode: HugeInode) -> None:
         """Eager: no folio larger than 4 KiB holds a shared index."""
@@ -127,10 +126,12 @@ class EagerPolicy(SplitPolicy):
                 if v == INTACT:
                     raise AssertionError(f"eager left intact folios in blocks [{b0},{b1}) with shared pages")
                 if v == SPLIT_2M and hf.sub2m is not None:
-                    lo, hi = max(s >> 9, b0 << 9), min(((e - 1) >> 9) + 1, b1 << 9)
+                    lo = max(PMD.number(s), PMD.number(b0 * hf.block_pages))
+                    hi = min(PMD.number(e - 1) + 1, PMD.number(b1 * hf.block_pages))
                     for j0, _, w in hf.sub2m.runs(lo, hi):
                         if w == INTACT:
-                            raise AssertionError(f"eager left an intact 2M folio at {j0 << 9:#x} with shared pages")
+                            raise AssertionError(
+                                f"eager left an intact 2M folio at {PMD.first_page(j0):#x} with shared pages")
 
 
 @dataclass(frozen=True)
@@ -150,20 +151,20 @@ class DeferredPolicy(SplitPolicy):
         for s, e in work:
             record.update(s, e, to_shared, inode.shareability)
 
-    def mapping_level(self, inode: HugeInode, index: int) -> int:
-        return min(inode.folios.folio_level(index) or LEVEL_4K, inode.lpage.uniform_level(index))
+    def mapping_level(self, inode: HugeInode, index: int) -> Level:
+        return min(inode.folios.folio_level(index) or Level.PG_4K, inode.lpage.uniform_level(index))
 
     def check(self, inode: HugeInode) -> None:
         inode.lpage.check(inode.shareability)
 
-    def host_map_level(self, inode: HugeInode, index: int, vma_level: int) -> int:
+    def host_map_level(self, inode: HugeInode, index: int, vma_level: Level) -> Level:
         record, hf = inode.lpage, inode.folios
-        level = min(hf.folio_level(index) or LEVEL_4K, vma_level)
-        while level > LEVEL_4K and record.state(index, level) != ALL_SHARED:
-            level -= 1
+        level = min(hf.folio_level(index) or Level.PG_4K, vma_level)
+        while level > Level.PG_4K and record.state(index, level) != ALL_SHARED:
+            level = level.smaller()
         # A sub-folio mapping inside a mixed range (or one the VMA cannot map whole): split now.
         hf.split_to(index, level, self.staged)
-        return min(level, hf.folio_level(index))
+        return min(level, hf.folio_level(index) or Level.PG_4K)
 
 
 POLICIES: dict[str, SplitPolicy] = {

@@ -18,14 +18,10 @@ lose data the RFC would keep (a documented simplification for merged folios).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SIZE
-
-if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .pagecache import PageCache
+from .metrics import Metrics
+from .pagecache import UPTODATE, PageCache
 
 
 class Preparedness:
@@ -58,7 +54,7 @@ class FolioUptodate(Preparedness):
     name = "folio"
 
     def guest_prepare(self, pc: PageCache, start: int, end: int, whole: bool = True) -> list[tuple[int, int]]:
-        if pc.state.all_equal(start, end, 2):  # UPTODATE
+        if pc.state.all_equal(start, end, UPTODATE):
             return []
         self._zero(pc, start, end, whole=whole)
         return [(start, end)]
@@ -100,7 +96,7 @@ class GuestPrepared(Per4kPrepared):
     resets_on_any_conversion = True  # the shareability store overwrites GUEST_PREPARED
 
     def _marked(self) -> None:
-        self.metrics.add("arch.shareability_write_locks")
+        self.metrics.add("shareability_write_locks")
 
 
 PREPAREDNESS: dict[str, type[Preparedness]] = {

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..level import LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES
+from ..level import LEVELS, Level
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
-from .metrics import Metrics
+from .metrics import Metrics, per_level
 
 GFN_LIMIT = 1 << 52  # gfns of a 64-bit GPA space; the map is range based so this costs nothing
 
@@ -23,7 +23,7 @@ class Spte:
     """A present leaf: private or shared, and its level."""
 
     private: bool
-    level: int = LEVEL_4K
+    level: Level = Level.PG_4K
 
 
 class Stage2:
@@ -31,22 +31,19 @@ class Stage2:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.sptes: RangeMap[Spte | None] = RangeMap(GFN_LIMIT, None)
-        self.stats = {"faults": 0, "zaps": 0, "leaves_zapped": 0, "tlb_flushes": 0}
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def lookup(self, gfn: int) -> Spte | None:
         return self.sptes.load(gfn)
 
-    def map(self, gfn: int, npages: int, private: bool, level: int = LEVEL_4K, faults: int = 1) -> None:
+    def map(self, gfn: int, npages: int, private: bool, level: Level = Level.PG_4K, faults: int = 1) -> None:
         """Install leaves of ``level`` over ``[gfn, gfn + npages)``; ``faults`` = how many faults that was
         (a batch of 4 KiB faults over a range is one call)."""
         self.sptes.store(gfn, gfn + npages, Spte(private, level))
-        self.stats["faults"] += faults
-        if self.metrics is not None:
-            name = LEVEL_NAMES[level]
-            self.metrics.add("guest_faults", faults)
-            self.metrics.add(f"stage2_faults.{name}", faults)
-            self.metrics.add(f"stage2_bytes.{name}", npages << PAGE_SHIFT)
+        add = self.metrics.add
+        add("guest_faults", faults)
+        add(per_level("stage2_faults", level), faults)
+        add(per_level("stage2_bytes", level), npages << PAGE_SHIFT)
 
     def zap(self, start: int, end: int, private: bool | None = None) -> int:
         """Unmap leaves in ``[start, end)``; ``private`` filters (None = both). Flushes TLBs if any.
@@ -57,18 +54,14 @@ class Stage2:
         for s, e, spte in list(self.sptes.runs(start, end)):
             if spte is None or (private is not None and spte.private != private):
                 continue
-            pages = LEVEL_PAGES[spte.level]
-            s, e = s - s % pages, -(-e // pages) * pages
-            zapped += (e - s) // pages
+            level = spte.level
+            s, e = level.align_down(s), level.align_up(e)
+            zapped += (e - s) // level.pages
             self.sptes.store(s, e, None)
         if zapped:
-            self.stats["zaps"] += 1
-            self.stats["leaves_zapped"] += zapped
-            self.stats["tlb_flushes"] += 1
-            if self.metrics is not None:
-                self.metrics.add("zaps")
-                self.metrics.add("leaves_zapped", zapped)
-                self.metrics.add("tlb_flushes")
+            self.metrics.add("zaps")
+            self.metrics.add("s2_zap_leaf", zapped)
+            self.metrics.add("tlb_flush_remote")
         return zapped
 
     def mapped(self, start: int = 0, end: int = GFN_LIMIT) -> list[tuple[int, int, Spte]]:
@@ -76,7 +69,7 @@ class Stage2:
 
     def mapped_bytes(self) -> dict[str, int]:
         """Bytes currently mapped at each level (a snapshot, O(runs))."""
-        out = dict.fromkeys(LEVEL_NAMES.values(), 0)
+        out = {level.label: 0 for level in LEVELS}
         for s, e, v in self.mapped():
-            out[LEVEL_NAMES[v.level]] += (e - s) << PAGE_SHIFT
+            out[v.level.label] += (e - s) << PAGE_SHIFT
         return out

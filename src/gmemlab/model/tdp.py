@@ -9,13 +9,13 @@ that all decide the same (see :func:`gmemlab.model.page_fault.touch_range`).
 
 from __future__ import annotations
 
-from ..level import LEVEL_4K, LEVEL_PAGES
+from ..level import Level
 from .kvm_host import Kvm
 from .memslot import Memslot
 from .mmu import kvm_mmu_max_mapping_level
 
 
-def kvm_tdp_map(vm: Kvm, slot: Memslot, gfn: int, is_private: bool) -> tuple[int, int, int]:
+def kvm_tdp_map(vm: Kvm, slot: Memslot, gfn: int, is_private: bool) -> tuple[int, int, Level]:
     """Fault ``gfn`` in from guest_memfd; returns ``(first gfn, pages, level)`` of the leaf installed.
 
     Raises :class:`gmemlab.errors.GmemError` when ``kvm_gmem_get_pfn`` fails.
@@ -27,10 +27,9 @@ def kvm_tdp_map(vm: Kvm, slot: Memslot, gfn: int, is_private: bool) -> tuple[int
     level = kvm_mmu_max_mapping_level(vm, slot, gfn, is_private, order)
     if is_private:
         level = vm.vendor.private_level(file.inode, gfn, index, level, file.inode.folio_level(index))
-    pages = LEVEL_PAGES[level]
-    first = gfn - gfn % pages
-    vm.stage2.map(first, pages, is_private, level)
-    return first, pages, level
+    first = level.align_down(gfn)
+    vm.stage2.map(first, level.pages, is_private, level)
+    return first, level.pages, level
 
 
 def _map_run_4k(vm: Kvm, slot: Memslot, start: int, end: int, private: bool) -> None:
@@ -41,4 +40,4 @@ def _map_run_4k(vm: Kvm, slot: Memslot, start: int, end: int, private: bool) -> 
     file.inode.prepare_run(index, index + (end - start))
     if private:
         vm.vendor.private_run_4k(file.inode, start, index, end - start)
-    vm.stage2.map(start, end - start, private, LEVEL_4K, faults=end - start)
+    vm.stage2.map(start, end - start, private, Level.PG_4K, faults=end - start)

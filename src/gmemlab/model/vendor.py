@@ -15,7 +15,8 @@ gfn ranges concerned on every call:
 * :class:`Tdx` (TDX VMs): 4K upstream, 2M in the RFC (``HostConfig.tdx_huge_private``); a 2M range that
   was ever mapped or demoted to 4K stays 4K (never promoted).
 
-Counters go to ``metrics()["arch"]``: ``rmpupdate_4k``, ``rmpupdate_2m``, ``psmash``, ``tdx_demote``.
+Counters (:mod:`gmemlab.model.metrics`, also ``metrics()["arch"]``): ``rmpupdate_4k``, ``rmpupdate_2m``,
+``psmash``, ``tdx_demote``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..level import LEVEL_2M, LEVEL_4K
+from ..level import Level
 from ..rangemap import RangeMap
 from ..uapi import VmType
 from .config import HostConfig
@@ -43,6 +44,7 @@ class VendorInode(Protocol):
     def npages(self) -> int: ...
 
 RMP_SHARED, RMP_4K, RMP_2M = 0, 1, 2
+PMD = Level.PG_2M  # RMP entries, S-EPT demotion and PSMASH work per 2 MiB
 
 
 class NoVendor:
@@ -54,7 +56,7 @@ class NoVendor:
         self.stage2 = stage2
         self.metrics = metrics
 
-    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: Level, folio_level: Level) -> Level:
         """Cap (and prepare for) a private mapping of ``level`` at ``gfn``; returns the final level."""
         return level
 
@@ -83,31 +85,31 @@ class SnpRmp(NoVendor):
 
     def psmash(self, inode: VendorInode, gfn: int, index: int) -> None:
         """PSMASH the 2M entry holding ``index`` and zap its 2M gfn range (``sev_handle_rmp_fault``)."""
-        lo = index - index % 512
-        self.table(inode).store(lo, lo + 512, RMP_4K)
-        self.metrics.add("arch.psmash")
+        lo = PMD.align_down(index)
+        self.table(inode).store(lo, lo + PMD.pages, RMP_4K)
+        self.metrics.add("psmash")
         g = gfn - (index - lo)
-        self.stage2.zap(g, g + 512)
+        self.stage2.zap(g, g + PMD.pages)
 
-    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: Level, folio_level: Level) -> Level:
         rmp = self.table(inode)
-        level = min(level, LEVEL_2M)  # SEV's max_level_for_order: no 1G RMP entries
-        if level == LEVEL_2M:
-            lo = index - index % 512
-            runs = list(rmp.runs(lo, lo + 512))
-            if len(runs) == 1 and runs[0][2] == RMP_SHARED and folio_level >= LEVEL_2M:
-                rmp.store(lo, lo + 512, RMP_2M)  # sev_gmem_prepare: is_large_rmp_possible
-                self.metrics.add("arch.rmpupdate_2m")
-                return LEVEL_2M
+        level = min(level, Level.PG_2M)  # SEV's max_level_for_order: no 1G RMP entries
+        if level == Level.PG_2M:
+            lo = PMD.align_down(index)
+            runs = list(rmp.runs(lo, lo + PMD.pages))
+            if len(runs) == 1 and runs[0][2] == RMP_SHARED and folio_level >= Level.PG_2M:
+                rmp.store(lo, lo + PMD.pages, RMP_2M)  # sev_gmem_prepare: is_large_rmp_possible
+                self.metrics.add("rmpupdate_2m")
+                return Level.PG_2M
             if len(runs) == 1 and runs[0][2] == RMP_2M:
-                return LEVEL_2M
+                return Level.PG_2M
         value = rmp.load(index)
         if value == RMP_2M:
             self.psmash(inode, gfn, index)
         elif value == RMP_SHARED:
             rmp.store(index, index + 1, RMP_4K)
-            self.metrics.add("arch.rmpupdate_4k")
-        return LEVEL_4K
+            self.metrics.add("rmpupdate_4k")
+        return Level.PG_4K
 
     def private_run_4k(self, inode: VendorInode, gfn: int, index: int, n: int) -> None:
         rmp = self.table(inode)
@@ -116,7 +118,7 @@ class SnpRmp(NoVendor):
         todo = rmp.count(index, index + n, lambda v: v == RMP_SHARED)
         if todo:
             rmp.store(index, index + n, RMP_4K)
-            self.metrics.add("arch.rmpupdate_4k", todo)
+            self.metrics.add("rmpupdate_4k", todo)
 
     def gmem_invalidate(self, inode: VendorInode, start: int, end: int, gfn_ranges: GfnRanges) -> None:
         rmp = self.rmp.get(inode.ino)
@@ -124,21 +126,28 @@ class SnpRmp(NoVendor):
             return
         for s, e, v in list(rmp.runs(start, end)):
             if v == RMP_4K:
-                self.metrics.add("arch.rmpupdate_4k", e - s)
+                self.metrics.add("rmpupdate_4k", e - s)
             elif v == RMP_2M:
-                lo, hi = s - s % 512, -(-e // 512) * 512
-                full_lo, full_hi = -(-s // 512) * 512, e - e % 512
-                whole = max(0, (full_hi - full_lo) // 512)
-                partial = len({lo // 512 if lo < s else -1, (hi - 1) // 512 if hi > e else -1} - {-1})
-                if partial:
-                    self.metrics.add("arch.psmash", partial)
-                    if lo < s:
-                        rmp.store(lo, s, RMP_4K)
-                    if hi > e:
-                        rmp.store(e, hi, RMP_4K)
-                self.metrics.add("arch.rmpupdate_2m", whole)
-                self.metrics.add("arch.rmpupdate_4k", (e - s) - whole * 512)
+                self._return_2m_entries(rmp, s, e)
         rmp.store(start, end, RMP_SHARED)
+
+    def _return_2m_entries(self, rmp: RangeMap[int], s: int, e: int) -> None:
+        """``sev_gmem_invalidate`` over 2M entries ``[s, e)``: whole entries with one RMPUPDATE, partly
+        covered ones PSMASHed first (their outside part stays assigned at 4K)."""
+        lo, hi = PMD.align_down(s), PMD.align_up(e)
+        whole = max(0, (PMD.align_down(e) - PMD.align_up(s)) // PMD.pages)
+        cut = {PMD.number(lo)} if lo < s else set()  # the 2M entries the range covers only in part
+        if hi > e:
+            cut.add(PMD.number(hi - 1))
+        partial = len(cut)
+        if partial:
+            self.metrics.add("psmash", partial)
+            if lo < s:
+                rmp.store(lo, s, RMP_4K)
+            if hi > e:
+                rmp.store(e, hi, RMP_4K)
+        self.metrics.add("rmpupdate_2m", whole)
+        self.metrics.add("rmpupdate_4k", (e - s) - whole * PMD.pages)
 
 
 class Tdx(NoVendor):
@@ -148,14 +157,14 @@ class Tdx(NoVendor):
 
     def __init__(self, stage2: Stage2, metrics: Metrics, config: HostConfig) -> None:
         super().__init__(stage2, metrics, config)
-        self.max_level = LEVEL_2M if config.tdx_huge_private else LEVEL_4K
-        self.demoted: RangeMap[bool] = RangeMap(GFN_LIMIT >> 9, False)  # per 2M gfn range
+        self.max_level = Level.PG_2M if config.tdx_huge_private else Level.PG_4K
+        self.demoted: RangeMap[bool] = RangeMap(PMD.number(GFN_LIMIT), False)  # per 2M gfn range
 
-    def private_level(self, inode: VendorInode, gfn: int, index: int, level: int, folio_level: int) -> int:
+    def private_level(self, inode: VendorInode, gfn: int, index: int, level: Level, folio_level: Level) -> Level:
         level = min(level, self.max_level)
-        if level == LEVEL_2M and self.demoted.load(gfn >> 9):
-            level = LEVEL_4K
-        if level == LEVEL_4K:
+        if level == Level.PG_2M and self.demoted.load(PMD.number(gfn)):
+            level = Level.PG_4K
+        if level == Level.PG_4K:
             self._demote(gfn, gfn + 1)
         return level
 
@@ -163,17 +172,17 @@ class Tdx(NoVendor):
         self._demote(gfn, gfn + n)
 
     def _demote(self, start: int, end: int) -> None:
-        lo, hi = start >> 9, (end + 511) >> 9
+        lo, hi = PMD.number(start), PMD.number(PMD.align_up(end))
         todo = self.demoted.count(lo, hi, lambda v: not v)
         if todo:
             self.demoted.store(lo, hi, True)
-            self.metrics.add("arch.tdx_demote", todo)
+            self.metrics.add("tdx_demote", todo)
 
     def gmem_invalidate(self, inode: VendorInode, start: int, end: int, gfn_ranges: GfnRanges) -> None:
         # A conversion inside a 2M S-EPT leaf demotes it (split before the zap, Yan Zhao's RFC).
         for g0, g1 in gfn_ranges(start, end):
             for edge in (g0, g1):
-                if edge & 511:
+                if PMD.align_down(edge) != edge:
                     self._demote(edge, edge + 1)
 
 

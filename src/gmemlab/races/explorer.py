@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ..errors import UsageError
 from .properties import PROPERTY_TEXT, check_invariants
 from .protocols import Setup
-from .steps import Ctx, Done, Path, Step
+from .steps import Done, Path, Step, StepCtx
 from .world import SHARED, World
 
 
@@ -51,7 +51,7 @@ class ThreadTrie:
         self._add(first, (), gen)
 
     def _make(self) -> Path:
-        return self._body(Ctx(self._tid, self._disabled), self._indices)
+        return self._body(StepCtx(self._tid, self._disabled), self._indices)
 
     def _add(self, step: Step | Done, history: tuple[Hashable, ...], gen: Path | None) -> int:
         node = len(self.steps)

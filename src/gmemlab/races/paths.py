@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .steps import (
-    Ctx,
     Path,
+    StepCtx,
     folio_put,
     initialize_folio,
     install_host_pte,
@@ -54,7 +54,7 @@ def _kind(state: str) -> str:
 
 # -- guest fault: kvm_mmu_faultin_pfn -> kvm_gmem_get_pfn -> install SPTE ------------------------------------
 
-def guest_fault(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def guest_fault(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """Guest (stage-2) fault on the GFN backed by ``index``: x86 kvm_tdp_page_fault (§2.7, §2.8).
 
     1. ``mmu_seq = mmu_invalidate_seq`` is captured first (MMU-notifier protocol).
@@ -114,7 +114,7 @@ def guest_fault(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
 
 # -- host fault: kvm_gmem_fault_shared / kvm_gmem_fault_user_mapping + finish_fault ---------------------------
 
-def host_fault(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def host_fault(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """Host userspace page fault on the guest_memfd mmap at ``index`` (§2.4).
 
     linux-6.18 (kvm_gmem_fault_user_mapping): SIGBUS unless the file is INIT_SHARED; no invalidate lock.
@@ -164,7 +164,7 @@ def host_fault(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
 
 # -- conversion: KVM_GMEM_CONVERT_* (RFC2), KVM_SET_MEMORY_ATTRIBUTES2 (IPC26), KVM_SET_MEMORY_ATTRIBUTES ------
 
-def convert(ctx: Ctx, lk: Locking, indices: tuple[int, ...], target: str) -> Path:
+def convert(ctx: StepCtx, lk: Locking, indices: tuple[int, ...], target: str) -> Path:
     """Conversion of ``indices`` to ``target`` (§2.14 "Conversion algorithm"; §2.7 for linux-6.18).
 
     Per-index variants: conversion lock exclusive; compute the work list; invalidate_begin (zap SPTEs,
@@ -214,19 +214,19 @@ def convert(ctx: Ctx, lk: Locking, indices: tuple[int, ...], target: str) -> Pat
     return "0"
 
 
-def convert_private(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def convert_private(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """KVM_GMEM_CONVERT_PRIVATE (RFC2) / attributes PRIVATE (IPC26, linux-6.18); see :func:`convert`."""
     return (yield from convert(ctx, lk, indices, PRIVATE))
 
 
-def convert_shared(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def convert_shared(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """KVM_GMEM_CONVERT_SHARED (RFC2) / attributes shared (IPC26, linux-6.18); see :func:`convert`."""
     return (yield from convert(ctx, lk, indices, SHARED))
 
 
 # -- punch hole: kvm_gmem_punch_hole ---------------------------------------------------------------------------
 
-def punch_hole(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def punch_hole(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """fallocate(PUNCH_HOLE|KEEP_SIZE) (§2.5): invalidate_lock exclusive; invalidate_begin (zap SPTEs);
     truncate each folio under its folio lock (unmap host PTEs, remove from the page cache; Roth resets
     GUEST_PREPARED to GUEST there); invalidate_end. Never changes the shared/private state."""
@@ -247,7 +247,7 @@ def punch_hole(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
 
 # -- populate: kvm_gmem_populate (SNP_LAUNCH_UPDATE / TDX_INIT_MEM_REGION) ------------------------------------
 
-def populate(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def populate(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """kvm_gmem_populate (§2.9, U6.19 semantics): the caller holds kvm->slots_lock; invalidate_lock
     exclusive; get (allocate) and lock the folio; EEXIST if already prepared (uptodate); EINVAL unless the
     GFN is private (per-VM attributes, or gmem shareability in RFC2); copy/encrypt the payload and mark it
@@ -279,7 +279,7 @@ def populate(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
 
 # -- allocate: fallocate(KEEP_SIZE) ---------------------------------------------------------------------------
 
-def allocate(ctx: Ctx, lk: Locking, indices: tuple[int, ...]) -> Path:
+def allocate(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """fallocate(KEEP_SIZE) / kvm_gmem_allocate (§2.5): invalidate_lock shared; make sure a folio exists
     at every index (not zeroed, not uptodate). Roth: also the rw_semaphore shared (an allocating path)."""
     ctx.where = "kvm_gmem_allocate"

@@ -43,7 +43,6 @@ PROPERTIES: tuple[Property, ...] = (
         "no host PTE or SPTE maps a folio that was truncated from the page cache (use after free)",
     ),
 )
-PROPERTY_NAMES = tuple(p.name for p in PROPERTIES)
 PROPERTY_TEXT = {p.name: p.text for p in PROPERTIES}
 
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from . import paths as P
-from .steps import Ctx, Path
+from .steps import Path, StepCtx
 from .world import GMEM_RWSEM, INVALIDATE_LOCK, PRIVATE, SHARED, SLOTS_LOCK
 
-PathBody = Callable[[Ctx, tuple[int, ...]], Path]
+PathBody = Callable[[StepCtx, tuple[int, ...]], Path]
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Protocol:
 def locking_paths(lk: P.Locking) -> dict[str, PathDef]:
     """The standard paths of :mod:`gmemlab.races.paths` bound to the locking rules ``lk``."""
 
-    def d(fn: Callable[[Ctx, P.Locking, tuple[int, ...]], Path], doc: str, ranged: bool = False) -> PathDef:
+    def d(fn: Callable[[StepCtx, P.Locking, tuple[int, ...]], Path], doc: str, ranged: bool = False) -> PathDef:
         return PathDef(_adapt(fn, lk), doc, ranged)
 
     return {
@@ -93,8 +93,8 @@ def locking_paths(lk: P.Locking) -> dict[str, PathDef]:
     }
 
 
-def _adapt(fn: Callable[[Ctx, P.Locking, tuple[int, ...]], Path], lk: P.Locking) -> PathBody:
-    def body(ctx: Ctx, indices: tuple[int, ...]) -> Path:
+def _adapt(fn: Callable[[StepCtx, P.Locking, tuple[int, ...]], Path], lk: P.Locking) -> PathBody:
+    def body(ctx: StepCtx, indices: tuple[int, ...]) -> Path:
         return fn(ctx, lk, indices)
 
     body.__name__ = fn.__name__

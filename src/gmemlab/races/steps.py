@@ -3,7 +3,7 @@
 A path is a Python generator that ``yield``\\ s :class:`Step` objects; the scheduler runs one step at a
 time (atomically), sends the step's result back into the generator and may switch threads at every
 ``yield``. Everything between two yields touches only the thread's own locals. Paths are written with the
-helpers of :class:`Ctx` (lock operations, which the mutation check can remove one *site* at a time) and the
+helpers of :class:`StepCtx` (lock operations, which the mutation check can remove one *site* at a time) and the
 step constructors below (shared-state accesses). A user variant is a set of such generators; see
 ``docs/races.md`` ("Writing your own variant").
 
@@ -69,7 +69,7 @@ def _fmt(value: Hashable) -> str:
 
 
 @dataclass
-class Ctx:
+class StepCtx:
     """Per-thread context handed to a path: thread id, the kernel function being modelled (``where``)
     and the lock-acquisition sites removed by the mutation check (``disabled``)."""
 
@@ -182,19 +182,19 @@ class Ctx:
 
 # -- shared-state accesses (one atomic step each) --------------------------------------------------------
 
-def read_state(ctx: Ctx, index: int, what: str = "shareability") -> Step:
+def read_state(ctx: StepCtx, index: int, what: str = "shareability") -> Step:
     """mtree_load of the shareability/attribute of ``index`` (a racy snapshot unless a lock is held)."""
     return ctx.step(f"read {what}[{index}]", lambda w, tid: w.share[index], show_result=True)
 
 
-def read_states(ctx: Ctx, indices: tuple[int, ...], what: str = "shareability") -> Step:
+def read_states(ctx: StepCtx, indices: tuple[int, ...], what: str = "shareability") -> Step:
     def run(w: World, tid: int) -> tuple[str, ...]:
         return tuple(w.share[i] for i in indices)
 
     return ctx.step(f"read {what}[{_span(indices)}] (compute work list)", run, show_result=True)
 
 
-def store_state(ctx: Ctx, index: int, value: str, what: str = "shareability") -> Step:
+def store_state(ctx: StepCtx, index: int, value: str, what: str = "shareability") -> Step:
     """mtree_store_range / xa_store of the new state; closes this thread's conversion window."""
 
     def run(w: World, tid: int) -> None:
@@ -205,7 +205,7 @@ def store_state(ctx: Ctx, index: int, value: str, what: str = "shareability") ->
     return ctx.step(f"store {what}[{index}] = {value}", run)
 
 
-def lookup_folio(ctx: Ctx, index: int, *, opens_window: bool = False) -> Step:
+def lookup_folio(ctx: StepCtx, index: int, *, opens_window: bool = False) -> Step:
     """filemap_get_folio without allocation (e.g. a conversion deciding whether a folio must be locked).
     ``opens_window`` marks the ghost conversion window: from now until the conversion stores the new state
     for ``index``, an allocation at ``index`` by another thread escapes the conversion's check."""
@@ -218,11 +218,11 @@ def lookup_folio(ctx: Ctx, index: int, *, opens_window: bool = False) -> Step:
     return ctx.step(f"filemap_get_folio({index})", run, show_result=True)
 
 
-def test_uptodate(ctx: Ctx, index: int) -> Step:
+def test_uptodate(ctx: StepCtx, index: int) -> Step:
     return ctx.step(f"folio_test_uptodate({index})", lambda w, tid: w.uptodate[index], show_result=True)
 
 
-def initialize_folio(ctx: Ctx, index: int, gen: int, how: str, *, private: bool = False) -> Step:
+def initialize_folio(ctx: StepCtx, index: int, gen: int, how: str, *, private: bool = False) -> Step:
     """Zero / prepare / populate the folio and mark it uptodate (§2.4 step 5, §2.8 step 6, §2.9).
     Initializing a folio that is already uptodate clobbers its contents (a prepared-state violation), as
     does a *private* preparation (kvm_arch_gmem_prepare / populate) of an index whose state is shared."""
@@ -246,14 +246,14 @@ def initialize_folio(ctx: Ctx, index: int, gen: int, how: str, *, private: bool 
     return ctx.step(f"{how} {folio_name(index, gen)}, folio_mark_uptodate", run)
 
 
-def folio_put(ctx: Ctx, index: int, gen: int) -> Step:
+def folio_put(ctx: StepCtx, index: int, gen: int) -> Step:
     def run(w: World, tid: int) -> None:
         w.put_ref(index, gen)
 
     return ctx.step(f"folio_put({folio_name(index, gen)})", run)
 
 
-def install_host_pte(ctx: Ctx, index: int, gen: int) -> Step:
+def install_host_pte(ctx: StepCtx, index: int, gen: int) -> Step:
     """finish_fault(): install the host userspace PTE for the locked folio returned by the fault handler
     (VM_FAULT_LOCKED); the PTE takes over the fault's folio reference."""
 
@@ -266,7 +266,7 @@ def install_host_pte(ctx: Ctx, index: int, gen: int) -> Step:
     return ctx.step(f"finish_fault: install host PTE -> {folio_name(index, gen)}", run)
 
 
-def unmap_host(ctx: Ctx, index: int, *, opens_window: bool = False) -> Step:
+def unmap_host(ctx: StepCtx, index: int, *, opens_window: bool = False) -> Step:
     """unmap_mapping_pages(): zap the host userspace PTEs of ``index`` in every process (drops the PTE's
     folio reference). For a conversion it is the first look at the index's folio (opens the window)."""
 
@@ -281,7 +281,7 @@ def unmap_host(ctx: Ctx, index: int, *, opens_window: bool = False) -> Step:
     return ctx.step(f"unmap_mapping_pages({index}) (zap host PTEs)", run)
 
 
-def safe_refcount(ctx: Ctx, index: int) -> Step:
+def safe_refcount(ctx: StepCtx, index: int) -> Step:
     """kvm_gmem_has_safe_refcount (§2.14 step 4): true iff the folio at ``index`` (if any) holds only the
     page-cache reference, i.e. nobody has it looked up, mapped or pinned."""
 
@@ -291,7 +291,7 @@ def safe_refcount(ctx: Ctx, index: int) -> Step:
     return ctx.step(f"kvm_gmem_has_safe_refcount({index})", run, show_result=True)
 
 
-def truncate(ctx: Ctx, index: int, gen: int, *, reset_prepared: bool = False) -> Step:
+def truncate(ctx: StepCtx, index: int, gen: int, *, reset_prepared: bool = False) -> Step:
     """truncate_inode_folio under the folio lock: unmap host PTEs, remove the folio from the page cache
     (skipped if it is no longer the cached folio). Roth: resets GUEST_PREPARED to GUEST first."""
 
@@ -310,12 +310,12 @@ def truncate(ctx: Ctx, index: int, gen: int, *, reset_prepared: bool = False) ->
     return ctx.step(f"truncate_inode_folio({folio_name(index, gen)})", run, show_result=True)
 
 
-def read_mmu_seq(ctx: Ctx) -> Step:
+def read_mmu_seq(ctx: StepCtx) -> Step:
     """mmu_seq = kvm->mmu_invalidate_seq; smp_rmb() — captured before resolving the pfn."""
     return ctx.step("mmu_seq = mmu_invalidate_seq", lambda w, tid: w.mmu_seq, show_result=True)
 
 
-def mmu_retry_check(ctx: Ctx, index: int, seq: int) -> Step:
+def mmu_retry_check(ctx: StepCtx, index: int, seq: int) -> Step:
     """is_page_fault_stale / mmu_invalidate_retry_gfn: retry if an invalidation is in progress or the
     sequence moved since ``seq`` was captured. Must run under kvm->mmu_lock."""
 
@@ -325,7 +325,7 @@ def mmu_retry_check(ctx: Ctx, index: int, seq: int) -> Step:
     return ctx.step(f"mmu_invalidate_retry_gfn({index}, seq={seq})", run, show_result=True)
 
 
-def install_spte(ctx: Ctx, index: int, gen: int, kind: str) -> Step:
+def install_spte(ctx: StepCtx, index: int, gen: int, kind: str) -> Step:
     """Install the stage-2 mapping (SPTE) for the GFN of ``index``; gen 0 = memory from userspace_addr."""
     target = folio_name(index, gen) if gen else "HVA page"
 
@@ -335,7 +335,7 @@ def install_spte(ctx: Ctx, index: int, gen: int, kind: str) -> Step:
     return ctx.step(f"install {kind} SPTE -> {target}", run)
 
 
-def invalidate_begin(ctx: Ctx, site: str, indices: tuple[int, ...]) -> Step:
+def invalidate_begin(ctx: StepCtx, site: str, indices: tuple[int, ...]) -> Step:
     """kvm_gmem_invalidate_begin / kvm_mmu_invalidate_begin: mmu_invalidate_in_progress++ and zap the
     stage-2 mappings of the range (§2.11), under kvm->mmu_lock."""
 
@@ -347,7 +347,7 @@ def invalidate_begin(ctx: Ctx, site: str, indices: tuple[int, ...]) -> Step:
     return ctx.under_mmu_lock(site, f"invalidate_begin([{_span(indices)}]): in_progress++, zap SPTEs", run)
 
 
-def invalidate_end(ctx: Ctx, site: str, indices: tuple[int, ...]) -> Step:
+def invalidate_end(ctx: StepCtx, site: str, indices: tuple[int, ...]) -> Step:
     """kvm_mmu_invalidate_end: mmu_invalidate_seq++, then mmu_invalidate_in_progress--."""
 
     def run(w: World, tid: int) -> None:
@@ -370,11 +370,11 @@ __all__ = [
     "PREPARED",
     "PRIVATE",
     "SHARED",
-    "Ctx",
     "Done",
     "Path",
     "PathFn",
     "Step",
+    "StepCtx",
     "folio_put",
     "initialize_folio",
     "install_host_pte",

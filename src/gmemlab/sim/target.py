@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConversionError, GmemError, HostSigbus, HostSigsegv, KvmError, VcpuExit
@@ -109,7 +110,7 @@ class Target:
 
     # -- model state -------------------------------------------------------------------------------
     @property
-    def metrics(self) -> Counter[str]:
+    def metrics(self) -> Mapping[str, int]:
         """The model's flat counters (``splits.1G``, ``stage2_faults.2M``, ``arch.psmash``, ...)."""
         return self.backend.counters.c
 
@@ -364,8 +365,8 @@ class Target:
                     vma.ptes.store(i - vma.pgoff, i + 1 - vma.pgoff, True)
             if huge:
                 metrics.add("bytes_zeroed", zeroed << PAGE_SHIFT)
-                metrics.add("host_faults.4K", k)
-                metrics.add("host_map_bytes.4K", k << PAGE_SHIFT)
+                metrics.add("host_faults_4k", k)
+                metrics.add("host_map_bytes_4k", k << PAGE_SHIFT)
             out.faults["4K"] += k
             idx = self._next_touch(first, step, piece_end)
         return out
@@ -531,7 +532,7 @@ class Target:
         if rmp_value == RMP_SHARED:
             assert isinstance(vendor, SnpRmp)
             vendor.table(inode).store(ip, iq, RMP_2M)  # sev_gmem_prepare: is_large_rmp_possible
-            self.backend.counters.add("arch.rmpupdate_2m", n // PMD_PAGES)
+            self.backend.counters.add("rmpupdate_2m", n // PMD_PAGES)
         s2.map(p, n, private, LEVEL_2M, faults=n // PMD_PAGES)
         return True
 

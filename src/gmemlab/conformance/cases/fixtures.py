@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from ...uapi import KVM_MEM_GUEST_MEMFD, Cap, VmType
 from ..case import Ctx
 from ..constants import INIT_PRIVATE, SUPPORT_SHARED, P
+from ..record import Proxy
 
 
 def need_conversion(ctx: Ctx) -> None:
@@ -17,7 +18,7 @@ def need_conversion(ctx: Ctx) -> None:
     ctx.require_cap(Cap.GMEM_CONVERSION)
 
 
-def rfc_battery(ctx: Ctx) -> list[tuple[object, int]]:
+def rfc_battery(ctx: Ctx) -> list[tuple[Proxy, int]]:
     ctx.require_cap(Cap.GMEM_SHARED_MEM)
     out = []
     for vm_type in (VmType.DEFAULT, VmType.SW_PROTECTED):

@@ -17,6 +17,7 @@ from ...uapi import (
 )
 from ..case import CaseList, Ctx
 from ..constants import HUGETLB, KEEP, M2, PUNCH, RFC, SIZE_FLAGS, SIZES, SUPPORT_SHARED, P
+from ..record import Proxy
 from .fixtures import ConversionSetup, conversion_setup, rfc_battery
 
 CASES = CaseList()
@@ -37,7 +38,7 @@ def _sub_pages(ps: int) -> list[int]:
     return list(range(n)) if n <= 512 else [*range(0, n, 512), n - 1]
 
 
-def _battery(ctx: Ctx) -> list[tuple[object, int]]:
+def _battery(ctx: Ctx) -> list[tuple[Proxy, int]]:
     _need_hugetlb(ctx)
     return rfc_battery(ctx)
 

@@ -28,6 +28,7 @@ from ...uapi import (
 )
 from ..case import CaseList, Ctx
 from ..constants import INVALID_PUNCHES, KEEP, MADV_COLLAPSE, MADV_HUGEPAGE, PUNCH, P
+from ..record import Proxy
 
 CASES = CaseList()
 case = CASES.case
@@ -37,7 +38,7 @@ case = CASES.case
 # -------------------------------------------------------------------------------------------------------
 
 
-def _battery_flags(ctx: Ctx, vm: object) -> list[int]:
+def _battery_flags(ctx: Ctx, vm: Proxy) -> list[int]:
     """The driver's flag sets: 0, MMAP if supported, MMAP|INIT_SHARED if supported."""
     supported = vm.check_extension(Cap.GUEST_MEMFD_FLAGS)  # type: ignore[attr-defined]
     sets = [0]
@@ -49,7 +50,7 @@ def _battery_flags(ctx: Ctx, vm: object) -> list[int]:
     return sets
 
 
-def _each_vm_and_flags(ctx: Ctx, want: str = "any") -> list[tuple[object, int]]:
+def _each_vm_and_flags(ctx: Ctx, want: str = "any") -> list[tuple[Proxy, int]]:
     ctx.require_cap(Cap.GUEST_MEMFD)
     out = []
     for vm_type in ctx.system.vm_types():
@@ -591,7 +592,7 @@ def rk_lifetime_vm_closed(ctx: Ctx) -> None:
     g.close()
 
 
-def _guest_setup(ctx: Ctx, flags: int, npages: int, uaddr_mode: str = "gmem") -> tuple:
+def _guest_setup(ctx: Ctx, flags: int, npages: int, uaddr_mode: str = "gmem") -> tuple[Proxy, Proxy, int, Proxy]:
     vm = ctx.vm(0)
     g = vm.create_guest_memfd(npages * P, flags)
     m = g.mmap(npages * P) if flags & ctx.MMAP else None
