@@ -147,9 +147,7 @@ class GmemInode:
 
     def unmap_host(self, start: int, end: int) -> int:
         """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
-        zapped = self.mappings.unmap(start, end)
-        self.metrics.add("host_ptes_zapped", zapped)
-        return zapped
+        return self.mappings.unmap(start, end)
 
     def arch_invalidate(self, start: int, end: int) -> None:
         """``kvm_arch_gmem_invalidate`` for ``[start, end)`` in every VM bound to this inode."""
@@ -170,7 +168,6 @@ class GmemInode:
         page tables, every other VM loses both kinds (``kvm_gfn_range_filter_to_root_types``).
         """
         zapped = 0
-        self.metrics.add("invalidations")
         for file in self.files:
             use_filter = private if file.vm.vm_type == VmType.TDX else None
             for s, e, slot in file.bindings.runs(start, end):
@@ -196,7 +193,6 @@ class GmemInode:
     def kvm_gmem_punch_hole(self, start: int, end: int) -> int:
         """Zap guest mappings, remove folios (unmapping them from host page tables), keep shareability."""
         end = min(end, self.npages)
-        self.metrics.add("punches")
         if start >= end:
             return 0
         self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
@@ -279,7 +275,6 @@ class GmemInode:
         if not self.shareability.convertible:
             return  # stitched RFC tree: no tree for non-SUPPORT_SHARED files -> silent success (5.6)
         work = self.shareability.work_list(start, end, to_shared)
-        self.metrics.add("conversions")
         if not work:
             self.metrics.add("conversions_ok")
             return

@@ -251,7 +251,6 @@ class ModelVm(Kvm):
         if subpool is not None:
             inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, config.gmem_prepare,
                                   self.system.counters, shared)
-        self.counters.add("gmem_created")
         return GmemFile(self, inode, self.system.fdtable, self.system.address_space)
 
     # -- memslots (spec 2.6) ---------------------------------------------------------------------------------
@@ -333,7 +332,6 @@ class ModelVm(Kvm):
                 slot.gmem_file.kvm_gmem_unbind(slot)
             raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
         self.memslots[r.key] = slot
-        self.counters.add("memslots_created")
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
@@ -365,7 +363,6 @@ class ModelVm(Kvm):
         if slot.gmem_file is not None:
             slot.gmem_file.kvm_gmem_unbind(slot)
         del self.memslots[(slot.as_id, slot.id)]
-        self.counters.add("memslots_deleted")
 
     # -- memory attributes (spec 2.7) ---------------------------------------------------------------------------
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
@@ -391,7 +388,6 @@ class ModelVm(Kvm):
             return  # kvm_range_has_memory_attributes(): nothing to do
         self.stage2.zap(start, end)  # kvm_arch_pre_set_memory_attributes
         self.attributes.store(start, end, attributes)
-        self.counters.add("set_attributes")
 
     # -- vCPUs ---------------------------------------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> ModelVcpu:

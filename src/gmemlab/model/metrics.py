@@ -15,10 +15,9 @@ that row's counter:
 The rest have no row of their own (the simulator prices them per event, or they are reported only):
 ``guest_faults``, ``stage2_faults_<level>``, ``stage2_bytes_<level>``, ``host_faults_<level>``,
 ``host_map_bytes_<level>`` (``<level>`` is :attr:`Level.key <gmemlab.level.Level.key>`), ``conversions_ok``,
-``conversions``, ``split_eagain``, ``punch_eagain``, ``zaps``, ``bytes_zeroed``, ``arch_prepares``,
-``shareability_write_locks``, ``invalidations``, ``punches``, ``host_ptes_zapped``, ``gmem_created``,
-``memslots_created``, ``memslots_deleted``, ``set_attributes``, ``pages_populated``,
-``pages_freed_at_release``. The vmemmap gauge is separate (a level, not a count).
+``split_eagain``, ``punch_eagain``, ``zaps``, ``bytes_zeroed``, ``arch_prepares``,
+``shareability_write_locks``, ``pages_freed_at_release``. The vmemmap gauge is separate (a level, not a
+count). A counter nothing reads is not kept.
 
 :meth:`Metrics.as_dict` gives the nested shape of ``ModelBackend.metrics()``.
 """

@@ -47,5 +47,4 @@ def kvm_gmem_populate(vm: Kvm, gfn: int, src: bytes | None, npages: int) -> int:
         file.inode.ensure_folio(index)  # HugeTLB: the whole huge folio (kvm_gmem_get_folio)
         file.inode.pagecache.populate(index, chunk)
         done += 1
-    vm.counters.add("pages_populated", done)
     return done
