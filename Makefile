@@ -26,6 +26,7 @@ conformance: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	@$(MAKE) --no-print-directory vm-deps
 	@$(BIN)/gmemlab debian-kernel >/dev/null || echo "debian-kernel: not fetched; VM tests will skip"
 	$(BIN)/python -m pytest -rs
@@ -47,6 +48,7 @@ test-vm: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -62,11 +62,12 @@ def methods(proto: type) -> dict[str, inspect.Signature]:
 
 
 def attributes(proto: type) -> set[str]:
-    """The data members a Protocol declares (``fd: int``...)."""
+    """The data members a Protocol declares (``fd: int``, read-only properties)."""
     out: set[str] = set()
     for klass in proto.__mro__:
         if getattr(klass, "_is_protocol", False) and klass is not Protocol:
             out |= set(vars(klass).get("__annotations__", {}))
+            out |= {name for name, value in vars(klass).items() if isinstance(value, property)}
     return out
 
 

@@ -145,7 +145,11 @@ class Vcpu(Protocol):
 
 class Vm(Protocol):
     fd: int
-    vm_type: VmType
+
+    @property
+    def vm_type(self) -> int:
+        """The ``KVM_CREATE_VM`` type: a :class:`VmType`, or a plain number for a type gmemlab does not know."""
+        ...
 
     def check_extension(self, cap: int) -> int: ...
 

@@ -68,6 +68,7 @@ class SnpGuest(GuestArch):
             yield from self.vmm.convert(run.start, run.end, to_shared)
 
     def _change(self, start: int, end: int, to_shared: bool, msr: bool = False) -> Iterator[Event]:
+        descriptors: Iterator[tuple[PscRun, ...]]
         if msr:
             descriptors = ((PscRun(a, a + PAGE_SIZE, PAGE_SIZE),) for a in range(start, end, PAGE_SIZE))
         else:

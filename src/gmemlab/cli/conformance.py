@@ -11,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..backend import Backend
 from ..conformance import CaseResult, Divergence, run_suite, summary
+from ..conformance.runner import BackendFactory
 from ..errors import UnsupportedByBackend, UsageError
 from ..uapi import PROFILES
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
@@ -23,11 +25,11 @@ class BackendChoice(StrEnum):
     both = "both"
 
 
-def _kernel_factory() -> Any:
+def _kernel_factory() -> BackendFactory:
     from ..kernel import open_kernel_backend
     from ..uapi import Cap
 
-    def factory(profile: str) -> Any:
+    def factory(profile: str) -> Backend:
         backend = open_kernel_backend()
         if profile == backend.profile.name:
             return backend
@@ -42,7 +44,7 @@ def _kernel_factory() -> Any:
     return factory
 
 
-def _model_factory(like_kernel: bool) -> Any:
+def _model_factory(like_kernel: bool) -> BackendFactory:
     from ..model import HostConfig, ModelBackend
 
     config = HostConfig.upstream()
@@ -54,10 +56,13 @@ def _model_factory(like_kernel: bool) -> Any:
             config = HostConfig.from_backend(probe)
         finally:
             probe.close()
-    return lambda profile: ModelBackend(profile, config)
+    def factory(profile: str) -> Backend:  # typed: the type checker holds ModelBackend to the interface
+        return ModelBackend(profile, config)
+
+    return factory
 
 
-def backends_for(choice: str) -> dict[str, Any]:
+def backends_for(choice: str) -> dict[str, BackendFactory]:
     if choice == "model":
         return {"model": _model_factory(False)}
     if choice == "kernel":
@@ -141,11 +146,12 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--profile {profile!r} is not one of: {', '.join([*PROFILES, 'all'])}")
         if as_json and tap:
             raise UsageError("--json and --tap are exclusive")
-        if kernel_arg(kernel) is not None:
+        vm_kernel = kernel_arg(kernel)
+        if vm_kernel is not None:
             args = ["conformance", "--backend", backend.value, "--profile", profile]
             args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose
             args += ["-k", select] if select else []
-            raise typer.Exit(run_gmemlab_in_vm(kernel, args))
+            raise typer.Exit(run_gmemlab_in_vm(vm_kernel, args))
         results, divergences = run_suite(profiles, backends_for(backend.value), select)
         if not results:
             raise UsageError(f"no case matches -k {select!r}")

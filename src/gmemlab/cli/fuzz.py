@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..backend import Backend
 from ..conformance.fuzz import compare_sequence, fuzz, load_sequence
 from ..errors import UnsupportedByBackend, UsageError
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
-def _factories(backend: str) -> tuple[Any, Any, str]:
+def _factories(backend: str) -> tuple[Callable[[], Backend], Callable[[], Backend], str]:
     from ..model import HostConfig, ModelBackend
 
     if backend == "model":
@@ -50,12 +52,13 @@ def register(app: typer.Typer) -> None:
         With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers."""
         if examples < 1 or max_ops < 1:
             raise UsageError("--examples and --max-ops must be at least 1")
-        if kernel_arg(kernel) is not None:
+        vm_kernel = kernel_arg(kernel)
+        if vm_kernel is not None:
             args = ["fuzz", "--backend", backend, "--examples", str(examples), "--seed", str(seed),
                     "--max-ops", str(max_ops)] + ["--json"] * as_json
             if replay is not None:
                 args += ["--replay", str(replay.resolve())]
-            raise typer.Exit(run_gmemlab_in_vm(kernel, args))
+            raise typer.Exit(run_gmemlab_in_vm(vm_kernel, args))
         left, right, label = _factories(backend)
         if replay is not None:
             try:

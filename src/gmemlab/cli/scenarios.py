@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -28,7 +29,7 @@ _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "
 _LEVEL_KEYS = {"page", "psc_entry_size", "pvalidate_size", "private_max_level", "wants_mapping"}
 
 
-def _format(key: str, value: object) -> str:
+def _format(key: str, value: Any) -> str:
     if isinstance(value, Portion):
         j = value.as_json()
         return j if isinstance(j, str) else f"{j:g} of guest_mem" if isinstance(j, float) else format_size(j)
@@ -47,7 +48,7 @@ def _format(key: str, value: object) -> str:
     return str(value)
 
 
-def flatten(obj: object, prefix: str = "") -> list[tuple[str, str]]:
+def flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     """(dotted key, text) for every parameter of a scenario, in schema order."""
     rows: list[tuple[str, str]] = []
     for fld in dataclasses.fields(obj):

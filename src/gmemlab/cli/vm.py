@@ -39,7 +39,10 @@ def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None,
     color = sys.stdout.isatty()
     env = {} if color else {"NO_COLOR": "1", "PY_COLORS": "0", "TERM": "dumb"}
     result = run_in_vm(spec, argv, sink=_write, env=env)
-    say = lambda text: print(f"gmemlab vm: {text}", file=sys.stderr)  # noqa: E731
+
+    def say(text: str) -> None:
+        print(f"gmemlab vm: {text}", file=sys.stderr)
+
     if result.kvm == "missing":
         say(f"no /dev/kvm in kernel {result.release} (CPU flags seen by the guest: {result.cpu_flags or 'none'}); "
             "a lab kernel needs CONFIG_KVM and CONFIG_KVM_AMD (or their modules beside the image)")

@@ -20,7 +20,7 @@ from typing import Any
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from ..backend import PROT_READ, PROT_WRITE
+from ..backend import PROT_READ, PROT_WRITE, Backend
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit
 from ..uapi import (
     FALLOC_FL_KEEP_SIZE,
@@ -35,7 +35,7 @@ from .record import Observation, Recorder
 
 P = PAGE_SIZE
 Op = dict[str, Any]
-BackendFactory = Callable[[], Any]
+BackendFactory = Callable[[], Backend]
 
 # -----------------------------------------------------------------------------------------------------
 # Generation

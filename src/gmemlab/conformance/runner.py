@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..backend import Backend
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit
 from .case import Case, CaseFailed, CaseSkipped, Ctx
 from .cases import cases_for
 from .record import Observation, Recorder
 
-BackendFactory = Callable[[str], Any]
+BackendFactory = Callable[[str], Backend]
 
 
 @dataclass

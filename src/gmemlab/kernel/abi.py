@@ -176,16 +176,17 @@ def check_vcpu_struct_sizes() -> dict[str, tuple[int, int]]:
     ):
         if uapi.ioc_size(number) != ctypes.sizeof(st):
             bad[name] = (uapi.ioc_size(number), ctypes.sizeof(st))
-    for name, st in (
+    layouts: tuple[tuple[str, type[ctypes.Structure]], ...] = (
         ("kvm_regs", KvmRegs),
         ("kvm_segment", KvmSegment),
         ("kvm_dtable", KvmDtable),
         ("kvm_sregs", KvmSregs),
         ("kvm_cpuid_entry2", KvmCpuidEntry2),
         ("kvm_cpuid2", KvmCpuidHeader),
-    ):
-        if ctypes.sizeof(st) != STRUCT_SIZES[name]:
-            bad[name] = (STRUCT_SIZES[name], ctypes.sizeof(st))
+    )
+    for name, layout in layouts:
+        if ctypes.sizeof(layout) != STRUCT_SIZES[name]:
+            bad[name] = (STRUCT_SIZES[name], ctypes.sizeof(layout))
     return bad
 
 

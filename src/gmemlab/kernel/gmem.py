@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..backend import MAP_SHARED, PROT_READ, PROT_WRITE, FileStat
 from ..errors import KvmError, UnsupportedByBackend
@@ -23,8 +24,10 @@ from . import libc
 from .mapping import KernelHostMapping
 from .resources import Resources
 
+T = TypeVar("T")
 
-def _os_call(op: str, fn: Callable, *args, reason: str = ""):
+
+def _os_call(op: str, fn: Callable[..., T], *args: Any, reason: str = "") -> T:
     try:
         return fn(*args)
     except OSError as exc:

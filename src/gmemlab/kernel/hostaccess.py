@@ -31,7 +31,7 @@ from . import libc
 IOV_MAX = 1024
 
 
-def _iovecs(bases: list[int], lengths: list[int]) -> ctypes.Array:
+def _iovecs(bases: list[int], lengths: list[int]) -> ctypes.Array[ctypes.c_uint64]:
     """A ``struct iovec[]`` as a flat array of (iov_base, iov_len) u64 pairs, built in one C-level call."""
     flat = [0] * (2 * len(bases))
     flat[0::2] = bases

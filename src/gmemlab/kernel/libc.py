@@ -73,7 +73,9 @@ def check(ret: int, op: str, reason: str = "") -> int:
     return ret
 
 
-def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | None, op: str, reason: str = "") -> int:
+def ioctl(
+    fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array[Any] | None, op: str, reason: str = ""
+) -> int:
     """``ioctl(fd, request, arg)``; ``arg`` is an integer or a ctypes object passed by pointer."""
     if isinstance(arg, ctypes.Structure | ctypes.Array):
         ptr: Any = ctypes.addressof(arg)

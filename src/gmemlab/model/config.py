@@ -9,13 +9,11 @@ backend's probe turns this machine's answers into a config so the model mirrors 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
+from ..backend import Backend
+from ..hostfacts import HostFacts
 from ..level import Level
-from ..uapi import VmType
-
-if TYPE_CHECKING:
-    from ..hostfacts import HostFacts
+from ..uapi import Cap, VmType
 
 UPSTREAM_POOL = {1 << 21: 1 << 21, 1 << 30: 1 << 12}
 
@@ -68,35 +66,27 @@ class HostConfig:
         and simulated guest (4 TiB of 2 MiB pages, 4 TiB of 1 GiB pages; pool pages cost nothing)."""
         return cls(hugetlb=True, hugetlb_pool_pages=dict(UPSTREAM_POOL))
 
+    @classmethod
+    def from_facts(cls, facts: HostFacts) -> HostConfig:
+        """The model of the kernel that reported ``facts`` (:class:`gmemlab.hostfacts.HostFacts`): its VM
+        types, memory attributes, pre-fault, read-only memory, memslot count, memslot address spaces (2 with
+        CONFIG_KVM_SMM: KVM_CAP_MULTI_ADDRESS_SPACE), NUMA nodes and vCPU GPA window, so differential runs
+        exercise the same paths on both sides."""
+        return cls(
+            vm_types=tuple(facts.types()),
+            memory_attributes=bool(facts.cap(Cap.MEMORY_ATTRIBUTES)),
+            pre_fault=bool(facts.cap(Cap.PRE_FAULT_MEMORY)),
+            readonly_mem=bool(facts.cap(Cap.READONLY_MEM)),
+            nr_memslots=facts.cap(Cap.NR_MEMSLOTS) or 32764,
+            address_spaces=max(1, facts.cap(Cap.MULTI_ADDRESS_SPACE)),
+            gpa_window=facts.gpa_window,
+            numa_nodes=facts.numa_nodes,
+        )
+
+    @classmethod
+    def from_backend(cls, backend: Backend) -> HostConfig:
+        """Mirror what a backend (the real kernel) reports, through :class:`gmemlab.hostfacts.HostFacts`."""
+        return cls.from_facts(HostFacts.probe(backend))
+
     def with_(self, **changes: object) -> HostConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
-
-
-def _from_facts(facts: HostFacts) -> HostConfig:
-    """The model of the kernel that reported ``facts`` (:class:`gmemlab.hostfacts.HostFacts`): its VM types,
-    memory attributes, pre-fault, read-only memory, memslot count, memslot address spaces (2 with
-    CONFIG_KVM_SMM: KVM_CAP_MULTI_ADDRESS_SPACE), NUMA nodes and vCPU GPA window, so differential runs
-    exercise the same paths on both sides."""
-    from ..uapi import Cap
-
-    return HostConfig(
-        vm_types=tuple(facts.types()),
-        memory_attributes=bool(facts.cap(Cap.MEMORY_ATTRIBUTES)),
-        pre_fault=bool(facts.cap(Cap.PRE_FAULT_MEMORY)),
-        readonly_mem=bool(facts.cap(Cap.READONLY_MEM)),
-        nr_memslots=facts.cap(Cap.NR_MEMSLOTS) or 32764,
-        address_spaces=max(1, facts.cap(Cap.MULTI_ADDRESS_SPACE)),
-        gpa_window=facts.gpa_window,
-        numa_nodes=facts.numa_nodes,
-    )
-
-
-def _from_backend(backend: object) -> HostConfig:
-    """Mirror what a backend (the real kernel) reports, through :class:`gmemlab.hostfacts.HostFacts`."""
-    from ..hostfacts import HostFacts
-
-    return _from_facts(HostFacts.probe(backend))
-
-
-HostConfig.from_backend = staticmethod(_from_backend)  # type: ignore[attr-defined]
-HostConfig.from_facts = staticmethod(_from_facts)  # type: ignore[attr-defined]

@@ -124,6 +124,11 @@ class GmemInode:
         self.huge: HugeGmem | None = None
         self.metrics = metrics if metrics is not None else Metrics()
 
+    @property
+    def shared_policy_vm_ops(self) -> bool:
+        """guest_memfd's vm_ops have set_policy/get_policy (U6.19): NUMA policy lives in the inode."""
+        return self.behaviour.gmem_shared_policy
+
     # -- host faults (spec 2.4) ---------------------------------------------------------------------
     def fault_user_mapping(self, index: int, vma: ModelHostMapping | None = None) -> tuple[int, int, Level] | None:
         """``kvm_gmem_fault_user_mapping`` (6.18) / ``kvm_gmem_fault_shared`` (RFC v2).

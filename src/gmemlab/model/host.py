@@ -37,6 +37,11 @@ class MappedInode(Protocol):
     @property
     def mappings(self) -> FileMappings: ...
 
+    @property
+    def shared_policy_vm_ops(self) -> bool:
+        """The file's vm_ops have set_policy/get_policy (U6.19): mbind goes to the inode."""
+        ...
+
     def fault_user_mapping(
         self, index: int, vma: ModelHostMapping | None = None
     ) -> tuple[int, int, Level] | None: ...
@@ -259,21 +264,26 @@ class ModelHostMapping:
         if flags & ~0x7:
             raise KvmError(errno.EINVAL, "mbind", f"flags {flags:#x} are not MPOL_MF_*")
         policy = numa.validate(mode, nodemask, self.space.numa_nodes)
-        if self._inode_policy():
-            self.file.inode.pagecache.shared_policy.set(self.pgoff + first, self.pgoff + last, policy)
+        inode = self._policy_inode()
+        if inode is not None:
+            inode.pagecache.shared_policy.set(self.pgoff + first, self.pgoff + last, policy)
         else:
             self.vma_policy.set(first, last, policy)
 
     def get_mempolicy(self, offset: int) -> tuple[int, int]:
         """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask)."""
         first, _ = self._policy_pages(offset, 1, "get_mempolicy")
-        if self._inode_policy():
-            return self.file.inode.pagecache.shared_policy.get(self.pgoff + first)
+        inode = self._policy_inode()
+        if inode is not None:
+            return inode.pagecache.shared_policy.get(self.pgoff + first)
         return self.vma_policy.get(first)
 
-    def _inode_policy(self) -> bool:
-        """Whether this mapping's policy lives in the inode (guest_memfd with U6.19's policy vm_ops)."""
-        return self.file is not None and self.file.inode.behaviour.gmem_shared_policy
+    def _policy_inode(self) -> MappedInode | None:
+        """The inode this mapping's policy lives in (guest_memfd with U6.19's policy vm_ops), else None
+        (the VMA's own policy)."""
+        if self.file is not None and self.file.inode.shared_policy_vm_ops:
+            return self.file.inode
+        return None
 
     def page_nodes(self, offset: int, npages: int) -> list[int]:
         """``move_pages(2)`` status query: each page's node, or -ENOENT where nothing is mapped."""

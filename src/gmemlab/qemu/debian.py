@@ -49,7 +49,7 @@ def archive_uri(sources_dir: str = "/etc/apt") -> str:
         for uri in re.findall(r"^\s*URIs:\s*(\S+)", text, re.M) + re.findall(r"^\s*deb\s+(?:\[[^]]*\]\s+)?(\S+)",
                                                                               text, re.M):
             if uri.rstrip("/").endswith("/debian"):
-                return uri
+                return str(uri)
     raise VmError(f"no Debian archive in {sources_dir}/sources.list*: cannot fetch the packaged kernel")
 
 

@@ -70,11 +70,12 @@ class ThreadTrie:
         if child is not None:
             return child
         gen = self._live.pop(node, None) or self._rebuild(node)
+        live: Path | None = gen
         try:
             step: Step | Done = gen.send(result)
         except StopIteration as stop:
-            step, gen = Done(stop.value), None
-        child = self._add(step, (*self._history[node], result), gen)
+            step, live = Done(stop.value), None
+        child = self._add(step, (*self._history[node], result), live)
         kids[result] = child
         return child
 

@@ -8,7 +8,9 @@ removes one site (the acquisition and its matching release) at a time.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import cast
 
 from .steps import (
     Path,
@@ -48,7 +50,7 @@ class Locking:
     allocators_take_rwsem: bool = False  # populate/allocate also hold gmem_rwsem shared (Roth)
 
 
-def _kind(state: str) -> str:
+def _kind(state: Hashable) -> str:
     return "shared" if state == SHARED else "private"
 
 
@@ -70,7 +72,7 @@ def guest_fault(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     """
     (index,) = indices
     ctx.where = "kvm_tdp_page_fault"
-    seq = yield read_mmu_seq(ctx)
+    seq = cast(int, (yield read_mmu_seq(ctx)))
     what = "shareability" if lk.per_index else "attributes"
     if lk.lookup_locked and lk.fault_lock:
         ctx.where = "kvm_gmem_is_private"
@@ -184,7 +186,7 @@ def convert(ctx: StepCtx, lk: Locking, indices: tuple[int, ...], target: str) ->
                                             lambda w, tid: w.init_shared, show_result=True)):
         yield from ctx.unlock(site, lock, WRITE)
         return "EINVAL"
-    current = yield read_states(ctx, indices, what)
+    current = cast(tuple[str, ...], (yield read_states(ctx, indices, what)))
     work = tuple(i for i, s in zip(indices, current, strict=True) if _kind(s) != _kind(target))
     if not work:
         yield from ctx.unlock(site, lock, WRITE)
@@ -234,7 +236,7 @@ def punch_hole(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
     yield from ctx.lock("punch_hole.invalidate_lock", INVALIDATE_LOCK, WRITE)
     yield invalidate_begin(ctx, "punch_hole.mmu_lock", indices)
     for i in indices:
-        gen = yield lookup_folio(ctx, i)
+        gen = cast(int, (yield lookup_folio(ctx, i)))
         if not gen:
             continue
         yield from ctx.lock_folio("punch_hole.folio_lock", i)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Hashable
 from dataclasses import dataclass, field
+from typing import cast
 
 from .world import (
     FOLIO_LOCK,
@@ -137,7 +138,7 @@ class StepCtx:
 
         what = "filemap_grab_folio" if allocate else "filemap_lock_folio"
         text = f"{what}({index}) + folio_lock" if locked else f"{what}({index}) [no folio_lock]"
-        return (yield self.step(text, run, enabled, site=site, show_result=True))
+        return cast(int, (yield self.step(text, run, enabled, site=site, show_result=True)))
 
     def lock_folio(self, site: str, index: int) -> Generator[Step, Hashable, int]:
         """folio_lock on the folio a caller looked up earlier; returns the generation now cached."""
@@ -149,8 +150,8 @@ class StepCtx:
             w.put("flock", index, tid)
             return w.folio[index]
 
-        return (yield self.step(f"folio_lock({index})", run, lambda w, tid: w.flock[index] == NOBODY,
-                                site=site, show_result=True))
+        return cast(int, (yield self.step(f"folio_lock({index})", run, lambda w, tid: w.flock[index] == NOBODY,
+                                          site=site, show_result=True)))
 
     def unlock_folio(self, site: str, index: int) -> Generator[Step, Hashable, None]:
         if site in self.disabled:

@@ -123,7 +123,7 @@ class Engine:
         self._mark: Counter[str] = Counter()
         self._boot_wall = 0.0
         self._clock = 0.0  # simulated wall time: the boot critical path, then runtime seconds
-        self._ticks: Counter[str] = Counter()  # stage-2 level shares summed over runtime seconds
+        self._ticks: dict[str, float] = dict.fromkeys(LEVELS, 0.0)  # stage-2 level shares summed over runtime seconds
         self._nticks = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             cls: getattr(self, f"_on_{cls.__name__}")

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import ConversionError, GmemError, HostSigbus, HostSigsegv, KvmError, VcpuExit
-from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES
+from ..level import LEVEL_1G, LEVEL_2M, LEVEL_4K, LEVEL_NAMES, LEVEL_PAGES, Level
 from ..model.config import HostConfig
 from ..model.folio import SPLIT_2M
 from ..model.gmem import GmemFile, GmemInode
@@ -129,7 +129,7 @@ class Target:
         if self.mapping is not None:
             for s, e, v in self.mapping.ptes.runs():
                 if v:
-                    out[LEVEL_NAMES[int(v)]] += (e - s) << PAGE_SHIFT
+                    out[Level(v).label] += (e - s) << PAGE_SHIFT
         return out
 
     def vmemmap_bytes(self) -> int:
@@ -319,7 +319,7 @@ class Target:
             page = idx - vma.pgoff
             held = vma.ptes.load(page)
             if held:
-                size = LEVEL_PAGES[int(held)]
+                size = Level(held).pages
                 idx = self._next_touch(first, step, idx - idx % size + size if size > 1 else idx + 1)
                 continue
             before = inode.stats["host_faults"]
@@ -330,7 +330,7 @@ class Target:
                 idx = self._next_touch(first, step, idx + 1)
                 continue
             held = vma.ptes.load(page)
-            level = int(held) if held else LEVEL_4K
+            level = Level(held) if held else LEVEL_4K
             if inode.stats["host_faults"] > before:
                 out.faults[LEVEL_NAMES[level]] += 1
             if level > LEVEL_4K:
@@ -355,14 +355,14 @@ class Target:
             huge = inode.huge is not None
             if step == 1:
                 zeroed = pc.make_uptodate_range(nxt, span_end)
-                vma.ptes.store(nxt - vma.pgoff, span_end - vma.pgoff, True)
+                vma.ptes.store(nxt - vma.pgoff, span_end - vma.pgoff, LEVEL_4K)
             else:
                 zeroed = 0
                 all_up = pc.state.all_equal(nxt, span_end, UPTODATE)
                 for i in range(nxt, span_end, step):
                     if not all_up:
                         zeroed += pc.make_uptodate_range(i, i + 1)
-                    vma.ptes.store(i - vma.pgoff, i + 1 - vma.pgoff, True)
+                    vma.ptes.store(i - vma.pgoff, i + 1 - vma.pgoff, LEVEL_4K)
             if huge:
                 metrics.add("bytes_zeroed", zeroed << PAGE_SHIFT)
                 metrics.add("host_faults_4k", k)
@@ -488,7 +488,7 @@ class Target:
             if hf.shape.load(b0) == SPLIT_2M and hf.sub2m is not None and \
                     len(list(hf.sub2m.runs(i_probe >> 9, (iq + 511) >> 9))) != 1:
                 return False  # the 2 MiB folios of a staged split must agree too
-            folio_level = hf.folio_level(ip)
+            folio_level = hf.folio_level(ip) or LEVEL_4K
         s2 = vm.stage2
         n = q - p
         if level == LEVEL_4K:

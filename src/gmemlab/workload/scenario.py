@@ -350,7 +350,7 @@ def parse_scenario(text: str, source: str, default_name: str = "", overrides: Se
     for override in overrides:
         apply_override(raw, override)
     label = f"{source} (with {', '.join('--set ' + o for o in overrides)})" if overrides else source
-    sc = build(Scenario, raw, "", label, source=source)
+    sc: Scenario = build(Scenario, raw, "", label, source=source)
     if not sc.name:
         sc = replace(sc, name=default_name)
     problems = _check(sc)

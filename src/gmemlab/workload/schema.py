@@ -13,7 +13,7 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ..errors import UsageError
 from .units import parse_size
@@ -171,7 +171,7 @@ class Choice(Spec):
             close = difflib.get_close_matches(str(value), self.choices, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
-        return value
+        return str(value)
 
 
 @dataclass(frozen=True)
@@ -180,8 +180,8 @@ class Count(Spec):
 
     def parse(self, value: Any, path: str, source: str) -> int | str:
         if value == "vcpus":
-            return value
-        return Number(integer=True, min=1).parse(value, path, source)
+            return "vcpus"
+        return int(Number(integer=True, min=1).parse(value, path, source))
 
 
 @dataclass(frozen=True)
@@ -213,11 +213,11 @@ class SizeDist(Spec):
     def parse(self, value: Any, path: str, source: str) -> tuple[tuple[int, float], ...]:
         if not isinstance(value, dict) or not value:
             raise ValueError(f"expected a table of size = probability, got {value!r}")
-        pairs = []
+        pairs: list[tuple[int, float]] = []
         for key, weight in value.items():
             size = Size(min=1 << 12, multiple_of=1 << 12).parse(key, path, source)
             prob = Number(min=0.0, max=1.0).parse(weight, path, source)
-            pairs.append((size, prob))
+            pairs.append((cast(int, size), prob))
         total = sum(p for _, p in pairs)
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"probabilities must sum to 1, they sum to {total:g}")
@@ -246,7 +246,7 @@ class ArrayOf(Spec):
 
     cls: type
 
-    def parse(self, value: Any, path: str, source: str) -> tuple:
+    def parse(self, value: Any, path: str, source: str) -> tuple[Any, ...]:
         if not isinstance(value, list):
             raise ValueError(f"expected an array of tables, got {type(value).__name__}")
         return tuple(build(self.cls, item, f"{path}[{i}]", source) for i, item in enumerate(value))
@@ -258,7 +258,7 @@ class TableOf(Spec):
 
     cls: type
 
-    def parse(self, value: Any, path: str, source: str) -> tuple:
+    def parse(self, value: Any, path: str, source: str) -> tuple[Any, ...]:
         if not isinstance(value, dict):
             raise ValueError(f"expected a table of tables, got {type(value).__name__}")
         return tuple(build(self.cls, item, join(path, name), source, name=name) for name, item in value.items())
@@ -278,7 +278,7 @@ def nested(cls: type, doc: str = "") -> dict[str, Any]:
     return {"spec": Nested(cls), "doc": doc}
 
 
-def _spec_fields(cls: type) -> dict[str, dataclasses.Field]:
+def _spec_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(cls) if "spec" in f.metadata}
 
 

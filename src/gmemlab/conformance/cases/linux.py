@@ -7,6 +7,8 @@ Each upstream battery runs per VM type (KVM_CAP_VM_TYPES) and per flag set, as t
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...backend import MADV_DONTNEED, MAP_PRIVATE, MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
 from ...uapi import (
     FALLOC_FL_COLLAPSE_RANGE,
@@ -40,7 +42,7 @@ case = CASES.case
 
 def _battery_flags(ctx: Ctx, vm: Proxy) -> list[int]:
     """The driver's flag sets: 0, MMAP if supported, MMAP|INIT_SHARED if supported."""
-    supported = vm.check_extension(Cap.GUEST_MEMFD_FLAGS)  # type: ignore[attr-defined]
+    supported = vm.check_extension(Cap.GUEST_MEMFD_FLAGS)
     sets = [0]
     if supported & ctx.MMAP:
         sets.append(ctx.MMAP)
@@ -592,7 +594,9 @@ def rk_lifetime_vm_closed(ctx: Ctx) -> None:
     g.close()
 
 
-def _guest_setup(ctx: Ctx, flags: int, npages: int, uaddr_mode: str = "gmem") -> tuple[Proxy, Proxy, int, Proxy]:
+def _guest_setup(
+    ctx: Ctx, flags: int, npages: int, uaddr_mode: str = "gmem"
+) -> tuple[Proxy, Proxy, Any, int, Proxy]:  # the mapping is None without MMAP
     vm = ctx.vm(0)
     g = vm.create_guest_memfd(npages * P, flags)
     m = g.mmap(npages * P) if flags & ctx.MMAP else None

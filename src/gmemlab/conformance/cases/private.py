@@ -20,6 +20,7 @@ from ...uapi import (
 )
 from ..case import CaseList, Ctx
 from ..constants import PUNCH, P
+from ..record import Proxy
 
 CASES = CaseList()
 case = CASES.case
@@ -29,7 +30,7 @@ UA_BYTE = 0x99  # what userspace_addr holds in every page
 NPAGES = 4
 
 
-def _swp_vm(ctx: Ctx) -> object:
+def _swp_vm(ctx: Ctx) -> Proxy:
     types = ctx.system.check_extension(Cap.VM_TYPES)
     if not types & 1 << VmType.SW_PROTECTED:
         ctx.skip(f"needs KVM_X86_SW_PROTECTED_VM (type 1): KVM_CAP_VM_TYPES = {types:#x} here")
@@ -45,18 +46,18 @@ class Layout:
         self.ctx = ctx
         self.vm = _swp_vm(ctx)
         size = NPAGES * P
-        self.gmem = ctx.expect_ok(self.vm.create_guest_memfd, size, gmem_flags)  # type: ignore[attr-defined]
+        self.gmem = ctx.expect_ok(self.vm.create_guest_memfd, size, gmem_flags)
         self.anon = ctx.system.mmap_anonymous(size)
         self.anon.fill(0, size, UA_BYTE)
         self.map = self.gmem.mmap(size) if uaddr == "gmem" else None
         address = self.map.address if self.map is not None else self.anon.address
         self.gpa = ctx.gpa_base(size)
-        ctx.expect_ok(self.vm.set_user_memory_region2, 1, KVM_MEM_GUEST_MEMFD, self.gpa,  # type: ignore[attr-defined]
+        ctx.expect_ok(self.vm.set_user_memory_region2, 1, KVM_MEM_GUEST_MEMFD, self.gpa,
                       size, userspace_addr=address, guest_memfd=self.gmem, guest_memfd_offset=0)
-        self.cpu = self.vm.create_vcpu(0)  # type: ignore[attr-defined]
+        self.cpu = self.vm.create_vcpu(0)
 
     def attrs(self, page: int, npages: int, attributes: int) -> None:
-        self.ctx.expect_ok(self.vm.set_memory_attributes, self.gpa + page * P, npages * P,  # type: ignore[attr-defined]
+        self.ctx.expect_ok(self.vm.set_memory_attributes, self.gpa + page * P, npages * P,
                            attributes)
 
     def read(self, page: int, offset: int = 0, length: int = 1) -> bytes:
