@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "gmemlab.cli.scenarios",
     "gmemlab.cli.sim",
     "gmemlab.cli.vm",
+    "gmemlab.cli.sweep",
+    "gmemlab.cli.results",
 ]
 
 app = typer.Typer(
