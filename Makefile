@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/sim.py
 	$(BIN)/python bench/hugepages_table.py
+	$(BIN)/python bench/sweep.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

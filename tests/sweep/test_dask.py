@@ -48,3 +48,19 @@ def test_localcluster_sweep_matches_runs_one_by_one(sweep_file, tmp_path):
     # a second run skips everything without starting a cluster
     again = cli("sweep", str(sweep_file(SWEEP)), "--dask", "--workers", "2", "--out", str(out), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == 8
+
+
+def test_scheduler_option_runs_on_a_running_cluster(sweep_file, tmp_path):
+    """--scheduler connects to a cluster someone else started (here a LocalCluster on loopback)."""
+    from distributed import LocalCluster
+
+    path = sweep_file(SWEEP.replace("seeds = 2", "seeds = 1"))
+    out = tmp_path / "results"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = cli("sweep", str(path), "--scheduler", cluster.scheduler_address, "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["executor"] == f"Dask scheduler {cluster.scheduler_address}" and summary["ran"] == 4
+    bad = cli("sweep", str(path), "--scheduler", "nonsense", "--out", str(out))
+    assert bad.returncode == 2 and "expected an address such as tcp://HOST:8786" in bad.stderr

@@ -113,7 +113,7 @@ def test_writes_are_atomic_and_stale_temporaries_removed(tmp_path):
         ds.write([{"input_hash": "h2", "status": "ok", "y": "a"}])
         assert path is not None and path.name.startswith("part-") and not list(tmp_path.glob(".tmp-*"))
         assert ds.present() == {"h1", "h2"}
-        merged = ds.consolidate(ds.written)
+        merged = ds.consolidate(ds.batch_files())
     assert merged is not None and ds.parts() == [merged]
     table = pq.read_table(merged)
     assert sorted(table.column("input_hash").to_pylist()) == ["h1", "h2"]

@@ -79,6 +79,7 @@ BAD = [
     ("[grid]\nscenario = [\"tdx-boot-64g\"]\nset.guest_mem = [18446744073709551616]\n",
      "grid.set.guest_mem[0]", "64-bit"),
     ("seeds = 99999999999999999999\n[fixed]\nscenario = \"tdx-boot-64g\"\n", "seeds", "64-bit"),
+    ("[fixed]\nscenario = \"tdx-boot-64g\"\nset.runtime_s = 1979-05-27\n", "fixed.set.runtime_s", "date or time"),
     ("seeds = 0\n[fixed]\nscenario = \"tdx-boot-64g\"\n", "seeds", "1..100000"),
     ("seeds = [1, 1]\n[fixed]\nscenario = \"tdx-boot-64g\"\n", "seeds", "listed twice"),
     ("seeds = [-1]\n[fixed]\nscenario = \"tdx-boot-64g\"\n", "seeds[0]", ">= 0"),

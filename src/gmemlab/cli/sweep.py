@@ -125,9 +125,18 @@ def register(app: typer.Typer) -> None:
                        f"{spec.name}: {spec.runs:,} runs ({_axes_text(spec)}); {todo:,} to run, "
                        f"{spec.runs - todo:,} already in {folder}; executor: {executor.name}")
             return
-        with Dataset(folder) as ds:
-            err.print(f"[bold]{escape(spec.name)}[/]: {spec.runs:,} runs ({escape(_axes_text(spec))}) on "
-                      f"{escape(executor.name)} -> {escape(str(folder))}", highlight=False)
+        todo = len({t.input_hash for t in tasks} - Dataset(folder).present(ok_only=retry_failed))
+        err.print(f"[bold]{escape(spec.name)}[/]: {spec.runs:,} runs ({escape(_axes_text(spec))}), {todo:,} to run "
+                  f"on {escape(executor.name)} -> {escape(str(folder))}", highlight=False)
+        if todo:
+            executor.start()  # before the folder is made: a scheduler that cannot be reached leaves nothing
+        try:
+            ds = Dataset(folder).open()
+        except UsageError:
+            if todo:
+                executor.stop()
+            raise
+        with ds:
             with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                           TextColumn("failed {task.fields[failed]}"), TextColumn("{task.fields[rate]} runs/s"),
                           TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False,
@@ -138,9 +147,10 @@ def register(app: typer.Typer) -> None:
                     progress.update(bar, total=stats.total, completed=stats.done, failed=stats.failed,
                                     rate=f"{stats.rate:.1f}")
 
-                outcome = run_tasks(tasks, executor, dataset=ds, retry_failed=retry_failed, on_progress=show)
+                outcome = run_tasks(tasks, executor, dataset=ds, retry_failed=retry_failed, on_progress=show,
+                                    started=bool(todo))
             if not outcome.interrupted:
-                ds.consolidate(ds.written)
+                ds.consolidate(ds.batch_files())
         summary = _summary(spec, folder, outcome.stats, outcome.interrupted, executor.name)
         if as_json:
             typer.echo(json.dumps(summary, indent=2))

@@ -93,7 +93,6 @@ class Dataset:
         self.root = Path(root)
         self._lock_fd: int | None = None
         self._seq = 0
-        self.written: list[Path] = []  # part files this writer wrote
 
     # -- reading -----------------------------------------------------------------------------------
     def parts(self) -> list[Path]:
@@ -109,6 +108,10 @@ class Dataset:
                 if not ok_only or status == "ok":
                     hashes.add(h)
         return hashes
+
+    def batch_files(self) -> list[Path]:
+        """Part files not yet merged (this sweep's, and those an interrupted sweep left)."""
+        return [p for p in self.parts() if not p.stem.endswith("-merged")]
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.parts())
@@ -148,20 +151,21 @@ class Dataset:
         assert self._lock_fd is not None, "Dataset.open() first"
         self._seq += 1
         stem = f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{self._seq:06d}"
-        path = self._write_table(to_table(rows), stem)
-        self.written.append(path)
-        return path
+        return self._write_table(to_table(rows), stem)
 
     def _write_table(self, table: pa.Table, stem: str) -> Path:
         final = self.root / f"{stem}.parquet"
         tmp = self.root / f".tmp-{stem}.parquet"
-        pq.write_table(table, tmp, compression=COMPRESSION)
+        # Batch files are short-lived (merged at the end of the sweep) and written while workers wait for the
+        # main process: encoded for speed (no compression, dictionaries or statistics: 3 ms instead of 9 ms
+        # for ~200 columns); the merged file is compressed.
+        pq.write_table(table, tmp, compression="none", use_dictionary=False, write_statistics=False)
         _fsync(tmp)
         os.replace(tmp, final)
         return final
 
     def consolidate(self, parts: Sequence[Path]) -> Path | None:
-        """Merge ``parts`` (files this writer wrote) into one file, then remove them: fewer, larger files read
+        """Merge ``parts`` (:meth:`batch_files`) into one file, then remove them: fewer, larger files read
         faster and store a run in a few hundred bytes instead of a file footer each. DuckDB does the merge (it
         unifies columns by name and type). A crash midway leaves both copies, which readers collapse to one row
         per input hash (:mod:`gmemlab.sweep.query`): nothing is lost either way."""

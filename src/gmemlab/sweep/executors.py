@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +93,8 @@ class LocalExecutor:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["gmemlab.sweep.worker"])
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_ignore_sigint)
+        # start the workers now (the pool would on the first batches), so start-up is not charged to runs
+        cf.wait([self._pool.submit(os.getpid) for _ in range(self.workers)])
 
     def capacity(self) -> int:
         return self.workers

@@ -50,6 +50,7 @@ class Stats:
     batches: int = 0
     files: int = 0
     run_seconds: float = 0.0  # sum of the runs' own wall times
+    write_seconds: float = 0.0  # time spent writing Parquet files
     started: float = field(default_factory=time.perf_counter)
     finished: float | None = None
 
@@ -185,6 +186,8 @@ def run_tasks(tasks: Sequence[Task], executor: Executor, *, dataset: Dataset | N
         on_progress(stats)
     if not by_hash:
         stats.finished = time.perf_counter()
+        if started:
+            executor.stop()
         return outcome
     batcher = Batcher((t.job for t in by_hash.values()), batch_seconds)
     attempts: dict[str, int] = {}
@@ -221,7 +224,9 @@ def run_tasks(tasks: Sequence[Task], executor: Executor, *, dataset: Dataset | N
                     stats.batches += 1
                 if rows:
                     if dataset is not None:
+                        t0 = time.perf_counter()
                         dataset.write(rows)
+                        stats.write_seconds += time.perf_counter() - t0
                         stats.files += 1
                     if collect:
                         outcome.rows.extend(rows)

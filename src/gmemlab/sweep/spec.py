@@ -28,6 +28,7 @@ expanded (:mod:`gmemlab.sweep.tasks`), before anything runs.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 import re
@@ -122,13 +123,15 @@ def load_sweep(name_or_path: str) -> SweepSpec:
 
 
 def check_numbers(value: Any, path: str, source: str) -> None:
-    """Reject NaN, infinities and integers outside 64 bits anywhere in the file, naming the key."""
+    """Reject NaN, infinities, integers outside 64 bits and TOML dates anywhere in the file, naming the key."""
     if isinstance(value, Mapping):
         for key, item in value.items():
             check_numbers(item, f"{path}.{key}" if path else str(key), source)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             check_numbers(item, f"{path}[{i}]", source)
+    elif isinstance(value, datetime.date | datetime.time):
+        raise fail(source, path, f"{value} is a date or time; no sweep key takes one")
     elif isinstance(value, float) and not math.isfinite(value):
         raise fail(source, path, f"{value} is not a finite number")
     elif isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
