@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from ..policy import POLICIES
+from ..model.policy import POLICIES
 from ..sim import costs as sim_costs
 from ..sim import run as sim_run
 from ..sim import scenario as sim_scenario

@@ -43,14 +43,22 @@ class Job:
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One run: its job and its row's input columns."""
+    """One run: its job and its row's input columns (the configuration's, shared by its seeds, with this
+    run's seed and hash: a 100,000-run study keeps one column dict per configuration, not per run)."""
 
     job: Job
-    inputs: dict[str, Any] = field(repr=False)
+    base: Mapping[str, Any] = field(repr=False)
 
     @property
     def input_hash(self) -> str:
         return self.job.input_hash
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        row = dict(self.base)  # "seed" and "input_hash" keep their places
+        row["seed"] = self.job.seed
+        row["input_hash"] = self.job.input_hash
+        return row
 
 
 def label(value: Any) -> str:
@@ -74,7 +82,9 @@ def make_task(scenario: adapter.ScenarioRef, policy: str | None, profile: str, s
     """
     overrides = tuple(overrides)
     costs = tuple(costs)
-    key = (scenario, policy, profile, json.dumps(overrides, default=str), costs, costs_label)
+    extra = dict(extra or {})
+    key = (scenario, policy, profile, json.dumps(overrides, default=str), costs, costs_label, sweep,
+           json.dumps(extra, default=str))
     cached = _cache.get(key) if _cache is not None else None
     if cached is None:
         params = adapter.describe(scenario, policy, profile, overrides)
@@ -82,26 +92,26 @@ def make_task(scenario: adapter.ScenarioRef, policy: str | None, profile: str, s
         identity = adapter.costs_identity(costs, costs_label)
         config = _digest({"params": params, "profile": profile, "costs": identity["cost_table.hash"],
                           "version": __version__})
-        cached = (params, policy_run, identity, config)
+        base: dict[str, Any] = {
+            "sweep": sweep,
+            "scenario": scenario.name,
+            "scenario_source": scenario.source or "built-in",
+            "policy": policy_run,
+            "profile": profile or adapter.implicit_profile(),
+            "seed": None,
+            **{f"set.{k}": label(v) for k, v in overrides},
+            **extra,
+            **identity,
+            **params,
+            "input_hash": None,
+        }
+        cached = (base, config)
         if _cache is not None:
             _cache[key] = cached
-    params, policy_run, identity, config = cached
+    base, config = cached
     input_hash = _digest({"config": config, "seed": seed})[:32]
-    job = Job(input_hash, scenario, policy_run, profile, seed, overrides, costs, costs_label, config[:16])
-    inputs: dict[str, Any] = {
-        "sweep": sweep,
-        "scenario": scenario.name,
-        "scenario_source": scenario.source or "built-in",
-        "policy": policy_run,
-        "profile": profile or adapter.implicit_profile(),
-        "seed": seed,
-        **{f"set.{k}": label(v) for k, v in overrides},
-        **(extra or {}),
-        **identity,
-        **params,
-        "input_hash": input_hash,
-    }
-    return Task(job, inputs)
+    job = Job(input_hash, scenario, str(base["policy"]), profile, seed, overrides, costs, costs_label, config[:16])
+    return Task(job, base)
 
 
 def _combos(spec: SweepSpec) -> Iterator[list[tuple[Axis, Any]]]:
