@@ -100,11 +100,11 @@ def test_t_quantiles_and_interval():
 
 def test_plot_aggregates_seeds(results):
     out, rows = results
-    summary = collect(out, "guest_mem", "modelled_time_total_s", hue="policy")
+    summary = collect(out, "guest_mem", "time.cpu.s", hue="policy")
     assert summary.x == "params.guest_mem" and summary.hue == "policy"
     points = summary.series[(None, "deferred")]
     assert [p.x for p in points] == [1 << 30, 2 << 30] and all(p.n == 3 for p in points)
-    values = [r["modelled_time_total_s"] for r in rows
+    values = [r["time.cpu.s"] for r in rows
               if r["policy"] == "deferred" and r["params.guest_mem"] == 1 << 30]
     assert math.isclose(points[0].mean, sum(values) / 3) and points[0].low <= points[0].mean <= points[0].high
 

@@ -136,7 +136,8 @@ def test_run_one_result_is_the_simulators_json_flattened():
     cols = adapter.run_one(FAST, "deferred", "", 0, ONE_GIB)
     direct = simulate("non-coco-mmap-64g", "deferred", ["guest_mem=1GiB"], seed=0).as_json()
     assert cols["metrics.splits.1G"] == direct["metrics"]["splits"]["1G"]
-    assert cols["modelled_time_total_s"] == direct["modelled_time_total_s"]
+    assert cols["time.cpu.s"] == direct["time"]["cpu"]["s"]
+    assert cols["time.boot_critical_path.assumed_share"] == direct["time"]["boot_critical_path"]["assumed_share"]
     assert not any(k.startswith("series") for k in cols)
 
 
@@ -145,3 +146,18 @@ def test_sweep_into_unwritable_folder_is_a_usage_error(tmp_path: Path):
     blocker.write_text("")
     with pytest.raises(UsageError, match="cannot write results here"):
         Dataset(blocker / "sub").open()
+
+
+def test_cost_changes_apply_like_the_costs_option(tmp_path):
+    """A sweep's cost changes go through the simulator's --costs loader: same rows as `gmemlab run --costs`."""
+    from gmemlab.sim.costs import load_cost_table
+
+    path = tmp_path / "costs.toml"
+    path.write_text('[rows."24"]\nweight = 1.0\n[rows."6"]\nper_vcpu = 2.0\n')
+    changes = adapter.cost_changes_from_file(path)
+    assert changes == (("24", "weight", 1.0), ("6", "per_vcpu", 2.0))
+    assert adapter.cost_table(changes, "costs.toml").rows == load_cost_table(path).rows
+    plain = make_task(FAST, "deferred", "", 0, ONE_GIB)
+    changed = make_task(FAST, "deferred", "", 0, ONE_GIB, costs=changes)
+    assert plain.input_hash != changed.input_hash
+    assert plain.inputs["cost_table.hash"] != changed.inputs["cost_table.hash"]

@@ -62,8 +62,8 @@ def _print_overview(info: dict[str, Any]) -> None:
     console.print(f"column groups: {groups}", highlight=False)
     for err in info["top_errors"]:
         console.print(f"  {err['runs']:,} x {escape(str(err['error']))}", highlight=False)
-    console.print('query: gmemlab results DIR --sql "SELECT policy, avg(\\"modelled_time_total_s\\") FROM runs '
-                  'GROUP BY policy"  (quote dotted column names; DESCRIBE runs lists them)', highlight=False)
+    console.print('query: gmemlab results DIR --sql "SELECT policy, avg(\\"time.cpu.s\\") FROM runs GROUP BY policy"'
+                  '  (quote dotted column names; DESCRIBE runs lists them)', highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,10 +2,11 @@
 
 Everything :mod:`gmemlab.sweep` knows about :mod:`gmemlab.sim` is in this module, and it uses only the
 simulator's public API (``sim/run.py``: ``run_scenario``, ``params``, ``check_policy``, ``effective_policy``;
-``sim/scenario.py``: ``load_scenario``, ``parse_scenario``, ``builtin_names``; ``sim/costs.py``: ``CostTable``
-and its rows). The result of a run is whatever JSON-shaped object ``RunResult.as_json()`` returns, flattened
-generically by :func:`flatten` (nested keys joined with ``.``), so a change of the result's shape (new time
-results, provenance shares, ...) needs no change here or anywhere else in the sweep package.
+``workload/scenario.py``: ``load_scenario``, ``parse_scenario``, ``builtin_names``; ``sim/costs.py``:
+``CostTable`` with its ``--costs`` loader, and its rows). The result of a run is whatever JSON-shaped object
+``RunResult.as_json()`` returns, flattened generically by :func:`flatten` (nested keys joined with ``.``), so a
+change of the result's shape (new time results, provenance shares, ...) needs no change here or anywhere else
+in the sweep package.
 
 The two functions the rest of the package calls:
 
@@ -16,11 +17,12 @@ The two functions the rest of the package calls:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import inspect
 import json
 import math
+import tempfile
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,7 +33,7 @@ from ..errors import UsageError
 from ..model.policy import POLICIES
 from ..sim import costs as sim_costs
 from ..sim import run as sim_run
-from ..sim import scenario as sim_scenario
+from ..workload import scenario as sim_scenario
 
 # Result keys that are not one number per run: the per-event series ``gmemlab run --json`` prints for plots
 # of one run. Kept out of rows so a row stays a few KiB (one run's series is ~13 KiB of JSON).
@@ -131,31 +133,37 @@ def check_cost_change(row_id: str, fld: str, value: Any) -> None:
 
 
 def cost_changes_from_file(path: Path) -> tuple[CostChange, ...]:
-    """The changes a ``--costs`` file makes to the default table (validated by the simulator's loader)."""
-    table = sim_costs.load_cost_table(path)
-    changes: list[CostChange] = []
-    for default, row in zip(sim_costs.DEFAULT_ROWS, table.rows, strict=True):
-        for fld in ("weight", "per_vcpu", "tag", "basis"):
-            if getattr(row, fld) != getattr(default, fld):
-                changes.append((row.id, fld, getattr(row, fld)))
-    return tuple(changes)
+    """The ``[rows.<id>]`` entries of a ``--costs`` file, in order, after the simulator's loader accepted it
+    (its errors name the file, the key and the reason)."""
+    sim_costs.load_cost_table(path)
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    return tuple((str(row_id), str(fld), value) for row_id, fields in raw.get("rows", {}).items()
+                 for fld, value in fields.items())
 
 
 def cost_table(changes: Sequence[CostChange], label: str = "") -> sim_costs.CostTable:
-    """The default table with ``changes`` applied (later changes of the same field win)."""
-    rows = {row.id: row for row in sim_costs.DEFAULT_ROWS}
-    for row_id, fld, value in changes:
-        rows[row_id] = dataclasses.replace(rows[row_id], **{fld: float(value) if fld in COST_FIELDS else value})
+    """The default table with ``changes`` applied by the simulator's own ``--costs`` loader (so an explicit
+    weight on a derived row replaces the derivation exactly as ``gmemlab run --costs`` does)."""
     base = sim_costs.CostTable()
-    source = f"{base.source} + {label}" if label and changes else base.source
-    return sim_costs.CostTable(tuple(rows.values()), source)
+    if not changes:
+        return base
+    rows: dict[str, dict[str, Any]] = {}
+    for row_id, fld, value in changes:
+        rows.setdefault(row_id, {})[fld] = value
+    text = "".join(f"[rows.{json.dumps(rid)}]\n" + "".join(f"{fld} = {toml_literal(v)}\n" for fld, v in fields.items())
+                   for rid, fields in rows.items())
+    with tempfile.TemporaryDirectory(prefix="gmemlab-costs-") as tmp:
+        path = Path(tmp) / "costs.toml"
+        path.write_text(text, encoding="utf-8")
+        table = base.with_overrides(path)
+    return sim_costs.CostTable(table.rows, f"{base.source} + {label or 'changes'}")
 
 
 def costs_identity(changes: Sequence[CostChange], label: str = "") -> dict[str, Any]:
     """``cost_table.version`` (the table's version, or its source when it has none) and ``cost_table.hash`` (of every
     row's weight, per-vCPU weight and tag: what prices a run)."""
     table = _cached_table(tuple(changes), label)
-    rows = [(r.id, r.weight, r.per_vcpu, r.tag, r.counters, r.category) for r in table.rows]
+    rows = [(r.id, r.weight, r.per_vcpu, r.tag, r.counters, r.category, getattr(r, "of", None)) for r in table.rows]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
     return {"cost_table.version": str(getattr(table, "version", table.source)), "cost_table.hash": digest}
 
@@ -184,8 +192,19 @@ def toml_literal(value: Any) -> str:
 
 
 def set_args(overrides: Sequence[tuple[str, Any]]) -> list[str]:
-    """``(("guest_mem", "1GiB"),)`` -> ``['guest_mem="1GiB"']``: the simulator's ``--set`` strings."""
-    return [f"{key}={toml_literal(value)}" for key, value in overrides]
+    """``(("guest_mem", "1GiB"), ("accept.mode", "true"))`` -> ``['guest_mem=1GiB', 'accept.mode="true"']``: the
+    simulator's ``--set`` strings, as a user would type them (a string is quoted only where ``--set`` would
+    otherwise read it as another TOML value)."""
+    return [f"{key}={_set_value(value)}" for key, value in overrides]
+
+
+def _set_value(value: Any) -> str:
+    if isinstance(value, str) and value and value == value.strip():
+        try:
+            tomllib.loads(f"v = {value}")
+        except tomllib.TOMLDecodeError:
+            return value  # --set reads text that is not TOML as that very string
+    return toml_literal(value)
 
 
 def _load(ref: ScenarioRef, overrides: Sequence[tuple[str, Any]]) -> sim_scenario.Scenario:
@@ -220,7 +239,8 @@ def run_one(ref: ScenarioRef, policy: str, profile: str, seed: int, overrides: S
     """Run one simulation and return its result flattened into columns (see :func:`flatten`)."""
     sc = _load(ref, overrides)
     table = _cached_table(tuple(costs), costs_label)
-    result = sim_run.run_scenario(sc, policy, seed, table, **_profile_kwargs(profile))
+    named = {"overrides": set_args(overrides)} if _takes("overrides") else {}  # titles and JSON name them
+    result = sim_run.run_scenario(sc, policy, seed, table, **_profile_kwargs(profile), **named)
     out = result.as_json()
     return flatten({k: v for k, v in out.items() if k not in DROPPED_RESULT_KEYS})
 
