@@ -94,8 +94,9 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--plot needs --x and --y")
             summary = draw(folder, plot, x, y, hue, facet, where)
             points = sum(len(p) for p in summary.series.values())
-            info = {"plot": str(summary.path), "x": summary.x, "y": summary.y, "hue": summary.hue,
-                    "facet": summary.facet, "points": points, "failed_left_out": summary.failed_left_out}
+            info: dict[str, Any] = {"plot": str(summary.path), "x": summary.x, "y": summary.y, "hue": summary.hue,
+                                    "facet": summary.facet, "points": points,
+                                    "failed_left_out": summary.failed_left_out}
             if as_json:
                 info["series"] = [{"facet": query.plain(f), "hue": query.plain(h),
                                    "points": [{"x": query.plain(p.x), "mean": p.mean, "low": p.low, "high": p.high,

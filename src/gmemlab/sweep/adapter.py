@@ -239,8 +239,10 @@ def run_one(ref: ScenarioRef, policy: str, profile: str, seed: int, overrides: S
     """Run one simulation and return its result flattened into columns (see :func:`flatten`)."""
     sc = _load(ref, overrides)
     table = _cached_table(tuple(costs), costs_label)
-    named = {"overrides": set_args(overrides)} if _takes("overrides") else {}  # titles and JSON name them
-    result = sim_run.run_scenario(sc, policy, seed, table, **_profile_kwargs(profile), **named)
+    kwargs: dict[str, Any] = dict(_profile_kwargs(profile))
+    if _takes("overrides"):
+        kwargs["overrides"] = set_args(overrides)  # titles and JSON name them
+    result = sim_run.run_scenario(sc, policy, seed, table, **kwargs)
     out = result.as_json()
     return flatten({k: v for k, v in out.items() if k not in DROPPED_RESULT_KEYS})
 

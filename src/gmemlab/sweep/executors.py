@@ -164,7 +164,7 @@ class DaskExecutor:
 
         if self.scheduler:
             try:
-                self._client = Client(self.scheduler, timeout=self.connect_timeout)
+                self._client = Client(self.scheduler, timeout=self.connect_timeout)  # type: ignore[no-untyped-call]
             except (OSError, TimeoutError) as exc:
                 raise UsageError(f"--scheduler {self.scheduler}: cannot connect: {exc}") from None
             try:
@@ -175,9 +175,10 @@ class DaskExecutor:
                                  f"{self.connect_timeout:g} s (start some with `dask worker {self.scheduler}`)"
                                  ) from None
         else:
-            self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR)
-            self._client = Client(self._cluster)
+            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=logging.ERROR)
+            self._client = Client(self._cluster)  # type: ignore[no-untyped-call]
 
     def capacity(self) -> int:
         """Worker threads in the cluster (asked at most every 2 s: workers may join or leave)."""
@@ -194,7 +195,8 @@ class DaskExecutor:
         from distributed import wait
 
         try:
-            return set(wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED").done)
+            done = wait(list(futures), timeout=timeout, return_when="FIRST_COMPLETED")  # type: ignore[no-untyped-call]
+            return set(done.done)
         except TimeoutError:
             return set()
 

@@ -121,7 +121,8 @@ def collect(root: str | Path, x: str, y: str, hue: str | None = None, facet: str
     groups: dict[tuple[Any, Any, Any], list[float]] = {}
     for row in rows:
         values = dict(zip(keys, row[:-1], strict=True))
-        groups.setdefault((values.get(fc), values.get(hc), values[xc]), []).append(float(row[-1]))
+        point = (values[fc] if fc else None, values[hc] if hc else None, values[xc])
+        groups.setdefault(point, []).append(float(row[-1]))
     summary = PlotSummary(Path(), xc, yc, hc, fc, failed_left_out=int(failed[0]) if failed else 0)
     for (fv, hv, xv) in sorted(groups, key=lambda k: tuple(_natural(v) for v in k)):
         mean, low, high = interval(groups[(fv, hv, xv)])

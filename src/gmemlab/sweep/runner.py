@@ -242,7 +242,8 @@ def run_tasks(tasks: Sequence[Task], executor: Executor, *, dataset: Dataset | N
     return outcome
 
 
-def _retry_or_fail(batch: list[Job], reason: str, batcher: Batcher, attempts: dict[str, int]) -> list[dict]:
+def _retry_or_fail(batch: list[Job], reason: str, batcher: Batcher,
+                   attempts: dict[str, int]) -> list[dict[str, Any]]:
     """A batch lost with its worker: its runs go back to run one at a time with nothing beside them (a dead
     local worker fails every batch in flight, so only a run lost while alone is a culprit); a run lost alone
     ``MAX_ATTEMPTS`` times is a failed row."""
