@@ -10,15 +10,19 @@ from typer.testing import CliRunner
 from gmemlab.cli import app
 from gmemlab.conformance import cases_for, compare, run_case
 from gmemlab.conformance.record import Observation, Recorder
-from gmemlab.model import ModelBackend
+from gmemlab.model import HostConfig, ModelBackend
 from gmemlab.model.pagecache import PageCache
 
-CASES = [(p, c) for p in ("linux-6.18", "rfc-v2") for c in cases_for(p)]
+# (profile, kvm.gmem_in_place_conversion): linux-7.4 with both values of its module parameter.
+RUNS = [("linux-6.18", None), ("linux-7.3", None), ("linux-7.4", True), ("linux-7.4", False), ("rfc-v2", None)]
+CASES = [(p, param, c) for p, param in RUNS for c in cases_for(p)]
 
 
-@pytest.mark.parametrize("profile,case", CASES, ids=[f"{p}:{c.name}" for p, c in CASES])
-def test_case_on_model(profile: str, case) -> None:  # type: ignore[no-untyped-def]
-    result = run_case(case, lambda p: ModelBackend(p), "model", profile)
+@pytest.mark.parametrize("profile,param,case", CASES,
+                         ids=[f"{p}{'' if v is None else ':inplace=' + 'YN'[not v]}:{c.name}" for p, v, c in CASES])
+def test_case_on_model(profile: str, param: bool | None, case) -> None:  # type: ignore[no-untyped-def]
+    config = HostConfig.upstream().with_(gmem_in_place_conversion=param)
+    result = run_case(case, lambda p: ModelBackend(p, config), "model", profile)
     if result.status == "skip":
         assert result.detail, "a skip must say why"
         pytest.skip(result.detail)
@@ -26,7 +30,7 @@ def test_case_on_model(profile: str, case) -> None:  # type: ignore[no-untyped-d
 
 
 def test_listed_checklist_is_covered() -> None:
-    names = {c.name for p in ("linux-6.18", "rfc-v2") for c in cases_for(p)}
+    names = {c.name for p in ("linux-6.18", "linux-7.3", "linux-7.4", "rfc-v2") for c in cases_for(p)}
     upstream = {"test_guest_memfd_flags", "test_create_guest_memfd_multiple", "test_create_guest_memfd_invalid_sizes",
                 "test_file_read_write", "test_mmap_not_supported", "test_mmap_supported", "test_fault_overflow",
                 "test_fault_private", "test_mmap_cow", "test_mbind", "test_numa_allocation", "test_collapse",
@@ -108,7 +112,7 @@ def test_cli_conformance_json() -> None:
 
 
 def test_cli_conformance_tap() -> None:
-    res = runner.invoke(app, ["conformance", "--tap", "-k", "test_fallocate"])
+    res = runner.invoke(app, ["conformance", "--tap", "--profile", "linux-6.18", "-k", "test_fallocate"])
     assert res.exit_code == 0
     lines = res.output.splitlines()
     assert lines[0] == "KTAP version 1" and lines[1] == "1..1" and lines[2].startswith("ok 1 test_fallocate")

@@ -85,6 +85,15 @@ class HostMapping(Protocol):
         """Long-term GUP pin (``FOLL_LONGTERM``) of the pages under ``[offset, offset+length)``."""
         ...
 
+    def vmsplice(self, offset: int, length: int) -> Pin:
+        """``vmsplice(2)`` of the pages into a pipe: plain page references (not DMA pins) held until ``unpin``
+        closes the pipe; a transient reference in-place conversion refuses (realkernel-private.md finding 3)."""
+        ...
+
+    def pte_present(self, offset: int) -> bool:
+        """Whether a host PTE maps the page at ``offset`` now (``/proc/self/pagemap`` bit 63)."""
+        ...
+
     def munmap(self) -> None: ...
 
 
@@ -124,6 +133,23 @@ class GuestMemfd(Protocol):
 
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
         """RFC2 ``KVM_GMEM_CONVERT_SHARED`` / ``KVM_GMEM_CONVERT_PRIVATE`` (spec 2.14)."""
+        ...
+
+    def set_memory_attributes2(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        error_offset: int = 0,
+        reserved: tuple[int, ...] = (),
+    ) -> int:
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` (in-place conversion, linux-7.md 1.2): returns the struct's
+        ``error_offset`` after the call; errors raise :class:`gmemlab.errors.ConversionError` carrying it."""
+        ...
+
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(fd, number, arg)``: ``arg`` is the argument's bytes or a raw address (e.g. an unmapped one)."""
         ...
 
     def close(self) -> None: ...
@@ -174,7 +200,28 @@ class Vm(Protocol):
 
     def create_vcpu(self, vcpu_id: int = 0) -> Vcpu: ...
 
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(vm_fd, number, arg)`` for numbers without a typed method (unknown ones are ENOTTY)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Process(Protocol):
+    """A child of the VMM process made by ``fork()``: it inherits the mappings and fds; KVM refuses its VM
+    ioctls with EIO (``kvm->mm != current->mm``, realkernel.md #80)."""
+
+    pid: int
+
+    def mapping(self, parent: HostMapping) -> HostMapping:
+        """The child's copy of a mapping the parent had when it forked; accesses are made by the child."""
+        ...
+
+    def check_extension(self, vm: Vm, cap: int) -> int: ...
+
+    def create_guest_memfd(self, vm: Vm, size: int, flags: int = 0) -> object: ...
+
+    def exit(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -210,6 +257,19 @@ class Backend(Protocol):
 
     def reserved_slots(self) -> frozenset[int]:
         """Memslot ids the backend uses itself (the kernel backend's guest code slot)."""
+        ...
+
+    def fork(self) -> Process:
+        """``fork()`` a child of the VMM process (see :class:`Process`)."""
+        ...
+
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(/dev/kvm, number, arg)`` for numbers without a typed method (unknown ones are EINVAL)."""
+        ...
+
+    def inject_fault(self, site: str, times: int = 1) -> None:
+        """Make the next ``times`` passes through ``site`` fail (model only; e.g. ``mtree_preallocate``: the
+        attribute tree's preallocation, ENOMEM). The kernel backend raises UnsupportedByBackend."""
         ...
 
     def close(self) -> None: ...

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .uapi import Cap, VmType
+from .uapi import Cap, VmType, cap_guest_memfd_memory_attributes
 
 PROBED_CAPS = (
     Cap.USER_MEMORY, Cap.NR_MEMSLOTS, Cap.SYNC_MMU, Cap.READONLY_MEM, Cap.IMMEDIATE_EXIT, Cap.USER_MEMORY2,
@@ -24,6 +24,28 @@ PROBED_CAPS = (
     Cap.GUEST_MEMFD_FLAGS, Cap.X86_SMM, Cap.MULTI_ADDRESS_SPACE,
 )
 KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel", "kvm_pvm")
+IN_PLACE_PARAM = "kvm.gmem_in_place_conversion"
+GMEM_ATTRIBUTES = "GUEST_MEMFD_MEMORY_ATTRIBUTES"  # key of KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES in the caps
+
+
+def profile_for(release: str, module_params: dict[str, str]) -> tuple[str, str]:
+    """The model profile of a kernel, and the measured values that chose it.
+
+    * ``kvm.gmem_in_place_conversion`` present: the in-place conversion series, ``linux-7.4`` from 7.4 on and
+      ``linux-7.4-v8`` (an out-of-tree port, like the recorded 7.1.5 + v8) before;
+    * else 7.2 and later: ``linux-7.3`` (7.2's EEXIST and unsigned offsets; 7.3 changed nothing for gmem);
+    * else ``linux-6.18`` (6.19-7.1 kernels add gmem mempolicy and the 7.0 populate rules to it: nearest).
+    """
+    found = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    param = module_params.get(IN_PLACE_PARAM)
+    seen = f"uname -r {release}, /sys/module/kvm/parameters/gmem_in_place_conversion " + (
+        f"= {param}" if param is not None else "absent")
+    if param is not None:
+        return ("linux-7.4" if version >= (7, 4) else "linux-7.4-v8"), seen
+    if version >= (7, 2):
+        return "linux-7.3", seen
+    return "linux-6.18", seen
 
 
 @dataclass(frozen=True)
@@ -49,6 +71,10 @@ class HostFacts:
         table = self.system_caps if vm_type is None else self.vm_caps.get(vm_type.label, {})
         return table.get(cap.name, 0)
 
+    def profile(self) -> tuple[str, str]:
+        """The model profile of this kernel and why (:func:`profile_for`)."""
+        return profile_for(self.release, self.module_params)
+
     def types(self) -> list[VmType]:
         return [VmType[label.upper().replace("-", "_")] for label in self.vm_types]
 
@@ -61,16 +87,26 @@ class HostFacts:
     @classmethod
     def probe(cls, backend: Any) -> HostFacts:
         """Ask a backend (the kernel's ``/dev/kvm`` or a model) everything the model needs."""
-        system = {c.name: int(backend.check_extension(c)) for c in PROBED_CAPS}
+        params = backend.module_params() if hasattr(backend, "module_params") else {}
+        # KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES has no settled number (linux-7.md 1.1): on a kernel without the
+        # series the same number may be another capability, so it is asked only where the series' parameter
+        # exists (or of a model, which answers for its own profile).
+        in_place = IN_PLACE_PARAM in params or getattr(backend, "name", "") == "model"
+
+        def caps(obj: Any) -> dict[str, int]:
+            out = {c.name: int(obj.check_extension(c)) for c in PROBED_CAPS}
+            out[GMEM_ATTRIBUTES] = int(obj.check_extension(cap_guest_memfd_memory_attributes())) if in_place else 0
+            return out
+
+        system = caps(backend)
         types = list(backend.vm_types())
         per_vm: dict[str, dict[str, int]] = {}
         for t in types:
             vm = backend.create_vm(int(t))
             try:
-                per_vm[t.label] = {c.name: int(vm.check_extension(c)) for c in PROBED_CAPS}
+                per_vm[t.label] = caps(vm)
             finally:
                 vm.close()
-        params = backend.module_params() if hasattr(backend, "module_params") else {}
         release = os.uname().release if getattr(backend, "name", "") == "kernel" else f"model {backend.profile.name}"
         lo, hi = backend.guest_gpa_window()
         return cls(release, system, per_vm, tuple(t.label for t in types), int(backend.nr_numa_nodes()),

@@ -104,6 +104,20 @@ class KvmPreFaultMemory(ctypes.Structure):
     )
 
 
+class KvmMemoryAttributes2(ctypes.Structure):
+    """``struct kvm_memory_attributes2`` (128 bytes; in-place conversion, linux-7.md 1.1): the ``offset``
+    member of the union at 0 (``address`` for the VM-fd form the series dropped), ``error_offset`` is output."""
+
+    _fields_ = (
+        ("offset", ctypes.c_uint64),
+        ("size", ctypes.c_uint64),
+        ("attributes", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("error_offset", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 11),
+    )
+
+
 class KvmGmemConvert(ctypes.Structure):
     """RFC2 ``struct kvm_gmem_convert`` (64 bytes)."""
 
@@ -133,6 +147,8 @@ KVM_RUN = IO(KVMIO, 0x80)
 KVM_SET_MEMORY_ATTRIBUTES = IOW(KVMIO, 0xD2, ctypes.sizeof(KvmMemoryAttributes))
 KVM_CREATE_GUEST_MEMFD = IOWR(KVMIO, 0xD4, ctypes.sizeof(KvmCreateGuestMemfd))
 KVM_PRE_FAULT_MEMORY = IOWR(KVMIO, 0xD5, ctypes.sizeof(KvmPreFaultMemory))
+# linux-7.4 (in-place conversion): issued on the guest_memfd fd only; same nr as the 32-byte VM ioctl.
+KVM_SET_MEMORY_ATTRIBUTES2 = IOWR(KVMIO, 0xD2, ctypes.sizeof(KvmMemoryAttributes2))
 KVM_GMEM_CONVERT_SHARED = IOWR(KVM_GMEM_IO, 0x41, ctypes.sizeof(KvmGmemConvert))
 KVM_GMEM_CONVERT_PRIVATE = IOWR(KVM_GMEM_IO, 0x42, ctypes.sizeof(KvmGmemConvert))
 
@@ -147,6 +163,7 @@ SPEC_IOCTL_NUMBERS: dict[str, int] = {
     "KVM_RUN": 0xAE80,
     "KVM_GMEM_CONVERT_SHARED": 0xC040AF41,
     "KVM_GMEM_CONVERT_PRIVATE": 0xC040AF42,
+    "KVM_SET_MEMORY_ATTRIBUTES2": 0xC080AED2,  # linux-7.md 1.1
 }
 
 STRUCT_SIZES: dict[str, int] = {
@@ -156,6 +173,7 @@ STRUCT_SIZES: dict[str, int] = {
     "kvm_memory_attributes": 32,
     "kvm_pre_fault_memory": 64,
     "kvm_gmem_convert": 64,
+    "kvm_memory_attributes2": 128,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +258,33 @@ class Cap(IntEnum):
     GMEM_HUGETLB = 242
 
 
+# KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES (in-place conversion, linux-7.md 1.1) is UNVERIFIED: its number moved
+# with every rebase of the series (246, 248, 249, 250 in v8, 251 in one tree). 250 is the only value a running
+# kernel answered (realkernel-private.md, column B). It is kept here and nowhere else; read it with
+# :func:`cap_guest_memfd_memory_attributes`, which honours the override below (the kernel backend prefers
+# the number in <linux/kvm.h> when the installed header defines it).
+KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES = 250
+CAP_GMEM_ATTRIBUTES_ENV = "GMEMLAB_KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES"
+
+
+def cap_guest_memfd_memory_attributes() -> int:
+    """The capability number in force: ``$GMEMLAB_KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` if set, else
+    :data:`KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`. A malformed override is a ValueError naming it (the CLI
+    checks it up front and reports it as bad input)."""
+    import os
+
+    text = os.environ.get(CAP_GMEM_ATTRIBUTES_ENV, "").strip()
+    if not text:
+        return KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ValueError(f"${CAP_GMEM_ATTRIBUTES_ENV}={text!r} is not a capability number") from None
+    if not 0 < value < 1 << 31:
+        raise ValueError(f"${CAP_GMEM_ATTRIBUTES_ENV}={text!r} is out of range (1..2^31-1)")
+    return value
+
+
 class GmemFlags618(IntFlag):
     """Merged Linux 6.18 creation flags."""
 
@@ -271,6 +316,8 @@ class ApiProfile:
     has_hugetlb: bool
     description: str = ""
     aliases: tuple[str, ...] = field(default=())
+    parent: str | None = None  # the lineage: each profile states only its differences from its parent
+    has_attributes2: bool = False  # KVM_SET_MEMORY_ATTRIBUTES2 on the guest_memfd fd (in-place conversion)
 
     def flag_name(self, bit: int) -> str:
         return self.flag_names.get(bit, f"bit{bit.bit_length() - 1}(unknown)")
@@ -321,7 +368,49 @@ RFC_V2 = ApiProfile(
     description="the seed's RFC v2: SUPPORT_SHARED / INIT_PRIVATE, per-index shareability, conversion ioctls",
 )
 
-PROFILES: dict[str, ApiProfile] = {p.name: p for p in (LINUX_6_18, RFC_V2)}
+LINUX_7_3 = ApiProfile(
+    name="linux-7.3",
+    flag_names=LINUX_6_18.flag_names,
+    caps=LINUX_6_18.caps,
+    has_conversion_ioctls=False,
+    has_hugetlb=False,
+    description="merged Linux 6.19-7.3: gmem mempolicy, 7.0 populate rules, 7.2 EEXIST and unsigned bindings",
+    parent=LINUX_6_18.name,
+)
+
+LINUX_7_4 = ApiProfile(
+    name="linux-7.4",
+    flag_names=LINUX_6_18.flag_names,
+    caps=LINUX_6_18.caps,
+    has_conversion_ioctls=False,
+    has_hugetlb=False,
+    description="7.3 + in-place conversion (series v13, queued for 7.4) behind kvm.gmem_in_place_conversion",
+    parent=LINUX_7_3.name,
+    has_attributes2=True,
+)
+
+LINUX_7_4_V8 = ApiProfile(
+    name="linux-7.4-v8",
+    flag_names=LINUX_6_18.flag_names,
+    caps=LINUX_6_18.caps,
+    has_conversion_ioctls=False,
+    has_hugetlb=False,
+    description="the recorded kernel: in-place conversion v8 ported to 7.1.5 (realkernel-private.md column B)",
+    parent=LINUX_7_4.name,
+    has_attributes2=True,
+)
+
+PROFILES: dict[str, ApiProfile] = {p.name: p for p in (LINUX_6_18, LINUX_7_3, LINUX_7_4, LINUX_7_4_V8, RFC_V2)}
+
+
+def lineage(name: str) -> list[str]:
+    """``name`` and its ancestors, nearest first (``linux-7.4`` -> ``[linux-7.4, linux-7.3, linux-6.18]``)."""
+    out: list[str] = []
+    current: str | None = name
+    while current is not None:
+        out.append(current)
+        current = PROFILES[current].parent
+    return out
 
 
 def huge_page_size_from_flags(flags: int) -> int:
@@ -350,6 +439,7 @@ def check_struct_sizes() -> dict[str, tuple[int, int]]:
         "KVM_PRE_FAULT_MEMORY": (KVM_PRE_FAULT_MEMORY, KvmPreFaultMemory),
         "KVM_GMEM_CONVERT_SHARED": (KVM_GMEM_CONVERT_SHARED, KvmGmemConvert),
         "KVM_GMEM_CONVERT_PRIVATE": (KVM_GMEM_CONVERT_PRIVATE, KvmGmemConvert),
+        "KVM_SET_MEMORY_ATTRIBUTES2": (KVM_SET_MEMORY_ATTRIBUTES2, KvmMemoryAttributes2),
     }
     bad = {}
     for name, (number, struct_type) in pairs.items():

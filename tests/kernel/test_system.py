@@ -17,9 +17,11 @@ def test_struct_sizes_match_ioctl_encodings():
     assert abi.check_all_struct_sizes() == {}
 
 
-def test_protocol_and_identity(kb: KernelBackend):
+def test_protocol_and_identity(kb: KernelBackend, facts):
     assert isinstance(kb.name, str) and kb.name == "kernel"
-    assert kb.profile is uapi.LINUX_6_18
+    # The profile is read from the kernel (release, kvm.gmem_in_place_conversion), with what was measured.
+    assert kb.profile is uapi.PROFILES[facts.profile()[0]]
+    assert kb.profile_reason.startswith(f"uname -r {facts.release}")
     backend: Backend = kb  # static shape check
     assert backend.fd == kb.fd
 

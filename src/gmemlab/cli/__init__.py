@@ -11,12 +11,13 @@ import sys
 
 import typer
 
-from ..errors import GmemlabError
+from ..errors import GmemlabError, UsageError
 
 # Modules that add commands; each defines register(app: typer.Typer) -> None.
 COMMAND_MODULES = [
     "gmemlab.cli.conformance",
     "gmemlab.cli.fuzz",
+    "gmemlab.cli.profiles",
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
     "gmemlab.cli.sim",
@@ -37,6 +38,20 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker."""
+    _check_overrides()
+
+
+def _check_overrides() -> None:
+    """The environment overrides of unverified constants (``gmemlab profiles``) must parse: bad input is a
+    one-line error before any command runs."""
+    from ..model.profiles import in_place_default
+    from ..uapi import cap_guest_memfd_memory_attributes
+
+    try:
+        cap_guest_memfd_memory_attributes()
+        in_place_default(True)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _register_all() -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit, errno_name
-from ..uapi import Cap
+from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, PROFILES, Cap, cap_guest_memfd_memory_attributes, lineage
+from .constants import LINUX
 from .record import Proxy, Recorder, summarize_bytes
 
 
@@ -43,7 +44,7 @@ class CaseList(list[Case]):
     def case(
         self,
         section: str,
-        profiles: Iterable[str] = ("linux-6.18",),
+        profiles: Iterable[str] = LINUX,
         name: str | None = None,
         params: dict[str, Any] | None = None,
     ) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -92,6 +93,18 @@ class Ctx:
     @property
     def INIT_PRIVATE(self) -> int:
         return 1 << 1
+
+    def since(self, profile: str) -> bool:
+        """Whether the profile under test is ``profile`` or descends from it (``ctx.since("linux-7.3")``)."""
+        return profile in lineage(self.profile) if self.profile in PROFILES else False
+
+    def in_place(self, on: Any = None) -> bool:
+        """Whether in-place conversion is on: linux-7.4 and KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES has PRIVATE
+        (on /dev/kvm, or on the VM ``on``)."""
+        if not self.since("linux-7.4"):
+            return False
+        return bool((on or self.system).check_extension(cap_guest_memfd_memory_attributes())
+                    & KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     # -- expectations -----------------------------------------------------------------------------------
     def check(self, condition: bool, message: str) -> None:

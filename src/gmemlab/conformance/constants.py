@@ -19,7 +19,10 @@ M2, G1 = 1 << 21, 1 << 30
 KEEP = FALLOC_FL_KEEP_SIZE
 PUNCH = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
-LINUX = ("linux-6.18",)
+# The merged lineage (gmemlab.uapi.lineage): a case tagged LINUX runs on every merged profile and asks
+# ctx.since() where a later release changed the answer; IN_PLACE cases need the in-place conversion series.
+LINUX = ("linux-6.18", "linux-7.3", "linux-7.4")
+IN_PLACE = ("linux-7.4",)
 RFC = ("rfc-v2",)
 
 SUPPORT_SHARED = 1 << 0

@@ -126,6 +126,9 @@ class Recorder:
         "memfd_create": "memfd",
         "create_vcpu": "vcpu",
         "pin": "pin",
+        "vmsplice": "pipe",
+        "fork": "child",
+        "mapping": "cmap",
     }
 
     def _wrap_result(self, method: str, result: Any) -> tuple[Any, Any]:

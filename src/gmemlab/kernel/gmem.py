@@ -18,8 +18,9 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .. import uapi
 from ..backend import MAP_SHARED, PROT_READ, PROT_WRITE, FileStat
-from ..errors import KvmError, UnsupportedByBackend
+from ..errors import ConversionError, KvmError, UnsupportedByBackend
 from . import libc
 from .mapping import KernelHostMapping
 from .resources import Resources
@@ -59,7 +60,8 @@ class KernelGuestMemfd:
             offset,
             reason=f"len {length:#x} offset {offset:#x} prot {prot:#x} flags {flags:#x}",
         )
-        m = KernelHostMapping(addr, length, prot, offset, self.size, self.flags, on_unmap=self._resources.discard)
+        m = KernelHostMapping(addr, length, prot, offset, self.size, self.flags, on_unmap=self._resources.discard,
+                              resources=self._resources)
         self._resources.add(m)
         return m
 
@@ -87,6 +89,36 @@ class KernelGuestMemfd:
 
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
         raise UnsupportedByBackend("KVM_CAP_GMEM_CONVERSION (rfc-v2 conversion ioctls)")
+
+    def set_memory_attributes2(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        error_offset: int = 0,
+        reserved: tuple[int, ...] = (),
+    ) -> int:
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` on this fd (in-place conversion, linux-7.md 1.2) with the 128-byte
+        struct; returns its ``error_offset`` as the kernel left it. On error the
+        :class:`~gmemlab.errors.ConversionError` carries that field too (untouched unless the kernel wrote it).
+        Kernels without the series answer ENOTTY (no ioctl on a guest_memfd)."""
+        op = "KVM_SET_MEMORY_ATTRIBUTES2"
+        m = uapi.U64_MAX
+        arg = uapi.KvmMemoryAttributes2(offset=offset & m, size=size & m, attributes=attributes & m,
+                                        flags=flags & m, error_offset=error_offset & m)
+        for i, v in enumerate(reserved[:11]):
+            arg.reserved[i] = v & m
+        try:
+            libc.ioctl(self.fd, uapi.KVM_SET_MEMORY_ATTRIBUTES2, arg, op,
+                       f"offset {offset:#x} size {size:#x} attributes {attributes:#x} flags {flags:#x}")
+        except KvmError as exc:
+            raise ConversionError(exc.errno or 0, op, exc.reason, error_offset=int(arg.error_offset)) from None
+        return int(arg.error_offset)
+
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(fd, number, arg)``: the argument's bytes or a raw address."""
+        return libc.ioctl_raw(self.fd, number & 0xFFFFFFFF, arg, "ioctl", f"{number & 0xFFFFFFFF:#x}")[0]
 
     def close(self) -> None:
         """``close(fd)``. Host mappings keep the file (and its bindings) alive until munmap (#290)."""

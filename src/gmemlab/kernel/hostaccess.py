@@ -39,13 +39,16 @@ def _iovecs(bases: list[int], lengths: list[int]) -> ctypes.Array[ctypes.c_uint6
     return (ctypes.c_uint64 * len(flat))(*flat)
 
 
-def _transfer(addr: int, length: int, local_base: int, local_pattern: bool, write: bool) -> int:
+def _transfer(addr: int, length: int, local_base: int, local_pattern: bool, write: bool,
+              pid: int | None = None) -> int:
     """Move bytes page by page; returns the number of bytes moved before the first failing page.
 
     ``local_base`` is the local buffer; with ``local_pattern`` every page reuses the same local page (for
     fills), otherwise the local buffer is contiguous.
     """
-    pid = os.getpid()  # looked up each time: a forked child must use its own address space
+    # The process whose memory is accessed: ours by default (looked up each time: a forked child must use its
+    # own address space), or a forked child of ours (kernel/process.py): GUP then faults in *its* page tables.
+    pid = os.getpid() if pid is None else pid
     op = libc.process_vm_writev if write else libc.process_vm_readv
     end = addr + length
     # remote runs: the first up to the next page boundary, then whole pages, the last clipped to ``end``
@@ -72,24 +75,34 @@ def _transfer(addr: int, length: int, local_base: int, local_pattern: bool, writ
     return done
 
 
-def read(addr: int, length: int) -> tuple[bytes, int | None]:
+def read(addr: int, length: int, pid: int | None = None) -> tuple[bytes, int | None]:
     """Read ``length`` bytes at ``addr``: ``(bytes read, None)`` or ``(prefix, failing address)``."""
     buf = bytearray(length)
     view = (ctypes.c_char * length).from_buffer(buf)
-    done = _transfer(addr, length, ctypes.addressof(view), False, write=False)
+    done = _transfer(addr, length, ctypes.addressof(view), False, write=False, pid=pid)
     del view
     return bytes(memoryview(buf)[:done]), (None if done == length else addr + done)
 
 
-def write(addr: int, data: bytes) -> int | None:
+def write(addr: int, data: bytes, pid: int | None = None) -> int | None:
     """Write ``data`` at ``addr``; returns the failing address, or None."""
     buf = ctypes.c_char_p(bytes(data))  # keeps the bytes object alive; its buffer is read-only for us
-    done = _transfer(addr, len(data), ctypes.cast(buf, ctypes.c_void_p).value or 0, False, write=True)
+    done = _transfer(addr, len(data), ctypes.cast(buf, ctypes.c_void_p).value or 0, False, write=True, pid=pid)
     return None if done == len(data) else addr + done
 
 
-def fill(addr: int, length: int, byte: int) -> int | None:
+def fill(addr: int, length: int, byte: int, pid: int | None = None) -> int | None:
     """``memset(addr, byte, length)``; returns the failing address, or None."""
     page = ctypes.create_string_buffer(bytes([byte]) * PAGE_SIZE, PAGE_SIZE)
-    done = _transfer(addr, length, ctypes.addressof(page), True, write=True)
+    done = _transfer(addr, length, ctypes.addressof(page), True, write=True, pid=pid)
     return None if done == length else addr + done
+
+
+def pte_present(addr: int, pid: int | None = None) -> bool:
+    """Whether a PTE maps the page at ``addr`` now: bit 63 of its ``/proc/PID/pagemap`` entry (readable without
+    privileges; only the PFN is hidden from unprivileged readers)."""
+    path = f"/proc/{'self' if pid is None else pid}/pagemap"
+    with open(path, "rb") as f:
+        f.seek((addr // PAGE_SIZE) * 8)
+        entry = f.read(8)
+    return len(entry) == 8 and bool(int.from_bytes(entry, "little") >> 63)

@@ -55,6 +55,7 @@ _munmap = _fn("munmap", c_int, c_void_p, c_size_t)
 _madvise = _fn("madvise", c_int, c_void_p, c_size_t, c_int)
 _mprotect = _fn("mprotect", c_int, c_void_p, c_size_t, c_int)
 _fallocate = _fn("fallocate", c_int, c_int, c_int, c_int64, c_int64)
+_vmsplice = _fn("vmsplice", c_ssize_t, c_int, c_void_p, c_ulong, ctypes.c_uint)
 
 
 # The iovec arrays are passed as addresses (``struct iovec[]`` built as flat u64 pairs by the caller).
@@ -82,6 +83,22 @@ def ioctl(
     else:
         ptr = arg
     return check(_ioctl(fd, request, ptr), op, reason)
+
+
+def ioctl_raw(fd: int, request: int, arg: bytes | int, op: str, reason: str = "") -> tuple[int, bytes]:
+    """``ioctl(fd, request, arg)`` with ``arg`` the argument's bytes (passed by pointer; returns them as the
+    kernel left them) or a raw address (e.g. an unmapped one, to see EFAULT)."""
+    if isinstance(arg, int):
+        return check(_ioctl(fd, request, arg), op, reason), b""
+    buf = ctypes.create_string_buffer(bytes(arg), len(arg))
+    ret = check(_ioctl(fd, request, ctypes.addressof(buf)), op, reason)
+    return ret, buf.raw
+
+
+def vmsplice(fd: int, addr: int, length: int) -> int:
+    """``vmsplice(fd, {addr, length}, 1, 0)`` into a pipe: the pipe holds references on the pages."""
+    iov = IoVec(addr, length)
+    return check(_vmsplice(fd, ctypes.addressof(iov), 1, 0), "vmsplice", f"addr {addr:#x} len {length:#x}")
 
 
 def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, addr: int = 0, reason: str = "") -> int:

@@ -15,7 +15,10 @@ pages: ``length`` is rounded up to the page size for access checks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import os
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -23,6 +26,27 @@ from ..backend import PROT_READ, PROT_WRITE
 from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..uapi import PAGE_SIZE, GmemFlags618
 from . import hostaccess, libc
+from .resources import Resources
+
+F_SETPIPE_SZ = 1031
+
+
+class PipeRefs:
+    """A pipe that holds page references after vmsplice; ``unpin`` (closing it) drops them."""
+
+    def __init__(self, read_fd: int, write_fd: int, resources: Resources | None = None) -> None:
+        self.fds = [read_fd, write_fd]
+        self._resources = resources
+        if resources is not None:
+            resources.add(self)
+
+    def unpin(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+        if self._resources is not None:
+            self._resources.discard(self)
+
+    close = unpin
 
 
 class KernelHostMapping:
@@ -41,7 +65,11 @@ class KernelHostMapping:
         gmem_size: int | None = None,
         gmem_flags: int | None = None,
         on_unmap: Callable[[KernelHostMapping], None] | None = None,
+        pid: int | None = None,
+        resources: Resources | None = None,
     ) -> None:
+        self._resources = resources  # where pipes from vmsplice register, so close_all() closes them
+        self.pid = pid  # None: this process; else a forked child of it that inherited the mapping
         self.address = address
         self.length = length
         self.prot = prot
@@ -100,7 +128,7 @@ class KernelHostMapping:
             return b""
         self._segv_before(offset, length, False)
         inside = self._clip(offset, length)
-        data, fail = hostaccess.read(self.address + offset, inside)
+        data, fail = hostaccess.read(self.address + offset, inside, self.pid)
         if fail is not None:
             self._fail(offset, fail, False)
         self._past_end(offset, length, False)
@@ -111,7 +139,7 @@ class KernelHostMapping:
             return
         self._segv_before(offset, len(data), True)
         inside = self._clip(offset, len(data))
-        fail = hostaccess.write(self.address + offset, bytes(data[:inside]))
+        fail = hostaccess.write(self.address + offset, bytes(data[:inside]), self.pid)
         if fail is not None:
             self._fail(offset, fail, True)
         self._past_end(offset, len(data), True)
@@ -121,7 +149,7 @@ class KernelHostMapping:
             return
         self._segv_before(offset, length, True)
         inside = self._clip(offset, length)
-        fail = hostaccess.fill(self.address + offset, inside, byte & 0xFF)
+        fail = hostaccess.fill(self.address + offset, inside, byte & 0xFF, self.pid)
         if fail is not None:
             self._fail(offset, fail, True)
         self._past_end(offset, length, True)
@@ -155,6 +183,40 @@ class KernelHostMapping:
             "long-term GUP pin (FOLL_LONGTERM): no safe userspace mechanism on this host "
             "(no /sys/kernel/debug/gup_test)"
         )
+
+    def vmsplice(self, offset: int, length: int) -> PipeRefs:
+        """``vmsplice(2)`` of ``[offset, +length)`` into a new pipe: GUP (FOLL_GET) faults the pages in and the
+        pipe holds a reference on each until :meth:`PipeRefs.unpin` closes it. EFAULT where a page cannot be
+        faulted (private, past EOF)."""
+        self._segv_before(offset, length, False)
+        if self.pid is not None:
+            raise UnsupportedByBackend("vmsplice from a forked child's mapping")
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        refs = PipeRefs(read_fd, write_fd, self._resources)
+        try:
+            with contextlib.suppress(OSError):  # a bigger pipe if allowed; the default holds 16 pages
+                fcntl.fcntl(write_fd, F_SETPIPE_SZ, max(length, PAGE_SIZE))
+            done = 0
+            while done < length:
+                done += libc.vmsplice(write_fd, self.address + offset + done, length - done)
+        except BaseException:
+            refs.unpin()
+            raise
+        return refs
+
+    def pte_present(self, offset: int) -> bool:
+        """Whether a PTE maps the page at ``offset`` now (``/proc/PID/pagemap`` bit 63)."""
+        if not self.mapped:
+            return False
+        return hostaccess.pte_present(self.address + offset, self.pid)
+
+    def inherited_by(self, pid: int) -> KernelHostMapping:
+        """The same mapping as a forked child ``pid`` sees it (accesses go through its page tables); unmapping it
+        is the child's business (it exits)."""
+        child = KernelHostMapping(self.address, self.length, self.prot, self.file_offset, self.gmem_size,
+                                  self.gmem_flags, pid=pid)
+        child.munmap = lambda: None  # type: ignore[method-assign]
+        return child
 
     def munmap(self) -> None:
         if not self.mapped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 
 from .. import uapi
 from ..backend import PROT_READ, PROT_WRITE
@@ -17,6 +18,7 @@ from ..errors import KvmError, UnsupportedByBackend
 from ..uapi import Cap, VmType
 from . import abi, guest, libc
 from .mapping import KernelHostMapping
+from .process import KernelProcess
 from .resources import Resources
 from .system_slot import SYSTEM_SLOT
 from .vm import KernelVm
@@ -35,6 +37,10 @@ class KernelMemfd:
         self._resources = resources
         resources.add(self)
 
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl`` on a memfd (shmem has none: ENOTTY)."""
+        return libc.ioctl_raw(self.fd, number & 0xFFFFFFFF, arg, "ioctl", f"{number & 0xFFFFFFFF:#x} on a memfd")[0]
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -47,11 +53,18 @@ class KernelBackend:
     ``close()`` or ``with`` releases every VM, vCPU, guest_memfd, mapping and memfd it created."""
 
     name = "kernel"
-    profile = uapi.LINUX_6_18
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.closed = False
+        # The profile is read from the running kernel (release, kvm.gmem_in_place_conversion), never assumed.
+        from ..hostfacts import profile_for, read_module_params
+
+        name, self.profile_reason = profile_for(os.uname().release, read_module_params())
+        self.profile: uapi.ApiProfile = uapi.PROFILES[name]
+        header = header_cap_number()
+        if header is not None:
+            uapi.KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES = header  # the installed <linux/kvm.h> knows the number
         self.resources = Resources()
         self._run_size = libc.ioctl(fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
         self._cpuid: ctypes.Structure | None = None
@@ -140,6 +153,18 @@ class KernelBackend:
     def reserved_slots(self) -> frozenset[int]:
         return frozenset({SYSTEM_SLOT})
 
+    def fork(self) -> KernelProcess:
+        """``fork()`` a child of this process (see :mod:`gmemlab.kernel.process`)."""
+        return KernelProcess(self.resources)
+
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(/dev/kvm, number, arg)`` for numbers without a typed method."""
+        return libc.ioctl_raw(self.fd, number & 0xFFFFFFFF, arg, "ioctl", f"{number & 0xFFFFFFFF:#x} on /dev/kvm")[0]
+
+    def inject_fault(self, site: str, times: int = 1) -> None:
+        raise UnsupportedByBackend(f"fault injection at {site!r}: the model's switch; a kernel would need "
+                                   "CONFIG_FAULT_INJECTION aimed at the maple-tree allocation")
+
     def close(self) -> None:
         """Close everything this backend created (newest first), then /dev/kvm."""
         if self.closed:
@@ -152,6 +177,21 @@ class KernelBackend:
 
     def __repr__(self) -> str:
         return f"<KernelBackend fd={self.fd} open={len(self.resources)}>"
+
+
+KVM_HEADER = "/usr/include/linux/kvm.h"
+
+
+def header_cap_number(path: str = KVM_HEADER) -> int | None:
+    """``KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES`` as the installed uAPI header defines it, if it does (its number
+    is unverified, linux-7.md 1.1: a header from the kernel under test is the best source)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    found = re.search(r"#define\s+KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES\s+(\d+)", text)
+    return int(found.group(1)) if found else None
 
 
 def open_kernel_backend(path: str = KVM_DEVICE) -> KernelBackend:

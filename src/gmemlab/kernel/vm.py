@@ -120,6 +120,10 @@ class KernelVm:
             f"address {address:#x} size {size:#x} attributes {attributes:#x}",
         )
 
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """``ioctl(vm_fd, number, arg)`` for numbers without a typed method: the argument's bytes or a raw address."""
+        return libc.ioctl_raw(self.fd, number & U32, arg, "ioctl", f"{number & U32:#x} on the VM fd")[0]
+
     def create_vcpu(self, vcpu_id: int = 0) -> KernelVcpu:
         """KVM_CREATE_VCPU, then set it up to run the native guest (the first one adds the system slot)."""
         from . import guest

@@ -23,8 +23,11 @@ class HostConfig:
     """Build and machine facts the model needs.
 
     * ``vm_types``: VM types KVM_CREATE_VM accepts (KVM_CAP_VM_TYPES).
-    * ``memory_attributes``: CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES; without it KVM_SET_MEMORY_ATTRIBUTES
-      is ENOTTY and KVM_CAP_MEMORY_ATTRIBUTES is 0 (realkernel #10, #261).
+    * ``memory_attributes``: per-VM memory attributes compiled in (CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES, called
+      CONFIG_KVM_VM_MEMORY_ATTRIBUTES by the in-place series); without it KVM_SET_MEMORY_ATTRIBUTES is ENOTTY
+      and KVM_CAP_MEMORY_ATTRIBUTES is 0 (realkernel #10, #261; realkernel-private.md column B).
+    * ``gmem_in_place_conversion``: the ``kvm.gmem_in_place_conversion`` module parameter (linux-7.4 only);
+      None = its default (:data:`gmemlab.model.profiles.GMEM_IN_PLACE_CONVERSION_DEFAULT`, unverified).
     * ``pre_fault``: KVM_CAP_PRE_FAULT_MEMORY (TDP MMU only).
     * ``address_spaces``: memslot address spaces of VMs without private memory (2 with CONFIG_KVM_SMM, 1
       without; realkernel #229); VMs with private memory always have 1 (``kvm_arch_nr_memslot_as_ids``).
@@ -59,6 +62,7 @@ class HostConfig:
     default_private: bool = False
     tdp_max_level: Level = Level.PG_1G
     tdx_huge_private: bool = True
+    gmem_in_place_conversion: bool | None = None
 
     @classmethod
     def upstream(cls) -> HostConfig:
@@ -79,6 +83,7 @@ class HostConfig:
             readonly_mem=bool(facts.cap(Cap.READONLY_MEM)),
             nr_memslots=facts.cap(Cap.NR_MEMSLOTS) or 32764,
             address_spaces=max(1, facts.cap(Cap.MULTI_ADDRESS_SPACE)),
+            gmem_in_place_conversion=_param_bool(facts.module_params.get("kvm.gmem_in_place_conversion")),
             gpa_window=facts.gpa_window,
             numa_nodes=facts.numa_nodes,
         )
@@ -90,3 +95,8 @@ class HostConfig:
 
     def with_(self, **changes: object) -> HostConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _param_bool(value: str | None) -> bool | None:
+    """A bool module parameter as /sys/module shows it (Y/N), None when the parameter does not exist."""
+    return None if value is None else value.strip().upper() in ("Y", "1")

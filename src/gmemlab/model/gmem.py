@@ -32,6 +32,7 @@ from ..uapi import (
     FALLOC_FL_UNSHARE_RANGE,
     FALLOC_FL_WRITE_ZEROES,
     FALLOC_FL_ZERO_RANGE,
+    KVM_SET_MEMORY_ATTRIBUTES2,
     LOFF_MAX,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -40,14 +41,18 @@ from ..uapi import (
     page_aligned,
 )
 from .args import sint, u64
+from .config import HostConfig
 from .fdtable import FdTable
+from .gmem_attributes import Attributes2, FaultInjection, kvm_gmem_ioctl
 from .gmem_huge import HugeGmem
 from .host import AddressSpace, FileMappings, ModelHostMapping, ModelPin
+from .locking import RwSem
 from .metrics import Metrics, per_level
 from .pagecache import UPTODATE, PageCache
 from .profiles import Behaviour
 from .shareability import RangeShareability, Shareability, WholeFileShareability
 from .stage2 import Stage2
+from .usercopy import UserArg, copy_from_user, copy_to_user
 from .vendor import NoVendor
 
 # vfs_fallocate(): the operation bits and their exclusivity (fs/open.c).
@@ -100,9 +105,20 @@ class GmemInode:
     """The memory of a guest_memfd: everything that outlives a file (spec 2.1)."""
 
     def __init__(
-        self, behaviour: Behaviour, size: int, flags: int, shared: bool | None = None, metrics: Metrics | None = None
+        self,
+        behaviour: Behaviour,
+        size: int,
+        flags: int,
+        shared: bool | None = None,
+        metrics: Metrics | None = None,
+        config: HostConfig | None = None,
+        fault_injection: FaultInjection | None = None,
     ) -> None:
         self.behaviour = behaviour
+        self.config = config if config is not None else HostConfig()
+        self.hooks = behaviour.hooks
+        self.invalidate_lock = RwSem("invalidate_lock")  # mapping->invalidate_lock (spec 2.13)
+        self.fault_injection = fault_injection if fault_injection is not None else FaultInjection()
         self.ino = next(_inode_numbers)
         self.size = size
         self.npages = size >> PAGE_SHIFT
@@ -112,10 +128,12 @@ class GmemInode:
             shared = behaviour.initially_shared(flags)
         self.shareability: Shareability = (
             RangeShareability(self.npages, shared)
-            if behaviour.per_index_shareability(flags)
+            if behaviour.per_index_shareability(flags, self.config)
             else WholeFileShareability(shared)
         )
-        self.pins: RangeMap[int] = RangeMap(self.npages, 0)  # extra (pinned) references per index
+        self.pins: RangeMap[int] = RangeMap(self.npages, 0)  # long-term (DMA) pins per index
+        self.refs: RangeMap[int] = RangeMap(self.npages, 0)  # other extra references (get_page, a pipe)
+        self.lru_batched: RangeMap[bool] = RangeMap(self.npages, False)  # a per-CPU LRU batch holds a reference
         self.pin_objs: list[ModelPin] = []
         self.files: list[GmemFile] = []
         self.mappings = FileMappings()  # i_mmap: the host mappings of this inode
@@ -139,6 +157,13 @@ class GmemInode:
         """
         if index >= self.npages:
             raise FaultRefused(f"file index {index:#x} is at or beyond EOF ({self.npages:#x} pages)")
+        if not self.shareability.convertible:
+            return self._fault_user_mapping(index, vma)
+        # Per-index state (RFC v2, in-place conversion): checked under invalidate_lock shared (linux-7.md 1.3).
+        with self.invalidate_lock.read("kvm_gmem_fault_user_mapping"):
+            return self._fault_user_mapping(index, vma)
+
+    def _fault_user_mapping(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, int] | None:
         if not self.shareability.is_shared(index):
             raise FaultRefused(f"file index {index:#x} is private (not host-faultable)")
         self.stats["host_faults"] += 1
@@ -173,6 +198,7 @@ class GmemInode:
         page tables, every other VM loses both kinds (``kvm_gfn_range_filter_to_root_types``).
         """
         zapped = 0
+        self.metrics.add("gmem_invalidate_" + {None: "all", True: "private", False: "shared"}[private])
         for file in self.files:
             use_filter = private if file.vm.vm_type == VmType.TDX else None
             for s, e, slot in file.bindings.runs(start, end):
@@ -200,29 +226,71 @@ class GmemInode:
         end = min(end, self.npages)
         if start >= end:
             return 0
-        self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
-        self.unmap_host(start, end)
-        if self.huge is not None:
-            return self.huge.punch(start, end)
-        for pin in self.pin_objs:
-            for s, e in pin.detach(start, end):
-                self.pins.update(s, e, lambda n: n - 1)
-        return self.pagecache.truncate(start, end)
+        with self.invalidate_lock.write("kvm_gmem_punch_hole"):
+            self.kvm_gmem_invalidate_begin(start, end, self.invalidate_filter())
+            self.unmap_host(start, end)
+            if self.huge is not None:
+                return self.huge.punch(start, end)
+            for pin in self.pin_objs:
+                for s, e in pin.detach(start, end):
+                    self._refmap(pin.kind).update(s, e, lambda n: n - 1)
+            self.lru_batched.store(start, end, False)  # the batch's reference leaves with the folio
+            freed = self.pagecache.truncate(start, end)
+            self.arch_hook(self.hooks.reclaim, freed)  # .free_folio
+            return freed
 
     # -- pins -------------------------------------------------------------------------------------------
-    def pin(self, start: int, end: int) -> ModelPin:
-        pin = ModelPin(self, start, end)
-        self.pins.update(start, end, lambda n: n + 1)
+    def pin(self, start: int, end: int, kind: str = "pin") -> ModelPin:
+        """Raise the refcount of the folios of ``[start, end)``: a long-term DMA pin (``pin``,
+        ``folio_maybe_dma_pinned``) or a plain reference (``ref``, e.g. a pipe after vmsplice)."""
+        pin = ModelPin(self, start, end, kind)
+        self._refmap(kind).update(start, end, lambda n: n + 1)
         self.pin_objs.append(pin)
         return pin
 
+    def _refmap(self, kind: str) -> RangeMap[int]:
+        return self.pins if kind == "pin" else self.refs
+
     def unpin(self, pin: ModelPin) -> None:
         for s, e in pin.attached:
-            self.pins.update(s, e, lambda n: n - 1)
+            self._refmap(pin.kind).update(s, e, lambda n: n - 1)
         pin.attached = []
         self.pin_objs.remove(pin)
-        if self.huge is not None:
+        if self.huge is not None and pin.kind == "pin":
             self.huge.pin_released(pin)
+
+    def lru_batch_add(self, start: int, end: int) -> None:
+        """Model operation: a per-CPU LRU folio batch takes a reference on each folio of ``[start, end)``
+        (``folio_add_lru``); :meth:`lru_add_drain` drops it. A transient reference a conversion can wait out."""
+        for s, e, state in list(self.pagecache.state.runs(start, end)):
+            if state:
+                self.lru_batched.store(s, e, True)
+
+    def lru_add_drain(self) -> None:
+        """``lru_add_drain_all``: every batched folio goes to its LRU list and the batch's reference is dropped."""
+        self.lru_batched.store(0, self.npages, False)
+        self.metrics.add("lru_drains")
+
+    def first_unsafe_folio(self, start: int, end: int) -> tuple[int, str] | None:
+        """In-place conversion to private (linux-7.md 1.2 step 9): the first folio of ``[start, end)`` that is
+        DMA-pinned, still mapped, or has references beyond the page cache's after one LRU drain.
+
+        The host mappings were unmapped just before, under the exclusive invalidate_lock that every host
+        fault needs shared, so "still mapped" cannot happen in the model (it is checked all the same)."""
+        if self.lru_batched.any_match(start, end, bool):
+            self.lru_add_drain()  # one drain is tried
+        found: list[tuple[int, str]] = []
+        for rmap, why in ((self.pins, "DMA-pinned (folio_maybe_dma_pinned)"),
+                          (self.refs, "holding extra references (refcount != nr_pages + 1)")):
+            for s, _, n in rmap.runs(start, end):
+                if n:
+                    found.append((s, why))
+                    break
+        for vma in self.mappings:
+            for s, e in vma.mapped_file_runs():
+                if s < end and start < e:
+                    found.append((max(s, start), "still mapped by the host"))
+        return min(found) if found else None
 
     def first_elevated_refcount(self, start: int, end: int) -> int | None:
         """Index of the first folio in ``[start, end)`` with references beyond the page cache's.
@@ -232,10 +300,8 @@ class GmemInode:
         """
         if self.huge is not None:
             return self.huge.first_pinned_folio(start, end)
-        for s, _, n in self.pins.runs(start, end):
-            if n:
-                return s
-        return None
+        firsts = [s for rmap in (self.pins, self.refs) for s, _, n in rmap.runs(start, end) if n]
+        return min(firsts) if firsts else None
 
     # -- kvm_gmem_get_pfn (spec 2.8) -------------------------------------------------------------------
     def kvm_gmem_get_pfn(self, index: int) -> int:
@@ -247,8 +313,28 @@ class GmemInode:
         """
         if self.huge is not None:
             return self.huge.get_pfn(index)
-        self.pagecache.make_uptodate(index)
+        if not self.shareability.convertible:
+            self._get_pfn(index)
+            return 0
+        # Per-index state: the whole lookup under invalidate_lock shared, which serialises it against
+        # conversion (linux-7.md 1.3; RFC v2 spec 2.13).
+        with self.invalidate_lock.read("kvm_gmem_get_pfn"):
+            self._get_pfn(index)
         return 0
+
+    def _get_pfn(self, index: int) -> None:
+        new = self.pagecache.make_uptodate(index)  # zeroed on first use
+        hooks = self.hooks
+        if hooks.prepare_private_only:
+            if not self.shareability.is_shared(index):
+                self.arch_hook(hooks.prepare)  # kvm_arch_gmem_make_private
+        elif new or hooks.prepare_every_call:
+            self.arch_hook(hooks.prepare)
+
+    def arch_hook(self, name: str | None, n: int = 1) -> None:
+        """Count ``n`` calls of the arch hook ``name`` (a counter of that name in the metrics sink)."""
+        if name is not None and n:
+            self.metrics.add(name, n)
 
     def ensure_folio(self, index: int) -> None:
         """``kvm_gmem_get_folio`` without preparing: HugeTLB files allocate the whole huge folio (the
@@ -261,8 +347,14 @@ class GmemInode:
         """What ``kvm_gmem_get_pfn`` does for each of a batch of 4 KiB faults over ``[start, end)``."""
         if self.huge is not None:
             self.huge.prepare_run(start, end)
+            return
+        new = self.pagecache.make_uptodate_range(start, end)
+        hooks = self.hooks
+        if hooks.prepare_private_only:
+            self.arch_hook(hooks.prepare, sum(e - s for s, e, shared in self.shareability.runs(start, end)
+                                              if not shared))
         else:
-            self.pagecache.make_uptodate_range(start, end)
+            self.arch_hook(hooks.prepare, end - start if hooks.prepare_every_call else new)
 
     def is_private(self, index: int) -> bool:
         """RFC v2 ``kvm_gmem_is_private``: SHAREABILITY_GUEST at the index."""
@@ -322,7 +414,9 @@ class GmemInode:
             return freed
         for pin in list(self.pin_objs):
             pin.detach(0, self.npages)
-        return self.pagecache.truncate(0, self.npages)
+        freed = self.pagecache.truncate(0, self.npages)
+        self.arch_hook(self.hooks.reclaim, freed)
+        return freed
 
 
 class GmemFile:
@@ -530,16 +624,51 @@ class GmemFile:
             raise KvmError(errno.EINVAL, op, f"offset {offset:#x} and size {size:#x} must be page aligned")
         self.inode.kvm_gmem_convert(offset >> PAGE_SHIFT, (offset + size) >> PAGE_SHIFT, to_shared, op)
 
+    # -- in-place conversion (linux-7.4, linux-7.md 1) ------------------------------------------------------
+    def set_memory_attributes2(
+        self,
+        offset: int,
+        size: int,
+        attributes: int,
+        flags: int = 0,
+        error_offset: int = 0,
+        reserved: tuple[int, ...] = (),
+    ) -> int:
+        """``KVM_SET_MEMORY_ATTRIBUTES2`` with a valid struct; returns its ``error_offset`` after the call (the
+        caller's value unless the kernel wrote it). Errors raise :class:`ConversionError` carrying it too."""
+        op = "KVM_SET_MEMORY_ATTRIBUTES2"
+        self._check_fd(op)
+        fields = [u64(v, n, op) for v, n in ((offset, "offset"), (size, "size"), (attributes, "attributes"),
+                                             (flags, "flags"), (error_offset, "error_offset"))]
+        rsv = tuple(u64(v, f"reserved[{i}]", op) for i, v in enumerate(reserved[:11]))
+        arg = Attributes2(*fields, reserved=(rsv + (0,) * 11)[:11])
+        try:
+            out = kvm_gmem_ioctl(self, KVM_SET_MEMORY_ATTRIBUTES2, lambda n: arg.to_bytes(), lambda b: True)
+            return out.error_offset
+        except ConversionError:
+            raise
+        except KvmError as exc:  # refused before the struct was read: the caller's copy is untouched
+            raise ConversionError(exc.errno or 0, exc.op, exc.reason, error_offset=arg.error_offset) from None
+
+    def ioctl(self, number: int, arg: UserArg = 0) -> int:
+        """``ioctl(fd, number, arg)`` with the argument's bytes or a raw address in the modelled process."""
+        self._check_fd("ioctl")
+        number = u64(number, "number", "ioctl") & 0xFFFFFFFF
+        space = self.address_space
+        kvm_gmem_ioctl(self, number, lambda n: copy_from_user(space, arg, n), lambda b: copy_to_user(space, arg, b))
+        return 0
+
     # -- bindings (spec 2.6) ---------------------------------------------------------------------------------
     def kvm_gmem_bind(self, slot: GmemSlot, offset: int) -> None:
         """Bind ``slot`` to ``[offset, offset + size)``; checks in the kernel's order."""
         op = "KVM_SET_USER_MEMORY_REGION2"
+        behaviour = self.inode.behaviour
         size = slot.npages << PAGE_SHIFT
         loff = offset - (1 << 64) if offset >> 63 else offset
-        # `offset + size > i_size` is computed in signed loff_t: a sum that wraps negative passes
-        # (spec 5.2, fixed only in 7.2).
+        # Up to 7.1 `offset + size > i_size` is computed in signed loff_t: a sum that wraps negative passes
+        # (spec 5.2); 7.2 treats both as unsigned.
         total = loff + size
-        if total > LOFF_MAX:
+        if total > LOFF_MAX and behaviour.bind_offset_signed:
             total -= 1 << 64
         if loff < 0 or not page_aligned(loff) or total > self.inode.size:
             raise KvmError(
@@ -551,13 +680,12 @@ class GmemFile:
         start = loff >> PAGE_SHIFT
         end = start + slot.npages
         if any(s is not None for _, _, s in self.bindings.runs(start, end)):
-            raise KvmError(errno.EINVAL, op, f"file range [{loff:#x}, +{size:#x}) is already bound")
-        behaviour = self.inode.behaviour
+            raise KvmError(behaviour.bind_overlap_errno, op, f"file range [{loff:#x}, +{size:#x}) is already bound")
         if behaviour.checks_userspace_addr_at_bind(self.inode.flags) and slot.userspace_addr:
             self._check_bind_userspace_addr(slot.userspace_addr, start, op)
         slot.gmem_file = self
         slot.gmem_pgoff = start
-        slot.gmem_only = behaviour.gmem_only(self.inode.flags)
+        slot.gmem_only = behaviour.gmem_only(self.inode.flags, self.inode.config)
         slot.gmem_tracks_shareability = self.inode.shareability.convertible
         self.bindings.store(start, end, slot)
 

@@ -46,7 +46,7 @@ class MappedInode(Protocol):
         self, index: int, vma: ModelHostMapping | None = None
     ) -> tuple[int, int, Level] | None: ...
 
-    def pin(self, start: int, end: int) -> ModelPin: ...
+    def pin(self, start: int, end: int, kind: str = "pin") -> ModelPin: ...
 
 
 class MappedFile(Protocol):
@@ -313,6 +313,43 @@ class ModelHostMapping:
         last = self.pgoff + pages[-1][0] + 1 if pages else first
         return self.file.inode.pin(first, last)
 
+    def fork_into(self, space: AddressSpace) -> ModelHostMapping:
+        """The child's copy of this VMA after ``fork()`` (``dup_mmap``): same address, file and offset, in the
+        file's ``i_mmap`` so conversions and punches unmap it too; no PTEs (a shared file mapping's page
+        tables are not copied, the child faults on first touch); anonymous shared pages are the same pages."""
+        child = ModelHostMapping.__new__(ModelHostMapping)
+        child.__dict__.update(self.__dict__)
+        child.space = space
+        child.ptes = RangeMap(self.npages, False)
+        child.vma_policy = numa.SharedPolicy(self.npages)
+        child.anon = self.anon  # MAP_SHARED|MAP_ANONYMOUS: one shmem object for both processes
+        space.vmas.append(child)
+        if self.file is not None:
+            self.file.get_ref()
+            self.file.inode.mappings.add(child)
+        return child
+
+    def vmsplice(self, offset: int, length: int) -> ModelPin:
+        """``vmsplice(2)`` of ``[offset, +length)`` into a pipe: GUP (read, FOLL_GET) faults each page in and
+        the pipe holds a page reference until it is closed (``unpin``). Not a DMA pin: a transient reference,
+        which in-place conversion to private refuses with EAGAIN (realkernel-private.md finding 3)."""
+        if self.file is None:
+            raise UnsupportedByBackend("vmsplice of anonymous memory is not modelled")
+        pages = list(self._pages(offset, length))
+        for page, _, _ in pages:
+            try:
+                self._fault(page, write=False, gup=True)
+            except (HostSigbus, HostSigsegv) as exc:
+                raise KvmError(errno.EFAULT, "vmsplice", str(exc)) from None
+        first = self.pgoff + pages[0][0] if pages else self.pgoff
+        last = self.pgoff + pages[-1][0] + 1 if pages else first
+        return self.file.inode.pin(first, last, kind="ref")
+
+    def pte_present(self, offset: int) -> bool:
+        """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63)."""
+        page = offset >> PAGE_SHIFT
+        return not self.unmapped and 0 <= page < self.npages and bool(self.ptes.load(page))
+
     def munmap(self) -> None:
         if self.unmapped:
             return
@@ -355,10 +392,12 @@ class ModelHostMapping:
 
 
 class ModelPin:
-    """A long-term pin on file indices ``[start, end)``; truncation detaches pinned folios."""
+    """Extra references on the folios of file indices ``[start, end)``: a long-term pin (``kind="pin"``) or
+    plain page references (``kind="ref"``, e.g. a pipe after vmsplice); truncation detaches the folios."""
 
-    def __init__(self, inode: PinOwner, start: int, end: int) -> None:
+    def __init__(self, inode: PinOwner, start: int, end: int, kind: str = "pin") -> None:
         self.inode = inode
+        self.kind = kind
         self.attached: list[tuple[int, int]] = [(start, end)]
         self.released = False
 

@@ -103,6 +103,10 @@ def _check_inode(inode: GmemInode) -> None:
     for index in pc.data:
         if pc.state.load(index) != UPTODATE:
             _fail(f"inode {inode.ino}: contents held for index {index:#x} that is not uptodate")
+    inode.refs.check()
+    for s, e, n in inode.refs.runs():
+        if n < 0:
+            _fail(f"inode {inode.ino}: negative reference count at [{s:#x},{e:#x})")
     for s, e, n in inode.pins.runs():
         if n < 0:
             _fail(f"inode {inode.ino}: negative pin count at [{s:#x},{e:#x})")

@@ -67,6 +67,8 @@ class Kvm:
         per-VM attribute array (spec 2.7)."""
         slot = self.find_memslot(gfn)
         if slot is not None and slot.gmem_tracks_shareability:
+            if not self.behaviour.gmem_private_allowed(self.vm_type, self.config):
+                return False
             file = slot.gmem_file
             if file is None:
                 return False  # kvm_gmem_is_private() is false once the file is gone

@@ -9,16 +9,25 @@ fault path (:mod:`gmemlab.model.page_fault`, spec 2.7), populate is :mod:`gmemla
 from __future__ import annotations
 
 import errno
+import struct
 from collections import Counter
 from types import TracebackType
 
 from ..backend import PROT_READ, PROT_WRITE
-from ..errors import KvmError
+from ..errors import KvmError, UnsupportedByBackend
 from ..level import LEVELS
 from ..uapi import (
+    KVM_CHECK_EXTENSION,
+    KVM_CREATE_GUEST_MEMFD,
+    KVM_CREATE_VCPU,
+    KVM_CREATE_VM,
+    KVM_GET_API_VERSION,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_MEM_READONLY,
+    KVM_SET_MEMORY_ATTRIBUTES,
+    KVM_SET_USER_MEMORY_REGION,
+    KVM_SET_USER_MEMORY_REGION2,
     LINUX_6_18,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -33,6 +42,7 @@ from .args import as_bytes, sint, u64
 from .config import HostConfig
 from .fdtable import FdTable
 from .gmem import GmemFile, GmemInode
+from .gmem_attributes import FaultInjection
 from .gmem_huge import HugeGmem
 from .host import AddressSpace, ModelHostMapping
 from .hugetlb import HugetlbPool
@@ -51,8 +61,14 @@ from .metrics import Metrics
 from .page_fault import kvm_mmu_page_fault, split_by_page, touch_range
 from .policy import policy
 from .populate import kvm_gmem_populate
+from .process import ModelProcess
 from .profiles import Behaviour, behaviour
 from .stage2 import GFN_LIMIT
+from .usercopy import UserArg, copy_from_user
+
+# VM ioctls the model implements only through their typed methods.
+_TYPED_VM_IOCTLS = frozenset({KVM_CHECK_EXTENSION, KVM_CREATE_GUEST_MEMFD, KVM_SET_USER_MEMORY_REGION,
+                              KVM_SET_USER_MEMORY_REGION2, KVM_CREATE_VCPU})
 
 
 class ModelBackend:
@@ -73,6 +89,7 @@ class ModelBackend:
         self.vms: list[ModelVm] = []
         self.fd = self.fdtable.install(self)
         self.closed = False
+        self.fault_injection = FaultInjection()  # model-only failure switches (e.g. maple-tree ENOMEM)
 
     # -- Backend protocol ------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
@@ -105,6 +122,24 @@ class ModelBackend:
 
     def reserved_slots(self) -> frozenset[int]:
         return frozenset()
+
+    def inject_fault(self, site: str, times: int = 1) -> None:
+        if not hasattr(self.fault_injection, site) or site.startswith("_") or site == "fail":
+            raise UnsupportedByBackend(f"fault injection at {site!r} (known: mtree_preallocate)")
+        setattr(self.fault_injection, site, getattr(self.fault_injection, site) + times)
+
+    def fork(self) -> ModelProcess:
+        """``fork()`` of the VMM process: see :class:`gmemlab.model.process.ModelProcess`."""
+        inherited = [obj for obj in self.fdtable.files.values() if isinstance(obj, GmemFile | ModelVm)]
+        return ModelProcess(self.address_space, inherited)
+
+    def ioctl(self, number: int, arg: UserArg = 0) -> int:
+        """``ioctl(/dev/kvm, number, arg)``: numbers ``kvm_dev_ioctl`` does not know are EINVAL
+        (``kvm_arch_dev_ioctl``; realkernel-private.md ``3/attrs2_devkvm``)."""
+        number = u64(number, "number", "ioctl") & 0xFFFFFFFF
+        if number in (KVM_CHECK_EXTENSION, KVM_CREATE_VM, KVM_GET_API_VERSION):
+            raise UnsupportedByBackend(f"raw ioctl {number:#x} on /dev/kvm: use the typed method")
+        raise KvmError(errno.EINVAL, "ioctl", f"{number:#x} is not a /dev/kvm ioctl (kvm_arch_dev_ioctl)")
 
     def close(self) -> None:
         """Release everything this backend created, like the kernel backend's ``close()``: vCPUs, pins,
@@ -247,7 +282,7 @@ class ModelVm(Kvm):
             if loff % hpage:
                 raise KvmError(errno.EINVAL, op, f"size {size:#x} is not a multiple of the huge page size {hpage:#x}")
             subpool = pool.reserve(hpage, loff // hpage, op)
-        inode = GmemInode(behaviour, size, flags, shared, self.system.counters)
+        inode = GmemInode(behaviour, size, flags, shared, self.system.counters, config, self.system.fault_injection)
         if subpool is not None:
             inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, config.gmem_prepare,
                                   self.system.counters, shared)
@@ -368,8 +403,7 @@ class ModelVm(Kvm):
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
         op = "KVM_SET_MEMORY_ATTRIBUTES"
         self._check_fd(op)
-        if not self.system.config.memory_attributes:
-            raise KvmError(errno.ENOTTY, op, "not compiled in (no CONFIG_KVM_GENERIC_MEMORY_ATTRIBUTES)")
+        self._check_vm_attributes(op)
         address, size, attributes, flags = (
             u64(v, n, op) for v, n in ((address, "address"), (size, "size"), (attributes, "attributes"),
                                         (flags, "flags"))
@@ -389,6 +423,33 @@ class ModelVm(Kvm):
         self.stage2.zap(start, end)  # kvm_arch_pre_set_memory_attributes
         self.attributes.store(start, end, attributes)
 
+    def _check_vm_attributes(self, op: str) -> None:
+        config = self.system.config
+        if not self.system.behaviour.vm_memory_attributes(config):
+            why = ("gmem_in_place_conversion is on: attributes live in guest_memfd"
+                   if self.system.behaviour.in_place_conversion(config)
+                   else "per-VM memory attributes are not compiled in")
+            raise KvmError(errno.ENOTTY, op, why)
+
+    # -- raw ioctls ----------------------------------------------------------------------------------------------
+    def ioctl(self, number: int, arg: UserArg = 0) -> int:
+        """``ioctl(vm_fd, number, arg)`` (``kvm_vm_ioctl``) for the numbers the cases need raw: unknown numbers
+        are ENOTTY (``kvm_arch_vm_ioctl``), ``KVM_SET_MEMORY_ATTRIBUTES`` reads its 32-byte struct from ``arg``."""
+        self._check_fd("ioctl")
+        number = u64(number, "number", "ioctl") & 0xFFFFFFFF
+        if number == KVM_SET_MEMORY_ATTRIBUTES:
+            op = "KVM_SET_MEMORY_ATTRIBUTES"
+            self._check_vm_attributes(op)
+            raw = copy_from_user(self.address_space, arg, 32)
+            if raw is None:
+                raise KvmError(errno.EFAULT, op, "copy_from_user of the 32-byte struct faulted")
+            address, size, attributes, flags = struct.unpack("<4Q", raw)
+            self.set_memory_attributes(address, size, attributes, flags)
+            return 0
+        if number in _TYPED_VM_IOCTLS:
+            raise UnsupportedByBackend(f"raw ioctl {number:#x} on the VM fd: use the typed method")
+        raise KvmError(errno.ENOTTY, "ioctl", f"{number:#x} is not a VM ioctl (kvm_arch_vm_ioctl)")
+
     # -- vCPUs ---------------------------------------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> ModelVcpu:
         self._check_fd("KVM_CREATE_VCPU")
@@ -397,9 +458,9 @@ class ModelVm(Kvm):
         return vcpu
 
     # -- kvm_gmem_populate (spec 2.9) ------------------------------------------------------------------------------
-    def kvm_gmem_populate(self, gfn: int, src: bytes | None, npages: int) -> int:
+    def kvm_gmem_populate(self, gfn: int, src: bytes | None, npages: int, src_addr: int | None = None) -> int:
         """See :func:`gmemlab.model.populate.kvm_gmem_populate`."""
-        return kvm_gmem_populate(self, gfn, src, npages)
+        return kvm_gmem_populate(self, gfn, src, npages, src_addr)
 
 
 class ModelVcpu:

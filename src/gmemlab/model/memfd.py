@@ -6,6 +6,9 @@ memfd passed as ``guest_memfd`` is EINVAL.
 
 from __future__ import annotations
 
+import errno
+
+from ..errors import KvmError
 from .fdtable import FdTable
 
 
@@ -16,6 +19,10 @@ class ModelMemfd:
         self.fdtable = fdtable
         self.size = size
         self.fd = fdtable.install(self)
+
+    def ioctl(self, number: int, arg: bytes | int = 0) -> int:
+        """shmem has no ``unlocked_ioctl``: every number is ENOTTY (realkernel-private.md ``3/attrs2_memfd``)."""
+        raise KvmError(errno.ENOTTY, "ioctl", f"{number & 0xFFFFFFFF:#x} on a memfd")
 
     def close(self) -> None:
         self.fdtable.remove(self.fd)

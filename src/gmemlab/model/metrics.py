@@ -16,7 +16,10 @@ The rest have no row of their own (the simulator prices them per event, or they 
 ``guest_faults``, ``stage2_faults_<level>``, ``stage2_bytes_<level>``, ``host_faults_<level>``,
 ``host_map_bytes_<level>`` (``<level>`` is :attr:`Level.key <gmemlab.level.Level.key>`), ``conversions_ok``,
 ``split_eagain``, ``punch_eagain``, ``zaps``, ``bytes_zeroed``, ``arch_prepares``,
-``shareability_write_locks``, ``pages_freed_at_release``. The vmemmap gauge is separate (a level, not a
+``shareability_write_locks``, ``pages_freed_at_release``; for in-place conversion (linux-7.md 1.2-1.3)
+``conversion_noop``, ``conversion_enomem``, ``gmem_invalidate_shared``/``_private``/``_all`` (invalidations by
+filter), ``lru_drains``, and the arch hooks ``make_private``, ``make_shared``, ``reclaim`` (7.4) and
+``arch_invalidate`` (7.0-7.3 ``.free_folio``). The vmemmap gauge is separate (a level, not a
 count). A counter nothing reads is not kept.
 
 :meth:`Metrics.as_dict` gives the nested shape of ``ModelBackend.metrics()``.
@@ -29,7 +32,8 @@ from collections.abc import Iterator, Mapping
 
 from ..level import HUGE_LEVELS, LEVELS, Level
 
-ARCH_COUNTERS = ("psmash", "rmpupdate_2m", "rmpupdate_4k", "shareability_write_locks", "tdx_demote")
+ARCH_COUNTERS = ("psmash", "rmpupdate_2m", "rmpupdate_4k", "shareability_write_locks", "tdx_demote",
+                 "make_private", "make_shared", "reclaim", "arch_invalidate")
 
 
 def per_level(name: str, level: Level) -> str:

@@ -7,9 +7,9 @@ module defines ``CASES = CaseList()`` and is added to :data:`MODULES`.
 from __future__ import annotations
 
 from ..case import Case
-from . import hugetlb, linux, private, rfc
+from . import hugetlb, inplace, linux, private, rfc
 
-MODULES = (linux, private, rfc, hugetlb)
+MODULES = (linux, private, inplace, rfc, hugetlb)
 REGISTRY: tuple[Case, ...] = tuple(c for module in MODULES for c in module.CASES)
 
 

@@ -29,7 +29,7 @@ from ...uapi import (
     VmType,
 )
 from ..case import CaseList, Ctx
-from ..constants import INVALID_PUNCHES, KEEP, MADV_COLLAPSE, MADV_HUGEPAGE, PUNCH, P
+from ..constants import INVALID_PUNCHES, KEEP, LINUX, MADV_COLLAPSE, MADV_HUGEPAGE, PUNCH, P
 from ..record import Proxy
 
 CASES = CaseList()
@@ -332,7 +332,7 @@ def test_guest_memfd_guest(ctx: Ctx) -> None:
 # -------------------------------------------------------------------------------------------------------
 
 
-@case("3.2", profiles=("linux-6.18", "rfc-v2"))
+@case("3.2", profiles=(*LINUX, "rfc-v2"))
 def test_invalid_memory_region_flags(ctx: Ctx) -> None:
     """v1 refuses every flag but LOG_DIRTY|READONLY; v2 refuses unknown bits, GMEM|LOG_DIRTY, GMEM|RO."""
     vm = ctx.vm(int(VmType.DEFAULT))
@@ -353,7 +353,7 @@ def test_invalid_memory_region_flags(ctx: Ctx) -> None:
     g.close()
 
 
-@case("3.2", profiles=("linux-6.18", "rfc-v2"))
+@case("3.2", profiles=(*LINUX, "rfc-v2"))
 def test_add_private_memory_region(ctx: Ctx) -> None:
     """Binding /dev/kvm, the VM fd, a memfd or another VM's gmem is EINVAL; unaligned offsets EINVAL."""
     vm = ctx.vm(int(VmType.DEFAULT))
@@ -378,9 +378,15 @@ def test_add_private_memory_region(ctx: Ctx) -> None:
     memfd.close()
 
 
-@case("3.2", profiles=("linux-6.18", "rfc-v2"))
+def _overlap_errno(ctx: Ctx) -> str:
+    """kvm_gmem_bind on a file range another slot binds: EEXIST from 7.2 (linux-7.md 0), EINVAL before."""
+    return "EEXIST" if ctx.since("linux-7.3") else "EINVAL"
+
+
+@case("3.2", profiles=(*LINUX, "rfc-v2"))
 def test_add_overlapping_private_memory_regions(ctx: Ctx) -> None:
-    """Pure file-range overlap is EINVAL (<= 7.1 kernels); GPA overlap with another slot is EEXIST."""
+    """Pure file-range overlap is EINVAL (<= 7.1 kernels; EEXIST from 7.2, spec 5.1); GPA overlap with another
+    slot is EEXIST."""
     vm = ctx.vm(int(VmType.DEFAULT))
     mb2 = 1 << 21
     g = vm.create_guest_memfd(5 * mb2, 0)
@@ -393,7 +399,7 @@ def test_add_overlapping_private_memory_regions(ctx: Ctx) -> None:
                   guest_memfd_offset=2 * mb2)
     ctx.expect_ok(vm.set_user_memory_region2, 1, 0, gpa_a, 0)
     for off in (mb2, 3 * mb2):
-        ctx.expect_errno("EINVAL", vm.set_user_memory_region2, 1, gm, gpa_a, 2 * mb2, userspace_addr=0,
+        ctx.expect_errno(_overlap_errno(ctx), vm.set_user_memory_region2, 1, gm, gpa_a, 2 * mb2, userspace_addr=0,
                          guest_memfd=g, guest_memfd_offset=off)
     for gpa in (gpa_b - mb2, gpa_b + mb2):
         ctx.expect_errno("EEXIST", vm.set_user_memory_region2, 1, gm, gpa, 2 * mb2, userspace_addr=0,
@@ -406,7 +412,7 @@ def test_add_overlapping_private_memory_regions(ctx: Ctx) -> None:
 # -------------------------------------------------------------------------------------------------------
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_create_sizes_and_reserved(ctx: Ctx) -> None:
     """#36-#71: sizes as signed loff_t, huge sizes lazily accepted, reserved[] ignored."""
     vm = ctx.vm(0)
@@ -417,7 +423,7 @@ def rk_create_sizes_and_reserved(ctx: Ctx) -> None:
     ctx.expect_ok(vm.create_guest_memfd, P, 0, (1, 0, 0, 0, 0, (1 << 64) - 1)).close()
 
 
-@case("rk", profiles=("linux-6.18", "rfc-v2"))
+@case("rk", profiles=(*LINUX, "rfc-v2"))
 def rk_file_operations(ctx: Ctx) -> None:
     """#83-#104: read/write EINVAL, pread/pwrite/lseek ESPIPE, ftruncate EINVAL (size is fixed)."""
     vm = ctx.vm(0)
@@ -433,7 +439,7 @@ def rk_file_operations(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_mmap_rules(ctx: Ctx) -> None:
     """#114-#140: ENODEV without MMAP (even with INIT_SHARED), EINVAL MAP_PRIVATE/unaligned, EPERM exec,
     mapping past EOF allowed but touching it SIGBUS, PROT_READ write SIGSEGV."""
@@ -467,7 +473,7 @@ def rk_mmap_rules(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_fallocate_modes(ctx: Ctx) -> None:
     """#175-#196: only KEEP_SIZE and PUNCH|KEEP; every other mode EOPNOTSUPP; EINVAL/EFBIG edges."""
     vm = ctx.vm(0)
@@ -493,7 +499,7 @@ def rk_fallocate_modes(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_punch_reads_zero(ctx: Ctx) -> None:
     """#197-#198: punched pages read zero through the mapping, neighbours kept, writes re-allocate."""
     vm = ctx.vm(0)
@@ -511,7 +517,7 @@ def rk_punch_reads_zero(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_binding_rules(ctx: Ctx) -> None:
     """#216-#259: every kvm_set_memory_region / kvm_gmem_bind rule this kernel enforces."""
     vm = ctx.vm(0)
@@ -553,8 +559,8 @@ def rk_binding_rules(ctx: Ctx) -> None:
     ctx.expect_ok(bind, 1, 0, gpa, P, uaddr=0, fd=g)  # flags 0: the gmem fields are ignored
     ctx.expect_ok(bind, 1, 0, gpa, 0)
     ctx.expect_ok(bind, 1, gm, gpa, 8 * P)
-    ctx.expect_errno("EINVAL", bind, 2, gm, gpa + (1 << 21), 8 * P, off=4 * P)
-    ctx.expect_errno("EINVAL", bind, 2, gm, gpa + (1 << 21), 8 * P, off=0)
+    ctx.expect_errno(_overlap_errno(ctx), bind, 2, gm, gpa + (1 << 21), 8 * P, off=4 * P)
+    ctx.expect_errno(_overlap_errno(ctx), bind, 2, gm, gpa + (1 << 21), 8 * P, off=0)
     ctx.expect_ok(bind, 2, gm, gpa + (1 << 21), 8 * P, off=8 * P)
     g2 = vm.create_guest_memfd(size, ctx.MMAP | ctx.INIT_SHARED)
     ctx.expect_errno("EEXIST", bind, 3, gm, gpa + 4 * P, P, fd=g2)
@@ -579,7 +585,7 @@ def rk_binding_rules(ctx: Ctx) -> None:
     g3.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_lifetime_vm_closed(ctx: Ctx) -> None:
     """#82: the gmem file pins the VM: after closing the VM fd, fallocate and mmap still work."""
     vm = ctx.vm(0)
@@ -613,7 +619,7 @@ def _guest_setup(
     return vm, g, m, gpa, cpu
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_guest_access_gmem_only(ctx: Ctx) -> None:
     """#269-#276: guest reads host data, host sees guest writes, punch under the guest reads zero."""
     _vm, g, m, gpa, cpu = _guest_setup(ctx, ctx.MMAP | ctx.INIT_SHARED, 64)
@@ -632,7 +638,7 @@ def rk_guest_access_gmem_only(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_guest_access_private_file(ctx: Ctx) -> None:
     """#280: MMAP without INIT_SHARED: the gmem-only slot serves the guest; the host cannot fault."""
     _vm, g, m, gpa, cpu = _guest_setup(ctx, ctx.MMAP, 16, uaddr_mode="none")
@@ -644,22 +650,28 @@ def rk_guest_access_private_file(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_guest_access_not_gmem_only(ctx: Ctx) -> None:
-    """#281-#284: without MMAP the slot is served from userspace_addr: 0 -> EFAULT, anon -> anon memory."""
+    """#281-#284: without MMAP the slot is served from userspace_addr: 0 -> EFAULT, anon -> anon memory.
+    With in-place conversion on (v13, linux-7.md 1.1) every gmem slot is GMEM_ONLY: the guest reads gmem."""
+    gmem_only = ctx.in_place()
     for flags in (0, ctx.INIT_SHARED):
         _vm, g, _, gpa, cpu = _guest_setup(ctx, flags, 16, uaddr_mode="none")
-        ex = ctx.expect_exit(cpu.read, gpa + 0x20, 8)
-        ctx.check(ex.errno != 0, "KVM_RUN must fail")
+        if gmem_only:
+            ctx.expect_bytes(cpu.read(gpa + 0x20, 8), bytes(8), "guest reads the gmem page")
+        else:
+            ex = ctx.expect_exit(cpu.read, gpa + 0x20, 8)
+            ctx.check(ex.errno != 0, "KVM_RUN must fail")
         cpu.close()
         g.close()
         _vm, g, _, gpa, cpu = _guest_setup(ctx, flags, 16, uaddr_mode="anon")
-        ctx.expect_bytes(cpu.read(gpa + 0x20, 2), b"\x1a\xa1", "guest reads the anonymous backing")
+        want = bytes(2) if gmem_only else b"\x1a\xa1"
+        ctx.expect_bytes(cpu.read(gpa + 0x20, 2), want, "guest read through the slot")
         cpu.close()
         g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_two_slots_one_file(ctx: Ctx) -> None:
     """#286-#288: disjoint ranges of one gmem in two slots; data lives in the inode, not the slot."""
     vm = ctx.vm(0)
@@ -686,7 +698,7 @@ def rk_two_slots_one_file(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_release_memory_fault(ctx: Ctx) -> None:
     """#289-#294: close with a live mapping changes nothing; after munmap the guest gets MEMORY_FAULT."""
     vm, g, m, gpa, cpu = _guest_setup(ctx, ctx.MMAP | ctx.INIT_SHARED, 16)
@@ -708,7 +720,7 @@ def rk_release_memory_fault(ctx: Ctx) -> None:
     g2.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_plain_slot_on_gmem_mapping(ctx: Ctx) -> None:
     """#302-#303: a classic slot whose userspace_addr is a gmem mapping works via GUP unless private."""
     for flags, ok in ((ctx.MMAP | ctx.INIT_SHARED, True), (ctx.MMAP, False)):
@@ -729,7 +741,7 @@ def rk_plain_slot_on_gmem_mapping(ctx: Ctx) -> None:
         g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_mmap_offset_limits(ctx: Ctx) -> None:
     """Found by differential fuzzing: offset + length past MAX_LFS_FILESIZE is EOVERFLOW (file_mmap_ok),
     a negative offset included; up to the limit the mapping succeeds; length 0 is EINVAL."""
@@ -744,7 +756,7 @@ def rk_mmap_offset_limits(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_madvise_remove_after_close(ctx: Ctx) -> None:
     """Found by differential fuzzing: MADV_REMOVE punches through a mapping even after the fd is closed
     (the VMA holds the file), and through a read-only mapping too (VM_MAYWRITE is what counts)."""
@@ -762,7 +774,7 @@ def rk_madvise_remove_after_close(ctx: Ctx) -> None:
     m.munmap()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_mbind_single_node(ctx: Ctx) -> None:
     """#168 on any host: the policy round trip on node 0, EINVAL for a bad mode or an offline node, and
     move_pages showing -ENOENT before the first touch and node 0 after it."""
@@ -785,7 +797,7 @@ def rk_mbind_single_node(ctx: Ctx) -> None:
     g.close()
 
 
-@case("rk", profiles=("linux-6.18",))
+@case("rk", profiles=LINUX)
 def rk_mbind_modes(ctx: Ctx) -> None:
     """Found by differential fuzzing: MPOL_PREFERRED without nodes reads back as MPOL_LOCAL; mode flags come
     back with the mode; offline nodes are masked off (EINVAL only when none is left); relative masks fold."""
