@@ -97,7 +97,7 @@ def ioctl_raw(fd: int, request: int, arg: bytes | int, op: str, reason: str = ""
 
 def vmsplice(fd: int, addr: int, length: int) -> int:
     """``vmsplice(fd, {addr, length}, 1, 0)`` into a pipe: the pipe holds references on the pages."""
-    iov = IoVec(addr, length)
+    iov = (ctypes.c_uint64 * 2)(addr, length)  # struct iovec {iov_base, iov_len}
     return check(_vmsplice(fd, ctypes.addressof(iov), 1, 0), "vmsplice", f"addr {addr:#x} len {length:#x}")
 
 

@@ -18,9 +18,11 @@ import os
 import pickle
 import signal
 import struct
+from typing import cast
 
 from .. import uapi
-from ..errors import KvmError
+from ..backend import HasFd, HostMapping
+from ..errors import KvmError, UnsupportedByBackend
 from . import libc
 from .mapping import KernelHostMapping
 from .resources import Resources
@@ -59,7 +61,7 @@ def _serve(requests: int, replies: int) -> None:
             return
         if req is None:
             return
-        fd, number, arg = req  # type: ignore[misc]
+        fd, number, arg = cast(tuple[int, int, bytes | int], req)
         if isinstance(arg, bytes):
             buf = ctypes.create_string_buffer(arg, len(arg))
             ret = libc.raw_ioctl(fd, number, ctypes.addressof(buf))
@@ -92,28 +94,30 @@ class KernelProcess:
         self.exited = False
         resources.add(self)
 
-    def mapping(self, parent: KernelHostMapping) -> KernelHostMapping:
+    def mapping(self, parent: HostMapping) -> KernelHostMapping:
         """The child's view of a mapping the parent had when it forked."""
+        if not isinstance(parent, KernelHostMapping):
+            raise UnsupportedByBackend(f"{parent!r} is not a mapping of this backend")
         return parent.inherited_by(self.pid)
 
     def _ioctl(self, fd: int, number: int, arg: bytes | int, op: str, reason: str) -> tuple[int, bytes]:
         if self.exited:
             raise KvmError(errno.ESRCH, op, "the child has exited")
         _send(self._req, (fd, number, arg))
-        ret, err, out = _recv(self._rep)  # type: ignore[misc]
+        ret, err, out = cast(tuple[int, int, bytes], _recv(self._rep))
         if ret == -1:
             raise KvmError(err, op, reason)
         return ret, out
 
-    def check_extension(self, vm: object, cap: int) -> int:
+    def check_extension(self, vm: HasFd, cap: int) -> int:
         """``KVM_CHECK_EXTENSION`` on an inherited VM fd, issued by the child."""
-        return self._ioctl(vm.fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION",  # type: ignore[attr-defined]
+        return self._ioctl(vm.fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION",
                            f"cap {int(cap)} from pid {self.pid}")[0]
 
-    def create_guest_memfd(self, vm: object, size: int, flags: int = 0) -> object:
+    def create_guest_memfd(self, vm: HasFd, size: int, flags: int = 0) -> object:
         """``KVM_CREATE_GUEST_MEMFD`` on an inherited VM fd, issued by the child (the fd stays the child's)."""
         arg = uapi.KvmCreateGuestMemfd(size=size & uapi.U64_MAX, flags=flags & uapi.U64_MAX)
-        return self._ioctl(vm.fd, uapi.KVM_CREATE_GUEST_MEMFD, bytes(arg), "KVM_CREATE_GUEST_MEMFD",  # type: ignore[attr-defined]
+        return self._ioctl(vm.fd, uapi.KVM_CREATE_GUEST_MEMFD, bytes(arg), "KVM_CREATE_GUEST_MEMFD",
                            f"size {size:#x} flags {flags:#x} from pid {self.pid}")[0]
 
     def exit(self) -> None:

@@ -163,7 +163,7 @@ class GmemInode:
         with self.invalidate_lock.read("kvm_gmem_fault_user_mapping"):
             return self._fault_user_mapping(index, vma)
 
-    def _fault_user_mapping(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, int] | None:
+    def _fault_user_mapping(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, Level] | None:
         if not self.shareability.is_shared(index):
             raise FaultRefused(f"file index {index:#x} is private (not host-faultable)")
         self.stats["host_faults"] += 1
@@ -638,10 +638,9 @@ class GmemFile:
         caller's value unless the kernel wrote it). Errors raise :class:`ConversionError` carrying it too."""
         op = "KVM_SET_MEMORY_ATTRIBUTES2"
         self._check_fd(op)
-        fields = [u64(v, n, op) for v, n in ((offset, "offset"), (size, "size"), (attributes, "attributes"),
-                                             (flags, "flags"), (error_offset, "error_offset"))]
         rsv = tuple(u64(v, f"reserved[{i}]", op) for i, v in enumerate(reserved[:11]))
-        arg = Attributes2(*fields, reserved=(rsv + (0,) * 11)[:11])
+        arg = Attributes2(u64(offset, "offset", op), u64(size, "size", op), u64(attributes, "attributes", op),
+                          u64(flags, "flags", op), u64(error_offset, "error_offset", op), (rsv + (0,) * 11)[:11])
         try:
             out = kvm_gmem_ioctl(self, KVM_SET_MEMORY_ATTRIBUTES2, lambda n: arg.to_bytes(), lambda b: True)
             return out.error_offset

@@ -320,7 +320,7 @@ class ModelHostMapping:
         child = ModelHostMapping.__new__(ModelHostMapping)
         child.__dict__.update(self.__dict__)
         child.space = space
-        child.ptes = RangeMap(self.npages, False)
+        child.ptes = RangeMap(self.npages, None)
         child.vma_policy = numa.SharedPolicy(self.npages)
         child.anon = self.anon  # MAP_SHARED|MAP_ANONYMOUS: one shmem object for both processes
         space.vmas.append(child)

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..backend import HostMapping
 from ..errors import KvmError
 from .host import AddressSpace, ModelHostMapping
 
@@ -28,7 +30,7 @@ class ModelProcess:
 
     _pids = iter(range(20000, 1 << 22))
 
-    def __init__(self, parent_space: AddressSpace, inherited: list[_Referenced]) -> None:
+    def __init__(self, parent_space: AddressSpace, inherited: Sequence[_Referenced]) -> None:
         self.pid = next(self._pids)
         self.space = AddressSpace(parent_space.numa_nodes)
         self._copies = {id(vma): vma.fork_into(self.space) for vma in list(parent_space.vmas)}
@@ -37,7 +39,7 @@ class ModelProcess:
             obj.get_ref()
         self.exited = False
 
-    def mapping(self, parent: ModelHostMapping) -> ModelHostMapping:
+    def mapping(self, parent: HostMapping) -> ModelHostMapping:
         """The child's copy of ``parent`` (a mapping the parent had at fork time)."""
         copy = self._copies.get(id(parent))
         if copy is None or self.exited:

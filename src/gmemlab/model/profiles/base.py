@@ -56,7 +56,7 @@ class Behaviour:
     """The profile-dependent rules of one lineage; subclasses fill them in or change them."""
 
     api: ApiProfile
-    CHANGES: ClassVar[tuple[Change, ...]] = ()
+    CHANGES: ClassVar[tuple[Change, ...]] = ()  # each profile class lists what it changes
 
     @property
     def name(self) -> str:

@@ -6,6 +6,7 @@ MMAP and INIT_SHARED; the whole file is shared or private, fixed at creation; pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...uapi import Cap, GmemFlags618, VmType
 from ..config import HostConfig
@@ -16,7 +17,7 @@ from .base import Behaviour, Change
 class Linux618(Behaviour):
     """Merged Linux 6.18: MMAP and INIT_SHARED, whole-file state fixed at creation."""
 
-    CHANGES = (
+    CHANGES: ClassVar[tuple[Change, ...]] = (
         Change("GUEST_MEMFD_FLAG_MMAP (1<<0) and GUEST_MEMFD_FLAG_INIT_SHARED (1<<1); INIT_SHARED only for VMs "
                "without private memory (or system-wide)", "spec 1.3, 1.4",
                ("valid_create_flags", "supports_mmap", "initially_shared")),

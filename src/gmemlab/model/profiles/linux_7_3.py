@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .base import ArchHooks, Change, PopulateRules
 from .linux_6_18 import Linux618
@@ -27,7 +28,7 @@ from .linux_6_18 import Linux618
 class Linux73(Linux618):
     """Merged Linux 7.3 = 6.18 + the changes listed in ``CHANGES``."""
 
-    CHANGES = (
+    CHANGES: ClassVar[tuple[Change, ...]] = (
         Change("mbind() on a gmem mapping sets the inode's shared policy; folios are allocated by it (6.19)",
                "linux-7.md 0 (6.19); spec 2.4", ("gmem_shared_policy",)),
         Change("populate: no 'prepared' tracking (no EEXIST), the source must be 4 KiB aligned (7.0)",

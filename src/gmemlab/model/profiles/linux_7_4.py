@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, GmemFlags618, VmType, cap_guest_memfd_memory_attributes
 from ..config import HostConfig
@@ -53,7 +54,7 @@ def in_place_default(vm_memory_attributes: bool) -> bool:
 class Linux74(Linux73):
     """Linux 7.3 + in-place conversion (v13) behind ``kvm.gmem_in_place_conversion``."""
 
-    CHANGES = (
+    CHANGES: ClassVar[tuple[Change, ...]] = (
         Change("module parameter kvm.gmem_in_place_conversion gates everything below (default UNVERIFIED: "
                "v8 used !CONFIG_KVM_VM_MEMORY_ATTRIBUTES)", "linux-7.md 1.1", ("in_place_conversion",)),
         Change("KVM_SET_MEMORY_ATTRIBUTES2 on the guest_memfd fd; every file keeps a per-index attribute tree, "

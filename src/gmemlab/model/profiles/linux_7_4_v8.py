@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..config import HostConfig
 from .base import Change
@@ -28,7 +29,7 @@ from .linux_7_4 import Linux74
 class Linux74V8(Linux74):
     """In-place conversion v8 on 7.1.5 (realkernel-private.md column B)."""
 
-    CHANGES = (
+    CHANGES: ClassVar[tuple[Change, ...]] = (
         Change("GMEM_ONLY only when the file has MMAP (not whenever conversion is on)",
                "realkernel-private.md finding 5; rows 4d/*, 4e/*, 5/gmem_only/swp_vm_noflags", ("gmem_only",)),
         Change("7.1.5 base: a file-range overlap at bind is EINVAL (7.2 made it EEXIST)",

@@ -7,6 +7,7 @@ KVM_GMEM_CONVERT_* ioctls, the FT9 userspace_addr check at bind time, HugeTLB ba
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ...uapi import (
     GUESTMEM_HUGETLB_FLAG_MASK,
@@ -23,7 +24,7 @@ from .base import Behaviour, Change
 class RfcV2(Behaviour):
     """The seed's RFC v2 (on 6.15 + Fuad Tabba's mmap v9): SUPPORT_SHARED, INIT_PRIVATE, HUGETLB."""
 
-    CHANGES = (
+    CHANGES: ClassVar[tuple[Change, ...]] = (
         Change("SUPPORT_SHARED (1<<0), INIT_PRIVATE (1<<1, only with SUPPORT_SHARED), HUGETLB (1<<2) and the "
                "page-size log in bits 58-63; files start shared unless INIT_PRIVATE", "spec 1.3, 1.5",
                ("valid_create_flags", "supports_mmap", "initially_shared", "initial_shareability",
