@@ -15,7 +15,8 @@ import pytest
 
 from gmemlab import backend as iface
 from gmemlab.kernel.gmem import KernelGuestMemfd
-from gmemlab.kernel.mapping import KernelHostMapping
+from gmemlab.kernel.mapping import KernelHostMapping, PipeRefs
+from gmemlab.kernel.process import KernelProcess
 from gmemlab.kernel.system import KernelBackend, KernelMemfd
 from gmemlab.kernel.vcpu import KernelVcpu
 from gmemlab.kernel.vm import KernelVm
@@ -23,9 +24,10 @@ from gmemlab.model.gmem import GmemFile
 from gmemlab.model.host import ModelHostMapping, ModelPin
 from gmemlab.model.kvm_main import ModelBackend, ModelVcpu, ModelVm
 from gmemlab.model.memfd import ModelMemfd
+from gmemlab.model.process import ModelProcess
 
 PROTOCOLS = [iface.Backend, iface.Vm, iface.Vcpu, iface.GuestMemfd, iface.HostMapping, iface.LongTermPin,
-             iface.HasFd]
+             iface.HasFd, iface.Process, iface.PageReferences]
 
 IMPLEMENTATIONS = {
     "model": {
@@ -36,6 +38,8 @@ IMPLEMENTATIONS = {
         iface.HostMapping: ModelHostMapping,
         iface.LongTermPin: ModelPin,
         iface.HasFd: ModelMemfd,
+        iface.Process: ModelProcess,
+        iface.PageReferences: ModelPin,
     },
     "kernel": {
         iface.Backend: KernelBackend,
@@ -44,6 +48,8 @@ IMPLEMENTATIONS = {
         iface.GuestMemfd: KernelGuestMemfd,
         iface.HostMapping: KernelHostMapping,
         iface.HasFd: KernelMemfd,
+        iface.Process: KernelProcess,
+        iface.PageReferences: PipeRefs,
         # No LongTermPin: the kernel backend cannot pin (HostMapping.pin raises UnsupportedByBackend).
     },
 }
