@@ -15,7 +15,8 @@ from ..hostfacts import HostFacts
 from ..level import Level
 from ..uapi import Cap, VmType
 
-UPSTREAM_POOL = {1 << 21: 1 << 21, 1 << 30: 1 << 12}
+# HugeTLB pages per size: 4 TiB of 2 MiB pages and 4 TiB of 1 GiB pages (pool pages cost nothing).
+UPSTREAM_POOL = {Level.PG_2M.bytes: 1 << 21, Level.PG_1G.bytes: 1 << 12}
 
 
 @dataclass(frozen=True)

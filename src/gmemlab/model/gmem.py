@@ -20,18 +20,13 @@ import errno
 import itertools
 from typing import Protocol
 
-from ..backend import MAP_PRIVATE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_EXEC, PROT_READ, PROT_WRITE, FileStat
+from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, FileStat
 from ..errors import ConversionError, FaultRefused, FolioBusy, GmemError, KvmError
 from ..level import Level
 from ..rangemap import RangeMap
 from ..uapi import (
-    FALLOC_FL_COLLAPSE_RANGE,
-    FALLOC_FL_INSERT_RANGE,
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
-    FALLOC_FL_UNSHARE_RANGE,
-    FALLOC_FL_WRITE_ZEROES,
-    FALLOC_FL_ZERO_RANGE,
     KVM_SET_MEMORY_ATTRIBUTES2,
     LOFF_MAX,
     PAGE_SHIFT,
@@ -40,7 +35,7 @@ from ..uapi import (
     VmType,
     page_aligned,
 )
-from .args import sint, u64
+from .args import u64
 from .config import HostConfig
 from .fdtable import FdTable
 from .gmem_attributes import Attributes2, FaultInjection, kvm_gmem_ioctl
@@ -54,16 +49,7 @@ from .shareability import RangeShareability, Shareability, WholeFileShareability
 from .stage2 import Stage2
 from .usercopy import UserArg, copy_from_user, copy_to_user
 from .vendor import NoVendor
-
-# vfs_fallocate(): the operation bits and their exclusivity (fs/open.c).
-FALLOC_FL_MODE_MASK = (
-    FALLOC_FL_PUNCH_HOLE
-    | FALLOC_FL_COLLAPSE_RANGE
-    | FALLOC_FL_ZERO_RANGE
-    | FALLOC_FL_INSERT_RANGE
-    | FALLOC_FL_UNSHARE_RANGE
-    | FALLOC_FL_WRITE_ZEROES
-)
+from .vfs import MmapArgs, do_mmap, vfs_fallocate
 
 ST_BLOCK_SIZE = 512  # st_blocks counts 512-byte units whatever the block size (stat(2))
 GUEST_MEMFD_FLAG_MMAP = 1 << 0  # MMAP (6.18) / SUPPORT_SHARED (RFC v2): the flag that allows mmap
@@ -379,18 +365,7 @@ class GmemInode:
             # to shared: private leaves go; to private: shared leaves go.
             self.kvm_gmem_invalidate_begin(s, e, private=to_shared)
         if not to_shared:
-            for s, e in work:
-                self.unmap_host(s, e)
-            for s, e in work:
-                bad = self.first_elevated_refcount(s, e)
-                if bad is not None:
-                    self.metrics.add("conversion_eagain")
-                    raise ConversionError(
-                        errno.EAGAIN,
-                        op,
-                        f"folio at index {bad:#x} has an elevated refcount (pinned)",
-                        error_offset=bad << PAGE_SHIFT,
-                    )
+            self._convert_to_private_may_proceed(work, op)
         for s, e in work:
             self.shareability.store(s, e, to_shared)
         if self.huge is not None:
@@ -403,6 +378,20 @@ class GmemInode:
             for s, e in work:
                 self.arch_invalidate(s, e)
         self.metrics.add("conversions_ok")
+
+    def _convert_to_private_may_proceed(self, work: list[tuple[int, int]], op: str) -> None:
+        """``kvm_gmem_convert_should_proceed`` to private: host PTEs go everywhere, then every folio needs a
+        safe refcount (ConversionError(EAGAIN) naming the first pinned one; the unmapping stays)."""
+        for s, e in work:
+            self.unmap_host(s, e)
+        for s, e in work:
+            bad = self.first_elevated_refcount(s, e)
+            if bad is not None:
+                self.metrics.add("conversion_eagain")
+                raise ConversionError(
+                    errno.EAGAIN, op, f"folio at index {bad:#x} has an elevated refcount (pinned)",
+                    error_offset=bad << PAGE_SHIFT,
+                )
 
     # -- accounting -------------------------------------------------------------------------------------
     def release_memory(self) -> int:
@@ -527,28 +516,13 @@ class GmemFile:
 
     def vfs_fallocate(self, mode: int, offset: int, length: int, op: str = "fallocate") -> None:
         """``vfs_fallocate`` on the file itself: also reached without the fd, e.g. by MADV_REMOVE through a
-        mapping that still holds the file."""
-        mode = sint(mode, "mode", op) & 0xFFFFFFFF
-        offset = sint(offset, "offset", op)
-        length = sint(length, "len", op)
-        # vfs_fallocate() first (fs/open.c)
-        if offset < 0 or length <= 0:
-            raise KvmError(errno.EINVAL, op, f"offset {offset} must be >= 0 and len {length} > 0")
-        if mode & ~(FALLOC_FL_MODE_MASK | FALLOC_FL_KEEP_SIZE):
-            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} has bits outside the known modes")
-        operation = mode & FALLOC_FL_MODE_MASK
-        if operation == FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE:
-            raise KvmError(errno.EOPNOTSUPP, op, "PUNCH_HOLE requires KEEP_SIZE")
-        if operation in (FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_WRITE_ZEROES) and (
-            mode & FALLOC_FL_KEEP_SIZE
-        ):
-            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} cannot be combined with KEEP_SIZE")
-        if operation not in (0, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_ZERO_RANGE,
-                             FALLOC_FL_INSERT_RANGE, FALLOC_FL_UNSHARE_RANGE, FALLOC_FL_WRITE_ZEROES):
-            raise KvmError(errno.EOPNOTSUPP, op, f"mode {mode:#x} combines exclusive operations")
-        if offset + length > LOFF_MAX:
-            raise KvmError(errno.EFBIG, op, f"offset + len = {offset + length:#x} overflows loff_t")
-        # kvm_gmem_fallocate()
+        mapping that still holds the file. The generic checks first (:func:`gmemlab.model.vfs.vfs_fallocate`),
+        then ``kvm_gmem_fallocate``."""
+        mode, offset, length = vfs_fallocate(op, mode, offset, length)
+        self.kvm_gmem_fallocate(op, mode, offset, length)
+
+    def kvm_gmem_fallocate(self, op: str, mode: int, offset: int, length: int) -> None:
+        """KEEP_SIZE required, PUNCH_HOLE the only operation, page-aligned ranges; allocation within i_size."""
         if not mode & FALLOC_FL_KEEP_SIZE:
             raise KvmError(errno.EOPNOTSUPP, op, "guest_memfd requires FALLOC_FL_KEEP_SIZE")
         if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
@@ -569,40 +543,24 @@ class GmemFile:
     def mmap(
         self, length: int, offset: int = 0, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_SHARED
     ) -> ModelHostMapping:
+        """The generic mmap checks (:func:`gmemlab.model.vfs.do_mmap`), then ``kvm_gmem_mmap``."""
         op = "mmap"
         self._check_fd(op)
-        # The mmap syscall and do_mmap() (mm/mmap.c) check, in order: offset alignment, length,
-        # file_mmap_ok() (offset + length within MAX_LFS_FILESIZE), mapping type, noexec; only then
-        # guest_memfd's ->mmap runs.
-        length = sint(length, "length", op)
-        offset = u64(offset, "offset", op)
-        prot = sint(prot, "prot", op)
-        flags = sint(flags, "flags", op)
-        if not page_aligned(offset):
-            raise KvmError(errno.EINVAL, op, f"offset {offset:#x} is not page aligned")
-        if length == 0:
-            raise KvmError(errno.EINVAL, op, "length 0")
-        npages = ((length & U64_MAX) + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if length < 0 or npages >= 1 << 52:
-            raise KvmError(errno.ENOMEM, op, f"length {length:#x} does not fit the address space")
-        aligned_len = npages << PAGE_SHIFT
-        if aligned_len > LOFF_MAX or offset >> PAGE_SHIFT > (LOFF_MAX - aligned_len) >> PAGE_SHIFT:
-            raise KvmError(errno.EOVERFLOW, op, f"offset {offset:#x} + length {length:#x} exceeds MAX_LFS_FILESIZE")
-        sharing = flags & MAP_SHARED_VALIDATE  # the low bits the mapping type lives in
-        if sharing not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
-            raise KvmError(errno.EINVAL, op, "flags must contain MAP_SHARED or MAP_PRIVATE")
-        if prot & PROT_EXEC:
-            raise KvmError(errno.EPERM, op, "the guest_memfd mount is noexec (PROT_EXEC refused)")
+        return self.kvm_gmem_mmap(op, do_mmap(op, length, offset, prot, flags))
+
+    def kvm_gmem_mmap(self, op: str, a: MmapArgs) -> ModelHostMapping:
+        """guest_memfd's ->mmap: the MMAP flag, MAP_SHARED only, HugeTLB alignment."""
         if not self.inode.behaviour.supports_mmap(self.inode.flags):
             name = self.inode.behaviour.api.flag_name(GUEST_MEMFD_FLAG_MMAP)
             raise KvmError(errno.ENODEV, op, f"guest_memfd was created without {name}")
-        if sharing == MAP_PRIVATE:
+        if a.sharing == MAP_PRIVATE:
             raise KvmError(errno.EINVAL, op, "guest_memfd needs MAP_SHARED (copy-on-write is refused)")
         huge = self.inode.huge
-        if huge is not None and (length % huge.hpage_size or offset % huge.hpage_size):
-            raise KvmError(errno.EINVAL, op, f"HugeTLB guest_memfd: length {length:#x} and offset {offset:#x} must "
-                           f"be multiples of the huge page size {huge.hpage_size:#x} (kvm_gmem_get_unmapped_area)")
-        return ModelHostMapping(self.address_space, length, prot, self, offset >> PAGE_SHIFT)
+        if huge is not None and (a.length % huge.hpage_size or a.offset % huge.hpage_size):
+            raise KvmError(errno.EINVAL, op, f"HugeTLB guest_memfd: length {a.length:#x} and offset {a.offset:#x} "
+                           f"must be multiples of the huge page size {huge.hpage_size:#x} "
+                           "(kvm_gmem_get_unmapped_area)")
+        return ModelHostMapping(self.address_space, a.length, a.prot, self, a.offset >> PAGE_SHIFT)
 
     # -- conversion ioctls (RFC v2, spec 2.14) -------------------------------------------------------------
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:

@@ -112,7 +112,7 @@ class AddressSpace:
         self._next = _MMAP_BASE
 
     def place(self, length: int) -> int:
-        align = 1 << 30 if length >= 1 << 30 else 1 << 21
+        align = Level.PG_1G.bytes if length >= Level.PG_1G.bytes else Level.PG_2M.bytes  # THP-friendly, like mmap
         addr = (self._next + align - 1) & ~(align - 1)
         self._next = addr + length + PAGE_SIZE  # a guard gap keeps mappings apart
         if self._next > USER_ADDR_LIMIT:

@@ -15,18 +15,22 @@ from __future__ import annotations
 import errno
 
 from ..errors import KvmError
+from ..level import Level
 
 
 def size_name(size: int) -> str:
-    """``"2M"`` / ``"1G"`` (the metric keys)."""
-    return {1 << 12: "4K", 1 << 21: "2M", 1 << 30: "1G"}.get(size, f"{size >> 10}K")
+    """``"2M"`` / ``"1G"`` (the level labels), or the size in KiB when it is no mapping level."""
+    try:
+        return Level.of_size(size).label
+    except ValueError:
+        return f"{size >> 10}K"
 
 
 class HugetlbPool:
     """Free HugeTLB pages per page size on the host (``/proc/sys/vm/nr_hugepages`` per hstate)."""
 
     def __init__(self, pages: dict[int, int]) -> None:
-        self.total = {1 << 21: 0, 1 << 30: 0, **pages}
+        self.total = {Level.PG_2M.bytes: 0, Level.PG_1G.bytes: 0, **pages}
         self.free = dict(self.total)  # neither reserved by a subpool nor waiting on a reference
 
     def reserve(self, size: int, count: int, op: str) -> HugetlbSubpool:

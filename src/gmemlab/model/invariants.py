@@ -92,9 +92,15 @@ def _check_inode(inode: GmemInode) -> None:
             inode.huge.check()  # folio shapes vs split/merge counters and vmemmap; the policy's own rule
         except AssertionError as exc:
             _fail(f"inode {inode.ino}: {exc}")
+    _check_pagecache(inode)
+    _check_pins(inode)
+    _check_bindings(inode)
+    _check_host_mappings(inode)
+
+
+def _check_pagecache(inode: GmemInode) -> None:
     pc = inode.pagecache
     pc.state.check()
-    inode.pins.check()
     recount = pc.count_allocated()
     if recount != pc.nr_allocated:
         _fail(f"inode {inode.ino}: {pc.nr_allocated} folios counted, {recount} resident")
@@ -103,15 +109,22 @@ def _check_inode(inode: GmemInode) -> None:
     for index in pc.data:
         if pc.state.load(index) != UPTODATE:
             _fail(f"inode {inode.ino}: contents held for index {index:#x} that is not uptodate")
+
+
+def _check_pins(inode: GmemInode) -> None:
     inode.refs.check()
     for s, e, n in inode.refs.runs():
         if n < 0:
             _fail(f"inode {inode.ino}: negative reference count at [{s:#x},{e:#x})")
+    inode.pins.check()
     for s, e, n in inode.pins.runs():
         if n < 0:
             _fail(f"inode {inode.ino}: negative pin count at [{s:#x},{e:#x})")
-        if n and pc.state.any_match(s, e, lambda v: v == ABSENT):
+        if n and inode.pagecache.state.any_match(s, e, lambda v: v == ABSENT):
             _fail(f"inode {inode.ino}: pin on an absent folio in [{s:#x},{e:#x})")
+
+
+def _check_bindings(inode: GmemInode) -> None:
     seen: set[int] = set()
     for file in inode.files:
         file.bindings.check()
@@ -123,11 +136,14 @@ def _check_inode(inode: GmemInode) -> None:
             seen.add(id(slot))
             if slot.gmem_file is not file:
                 _fail(f"binding [{s:#x},{e:#x}) names slot {slot.id}, which points elsewhere")
+
+
+def _check_host_mappings(inode: GmemInode) -> None:
     for vma in inode.mappings:
         for s, e in vma.mapped_file_runs():
             if e > inode.npages:
                 _fail(f"host PTE beyond EOF at file index {e - 1:#x}")
             if not inode.shareability.all_shared(s, e):
                 _fail(f"host maps private file indices in [{s:#x},{e:#x})")
-            if not pc.state.all_equal(s, e, UPTODATE):
+            if not inode.pagecache.state.all_equal(s, e, UPTODATE):
                 _fail(f"host maps a folio that is not uptodate in [{s:#x},{e:#x})")

@@ -15,7 +15,7 @@ from types import TracebackType
 
 from ..backend import PROT_READ, PROT_WRITE
 from ..errors import KvmError, UnsupportedByBackend
-from ..level import LEVELS
+from ..level import LEVELS, Level
 from ..uapi import (
     KVM_CHECK_EXTENSION,
     KVM_CREATE_GUEST_MEMFD,
@@ -45,7 +45,7 @@ from .gmem import GmemFile, GmemInode
 from .gmem_attributes import FaultInjection
 from .gmem_huge import HugeGmem
 from .host import AddressSpace, ModelHostMapping
-from .hugetlb import HugetlbPool
+from .hugetlb import HugetlbPool, HugetlbSubpool
 from .invariants import check as check_model_invariants
 from .kvm_host import Kvm
 from .memfd import ModelMemfd
@@ -251,6 +251,7 @@ class ModelVm(Kvm):
 
     # -- KVM_CREATE_GUEST_MEMFD (spec 2.2) -----------------------------------------------------------------
     def create_guest_memfd(self, size: int, flags: int = 0, reserved: tuple[int, ...] = ()) -> GmemFile:
+        """``kvm_gmem_create``: flags for this VM type, size, then (HugeTLB) the inode's subpool."""
         op = "KVM_CREATE_GUEST_MEMFD"
         self._check_fd(op)
         size = u64(size, "size", op)
@@ -269,24 +270,24 @@ class ModelVm(Kvm):
         loff = as_loff(size)
         if loff <= 0 or not page_aligned(loff):
             raise KvmError(errno.EINVAL, op, f"size {size:#x} must be > 0 (as loff_t) and page aligned")
-        config = self.system.config
-        shared = behaviour.initial_shareability(flags, config)
+        shared = behaviour.initial_shareability(flags, self.system.config)
         hpage = behaviour.hugetlb_page_size(flags)
-        subpool = None
-        if hpage:
-            # Inode setup (spec 1.5 step 4): page-size log, size multiple, then the subpool reservation.
-            pool = self.system.hugetlb_pool
-            if hpage not in (1 << 21, 1 << 30):  # x86 hstates; an empty pool is ENOMEM below
-                raise KvmError(errno.EINVAL, op, f"flags {flags:#x}: HugeTLB page-size log {hpage.bit_length() - 1} "
-                               "names no hstate on this host (2 MiB = 21, 1 GiB = 30)")
-            if loff % hpage:
-                raise KvmError(errno.EINVAL, op, f"size {size:#x} is not a multiple of the huge page size {hpage:#x}")
-            subpool = pool.reserve(hpage, loff // hpage, op)
-        inode = GmemInode(behaviour, size, flags, shared, self.system.counters, config, self.system.fault_injection)
+        subpool = self._hugetlb_subpool(op, flags, loff, hpage) if hpage else None
+        inode = GmemInode(behaviour, size, flags, shared, self.system.counters, self.system.config,
+                          self.system.fault_injection)
         if subpool is not None:
-            inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, config.gmem_prepare,
+            inode.huge = HugeGmem(inode, hpage, subpool, self.system.policy, self.system.config.gmem_prepare,
                                   self.system.counters, shared)
         return GmemFile(self, inode, self.system.fdtable, self.system.address_space)
+
+    def _hugetlb_subpool(self, op: str, flags: int, loff: int, hpage: int) -> HugetlbSubpool:
+        """HugeTLB inode setup (spec 1.5 step 4): page-size log, size multiple, then the subpool reservation."""
+        if hpage not in (Level.PG_2M.bytes, Level.PG_1G.bytes):  # x86 hstates; an empty pool is ENOMEM below
+            raise KvmError(errno.EINVAL, op, f"flags {flags:#x}: HugeTLB page-size log {hpage.bit_length() - 1} "
+                           "names no hstate on this host (2 MiB = 21, 1 GiB = 30)")
+        if loff % hpage:
+            raise KvmError(errno.EINVAL, op, f"size {loff:#x} is not a multiple of the huge page size {hpage:#x}")
+        return self.system.hugetlb_pool.reserve(hpage, loff // hpage, op)
 
     # -- memslots (spec 2.6) ---------------------------------------------------------------------------------
     def set_user_memory_region(
