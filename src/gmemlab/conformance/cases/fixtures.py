@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ...uapi import KVM_MEM_GUEST_MEMFD, Cap, VmType
 from ..case import Ctx
-from ..constants import INIT_PRIVATE, SUPPORT_SHARED, P
+from ..constants import INIT_PRIVATE, PUNCH, SUPPORT_SHARED, P
 from ..record import Proxy
 
 
@@ -39,10 +39,10 @@ class ConversionSetup:
     byte offsets (``unit`` 1) for the HugeTLB ones; ``ps`` is the backing page size.
     """
 
-    vm: object
-    gmem: object
-    mapping: object
-    cpu: object
+    vm: Proxy
+    gmem: Proxy
+    mapping: Proxy
+    cpu: Proxy
     gpa: int
     unit: int = P
     ps: int = P
@@ -51,27 +51,27 @@ class ConversionSetup:
         """host_use_memory: check then write one byte at ``at``."""
         off = at * self.unit
         if expect is not None:
-            ctx.expect_bytes(self.mapping.read(off, 1), expect, f"host read at {off:#x}")  # type: ignore[attr-defined]
+            ctx.expect_bytes(self.mapping.read(off, 1), expect, f"host read at {off:#x}")
         if write is not None:
-            self.mapping.write(off, write)  # type: ignore[attr-defined]
+            self.mapping.write(off, write)
 
     def guest(self, ctx: Ctx, at: int, expect: bytes | None = None, write: bytes | None = None) -> None:
         off = at * self.unit
         if expect is not None:
-            ctx.expect_bytes(self.cpu.read(self.gpa + off, 1), expect, f"guest read at {off:#x}")  # type: ignore[attr-defined]
+            ctx.expect_bytes(self.cpu.read(self.gpa + off, 1), expect, f"guest read at {off:#x}")
         if write is not None:
-            self.cpu.write(self.gpa + off, write)  # type: ignore[attr-defined]
+            self.cpu.write(self.gpa + off, write)
 
     def host_cannot_fault(self, ctx: Ctx, at: int) -> None:
-        ctx.expect_sigbus(self.mapping.write, at * self.unit, b"Z")  # type: ignore[attr-defined]
+        ctx.expect_sigbus(self.mapping.write, at * self.unit, b"Z")
 
     def convert(self, ctx: Ctx, at: int, count: int, to_shared: bool) -> None:
-        ctx.expect_ok(self.gmem.convert, at * self.unit, count * self.unit, to_shared)  # type: ignore[attr-defined]
+        ctx.expect_ok(self.gmem.convert, at * self.unit, count * self.unit, to_shared)
 
     def close(self) -> None:
-        self.mapping.munmap()  # type: ignore[attr-defined]
-        self.cpu.close()  # type: ignore[attr-defined]
-        self.gmem.close()  # type: ignore[attr-defined]
+        self.mapping.munmap()
+        self.cpu.close()
+        self.gmem.close()
 
 
 def conversion_setup(ctx: Ctx, npages: int, init_private: bool = False, page_size: int = P, extra_flags: int = 0,
@@ -87,3 +87,19 @@ def conversion_setup(ctx: Ctx, npages: int, init_private: bool = False, page_siz
     ctx.expect_ok(vm.set_user_memory_region2, 10, KVM_MEM_GUEST_MEMFD, gpa, size, userspace_addr=m.address,
                   guest_memfd=g, guest_memfd_offset=0)
     return ConversionSetup(vm, g, m, vm.create_vcpu(0), gpa, unit, page_size)
+
+
+def truncate_keeps_mappability(ctx: Ctx, s: ConversionSetup) -> None:
+    """``test_truncate_should_not_change_mappability`` on page 0 of ``s`` (4 KiB or huge): punching keeps
+    shareability, so a shared page re-faults zero and a private page stays host-unfaultable."""
+    page = s.ps  # the page in bytes, and in the fixture's units below
+    s.host(ctx, 0, write=b"A")
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, page)
+    s.host(ctx, 0, b"\x00", b"A")
+    s.convert(ctx, 0, page // s.unit, False)
+    s.host_cannot_fault(ctx, 0)
+    s.guest(ctx, 0, b"A")
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, page)
+    s.host_cannot_fault(ctx, 0)
+    s.guest(ctx, 0, write=b"B")
+    s.close()

@@ -18,7 +18,7 @@ from ...uapi import (
 from ..case import CaseList, Ctx
 from ..constants import HUGETLB, KEEP, M2, PUNCH, RFC, SIZE_FLAGS, SIZES, SUPPORT_SHARED, P
 from ..record import Proxy
-from .fixtures import ConversionSetup, conversion_setup, rfc_battery
+from .fixtures import ConversionSetup, conversion_setup, rfc_battery, truncate_keeps_mappability
 
 CASES = CaseList()
 case = CASES.case
@@ -76,8 +76,8 @@ for _name, _ps in SIZES.items():
         for vm, flags in _battery(ctx):
             g = vm.create_guest_memfd(size, flags | _huge_flags(ps))
 
-            def blocks(want: int, what: str, g: object = g) -> None:
-                got = g.fstat().st_blocks  # type: ignore[attr-defined]
+            def blocks(want: int, what: str, g: Proxy = g) -> None:
+                got = g.fstat().st_blocks
                 ctx.check(got == want, f"st_blocks after {what}: {got}, expected {want}")
 
             ctx.expect_ok(g.fallocate, KEEP, 0, size)
@@ -233,8 +233,8 @@ def test_conversions_should_fail_if_memory_has_elevated_refcount(ctx: Ctx, ps: i
         s = _setup(ctx, ps, 4)
         for page in range(4):
             s.host(ctx, page * ps, write=b"A")
-        pin = ctx.expect_ok(s.mapping.pin, k * ps, P)  # type: ignore[attr-defined]
-        err = ctx.expect_errno("EAGAIN", s.gmem.convert, k * ps, ps, False)  # type: ignore[attr-defined]
+        pin = ctx.expect_ok(s.mapping.pin, k * ps, P)
+        err = ctx.expect_errno("EAGAIN", s.gmem.convert, k * ps, ps, False)
         off = getattr(err, "error_offset", None)
         ctx.check(off == k * ps, f"error_offset {off}, expected {k * ps:#x}")
         pin.unpin()
@@ -248,28 +248,18 @@ def test_conversions_should_fail_if_memory_has_elevated_refcount(ctx: Ctx, ps: i
 
 def test_truncate_should_not_change_mappability(ctx: Ctx, ps: int) -> None:
     """Punching keeps shareability: shared page re-faults zero; private page stays host-unfaultable."""
-    s = _setup(ctx, ps, 1)
-    s.host(ctx, 0, write=b"A")
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)  # type: ignore[attr-defined]
-    s.host(ctx, 0, b"\x00", b"A")
-    s.convert(ctx, 0, ps, False)
-    s.host_cannot_fault(ctx, 0)
-    s.guest(ctx, 0, b"A")
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)  # type: ignore[attr-defined]
-    s.host_cannot_fault(ctx, 0)
-    s.guest(ctx, 0, write=b"B")
-    s.close()
+    truncate_keeps_mappability(ctx, _setup(ctx, ps, 1))
 
 
 def test_fault_type_independent_of_mem_attributes(ctx: Ctx, ps: int) -> None:
     """The gmem decides private-ness for SUPPORT_SHARED slots; the VM attribute is ignored."""
     s = _setup(ctx, ps, 1, init_private=True)
     ctx.require_cap(Cap.MEMORY_ATTRIBUTES, on=s.vm, mask=KVM_MEMORY_ATTRIBUTE_PRIVATE)
-    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, ps, 0)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, ps, 0)
     s.host_cannot_fault(ctx, 0)
     s.guest(ctx, 0, write=b"A")
     s.convert(ctx, 0, ps, True)
-    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, ps, KVM_MEMORY_ATTRIBUTE_PRIVATE)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, ps, KVM_MEMORY_ATTRIBUTE_PRIVATE)
     s.host(ctx, 0, b"A", b"B")
     s.guest(ctx, 0, b"B", b"C")
     s.close()
@@ -281,19 +271,19 @@ def test_truncate_shared_while_pinned(ctx: Ctx, ps: int) -> None:
     The selftest pins the whole page; one pinned 4 KiB page (the first) raises the folio refcount
     just the same and keeps the 1 GiB run fast."""
     s = _setup(ctx, ps, 1)
-    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, ps)  # type: ignore[attr-defined]
-    pin = ctx.expect_ok(s.mapping.pin, 0, ps if ps <= M2 else P)  # type: ignore[attr-defined]
-    ctx.expect_errno("EAGAIN", s.gmem.fallocate, PUNCH, 0, ps)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, ps)
+    pin = ctx.expect_ok(s.mapping.pin, 0, ps if ps <= M2 else P)
+    ctx.expect_errno("EAGAIN", s.gmem.fallocate, PUNCH, 0, ps)
     pin.unpin()
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)
     s.close()
 
 
 def test_truncate_private(ctx: Ctx, ps: int) -> None:
     """INIT_PRIVATE, allocate, punch: succeeds (no merge needed)."""
     s = _setup(ctx, ps, 1, init_private=True)
-    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, ps)  # type: ignore[attr-defined]
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, ps)
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, ps)
     s.close()
 
 
@@ -301,7 +291,7 @@ def test_close_with_pinning(ctx: Ctx, ps: int) -> None:
     """Closing everything while a pin is still held must not fail; unpinning afterwards works."""
     s = _setup(ctx, ps, 1)
     s.host(ctx, 0, write=b"A")
-    pin = ctx.expect_ok(s.mapping.pin, 0, P)  # type: ignore[attr-defined]
+    pin = ctx.expect_ok(s.mapping.pin, 0, P)
     s.close()
     pin.unpin()
 

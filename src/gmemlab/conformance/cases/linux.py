@@ -297,10 +297,10 @@ def test_invalid_punch_hole(ctx: Ctx) -> None:
         g.close()
 
 
-def _guest_memfd_slot(ctx: Ctx, vm: object, g: object, size: int, slot: int = 1, uaddr: int = 0,
+def _guest_memfd_slot(ctx: Ctx, vm: Proxy, g: Proxy, size: int, slot: int = 1, uaddr: int = 0,
                       offset: int = 0, gpa: int | None = None) -> int:
     base = ctx.gpa_base(size) if gpa is None else gpa
-    ctx.expect_ok(vm.set_user_memory_region2, slot, KVM_MEM_GUEST_MEMFD, base, size,  # type: ignore[attr-defined]
+    ctx.expect_ok(vm.set_user_memory_region2, slot, KVM_MEM_GUEST_MEMFD, base, size,
                   userspace_addr=uaddr, guest_memfd=g, guest_memfd_offset=offset)
     return base
 

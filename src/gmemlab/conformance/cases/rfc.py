@@ -15,7 +15,7 @@ from ...uapi import (
 )
 from ..case import CaseList, Ctx
 from ..constants import HUGETLB, INIT_PRIVATE, INVALID_PUNCHES, KEEP, PUNCH, RFC, SUPPORT_SHARED, P
-from .fixtures import ConversionSetup, conversion_setup, need_conversion, rfc_battery
+from .fixtures import ConversionSetup, conversion_setup, need_conversion, rfc_battery, truncate_keeps_mappability
 
 CASES = CaseList()
 case = CASES.case
@@ -257,8 +257,8 @@ def test_conversions_should_fail_if_memory_has_elevated_refcount(ctx: Ctx) -> No
         s = _setup(ctx, 4)
         for page in range(4):
             s.host(ctx, page, write=b"A")
-        pin = ctx.expect_ok(s.mapping.pin, k * P, P)  # type: ignore[attr-defined]
-        err = ctx.expect_errno("EAGAIN", s.gmem.convert, k * P, P, False)  # type: ignore[attr-defined]
+        pin = ctx.expect_ok(s.mapping.pin, k * P, P)
+        err = ctx.expect_errno("EAGAIN", s.gmem.convert, k * P, P, False)
         ctx.check(getattr(err, "error_offset", None) == k * P, f"error_offset {getattr(err, 'error_offset', None)}")
         pin.unpin()
         s.convert(ctx, k, 1, False)
@@ -272,17 +272,7 @@ def test_conversions_should_fail_if_memory_has_elevated_refcount(ctx: Ctx) -> No
 @case("3.6", profiles=RFC)
 def test_truncate_should_not_change_mappability(ctx: Ctx) -> None:
     """Punching keeps shareability: shared page re-faults zero; private page stays host-unfaultable."""
-    s = _setup(ctx, 1)
-    s.host(ctx, 0, write=b"A")
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)  # type: ignore[attr-defined]
-    s.host(ctx, 0, b"\x00", b"A")
-    s.convert(ctx, 0, 1, False)
-    s.host_cannot_fault(ctx, 0)
-    s.guest(ctx, 0, b"A")
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)  # type: ignore[attr-defined]
-    s.host_cannot_fault(ctx, 0)
-    s.guest(ctx, 0, write=b"B")
-    s.close()
+    truncate_keeps_mappability(ctx, _setup(ctx, 1))
 
 
 @case("3.6", profiles=RFC)
@@ -290,11 +280,11 @@ def test_fault_type_independent_of_mem_attributes(ctx: Ctx) -> None:
     """The gmem decides private-ness for SUPPORT_SHARED slots; the VM attribute is ignored."""
     s = _setup(ctx, 1, init_private=True)
     ctx.require_cap(Cap.MEMORY_ATTRIBUTES, on=s.vm, mask=KVM_MEMORY_ATTRIBUTE_PRIVATE)
-    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, P, 0)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, P, 0)
     s.host_cannot_fault(ctx, 0)
     s.guest(ctx, 0, write=b"A")
     s.convert(ctx, 0, 1, True)
-    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, P, KVM_MEMORY_ATTRIBUTE_PRIVATE)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.vm.set_memory_attributes, s.gpa, P, KVM_MEMORY_ATTRIBUTE_PRIVATE)
     s.host(ctx, 0, b"A", b"B")
     s.guest(ctx, 0, b"B", b"C")
     s.close()
@@ -304,11 +294,11 @@ def test_fault_type_independent_of_mem_attributes(ctx: Ctx) -> None:
 def test_truncate_shared_while_pinned(ctx: Ctx) -> None:
     """4 KiB: punching a pinned shared page succeeds (no merge needed); unpin; punch again."""
     s = _setup(ctx, 1)
-    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, P)  # type: ignore[attr-defined]
-    pin = ctx.expect_ok(s.mapping.pin, 0, P)  # type: ignore[attr-defined]
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, P)
+    pin = ctx.expect_ok(s.mapping.pin, 0, P)
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)
     pin.unpin()
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)
     s.close()
 
 
@@ -316,8 +306,8 @@ def test_truncate_shared_while_pinned(ctx: Ctx) -> None:
 def test_truncate_private(ctx: Ctx) -> None:
     """INIT_PRIVATE, allocate, punch: succeeds."""
     s = _setup(ctx, 1, init_private=True)
-    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, P)  # type: ignore[attr-defined]
-    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)  # type: ignore[attr-defined]
+    ctx.expect_ok(s.gmem.fallocate, KEEP, 0, P)
+    ctx.expect_ok(s.gmem.fallocate, PUNCH, 0, P)
     s.close()
 
 
@@ -326,7 +316,7 @@ def test_close_with_pinning(ctx: Ctx) -> None:
     """Closing everything while a pin is still held must not fail."""
     s = _setup(ctx, 1)
     s.host(ctx, 0, write=b"A")
-    pin = ctx.expect_ok(s.mapping.pin, 0, P)  # type: ignore[attr-defined]
+    pin = ctx.expect_ok(s.mapping.pin, 0, P)
     s.close()
     pin.unpin()
 
