@@ -26,6 +26,7 @@ ALLOWED = {
     "gmemlab.qemu": BASE,
     "gmemlab.arch": BASE | {"gmemlab.workload"},
     "gmemlab.sim": BASE | {"gmemlab.model", "gmemlab.arch", "gmemlab.workload"},
+    "gmemlab.sweep": BASE | {"gmemlab.sim", "gmemlab.model", "gmemlab.arch", "gmemlab.workload"},
 }
 
 
