@@ -17,6 +17,7 @@ from ..errors import GmemlabError, UsageError
 COMMAND_MODULES = [
     "gmemlab.cli.conformance",
     "gmemlab.cli.fuzz",
+    "gmemlab.cli.oracle",
     "gmemlab.cli.profiles",
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",

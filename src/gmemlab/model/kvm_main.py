@@ -123,6 +123,13 @@ class ModelBackend:
     def reserved_slots(self) -> frozenset[int]:
         return frozenset()
 
+    def module_params(self) -> dict[str, str]:
+        """The modelled kernel's KVM module parameters, as /sys/module/kvm/parameters shows them: only
+        ``kvm.gmem_in_place_conversion`` (profiles with the in-place series) is modelled."""
+        if not self.profile.has_attributes2:
+            return {}
+        return {"kvm.gmem_in_place_conversion": "Y" if self.behaviour.in_place_conversion(self.config) else "N"}
+
     def inject_fault(self, site: str, times: int = 1) -> None:
         if not hasattr(self.fault_injection, site) or site.startswith("_") or site == "fail":
             raise UnsupportedByBackend(f"fault injection at {site!r} (known: mtree_preallocate)")
