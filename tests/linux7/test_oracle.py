@@ -9,13 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from gmemlab.cli import app
+from gmemlab.cli.oracle import model_factory
 from gmemlab.conformance.oracle import (
     COLUMNS,
     OUT_OF_SCOPE,
     PENDING,
     V13_DIFFERS,
     compare,
-    model_factory,
     reproduce,
 )
 from gmemlab.conformance.oracle.recording import default_path, load, parse

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,10 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..conformance.oracle import COLUMNS, OUT_OF_SCOPE, PENDING, Verdict, column_of, compare, model_factory, reproduce
+from ..conformance.oracle import COLUMNS, OUT_OF_SCOPE, PENDING, Column, Verdict, column_of, compare, reproduce
 from ..conformance.oracle.probe import Probe
 from ..conformance.oracle.recording import default_path, load
 from ..errors import UnsupportedByBackend, UsageError
+from ..model import HostConfig, ModelBackend
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 BAD = ("differs", "missing", "extra")
@@ -24,6 +26,12 @@ BAD = ("differs", "missing", "extra")
 class Where(StrEnum):
     model = "model"
     kernel = "kernel"
+
+
+def model_factory(column: Column) -> Callable[[], ModelBackend]:
+    """Fresh models of a recorded kernel: its profile, configured from its host facts."""
+    config = HostConfig.from_facts(column.facts)
+    return lambda: ModelBackend(column.profile, config)
 
 
 def _kernel_column(requested: list[str]) -> tuple[str, Any, int]:

@@ -5,8 +5,9 @@ the recorded kernels (:mod:`.columns`: A = 6.18.2 with SW_PROTECTED and per-VM a
 in-place v8, B0 = B with the parameter off, Bv = B with per-VM attributes) and returns the cells it rendered,
 keyed by row id. :func:`compare` joins them with the recording (:mod:`.recording`): a row is reproduced when
 every column that ran it shows the recorded cell, or it is listed here, out of the model's scope or pending,
-with the reason. Runs on a kernel backend too (``gmemlab oracle --backend kernel``), where the kernel's own
-column is the one to compare with.
+with the reason. The backends come from the caller (a factory): the model configured from a column's host
+facts (``gmemlab.cli.oracle.model_factory``), or a kernel (``gmemlab oracle --backend kernel``), where the
+kernel's own column is the one to compare with.
 """
 
 from __future__ import annotations
@@ -88,12 +89,6 @@ def reproduce(column: Column, factory: Callable[[], Any], base: int = 0,
     return cells
 
 
-def model_factory(column: Column) -> Callable[[], Any]:
-    from ...model import ModelBackend
-
-    return lambda: ModelBackend(column.profile, column.config)
-
-
 @dataclass(frozen=True)
 class Verdict:
     """One (row, column) of the recording: ``reproduced``, ``differs``, ``missing`` (the model produced
@@ -139,4 +134,4 @@ def column_of(profile: str, mode: str) -> str | None:
 
 
 __all__ = ["COLUMNS", "OUT_OF_SCOPE", "PENDING", "V13_DIFFERS", "Column", "Verdict", "column_of", "compare",
-           "model_factory", "reproduce"]
+           "reproduce"]
