@@ -70,7 +70,8 @@ def test_configs_and_mutations():
 def test_list():
     out = races("--list")
     assert out.returncode == 0
-    for name in ("linux-6.18", "rfc-v2", "roth", "ipc26", "guest_fault", "host_maps_private"):
+    for name in ("linux-6.18", "rfc-v2", "roth", "linux-7.4", "convert_roundtrip", "guest_fault",
+                 "host_maps_private"):
         assert name in out.stdout
 
 
@@ -105,7 +106,7 @@ def test_user_variant_from_file(tmp_path):
         from gmemlab.races.paths import Locking
         from gmemlab.races.protocols import locking_paths
 
-        # RFC2 plus the strict refcount check, but is_private under the lock as in IPC26
+        # RFC2 plus the strict refcount check, but is_private under the lock
         MINE = Protocol("mine", "my variant", locking_paths(
             Locking(lookup_locked=True, strict_refcount=True)))
         NOT_A_PROTOCOL = 3

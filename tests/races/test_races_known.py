@@ -69,7 +69,7 @@ def test_same_race_from_any_allocating_path_in_roth():
         assert "filemap_get_folio(0) -> 0" in v.trace[-2].label and v.trace[-1].thread == 0
 
 
-@pytest.mark.parametrize("fixed", ["rfc-v2-refcount", "ipc26", "roth"])
+@pytest.mark.parametrize("fixed", ["rfc-v2-refcount", "linux-7.4", "roth"])
 def test_fixed_variants_pass_the_race_configurations(fixed):
     for threads in ("host_fault:0,convert_private:0", "host_fault:0,convert_private:0,guest_fault:0",
                     "allocate:0,host_fault:0,convert_private:0"):
@@ -110,3 +110,22 @@ def test_roth_noread_consequence_is_a_private_host_mapping():
     assert v is not None and v.prop == "host_maps_private"
     assert len(v.trace) == 11
     assert [t.thread for t in v.trace] == [1] * 5 + [0] * 5 + [1]
+
+
+def test_linux_7_4_reference_check_closes_the_host_fault_toctou():
+    """Without the reference check after the unmap, in-place conversion has RFC v2's TOCTOU (§5.9)."""
+    result = run("linux-7.4-norefcheck", "host_fault:0,convert_private:0")
+    assert result.violation is not None and result.violation.prop == "host_maps_private"
+    assert len(result.violation.trace) == 12
+    assert run("linux-7.4", "host_fault:0,convert_private:0").violation is None
+
+
+def test_gmem_convert_fault_race_sees_eagain_and_no_violation():
+    """The selftest's pattern: conversions succeed or fail with EAGAIN; no stale mapping, no host mapping of
+    private memory in any interleaving."""
+    from gmemlab.races.protocols import FAULT_RACE
+
+    result = run("linux-7.4", FAULT_RACE.threads, FAULT_RACE.init)
+    assert result.violation is None and result.complete
+    joined = " | ".join(result.outcomes)
+    assert "private: EAGAIN" in joined and "private: 0" in joined and "mapped private" in joined

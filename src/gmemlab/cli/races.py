@@ -18,11 +18,13 @@ HELP = "\n\n".join([
     "Explore the interleavings of guest_memfd kernel paths under a locking PROTOCOL and report the first "
     "violated property with a minimal interleaving (numbered steps per thread). Exits 1 when a property is "
     "violated, 2 on bad input.",
-    "PROTOCOL is a built-in variant (linux-6.18, rfc-v2, rfc-v2-refcount, roth, roth-noread, ipc26; see "
+    "PROTOCOL is a built-in variant (linux-6.18, rfc-v2, rfc-v2-refcount, roth, roth-noread, linux-7.4, "
+    "linux-7.4-norefcheck; see "
     "--list) or FILE.py:NAME naming a gmemlab.races.Protocol object in a Python file. Without PROTOCOL the "
     "list of protocols, paths and properties is printed.",
     f"--threads SPEC: {THREADS_HELP} Paths: guest_fault, host_fault, convert_private, convert_shared, "
-    "punch_hole, populate, allocate. Without --threads the protocol's default configuration is used.",
+    "punch_hole, populate, allocate (linux-7.4 also convert_roundtrip: shared then private). Without --threads the "
+    "protocol's default configuration is used.",
     "Search: exhaustive breadth-first search with state caching by default (the reported trace is a "
     "shortest one). --random N runs N seeded random schedules instead and shrinks the violating one. "
     "--preemptions K bounds preemptions (switching away from a thread that could have continued).",

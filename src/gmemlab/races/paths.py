@@ -15,6 +15,7 @@ from typing import cast
 from .steps import (
     Path,
     StepCtx,
+    close_window,
     folio_put,
     initialize_folio,
     install_host_pte,
@@ -22,6 +23,7 @@ from .steps import (
     invalidate_begin,
     invalidate_end,
     lookup_folio,
+    make_private,
     mmu_retry_check,
     read_mmu_seq,
     read_state,
@@ -48,6 +50,12 @@ class Locking:
     prepared_state: bool = False  # SHAREABILITY_GUEST_PREPARED set at fault time (Roth)
     strict_refcount: bool = False  # to-private counts transient references (in-flight lookups) too
     allocators_take_rwsem: bool = False  # populate/allocate also hold gmem_rwsem shared (Roth)
+    # In-place conversion as queued for 7.4 (series v13, linux-7.md 1.2-1.3):
+    check_before_invalidate: bool = False  # to private: unmap + reference check first, EAGAIN before invalidating
+    whole_range: bool = False  # no-op only if the whole range has the value; else the whole range is converted
+    filtered_invalidation: bool = False  # zap only the SPTEs of the kind that must go (SHARED / PRIVATE filter)
+    make_private_hook: bool = False  # get_pfn calls kvm_arch_gmem_make_private for a private index (under lock)
+    populate_eexist: bool = True  # up to 6.19 populate refuses an uptodate folio; 7.0 overwrites it
 
 
 def _kind(state: Hashable) -> str:
@@ -96,7 +104,10 @@ def guest_fault(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
             if now == PRIVATE:
                 yield store_state(ctx, index, PREPARED)
         elif not (yield test_uptodate(ctx, index)):
-            yield initialize_folio(ctx, index, gen, "kvm_gmem_prepare_folio")
+            yield initialize_folio(ctx, index, gen, "kvm_gmem_get_folio: zero on first use"
+                                   if lk.make_private_hook else "kvm_gmem_prepare_folio")
+        if lk.make_private_hook and (yield read_state(ctx, index, what)) != SHARED:
+            yield make_private(ctx, index, gen)
         yield from ctx.unlock_folio("get_pfn.folio_lock", index)
         if lk.fault_lock:
             yield from ctx.unlock("get_pfn." + lk.fault_lock, lk.fault_lock, READ)
@@ -177,6 +188,8 @@ def convert(ctx: StepCtx, lk: Locking, indices: tuple[int, ...], target: str) ->
     mmu_lock); xa_store of the attributes; post-set range (invalidate_end); no guest_memfd lock at all; EINVAL
     on an INIT_SHARED file (VM without private memory).
     """
+    if lk.check_before_invalidate:
+        return (yield from convert_in_place(ctx, lk, indices, target))
     ctx.where = "kvm_gmem_convert" if lk.per_index else "kvm_vm_set_mem_attributes"
     lock = lk.conversion_lock if lk.per_index else SLOTS_LOCK
     site = f"convert.{lock}"
@@ -214,6 +227,55 @@ def convert(ctx: StepCtx, lk: Locking, indices: tuple[int, ...], target: str) ->
     yield invalidate_end(ctx, "convert.mmu_lock", work)
     yield from ctx.unlock(site, lock, WRITE)
     return "0"
+
+
+def convert_in_place(ctx: StepCtx, lk: Locking, indices: tuple[int, ...], target: str) -> Path:
+    """``kvm_gmem_set_attributes`` step 9 (in-place conversion v13, linux-7.md 1.2), after the argument checks:
+
+    1. invalidate_lock exclusive;
+    2. the whole range already has the value: return 0, no unmap and no invalidation;
+    3. to private: unmap the host PTEs of the range, *then* check every folio's references: EAGAIN (before
+       any invalidation) if one has more than the page cache's;
+    4. invalidate_begin with the filter: SHARED SPTEs going private, PRIVATE ones going shared;
+    5. to shared: kvm_arch_gmem_make_shared per folio (no shared state it could break here);
+    6. store the value for the whole range; invalidate_end; unlock.
+    """
+    ctx.where = "kvm_gmem_set_attributes"
+    lock = lk.conversion_lock
+    site = f"convert.{lock}"
+    yield from ctx.lock(site, lock, WRITE)
+    current = cast(tuple[str, ...], (yield read_states(ctx, indices)))
+    if all(_kind(s) == _kind(target) for s in current):
+        yield from ctx.unlock(site, lock, WRITE)
+        return "0 (nothing to do)"
+    work = indices if lk.whole_range else tuple(i for i, s in zip(indices, current, strict=True)
+                                                if _kind(s) != _kind(target))
+    if target == PRIVATE:
+        for i in work:
+            yield unmap_host(ctx, i, opens_window=True)
+        for i in work:
+            if lk.strict_refcount and not (yield safe_refcount(ctx, i)):
+                yield close_window(ctx, work)
+                yield from ctx.unlock(site, lock, WRITE)
+                return "EAGAIN"
+    only = ("shared" if target == PRIVATE else "private") if lk.filtered_invalidation else None
+    yield invalidate_begin(ctx, "convert.mmu_lock", work, only)
+    if target == SHARED:
+        for i in work:
+            yield ctx.step(f"kvm_arch_gmem_make_shared({i})", lambda w, tid: None)
+    for i in work:
+        yield store_state(ctx, i, target)
+    yield invalidate_end(ctx, "convert.mmu_lock", work)
+    yield from ctx.unlock(site, lock, WRITE)
+    return "0"
+
+
+def convert_roundtrip(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
+    """The host thread of ``gmem_convert_fault_race`` (linux-7.md 1.4): convert the range to shared, then back
+    to private (the selftest sleeps 10 us between the two and loops; one round here)."""
+    first = yield from convert(ctx, lk, indices, SHARED)
+    second = yield from convert(ctx, lk, indices, PRIVATE)
+    return f"shared: {first}; private: {second}"
 
 
 def convert_private(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
@@ -262,12 +324,13 @@ def populate(ctx: StepCtx, lk: Locking, indices: tuple[int, ...]) -> Path:
         yield from ctx.lock("populate.gmem_rwsem", GMEM_RWSEM, READ)
     gen = yield from ctx.grab_folio("populate.folio_lock", index)
     result = "1 (populated)"
-    if (yield test_uptodate(ctx, index)):
+    if lk.populate_eexist and (yield test_uptodate(ctx, index)):
         result = "EEXIST"
     elif (yield read_state(ctx, index, "shareability" if lk.per_index else "attributes")) == SHARED:
         result = "EINVAL"
     else:
-        yield initialize_folio(ctx, index, gen, "post_populate (copy+encrypt)", private=True)
+        yield initialize_folio(ctx, index, gen, "post_populate (copy+encrypt)", private=True,
+                               overwrite=not lk.populate_eexist)
         if lk.prepared_state:
             yield store_state(ctx, index, PREPARED)
     yield from ctx.unlock_folio("populate.folio_lock", index)

@@ -13,9 +13,13 @@ Built-in variants (spec §2.13, §4 "Locking", §5.9; the seed thread's locking 
                 GUEST_PREPARED at fault time) under the folio lock when a folio exists; every path that may
                 allocate a folio holds the read lock.
 ``roth-noread`` roth with one allocating path (the host fault) skipping the read lock.
-``ipc26``       IPC26: invalidate_lock is the attribute tree's external lock, held shared for every lookup
-                (is_private too); conversions take it exclusive and fail with EAGAIN on any extra folio
-                reference (strict refcount check, §1.7), which covers the host fault's PTE installation.
+``linux-7.4``   in-place conversion as queued for 7.4 (series v13, linux-7.md 1.2-1.3; replaces the earlier
+                ``ipc26`` guess): get_pfn holds invalidate_lock shared for the whole lookup and calls
+                make_private for private indices; KVM_SET_MEMORY_ATTRIBUTES2 holds it exclusive: no-op return,
+                unmap the host, then the reference check (EAGAIN before any invalidation), invalidation with the
+                SHARED/PRIVATE filter, make_shared, store. The host fault keeps RFC2's lock scope; its folio
+                reference is what fails a racing conversion to private. Populate overwrites (7.0).
+``linux-7.4-norefcheck``  linux-7.4 without the reference check: the host-fault TOCTOU of §5.9 returns.
 
 Write your own: build a :class:`Protocol` whose ``paths`` map path names to :class:`PathDef` (a generator
 function ``fn(ctx, indices)``), e.g. from :mod:`gmemlab.races.paths` with a different :class:`Locking`, or
@@ -130,7 +134,10 @@ _ROTH = P.Locking(
     prepared_state=True,
     allocators_take_rwsem=True,
 )
-_IPC26 = P.Locking(fault_lock=INVALIDATE_LOCK, lookup_locked=True, strict_refcount=True)
+_LINUX_74 = P.Locking(fault_lock=INVALIDATE_LOCK, strict_refcount=True, check_before_invalidate=True,
+                      whole_range=True, filtered_invalidation=True, make_private_hook=True, populate_eexist=False)
+_LINUX_74_NOREFCHECK = P.Locking(fault_lock=INVALIDATE_LOCK, check_before_invalidate=True, whole_range=True,
+                                 filtered_invalidation=True, make_private_hook=True, populate_eexist=False)
 
 BUILTIN: dict[str, Protocol] = {}
 
@@ -200,14 +207,41 @@ register(Protocol(
     configs=(Config("host_fault:0,convert_private:0", SHARED, "allocation TOCTOU (Roth's warning)"),),
     spec="seed thread 2025-05-29 (\"any paths that could allocate a folio need to take a read lock\")",
 ))
+def _with_roundtrip(lk: P.Locking) -> dict[str, PathDef]:
+    paths = locking_paths(lk)
+    paths["convert_roundtrip"] = PathDef(_adapt(P.convert_roundtrip, lk), "gmem_convert_fault_race's host thread: "
+                                         "SET_MEMORY_ATTRIBUTES2 shared, then private", True)
+    return paths
+
+
+# gmem_convert_fault_race (linux-7.md 1.4; googleprodkernel/linux-cc only): vCPUs write in a loop while the host
+# converts the range shared and back; it passes when conversions succeed or fail with EAGAIN.
+FAULT_RACE = Config("guest_fault:0,guest_fault:1,convert_roundtrip:0-1", PRIVATE,
+                    "gmem_convert_fault_race: two vCPUs fault while the host converts both pages shared and back")
+_FAULT_RACE_CONFIGS = (
+    FAULT_RACE,
+    Config("guest_fault:0,guest_fault:0,convert_roundtrip:0", PRIVATE, "two faults on one page vs the round trip"),
+    Config("guest_fault:0,host_fault:0,convert_roundtrip:0", PRIVATE, "a vCPU and the host vs the round trip"),
+)
 register(Protocol(
-    "ipc26",
-    "IPC26: invalidate_lock as the attribute tree's external lock, held shared for lookups; "
-    "strict refcount check",
-    locking_paths(_IPC26),
-    configs=_SAFE_CONFIGS,
-    large=(_LARGE,),
-    spec="§2.13 (Sean 2025-09-30), §1.7, §3.8",
+    "linux-7.4",
+    "in-place conversion (v13): get_pfn under invalidate_lock shared; ATTRIBUTES2 exclusive: no-op return, "
+    "unmap, reference check (EAGAIN), filtered invalidation, store",
+    _with_roundtrip(_LINUX_74),
+    default_init=PRIVATE,
+    configs=(*_FAULT_RACE_CONFIGS, *_SAFE_CONFIGS),
+    large=(_LARGE, Config("guest_fault:0,guest_fault:1,host_fault:1,convert_roundtrip:0-1", PRIVATE,
+                          "gmem_convert_fault_race with a host fault, two pages")),
+    spec="linux-7.md 1.2 (step 9), 1.3, 1.4 (gmem_convert_fault_race); §2.13, §5.9",
+))
+register(Protocol(
+    "linux-7.4-norefcheck",
+    "linux-7.4 without the reference check after the unmap: a host fault between its check and its PTE "
+    "installation survives the conversion",
+    _with_roundtrip(_LINUX_74_NOREFCHECK),
+    declared_safe=False,
+    configs=(Config("host_fault:0,convert_private:0", SHARED, "the host-fault TOCTOU (§5.9) the check closes"),),
+    spec="linux-7.md 1.2 step 9",
 ))
 
 

@@ -223,16 +223,18 @@ def test_uptodate(ctx: StepCtx, index: int) -> Step:
     return ctx.step(f"folio_test_uptodate({index})", lambda w, tid: w.uptodate[index], show_result=True)
 
 
-def initialize_folio(ctx: StepCtx, index: int, gen: int, how: str, *, private: bool = False) -> Step:
+def initialize_folio(ctx: StepCtx, index: int, gen: int, how: str, *, private: bool = False,
+                     overwrite: bool = False) -> Step:
     """Zero / prepare / populate the folio and mark it uptodate (§2.4 step 5, §2.8 step 6, §2.9).
-    Initializing a folio that is already uptodate clobbers its contents (a prepared-state violation), as
-    does a *private* preparation (kvm_arch_gmem_prepare / populate) of an index whose state is shared."""
+    Initializing a folio that is already uptodate clobbers its contents (a prepared-state violation, unless
+    ``overwrite``: 7.0's populate copies the payload over whatever the folio holds), as does a *private*
+    preparation (kvm_arch_gmem_prepare / populate) of an index whose state is shared."""
 
     def run(w: World, tid: int) -> None:
         if w.folio[index] != gen:
             w.violate("prepared_inconsistent", f"T{tid} runs {how} on {folio_name(index, gen)} after it was truncated")
             return
-        if w.uptodate[index]:
+        if w.uptodate[index] and not overwrite:
             w.violate(
                 "prepared_inconsistent",
                 f"T{tid} runs {how} on {folio_name(index, gen)} which is already uptodate (initialized twice)",
@@ -245,6 +247,20 @@ def initialize_folio(ctx: StepCtx, index: int, gen: int, how: str, *, private: b
         w.put("uptodate", index, True)
 
     return ctx.step(f"{how} {folio_name(index, gen)}, folio_mark_uptodate", run)
+
+
+def make_private(ctx: StepCtx, index: int, gen: int) -> Step:
+    """kvm_arch_gmem_make_private (in-place conversion, linux-7.md 1.3): get_pfn hands a private index to the
+    arch (SNP: RMP assignment). Doing it for an index that is shared *now* is a private preparation of shared
+    memory (``prepared_inconsistent``)."""
+
+    def run(w: World, tid: int) -> None:
+        if w.share[index] == SHARED:
+            w.violate("prepared_inconsistent",
+                      f"T{tid} runs kvm_arch_gmem_make_private on {folio_name(index, gen)} while index {index} "
+                      "is shared")
+
+    return ctx.step(f"kvm_arch_gmem_make_private({folio_name(index, gen)})", run)
 
 
 def folio_put(ctx: StepCtx, index: int, gen: int) -> Step:
@@ -336,16 +352,31 @@ def install_spte(ctx: StepCtx, index: int, gen: int, kind: str) -> Step:
     return ctx.step(f"install {kind} SPTE -> {target}", run)
 
 
-def invalidate_begin(ctx: StepCtx, site: str, indices: tuple[int, ...]) -> Step:
+def invalidate_begin(ctx: StepCtx, site: str, indices: tuple[int, ...], only: str | None = None) -> Step:
     """kvm_gmem_invalidate_begin / kvm_mmu_invalidate_begin: mmu_invalidate_in_progress++ and zap the
-    stage-2 mappings of the range (§2.11), under kvm->mmu_lock."""
+    stage-2 mappings of the range (§2.11), under kvm->mmu_lock. ``only`` zaps only SPTEs of that kind (the
+    in-place conversion's filter: SHARED ones going private, PRIVATE ones going shared, linux-7.md 1.2)."""
 
     def run(w: World, tid: int) -> None:
         w.mmu_in_progress += 1
         for i in indices:
-            w.put("spte", i, None)
+            spte = w.spte[i]
+            if only is None or (spte is not None and spte[1] == only):
+                w.put("spte", i, None)
 
-    return ctx.under_mmu_lock(site, f"invalidate_begin([{_span(indices)}]): in_progress++, zap SPTEs", run)
+    what = "zap SPTEs" if only is None else f"zap {only} SPTEs"
+    return ctx.under_mmu_lock(site, f"invalidate_begin([{_span(indices)}]): in_progress++, {what}", run)
+
+
+def close_window(ctx: StepCtx, indices: tuple[int, ...]) -> Step:
+    """A conversion that gives up before invalidating (in-place EAGAIN) stops looking at its indices."""
+
+    def run(w: World, tid: int) -> None:
+        for i in indices:
+            if w.conv_window[i] == tid:
+                w.put("conv_window", i, NOBODY)
+
+    return ctx.step(f"give up on [{_span(indices)}]", run)
 
 
 def invalidate_end(ctx: StepCtx, site: str, indices: tuple[int, ...]) -> Step:
@@ -376,6 +407,7 @@ __all__ = [
     "PathFn",
     "Step",
     "StepCtx",
+    "close_window",
     "folio_put",
     "initialize_folio",
     "install_host_pte",
@@ -383,6 +415,7 @@ __all__ = [
     "invalidate_begin",
     "invalidate_end",
     "lookup_folio",
+    "make_private",
     "mmu_retry_check",
     "read_mmu_seq",
     "read_state",
