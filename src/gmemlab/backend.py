@@ -21,7 +21,8 @@ import mmap as _mmap
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .uapi import ApiProfile, VmType
+from .errors import OutsideReservation
+from .uapi import ApiProfile, VmType, c_value
 
 PROT_NONE = _mmap.PROT_READ & 0  # 0
 PROT_READ = _mmap.PROT_READ
@@ -33,6 +34,25 @@ MAP_SHARED_VALIDATE = MAP_SHARED | MAP_PRIVATE  # 0x03: MAP_SHARED that also val
 
 MADV_DONTNEED = 4
 MADV_REMOVE = 9
+
+# Every host mapping sits in a reservation: MAPPING_GUARD bytes of PROT_NONE private anonymous memory on each
+# side of it (the kernel client maps the file over the middle of a reserved range with MAP_FIXED). Calls may
+# address the guards (past the end of a mapping, or before it) and get the kernel's real answer for them;
+# ranges that leave the reservation are refused on both backends by check_reservation().
+MAPPING_GUARD = 16 << 20
+
+
+def check_reservation(op: str, offset: object, length: object, mapped_length: int) -> tuple[int, int]:
+    """``(offset, length)`` of a call on a mapping of ``mapped_length`` bytes (page-rounded), with ``length``
+    read as the ``size_t`` the syscall gets; raises :class:`~gmemlab.errors.OutsideReservation` when the range
+    leaves ``[-MAPPING_GUARD, mapped_length + MAPPING_GUARD)``."""
+    lo, hi = -MAPPING_GUARD, mapped_length + MAPPING_GUARD
+    size = c_value(length, "size_t", "length", op)  # an int that fits size_t, or UnrepresentableArgument
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise OutsideReservation(op, offset, length, lo, hi)
+    if not lo <= offset <= hi or offset + size > hi:
+        raise OutsideReservation(op, offset, length, lo, hi)
+    return offset, size
 
 
 @dataclass(frozen=True)
@@ -68,6 +88,14 @@ class HostMapping(Protocol):
     def fill(self, offset: int, length: int, byte: int) -> None: ...
 
     def madvise(self, offset: int, length: int, advice: int) -> None: ...
+
+    def mprotect(self, offset: int, length: int, prot: int) -> None: ...
+
+    def mlock(self, offset: int, length: int, flags: int = 0) -> None:
+        """``mlock2(2)`` (flags 0 is ``mlock``)."""
+        ...
+
+    def munlock(self, offset: int, length: int) -> None: ...
 
     def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
         """``mbind(2)`` on the pages under ``[offset, offset+length)``."""
@@ -136,6 +164,29 @@ class GuestMemfd(Protocol):
     def lseek(self, offset: int, whence: int) -> int: ...
 
     def ftruncate(self, length: int) -> None: ...
+
+    # Generic file and process operations, as far as guest_memfd defines them (realkernel #99-#113).
+    def fsync(self, datasync: bool = False) -> None:
+        """``fsync(2)`` / ``fdatasync(2)``."""
+        ...
+
+    def fchmod(self, mode: int) -> None: ...
+
+    def fchown(self, uid: int, gid: int) -> None: ...
+
+    def fadvise(self, offset: int, length: int, advice: int) -> None:
+        """``posix_fadvise(2)``."""
+        ...
+
+    def flock(self, operation: int) -> None: ...
+
+    def fcntl(self, cmd: int, arg: int = 0) -> int:
+        """``fcntl(2)`` with an integer argument (F_GETFD, F_SETFL, F_ADD_SEALS, ...)."""
+        ...
+
+    def dup(self) -> GuestMemfd:
+        """``dup(2)``: another fd of the same open file."""
+        ...
 
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:
         """RFC2 ``KVM_GMEM_CONVERT_SHARED`` / ``KVM_GMEM_CONVERT_PRIVATE`` (spec 2.14)."""

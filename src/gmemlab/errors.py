@@ -109,12 +109,10 @@ class VcpuExit(GmemlabError):
     detail: str = ""
 
     def __str__(self) -> str:
-        from .uapi import KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO
-
         run = f"KVM_RUN=-1 {errno_name(self.errno)}" if self.errno else "KVM_RUN=0"
-        if self.exit_reason == KVM_EXIT_MEMORY_FAULT:
+        if self.exit_reason == 39:  # KVM_EXIT_MEMORY_FAULT (numbers as in EXIT_NAMES: errors imports nothing)
             what = f"MEMORY_FAULT(gpa {self.gpa:#x} size {self.size:#x} flags {self.flags:#x})"
-        elif self.exit_reason == KVM_EXIT_MMIO:
+        elif self.exit_reason == 6:  # KVM_EXIT_MMIO
             what = f"MMIO(gpa {self.gpa:#x} {'write' if self.is_write else 'read'})"
         else:
             what = EXIT_NAMES.get(self.exit_reason, f"exit {self.exit_reason}")
@@ -174,6 +172,49 @@ class FolioBusy(Exception):
         super().__init__(f"folio at index {index:#x} has an elevated refcount ({what})")
         self.index = index
         self.what = what
+
+
+class UnrepresentableArgument(GmemlabError, ValueError):
+    """A Python value that the C type of a uAPI argument cannot hold (``2**40`` as a ``__u32`` slot, a fill
+    byte of 300, a string where an integer goes). Both backends refuse it before anything reaches the kernel,
+    with the same words; the kernel client never truncates a value to make it fit.
+
+    A value fits a C type of ``bits`` bits when ``-2**(bits-1) <= value < 2**bits``: either its unsigned
+    pattern or its two's complement, as a C caller's implicit conversion would pass it (``-1`` as a ``__u64`` is
+    ``0xffff...``)."""
+
+    def __init__(self, op: str, name: str, value: object, ctype: str) -> None:
+        self.op = op
+        self.name = name
+        self.value = value
+        self.ctype = ctype
+        if ctype == "bytes":
+            what = f"{name} must be bytes, got {type(value).__name__}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            what = f"{name} = {value:#x} does not fit {ctype}"
+        else:
+            what = f"{name} must be an integer ({ctype}), got {type(value).__name__} {value!r}"
+        super().__init__(f"{op}: {what}; not passed to the kernel")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.op, self.name, self.value, self.ctype))
+
+
+class OutsideReservation(GmemlabError, ValueError):
+    """A call on a host mapping whose address range leaves the mapping's reservation (the mapping and the
+    PROT_NONE guard regions around it, :data:`gmemlab.backend.MAPPING_GUARD` each side). The kernel client
+    never passes such an address to the kernel, so it can never touch the Python process's own memory; the
+    model refuses the same calls with the same words."""
+
+    def __init__(self, op: str, offset: object, length: object, lo: int, hi: int) -> None:
+        self.op = op
+        self.offset = offset
+        self.length = length
+        super().__init__(f"{op}: [{offset!r}, +{length!r}) leaves the mapping's reservation [{lo:#x}, {hi:#x}) "
+                         "(offsets relative to the mapping); not passed to the kernel")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.op, self.offset, self.length, 0, 0))
 
 
 class UsageError(GmemlabError):

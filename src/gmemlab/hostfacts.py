@@ -21,7 +21,7 @@ from .uapi import Cap, VmType, cap_guest_memfd_memory_attributes
 PROBED_CAPS = (
     Cap.USER_MEMORY, Cap.NR_MEMSLOTS, Cap.SYNC_MMU, Cap.READONLY_MEM, Cap.IMMEDIATE_EXIT, Cap.USER_MEMORY2,
     Cap.MEMORY_FAULT_INFO, Cap.MEMORY_ATTRIBUTES, Cap.GUEST_MEMFD, Cap.VM_TYPES, Cap.PRE_FAULT_MEMORY,
-    Cap.GUEST_MEMFD_FLAGS, Cap.X86_SMM, Cap.MULTI_ADDRESS_SPACE,
+    Cap.GUEST_MEMFD_FLAGS, Cap.X86_SMM, Cap.MULTI_ADDRESS_SPACE, Cap.NR_VCPUS, Cap.MAX_VCPUS, Cap.MAX_VCPU_ID,
 )
 KVM_MODULES = ("kvm", "kvm_amd", "kvm_intel", "kvm_pvm")
 IN_PLACE_PARAM = "kvm.gmem_in_place_conversion"

@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 
+from .errors import UnrepresentableArgument
+
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PMD_SIZE = 1 << 21
@@ -238,12 +240,15 @@ class Cap(IntEnum):
     """Capability numbers (spec 1.4). RFC2 numbers collide with merged caps (spec 5.11)."""
 
     USER_MEMORY = 3
+    NR_VCPUS = 9
     NR_MEMSLOTS = 10
     SYNC_MMU = 16
     READONLY_MEM = 81
     IMMEDIATE_EXIT = 136
+    MAX_VCPUS = 66
     X86_SMM = 117
     MULTI_ADDRESS_SPACE = 118
+    MAX_VCPU_ID = 128
     EXIT_HYPERCALL = 201
     USER_MEMORY2 = 231
     MEMORY_FAULT_INFO = 232
@@ -427,6 +432,28 @@ def as_loff(value: int) -> int:
     """Interpret a u64 as the kernel's signed ``loff_t``."""
     value &= U64_MAX
     return value - (1 << 64) if value >> 63 else value
+
+
+# C types of uAPI arguments and their widths in bits (x86-64 LP64).
+CTYPE_BITS = {"unsigned char": 8, "__u16": 16, "__u32": 32, "int": 32, "unsigned int": 32, "__u64": 64,
+              "unsigned long": 64, "size_t": 64, "loff_t": 64, "off_t": 64, "long": 64}
+
+
+def c_value(value: object, ctype: str, name: str, op: str) -> int:
+    """``value`` as the bit pattern a C argument of type ``ctype`` receives (two's complement for negative
+    values, as a C caller's implicit conversion passes them). A value the type cannot hold, or that is not an
+    integer, raises :class:`~gmemlab.errors.UnrepresentableArgument`: it is never truncated."""
+    bits = CTYPE_BITS[ctype]
+    if isinstance(value, bool) or not isinstance(value, int) or not -(1 << (bits - 1)) <= value < 1 << bits:
+        raise UnrepresentableArgument(op, name, value, ctype)
+    return value & ((1 << bits) - 1)
+
+
+def c_signed(value: object, ctype: str, name: str, op: str) -> int:
+    """Like :func:`c_value`, read back as the signed C type (``loff_t``, ``int``)."""
+    bits = CTYPE_BITS[ctype]
+    pattern = c_value(value, ctype, name, op)
+    return pattern - (1 << bits) if pattern >> (bits - 1) else pattern
 
 
 def check_struct_sizes() -> dict[str, tuple[int, int]]:

@@ -1,24 +1,43 @@
-"""``gmemlab fuzz``: differential fuzzing of the model against the kernel (or the model against itself)."""
+"""``gmemlab fuzz``: lockstep differential fuzzing of the model against the kernel (or the model against itself).
+
+Exit status (the convention issue 13 makes universal): 0 no finding; 1 the fuzzer found a failure (a
+divergence, an exception inside a backend, a broken model invariant, or a coverage gap without
+``--allow-gaps``); 2 bad usage or a bad replay file; 3 nothing ran; 4 an internal error of gmemlab itself
+(one line on stderr, the traceback saved to a file it names).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable
+import tempfile
+import time
+import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..backend import Backend
-from ..conformance.fuzz import compare_sequence, fuzz, load_sequence
+from ..conformance.fuzz import (
+    DEFAULT_EXAMPLES,
+    DEFAULT_MAX_OPS,
+    FuzzReport,
+    dump_sequence,
+    fuzz,
+    load_sequence,
+)
+from ..conformance.fuzz_ops import OUT_OF_REACH
+from ..conformance.lockstep import Finding, Stats
 from ..errors import UnsupportedByBackend, UsageError
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = 0, 1, 2, 3, 4
 
-def _factories(backend: str) -> tuple[Callable[[], Backend], Callable[[], Backend], str]:
+
+def _factories(backend: str) -> tuple[Any, Any, str]:
     from ..model import HostConfig, ModelBackend
 
     if backend == "model":
@@ -31,68 +50,165 @@ def _factories(backend: str) -> tuple[Callable[[], Backend], Callable[[], Backen
         probe = open_kernel_backend()
     except UnsupportedByBackend as exc:
         raise UsageError(f"--backend both needs /dev/kvm: {exc.what}") from None
-    config = HostConfig.from_backend(probe)
-    probe.close()
+    try:
+        config = HostConfig.from_backend(probe)
+    finally:
+        probe.close()
     return (lambda: ModelBackend("linux-6.18", config)), open_kernel_backend, "model vs kernel"
+
+
+def internal_error(exc: BaseException, what: str) -> int:
+    """One line on stderr, the traceback in a file; exit status 4."""
+    where = os.environ.get("GMEMLAB_VM_OUT") or tempfile.gettempdir()
+    path = Path(where) / f"gmemlab-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)))
+        saved = f"traceback saved to {path}"
+    except OSError as err:
+        saved = f"could not save the traceback ({err.strerror})"
+    print(f"gmemlab: internal error in {what}: {type(exc).__name__}: {exc} ({saved})", file=sys.stderr)
+    return EXIT_INTERNAL
+
+
+def _finding_json(f: Finding | None, ops: list[Any]) -> list[dict[str, Any]]:
+    return [] if f is None else [{**f.as_json(), "sequence": ops}]
+
+
+def _stats_json(stats: Stats) -> dict[str, Any]:
+    return {"per_op": dict(stats.per_op), "outcomes": dict(stats.outcomes), "not_run": dict(stats.not_run),
+            "gaps": dict(stats.gaps)}
+
+
+def _print_finding(f: Finding, ops: list[Any], names: tuple[str, str]) -> None:
+    print(f"{f.kind} at operation {f.step} ({f.op['op']}) of a {len(ops)}-operation sequence: {f.detail}")
+    if f.left or f.right:
+        print(f"  {names[0]:<6}: {f.left}\n  {names[1]:<6}: {f.right}")
+    print("minimal sequence:")
+    for i, o in enumerate(ops):
+        print(f"  {i:>2} {json.dumps(o)}")
+
+
+def _save(path: Path, ops: list[Any], f: Finding, **meta: Any) -> str:
+    try:
+        path.write_text(dump_sequence(ops, f, **meta) + "\n")
+    except OSError as exc:
+        return f"could not save the sequence to {path}: {exc.strerror}"
+    return f"saved to {path}; re-run it with: gmemlab fuzz --replay {path}"
 
 
 def register(app: typer.Typer) -> None:
     @app.command(name="fuzz")
     def fuzz_command(
         backend: Annotated[str, typer.Option(help="both (model vs kernel) or model (self-check)")] = "both",
-        examples: Annotated[int, typer.Option(help="sequences to generate")] = 200,
+        examples: Annotated[int, typer.Option(help="sequences to generate")] = DEFAULT_EXAMPLES,
         seed: Annotated[int, typer.Option(help="random seed (same seed, same sequences)")] = 0,
-        max_ops: Annotated[int, typer.Option(help="operations per sequence at most")] = 25,
-        replay: Annotated[Path | None, typer.Option(help="re-run one JSON sequence instead of fuzzing")] = None,
+        max_ops: Annotated[int, typer.Option(help="operations per sequence")] = DEFAULT_MAX_OPS,
+        replay: Annotated[Path | None, typer.Option(help="re-run one saved sequence instead of fuzzing")] = None,
+        save: Annotated[Path, typer.Option(help="where a failing sequence is saved")] = Path("fuzz-failure.json"),
+        allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help="a coverage gap (one side skips an "
+                                                 "operation the other runs) ends its sequence instead of failing "
+                                                 "the run; gaps are still reported")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
         kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
     ) -> None:
-        """Run random guest_memfd operation sequences on two backends; any differing observation fails.
+        """Drive the model and the kernel in lockstep with hypothesis-generated operation sequences; any
+        differing observation, exception inside a backend, broken model invariant or coverage gap fails, shrunk
+        to a minimal sequence that is saved for --replay.
 
-        With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers."""
-        if examples < 1 or max_ops < 1:
-            raise UsageError("--examples and --max-ops must be at least 1")
-        vm_kernel = kernel_arg(kernel)
-        if vm_kernel is not None:
-            args = ["fuzz", "--backend", backend, "--examples", str(examples), "--seed", str(seed),
-                    "--max-ops", str(max_ops)] + ["--json"] * as_json
-            if replay is not None:
-                args += ["--replay", str(replay.resolve())]
-            raise typer.Exit(run_gmemlab_in_vm(vm_kernel, args))
-        left, right, label = _factories(backend)
+        With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers.
+        Exit status: 0 nothing found, 1 found, 2 bad usage or replay file, 3 nothing ran, 4 internal error."""
+        try:
+            code = _command(backend, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel)
+        except UsageError as exc:
+            print(f"gmemlab: error: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+        raise typer.Exit(code)
+
+
+def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path | None, save: Path,
+             allow_gaps: bool, as_json: bool, kernel: Path | None) -> int:
+    if examples < 1 or max_ops < 1:
+        raise UsageError("--examples and --max-ops must be at least 1")
+    vm_kernel = kernel_arg(kernel)
+    if vm_kernel is not None:
+        args = ["fuzz", "--backend", backend, "--examples", str(examples), "--seed", str(seed),
+                "--max-ops", str(max_ops)] + ["--json"] * as_json + ["--allow-gaps"] * allow_gaps
         if replay is not None:
-            try:
-                ops = load_sequence(replay.read_text())
-            except OSError as exc:
-                raise UsageError(f"--replay {replay}: {exc.strerror}") from None
-            except ValueError as exc:
-                raise UsageError(f"--replay {replay}: {exc}") from None
-            div = compare_sequence(left, right, ops)
-            if as_json:
-                print(json.dumps({"sequences": 1, "divergences": [] if div is None else [
-                    {"call": div.index, "model": div.left, "other": div.right, "sequence": div.ops}]}))
-            elif div is None:
-                print(f"replayed {len(ops)} operations ({label}): no divergence")
-            else:
-                print(f"divergence at call {div.index}:\n  model : {div.left}\n  other : {div.right}")
-            raise typer.Exit(1 if div else 0)
-        console = Console(stderr=True)
-        with Progress(TextColumn("[bold]fuzz[/] " + label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True, disable=as_json or not sys.stderr.isatty()) as bar:
-            task = bar.add_task("fuzz", total=examples)
-            report = fuzz(left, right, examples, seed, max_ops, progress=lambda n: bar.update(task, completed=n))
-        div = report.divergence
-        if as_json:
-            print(json.dumps({
-                "backends": label, "seed": seed, "sequences": report.sequences, "operations": report.operations,
-                "divergences": [] if div is None else [
-                    {"call": div.index, "model": div.left, "other": div.right, "sequence": div.ops}],
-            }, indent=2))
-        else:
-            print(f"{report.sequences} sequences, {report.operations} operations ({label}, seed {seed}): "
-                  f"{'1 divergence' if div else 'no divergence'}")
-            if div is not None:
-                print(f"first differing call #{div.index}:\n  model : {div.left}\n  other : {div.right}")
-                print("replay with: gmemlab fuzz --replay FILE, FILE holding:")
-                print(div.replayable())
-        raise typer.Exit(1 if div else 0)
+            args += ["--replay", str(replay.resolve())]
+        args += ["--save", str(save.resolve())]
+        return run_gmemlab_in_vm(vm_kernel, args)
+    ops = None
+    if replay is not None:
+        try:
+            ops = load_sequence(replay.read_text())
+        except OSError as exc:
+            raise UsageError(f"--replay {replay}: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--replay {replay}: {exc}") from None
+    left, right, label = _factories(backend)
+    names = ("model", "kernel") if backend == "both" else ("left", "right")
+    try:
+        if ops is not None:
+            return _replay(left, right, ops, label, names, allow_gaps, as_json)
+        return _fuzz(left, right, label, names, examples, seed, max_ops, allow_gaps, as_json, save)
+    except UsageError:
+        raise
+    except Exception as exc:
+        return internal_error(exc, "gmemlab fuzz")
+
+
+def _replay(left: Any, right: Any, ops: list[Any], label: str, names: tuple[str, str], allow_gaps: bool,
+            as_json: bool) -> int:
+    stats = Stats()
+    from ..conformance.lockstep import replay
+
+    f = replay(left, right, ops, allow_gaps, stats, names)
+    if as_json:
+        print(json.dumps({"backends": label, "sequences": 1, "operations": stats.operations,
+                          "findings": _finding_json(f, ops[: f.step + 1] if f else ops)}, indent=2))
+    elif f is None:
+        print(f"replayed {len(ops)} operations ({label}): no divergence ({stats.operations} ran on both sides)")
+    else:
+        _print_finding(f, ops[: f.step + 1], names)
+    if f is not None:
+        return EXIT_FOUND
+    return EXIT_NOTHING_RAN if stats.operations == 0 else EXIT_OK
+
+
+def _fuzz(left: Any, right: Any, label: str, names: tuple[str, str], examples: int, seed: int, max_ops: int,
+          allow_gaps: bool, as_json: bool, save: Path) -> int:
+    console = Console(stderr=True)
+    start = time.monotonic()
+    with Progress(TextColumn("[bold]fuzz[/] " + label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=as_json or not sys.stderr.isatty()) as bar:
+        task = bar.add_task("fuzz", total=examples)
+        report: FuzzReport = fuzz(left, right, examples, seed, max_ops, allow_gaps,
+                                  progress=lambda n: bar.update(task, completed=min(n, examples)), names=names)
+    seconds = time.monotonic() - start
+    f = report.finding
+    saved = _save(save, report.ops, f, seed=seed, backends=label) if f is not None else ""
+    if as_json:
+        print(json.dumps({"backends": label, "seed": seed, "sequences": report.sequences,
+                          "operations": report.operations, "seconds": round(seconds, 1), "flaky": report.flaky,
+                          "findings": _finding_json(f, report.ops), "saved": saved,
+                          "stats": _stats_json(report.stats), "out_of_reach": OUT_OF_REACH}, indent=2))
+    else:
+        print(f"{report.sequences} sequences, {report.operations} operations ({label}, seed {seed}) in "
+              f"{seconds:.0f} s: {'1 finding' if f else 'no divergence'}")
+        if report.stats.not_run:
+            print(f"not run on either side: {sum(report.stats.not_run.values())} operations "
+                  f"({len(report.stats.not_run)} reasons)")
+        if report.stats.gaps:
+            print("coverage gaps (one side skipped, the other ran):")
+            for what, n in report.stats.gaps.most_common():
+                print(f"  {n:>5} {what}")
+        if f is not None:
+            _print_finding(f, report.ops, names)
+            if report.flaky:
+                print("(flaky: the finding did not reproduce when hypothesis re-ran it)")
+            print(saved)
+    if f is not None:
+        return EXIT_FOUND
+    if report.stats.gaps and not allow_gaps:  # pragma: no cover - a gap is a finding without --allow-gaps
+        return EXIT_FOUND
+    return EXIT_NOTHING_RAN if report.ran_nothing else EXIT_OK

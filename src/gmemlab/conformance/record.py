@@ -14,7 +14,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend, VcpuExit
+from ..errors import (
+    HostSigbus,
+    HostSigsegv,
+    KvmError,
+    OutsideReservation,
+    UnrepresentableArgument,
+    UnsupportedByBackend,
+    VcpuExit,
+)
 from ..uapi import KVM_EXIT_MMIO
 
 
@@ -33,6 +41,10 @@ def outcome_of_exception(exc: BaseException) -> tuple[Any, ...] | None:
     if isinstance(exc, KvmError):
         offset = getattr(exc, "error_offset", None)
         return ("errno", exc.errname) if offset is None else ("errno", exc.errname, offset)
+    if isinstance(exc, OutsideReservation):
+        return ("refused", "outside the reservation")
+    if isinstance(exc, UnrepresentableArgument):
+        return ("refused", f"{exc.name} not {exc.ctype}")
     if isinstance(exc, HostSigbus):
         return ("SIGBUS", exc.offset & ~0xFFF, exc.write)
     if isinstance(exc, HostSigsegv):
@@ -121,6 +133,7 @@ class Recorder:
     _KINDS: ClassVar[dict[str, str]] = {
         "create_vm": "vm",
         "create_guest_memfd": "gmem",
+        "dup": "gmem",
         "mmap": "map",
         "mmap_anonymous": "anon",
         "memfd_create": "memfd",

@@ -54,6 +54,8 @@ _mmap = _fn("mmap", c_void_p, c_void_p, c_size_t, c_int, c_int, c_int, c_int64)
 _munmap = _fn("munmap", c_int, c_void_p, c_size_t)
 _madvise = _fn("madvise", c_int, c_void_p, c_size_t, c_int)
 _mprotect = _fn("mprotect", c_int, c_void_p, c_size_t, c_int)
+_mlock2 = _fn("mlock2", c_int, c_void_p, c_size_t, ctypes.c_uint)
+_munlock = _fn("munlock", c_int, c_void_p, c_size_t)
 _fallocate = _fn("fallocate", c_int, c_int, c_int, c_int64, c_int64)
 _vmsplice = _fn("vmsplice", c_ssize_t, c_int, c_void_p, c_ulong, ctypes.c_uint)
 
@@ -119,6 +121,14 @@ def madvise(addr: int, length: int, advice: int, reason: str = "") -> None:
 
 def mprotect(addr: int, length: int, prot: int) -> None:
     check(_mprotect(addr, length, prot), "mprotect")
+
+
+def mlock2(addr: int, length: int, flags: int) -> None:
+    check(_mlock2(addr, length, flags), "mlock2")
+
+
+def munlock(addr: int, length: int) -> None:
+    check(_munlock(addr, length), "munlock")
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int, reason: str = "") -> None:

@@ -1,34 +1,110 @@
-"""Host userspace mappings (``mmap``) of a guest_memfd or of anonymous shared memory.
+"""Host userspace mappings (``mmap``) of a guest_memfd or of anonymous shared memory, each in a reservation.
 
-Reads, writes and fills go through :mod:`gmemlab.kernel.hostaccess` (GUP, never a CPU touch), so the
-faults the kernel answers with a signal become exceptions, as the model raises them:
+Every mapping is placed in the middle of a *reservation*: :data:`~gmemlab.backend.MAPPING_GUARD` bytes of
+``PROT_NONE`` private anonymous memory on each side (reserved first, then the file mapped over its middle with
+``MAP_FIXED``). Calls may address the guards (a range that runs past the end of the mapping, or starts before
+it) and the kernel answers for them for real; nothing outside the reservation is ever passed to the kernel
+(:func:`gmemlab.backend.check_reservation`), so no call can reach the Python process's own memory. ``munmap``
+puts ``PROT_NONE`` memory back over the mapping (the reservation stays ours until the backend is closed), so
+calls through an unmapped mapping also get the kernel's real answer for that range.
+
+Reads, writes and fills go through :mod:`gmemlab.kernel.hostaccess` (GUP, never a CPU touch). Where GUP stops
+at a page (``EFAULT``), a forked child touches that page with the CPU to learn the signal the kernel sends:
 
 * SIGBUS (``kvm_gmem_fault_user_mapping`` returns ``VM_FAULT_SIGBUS``: page at or past ``i_size``, or a
   gmem without ``GUEST_MEMFD_FLAG_INIT_SHARED``) -> :class:`~gmemlab.errors.HostSigbus`;
-* SIGSEGV (store through a mapping without ``PROT_WRITE``, any access through ``PROT_NONE``, outside the
-  mapping or after ``munmap``) -> :class:`~gmemlab.errors.HostSigsegv`.
+* SIGSEGV (no access by the page's protection, a guard region, a guard marker) ->
+  :class:`~gmemlab.errors.HostSigsegv`.
 
 The offset in either exception is the page-aligned mapping offset of the first page that faulted (as the
 model reports it); bytes before that page were transferred. Like the kernel, the mapping covers whole
-pages: ``length`` is rounded up to the page size for access checks.
+pages: ``length`` is rounded up to the page size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import faulthandler
 import fcntl
 import os
+import signal
 from collections.abc import Callable
 from typing import NoReturn
 
-from ..backend import PROT_READ, PROT_WRITE
-from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
-from ..uapi import PAGE_SIZE, GmemFlags618
+from ..backend import MAPPING_GUARD, PROT_NONE, check_reservation
+from ..errors import HostSigbus, HostSigsegv, KvmError, UnrepresentableArgument, UnsupportedByBackend
+from ..uapi import PAGE_SIZE, GmemFlags618, c_signed, c_value
 from . import hostaccess, libc
 from .resources import Resources
 
 F_SETPIPE_SZ = 1031
+GUARD_FLAGS = libc.MAP_PRIVATE | libc.MAP_ANONYMOUS | libc.MAP_NORESERVE
+MAP_FIXED_NOREPLACE = 0x100000
+
+
+def map_in_reservation(length: int, prot: int, flags: int, fd: int, offset: int, reason: str) -> tuple[int, int]:
+    """``mmap(length, prot, flags, fd, offset)`` in the middle of a fresh reservation: ``(base, address)``.
+
+    Errors are the real mmap's. ``flags`` may not place the mapping itself (MAP_FIXED*): gmemlab does."""
+    if flags & (libc.MAP_FIXED | MAP_FIXED_NOREPLACE):
+        raise UnsupportedByBackend("MAP_FIXED / MAP_FIXED_NOREPLACE: gmemlab places every mapping itself")
+    pages = -(-length // PAGE_SIZE)
+    total = pages * PAGE_SIZE + 2 * MAPPING_GUARD
+    try:
+        base = libc.mmap(total, PROT_NONE, GUARD_FLAGS, reason="reservation for a mapping")
+    except KvmError as exc:
+        # No room for the reservation: the plain mmap gives its own answer (an error, nearly always).
+        if exc.errno != errno.ENOMEM:
+            raise
+        plain = libc.mmap(length, prot, flags, fd, offset, reason=reason)
+        libc.munmap(plain, length)
+        raise UnsupportedByBackend(f"no room for a {MAPPING_GUARD:#x}-byte guard on each side of {length:#x} "
+                                   "bytes") from None
+    try:
+        address = libc.mmap(length, prot, flags | libc.MAP_FIXED, fd, offset, addr=base + MAPPING_GUARD,
+                            reason=reason)
+    except BaseException:
+        libc.munmap(base, total)
+        raise
+    return base, address
+
+
+def cpu_touch(address: int, write: bool, value: bytes) -> str:
+    """Touch ``address`` with the CPU in a forked child of the calling process: the signal it dies of, or
+    "ok". A write stores ``value`` (one byte)."""
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level handlers, die of the signal like a C program
+        try:
+            faulthandler.disable()
+            signal.signal(signal.SIGBUS, signal.SIG_DFL)
+            signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+            if write:
+                ctypes.memmove(address, value, 1)
+            else:
+                ctypes.string_at(address, 1)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else "ok"
+
+
+Toucher = Callable[[int, bool, bytes], str]
+
+
+def _cpu_signal(address: int, write: bool, pid: int | None = None, touch: Toucher = cpu_touch) -> str:
+    """Touch ``address`` with the CPU in a forked child: the signal it dies of, or "ok".
+
+    A write is a real store (the kernel checks the VMA's write permission before any fault handler, so
+    reading first could die of the wrong signal). It stores the byte GUP reads there, or 0 when GUP cannot
+    read it (then the page is not writable either), so a store that unexpectedly succeeds changes nothing."""
+    value = b"\0"
+    if write:
+        data, fail = hostaccess.read(address, 1, pid)
+        if fail is None:
+            value = data
+    return touch(address, write, value)
 
 
 class PipeRefs:
@@ -50,7 +126,7 @@ class PipeRefs:
 
 
 class KernelHostMapping:
-    """A real ``mmap`` at :attr:`address` of :attr:`length` bytes.
+    """A real ``mmap`` at :attr:`address` of :attr:`length` bytes inside the reservation at :attr:`base`.
 
     ``file_offset`` is the ``mmap`` offset into the gmem (0 for anonymous memory); ``gmem_size`` and
     ``gmem_flags`` (None for anonymous memory) only serve to explain a SIGBUS in its reason.
@@ -65,11 +141,14 @@ class KernelHostMapping:
         gmem_size: int | None = None,
         gmem_flags: int | None = None,
         on_unmap: Callable[[KernelHostMapping], None] | None = None,
+        base: int | None = None,
         pid: int | None = None,
         resources: Resources | None = None,
+        touch: Toucher = cpu_touch,
     ) -> None:
         self._resources = resources  # where pipes from vmsplice register, so close_all() closes them
         self.pid = pid  # None: this process; else a forked child of it that inherited the mapping
+        self._touch = touch  # a CPU touch in the process that owns this view (for SIGBUS vs SIGSEGV)
         self.address = address
         self.length = length
         self.prot = prot
@@ -77,27 +156,20 @@ class KernelHostMapping:
         self.gmem_size = gmem_size
         self.gmem_flags = gmem_flags
         self.mapped = True
+        self.base = address - MAPPING_GUARD if base is None else base
         self._on_unmap = on_unmap
 
-    # -- checks ----------------------------------------------------------------------------------
     @property
     def mapped_length(self) -> int:
         """What the VMA really covers: ``length`` rounded up to whole pages."""
         return -(-self.length // PAGE_SIZE) * PAGE_SIZE
 
-    def _segv_before(self, offset: int, length: int, write: bool) -> None:
-        """Raise HostSigsegv if the access faults with SIGSEGV at its very first page."""
-        if offset < 0:
-            raise HostSigsegv(offset, write, "negative offset")
-        page = offset - offset % PAGE_SIZE
-        if not self.mapped:
-            raise HostSigsegv(page, write, "mapping was unmapped")
-        if offset >= self.mapped_length:
-            raise HostSigsegv(page, write, f"outside the mapping (length {self.length:#x})")
-        if not self.prot & PROT_READ and not self.prot & PROT_WRITE:
-            raise HostSigsegv(page, write, "PROT_NONE mapping")
-        if write and not self.prot & PROT_WRITE:
-            raise HostSigsegv(page, write, "write through a mapping without PROT_WRITE")
+    def _in_this_process(self, op: str) -> None:
+        if self.pid is not None:
+            raise UnsupportedByBackend(f"{op} on a forked child's view of a mapping (it would act on this process)")
+
+    def _range(self, op: str, offset: int, length: int) -> tuple[int, int]:
+        return check_reservation(op, offset, length, self.mapped_length)
 
     def _sigbus_reason(self, offset: int) -> str:
         if self.gmem_size is None:
@@ -109,73 +181,98 @@ class KernelHostMapping:
             return "guest_memfd without INIT_SHARED: host faults are refused (private memory)"
         return "guest_memfd refused the host fault"
 
-    def _fail(self, offset: int, fail_addr: int, write: bool) -> None:
+    def _fail(self, fail_addr: int, write: bool) -> NoReturn:
         off = fail_addr - self.address
         off -= off % PAGE_SIZE
-        raise HostSigbus(off, write, self._sigbus_reason(off))
-
-    def _clip(self, offset: int, length: int) -> int:
-        """Length of the part of the access inside the mapping."""
-        return max(0, min(length, self.mapped_length - offset))
-
-    def _past_end(self, offset: int, length: int, write: bool) -> None:
-        if offset + length > self.mapped_length:
-            raise HostSigsegv(self.mapped_length, write, f"outside the mapping (length {self.length:#x})")
+        what = _cpu_signal(self.address + off, write, self.pid, self._touch)
+        if what == "SIGBUS":
+            raise HostSigbus(off, write, self._sigbus_reason(off))
+        if what == "SIGSEGV":
+            if not 0 <= off < self.mapped_length:
+                reason = "a guard region around the mapping (outside it)"
+            elif not self.mapped:
+                reason = "the mapping was unmapped (PROT_NONE reservation)"
+            else:
+                reason = "no access to this page (protection or guard marker)"
+            raise HostSigsegv(off, write, reason)
+        raise KvmError(errno.EFAULT, "process_vm_" + ("writev" if write else "readv"),
+                       f"GUP failed at mapping offset {off:#x} but a CPU touch there succeeded ({what})")
 
     # -- HostMapping protocol --------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
-        if length <= 0:
+        offset, length = self._range("host read", offset, length)
+        if length == 0:
             return b""
-        self._segv_before(offset, length, False)
-        inside = self._clip(offset, length)
-        data, fail = hostaccess.read(self.address + offset, inside, self.pid)
+        data, fail = hostaccess.read(self.address + offset, length, self.pid)
         if fail is not None:
-            self._fail(offset, fail, False)
-        self._past_end(offset, length, False)
+            self._fail(fail, False)
         return data
 
     def write(self, offset: int, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UnrepresentableArgument("host write", "data", data, "bytes")
+        offset, _ = self._range("host write", offset, len(data))
         if not data:
             return
-        self._segv_before(offset, len(data), True)
-        inside = self._clip(offset, len(data))
-        fail = hostaccess.write(self.address + offset, bytes(data[:inside]), self.pid)
+        fail = hostaccess.write(self.address + offset, bytes(data), self.pid)
         if fail is not None:
-            self._fail(offset, fail, True)
-        self._past_end(offset, len(data), True)
+            self._fail(fail, True)
 
     def fill(self, offset: int, length: int, byte: int) -> None:
-        if length <= 0:
+        byte = c_value(byte, "unsigned char", "byte", "host fill")
+        offset, length = self._range("host fill", offset, length)
+        if length == 0:
             return
-        self._segv_before(offset, length, True)
-        inside = self._clip(offset, length)
-        fail = hostaccess.fill(self.address + offset, inside, byte & 0xFF, self.pid)
+        fail = hostaccess.fill(self.address + offset, length, byte, self.pid)
         if fail is not None:
-            self._fail(offset, fail, True)
-        self._past_end(offset, length, True)
+            self._fail(fail, True)
 
     def madvise(self, offset: int, length: int, advice: int) -> None:
         """``madvise(2)`` on ``[address+offset, +length)``; errors carry the kernel's errno."""
-        if not self.mapped:
-            raise KvmError(errno.ENOMEM, "madvise", "mapping was unmapped")
+        self._in_this_process("madvise")
+        advice = c_signed(advice, "int", "advice", "madvise")
+        offset, length = self._range("madvise", offset, length)
         libc.madvise(self.address + offset, length, advice, f"offset {offset:#x} len {length:#x} advice {advice}")
+
+    def mprotect(self, offset: int, length: int, prot: int) -> None:
+        """``mprotect(2)`` on ``[address+offset, +length)``."""
+        self._in_this_process("mprotect")
+        prot = c_signed(prot, "int", "prot", "mprotect")
+        offset, length = self._range("mprotect", offset, length)
+        libc.mprotect(self.address + offset, length, prot)
+
+    def mlock(self, offset: int, length: int, flags: int = 0) -> None:
+        """``mlock2(2)`` on ``[address+offset, +length)`` (flags 0: mlock)."""
+        self._in_this_process("mlock2")
+        flags = c_value(flags, "int", "flags", "mlock2")
+        offset, length = self._range("mlock2", offset, length)
+        libc.mlock2(self.address + offset, length, flags)
+
+    def munlock(self, offset: int, length: int) -> None:
+        offset, length = self._range("munlock", offset, length)
+        self._in_this_process("munlock")
+        libc.munlock(self.address + offset, length)
 
     def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
         """``mbind(2)`` on ``[address+offset, +length)``."""
-        if not self.mapped:
-            raise KvmError(errno.EFAULT, "mbind", "mapping was unmapped")
+        self._in_this_process("mbind")
+        mode = c_value(mode, "unsigned long", "mode", "mbind")
+        nodemask = c_value(nodemask, "unsigned long", "nodemask", "mbind")
+        flags = c_value(flags, "unsigned int", "flags", "mbind")
+        offset, length = self._range("mbind", offset, length)
         libc.mbind(self.address + offset, length, mode, nodemask, flags)
 
     def get_mempolicy(self, offset: int) -> tuple[int, int]:
         """``get_mempolicy(MPOL_F_ADDR)`` at ``address+offset``: (mode, nodemask)."""
-        if not self.mapped:
-            raise KvmError(errno.EFAULT, "get_mempolicy", "mapping was unmapped")
+        self._in_this_process("get_mempolicy")
+        offset, _ = self._range("get_mempolicy", offset, 1)
         return libc.get_mempolicy(self.address + offset)
 
     def page_nodes(self, offset: int, npages: int) -> list[int]:
         """``move_pages(2)`` status of each page: its node or a negative errno (-ENOENT: not present)."""
-        if not self.mapped:
-            raise KvmError(errno.EFAULT, "move_pages", "mapping was unmapped")
+        self._in_this_process("move_pages")
+        npages = c_value(npages, "unsigned long", "count", "move_pages")
+        offset, _ = self._range("move_pages", offset, npages * PAGE_SIZE)
         return libc.move_pages_query([self.address + offset + i * PAGE_SIZE for i in range(npages)])
 
     def pin(self, offset: int, length: int) -> NoReturn:
@@ -188,7 +285,7 @@ class KernelHostMapping:
         """``vmsplice(2)`` of ``[offset, +length)`` into a new pipe: GUP (FOLL_GET) faults the pages in and the
         pipe holds a reference on each until :meth:`PipeRefs.unpin` closes it. EFAULT where a page cannot be
         faulted (private, past EOF)."""
-        self._segv_before(offset, length, False)
+        offset, length = self._range("vmsplice", offset, length)
         if self.pid is not None:
             raise UnsupportedByBackend("vmsplice from a forked child's mapping")
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -206,27 +303,34 @@ class KernelHostMapping:
 
     def pte_present(self, offset: int) -> bool:
         """Whether a PTE maps the page at ``offset`` now (``/proc/PID/pagemap`` bit 63)."""
-        if not self.mapped:
-            return False
+        offset, _ = self._range("pagemap", offset, 1)
         return hostaccess.pte_present(self.address + offset, self.pid)
 
-    def inherited_by(self, pid: int) -> KernelHostMapping:
-        """The same mapping as a forked child ``pid`` sees it (accesses go through its page tables); unmapping it
-        is the child's business (it exits)."""
+    def inherited_by(self, pid: int, touch: Toucher) -> KernelHostMapping:
+        """The same mapping as a forked child ``pid`` sees it (accesses go through its page tables, ``touch``
+        makes a CPU access there); unmapping it is the child's business (it exits)."""
         child = KernelHostMapping(self.address, self.length, self.prot, self.file_offset, self.gmem_size,
-                                  self.gmem_flags, pid=pid)
+                                  self.gmem_flags, base=self.base, pid=pid, touch=touch)
         child.munmap = lambda: None  # type: ignore[method-assign]
+        child.close = lambda: None  # type: ignore[method-assign]
         return child
 
     def munmap(self) -> None:
+        """``munmap``: PROT_NONE memory replaces the mapping; the reservation stays until :meth:`close`."""
         if not self.mapped:
             return
-        libc.munmap(self.address, self.length)
+        libc.mmap(self.mapped_length, PROT_NONE, GUARD_FLAGS | libc.MAP_FIXED, addr=self.address,
+                  reason="guard over an unmapped mapping")
         self.mapped = False
-        if self._on_unmap is not None:
-            self._on_unmap(self)
 
-    close = munmap
+    def close(self) -> None:
+        """Unmap and release the whole reservation (the backend does this for every mapping it made)."""
+        if self.base:
+            libc.munmap(self.base, self.mapped_length + 2 * MAPPING_GUARD)
+            self.base = 0
+            self.mapped = False
+            if self._on_unmap is not None:
+                self._on_unmap(self)
 
     def __repr__(self) -> str:
         kind = "anon" if self.gmem_size is None else f"gmem+{self.file_offset:#x}"

@@ -24,7 +24,7 @@ from .. import uapi
 from ..backend import HasFd, HostMapping
 from ..errors import KvmError, UnsupportedByBackend
 from . import libc
-from .mapping import KernelHostMapping
+from .mapping import KernelHostMapping, cpu_touch
 from .resources import Resources
 
 _LEN = struct.Struct("<I")
@@ -61,6 +61,10 @@ def _serve(requests: int, replies: int) -> None:
             return
         if req is None:
             return
+        if isinstance(req, tuple) and req[0] == "touch":  # a CPU access in a grandchild: which signal?
+            _, address, write, value = req
+            _send(replies, cpu_touch(address, write, value))
+            continue
         fd, number, arg = cast(tuple[int, int, bytes | int], req)
         if isinstance(arg, bytes):
             buf = ctypes.create_string_buffer(arg, len(arg))
@@ -98,7 +102,14 @@ class KernelProcess:
         """The child's view of a mapping the parent had when it forked."""
         if not isinstance(parent, KernelHostMapping):
             raise UnsupportedByBackend(f"{parent!r} is not a mapping of this backend")
-        return parent.inherited_by(self.pid)
+        return parent.inherited_by(self.pid, self._touch)
+
+    def _touch(self, address: int, write: bool, value: bytes) -> str:
+        """The signal a CPU access at ``address`` gets in the child (made by a grandchild of it)."""
+        if self.exited:
+            raise KvmError(errno.ESRCH, "touch", "the child has exited")
+        _send(self._req, ("touch", address, write, value))
+        return cast(str, _recv(self._rep))
 
     def _ioctl(self, fd: int, number: int, arg: bytes | int, op: str, reason: str) -> tuple[int, bytes]:
         if self.exited:

@@ -15,9 +15,9 @@ import re
 from .. import uapi
 from ..backend import PROT_READ, PROT_WRITE
 from ..errors import KvmError, UnsupportedByBackend
-from ..uapi import Cap, VmType
+from ..uapi import Cap, VmType, c_value
 from . import abi, guest, libc
-from .mapping import KernelHostMapping
+from .mapping import KernelHostMapping, map_in_reservation
 from .process import KernelProcess
 from .resources import Resources
 from .system_slot import SYSTEM_SLOT
@@ -81,7 +81,8 @@ class KernelBackend:
 
     # -- Backend protocol ------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
-        return libc.ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION", f"cap {int(cap)}")
+        cap = c_value(cap, "long", "cap", "KVM_CHECK_EXTENSION")
+        return libc.ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION", f"cap {cap}")
 
     def vm_types(self) -> list[VmType]:
         """Bits of KVM_CAP_VM_TYPES that name a known type (here only DEFAULT, realkernel.md #12-#19)."""
@@ -97,21 +98,19 @@ class KernelBackend:
         return self._cpuid
 
     def create_vm(self, vm_type: int = 0) -> KernelVm:
-        fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VM, int(vm_type), "KVM_CREATE_VM", f"type {int(vm_type)}")
+        vm_type = c_value(vm_type, "unsigned long", "type", "KVM_CREATE_VM")
+        fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VM, vm_type, "KVM_CREATE_VM", f"type {vm_type}")
         try:
-            return KernelVm(fd, int(vm_type), self.resources, self._run_size, self.supported_cpuid)
+            return KernelVm(fd, vm_type, self.resources, self._run_size, self.supported_cpuid)
         except BaseException:
             os.close(fd)
             raise
 
     def mmap_anonymous(self, length: int) -> KernelHostMapping:
-        addr = libc.mmap(
-            length,
-            PROT_READ | PROT_WRITE,
-            libc.MAP_SHARED | libc.MAP_ANONYMOUS,
-            reason=f"anonymous shared, len {length:#x}",
-        )
-        m = KernelHostMapping(addr, length, PROT_READ | PROT_WRITE, on_unmap=self.resources.discard)
+        length = c_value(length, "size_t", "length", "mmap")
+        base, addr = map_in_reservation(length, PROT_READ | PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS, -1, 0,
+                                        f"anonymous shared, len {length:#x}")
+        m = KernelHostMapping(addr, length, PROT_READ | PROT_WRITE, on_unmap=self.resources.discard, base=base)
         self.resources.add(m)
         return m
 

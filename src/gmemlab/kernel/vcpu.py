@@ -115,15 +115,21 @@ class KernelVcpu:
 
         ``complete_emulated_mmio`` resumes the interrupted instruction before KVM looks at
         ``immediate_exit``; a ``rep movsb`` over MMIO would then run its next iteration and exit again.
-        Setting RCX = 0 first (``KVM_SET_REGS`` makes the emulator re-read registers) ends the string
-        instruction, so the call returns ``-EINTR`` after at most a couple of rounds.
+        Setting RCX first (``KVM_SET_REGS`` makes the emulator re-read registers) ends the string
+        instruction, so the call returns ``-EINTR`` after at most a couple of rounds. After an MMIO *read*
+        RCX is 1, not 0: the resumed iteration must consume the completed read (``mmio_read_completed``);
+        with RCX = 0 it would skip it and leave the flag set, and the next MMIO read of this vCPU would be
+        served from that stale data without any exit (found by the lockstep fuzzer).
         """
         regs = abi.KvmRegs()
+        pending_read = self._exit_reason.value == uapi.KVM_EXIT_MMIO and not self._mmio_is_write.value
         for _ in range(16):
             libc.ioctl(self.fd, abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
-            if regs.rcx:
-                regs.rcx = 0
+            want = 1 if pending_read else 0
+            if regs.rcx > want:
+                regs.rcx = want
                 libc.ioctl(self.fd, abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+            pending_read = False
             self._immediate_exit.value = 1
             ret = libc.raw_ioctl(self.fd, uapi.KVM_RUN, None)
             err = libc.get_errno()

@@ -9,27 +9,55 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Callable
+from typing import NoReturn
 
 from .. import uapi
 from ..backend import HasFd
-from ..errors import UnsupportedByBackend
-from ..uapi import VmType
+from ..errors import KvmError, UnsupportedByBackend
+from ..uapi import VmType, c_value
 from . import libc
 from .gmem import KernelGuestMemfd
 from .resources import Resources
-from .system_slot import SystemSlot
+from .system_slot import SYSTEM_SLOT, SystemSlot
 from .vcpu import KernelVcpu
 
 U32 = 0xFFFFFFFF
 
 
-def fd_number(guest_memfd: HasFd | int | None) -> int:
-    """The ``guest_memfd`` field: an object's ``.fd``, a raw number, or None for "no fd" (-1 as u32)."""
+def fd_number(guest_memfd: HasFd | int | None, op: str = "KVM_SET_USER_MEMORY_REGION2") -> int:
+    """The ``guest_memfd`` field (``__u32``): an object's ``.fd``, a raw number, or None for "no fd" (-1)."""
     if guest_memfd is None:
         return U32
-    if isinstance(guest_memfd, int):
-        return guest_memfd & U32
-    return guest_memfd.fd & U32
+    return c_value(getattr(guest_memfd, "fd", guest_memfd), "__u32", "guest_memfd", op)
+
+
+class KernelVcpuFd:
+    """A vCPU fd without the backend's guest (past its mailboxes): KVM created it; guest accesses are refused."""
+
+    def __init__(self, fd: int, vcpu_id: int, resources: Resources) -> None:
+        self.fd = fd
+        self.vcpu_id = vcpu_id
+        self.closed = False
+        self._resources = resources
+        resources.add(self)
+
+    def _refuse(self) -> NoReturn:
+        from . import guest
+
+        raise UnsupportedByBackend(f"guest accesses on more than {guest.MAX_VCPUS} vCPUs of a VM (the kernel "
+                                   "backend's guest has that many mailboxes)")
+
+    def read(self, gpa: int, length: int, private: bool | None = None) -> bytes:
+        self._refuse()
+
+    def write(self, gpa: int, data: bytes, private: bool | None = None) -> None:
+        self._refuse()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._resources.discard(self)
+            os.close(self.fd)
 
 
 class KernelVm:
@@ -48,13 +76,16 @@ class KernelVm:
 
     def check_extension(self, cap: int) -> int:
         """KVM_CHECK_EXTENSION on the VM fd (per-VM answers, e.g. KVM_CAP_GUEST_MEMFD_FLAGS)."""
-        return libc.ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, int(cap), "KVM_CHECK_EXTENSION", f"cap {int(cap)}")
+        cap = c_value(cap, "long", "cap", "KVM_CHECK_EXTENSION")
+        return libc.ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, cap, "KVM_CHECK_EXTENSION", f"cap {cap}")
 
     def create_guest_memfd(self, size: int, flags: int = 0, reserved: tuple[int, ...] = ()) -> KernelGuestMemfd:
         """KVM_CREATE_GUEST_MEMFD with the full 64-byte struct (reserved[] is passed as given)."""
-        arg = uapi.KvmCreateGuestMemfd(size=size & uapi.U64_MAX, flags=flags & uapi.U64_MAX)
+        op = "KVM_CREATE_GUEST_MEMFD"
+        arg = uapi.KvmCreateGuestMemfd(size=c_value(size, "__u64", "size", op),
+                                       flags=c_value(flags, "__u64", "flags", op))
         for i, v in enumerate(reserved[:6]):
-            arg.reserved[i] = v & uapi.U64_MAX
+            arg.reserved[i] = c_value(v, "__u64", f"reserved[{i}]", op)
         fd = libc.ioctl(
             self.fd, uapi.KVM_CREATE_GUEST_MEMFD, arg, "KVM_CREATE_GUEST_MEMFD", f"size {size:#x} flags {flags:#x}"
         )
@@ -70,15 +101,15 @@ class KernelVm:
         guest_memfd: HasFd | int | None = None,
         guest_memfd_offset: int = 0,
     ) -> None:
-        m = uapi.U64_MAX
+        op = "KVM_SET_USER_MEMORY_REGION2"
         arg = uapi.KvmUserspaceMemoryRegion2(
-            slot=slot & U32,
-            flags=flags & U32,
-            guest_phys_addr=guest_phys_addr & m,
-            memory_size=memory_size & m,
-            userspace_addr=userspace_addr & m,
-            guest_memfd_offset=guest_memfd_offset & m,
-            guest_memfd=fd_number(guest_memfd),
+            slot=c_value(slot, "__u32", "slot", op),
+            flags=c_value(flags, "__u32", "flags", op),
+            guest_phys_addr=c_value(guest_phys_addr, "__u64", "guest_phys_addr", op),
+            memory_size=c_value(memory_size, "__u64", "memory_size", op),
+            userspace_addr=c_value(userspace_addr, "__u64", "userspace_addr", op),
+            guest_memfd_offset=c_value(guest_memfd_offset, "__u64", "guest_memfd_offset", op),
+            guest_memfd=fd_number(guest_memfd, op),
         )
         libc.ioctl(
             self.fd,
@@ -92,13 +123,13 @@ class KernelVm:
     def set_user_memory_region(
         self, slot: int, flags: int, guest_phys_addr: int, memory_size: int, userspace_addr: int = 0
     ) -> None:
-        m = uapi.U64_MAX
+        op = "KVM_SET_USER_MEMORY_REGION"
         arg = uapi.KvmUserspaceMemoryRegion(
-            slot=slot & U32,
-            flags=flags & U32,
-            guest_phys_addr=guest_phys_addr & m,
-            memory_size=memory_size & m,
-            userspace_addr=userspace_addr & m,
+            slot=c_value(slot, "__u32", "slot", op),
+            flags=c_value(flags, "__u32", "flags", op),
+            guest_phys_addr=c_value(guest_phys_addr, "__u64", "guest_phys_addr", op),
+            memory_size=c_value(memory_size, "__u64", "memory_size", op),
+            userspace_addr=c_value(userspace_addr, "__u64", "userspace_addr", op),
         )
         libc.ioctl(
             self.fd,
@@ -110,8 +141,11 @@ class KernelVm:
 
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
         """KVM_SET_MEMORY_ATTRIBUTES; this kernel answers ENOTTY (realkernel.md #261-#262)."""
-        m = uapi.U64_MAX
-        arg = uapi.KvmMemoryAttributes(address=address & m, size=size & m, attributes=attributes & m, flags=flags & m)
+        op = "KVM_SET_MEMORY_ATTRIBUTES"
+        arg = uapi.KvmMemoryAttributes(address=c_value(address, "__u64", "address", op),
+                                       size=c_value(size, "__u64", "size", op),
+                                       attributes=c_value(attributes, "__u64", "attributes", op),
+                                       flags=c_value(flags, "__u64", "flags", op))
         libc.ioctl(
             self.fd,
             uapi.KVM_SET_MEMORY_ATTRIBUTES,
@@ -124,15 +158,25 @@ class KernelVm:
         """``ioctl(vm_fd, number, arg)`` for numbers without a typed method: the argument's bytes or a raw address."""
         return libc.ioctl_raw(self.fd, number & U32, arg, "ioctl", f"{number & U32:#x} on the VM fd")[0]
 
-    def create_vcpu(self, vcpu_id: int = 0) -> KernelVcpu:
-        """KVM_CREATE_VCPU, then set it up to run the native guest (the first one adds the system slot)."""
+    def create_vcpu(self, vcpu_id: int = 0) -> KernelVcpu | KernelVcpuFd:
+        """KVM_CREATE_VCPU, then set it up to run the native guest (the first one adds the system slot).
+
+        Every id reaches KVM, which checks it (KVM_MAX_VCPU_IDS, KVM_CAP_MAX_VCPUS, EEXIST); vCPUs past the
+        guest's :data:`~.guest.MAX_VCPUS` mailboxes are created but cannot run guest accesses."""
         from . import guest
 
+        op = "KVM_CREATE_VCPU"
+        vcpu_id = c_value(vcpu_id, "unsigned long", "id", op)
         if len(self._vcpus) >= guest.MAX_VCPUS:
-            raise UnsupportedByBackend(f"more than {guest.MAX_VCPUS} vCPUs per VM (kernel backend's system slot)")
+            fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VCPU, vcpu_id, op, f"id {vcpu_id}")
+            return KernelVcpuFd(fd, vcpu_id, self._resources)
         if self._system is None:
-            self._system = SystemSlot(self.fd)
-        fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VCPU, vcpu_id, "KVM_CREATE_VCPU", f"id {vcpu_id}")
+            try:
+                self._system = SystemSlot(self.fd)
+            except KvmError as exc:
+                raise UnsupportedByBackend(f"the kernel backend's guest needs GPA [0, 2 MiB) of address space 0 "
+                                           f"and slot {SYSTEM_SLOT} free: {exc}") from None
+        fd = libc.ioctl(self.fd, uapi.KVM_CREATE_VCPU, vcpu_id, op, f"id {vcpu_id}")
         self._system.get()
         try:
             vcpu = KernelVcpu(

@@ -34,6 +34,8 @@ class HostConfig:
       without; realkernel #229); VMs with private memory always have 1 (``kvm_arch_nr_memslot_as_ids``).
     * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound; 52 under the shadow MMU.
     * ``hugetlb``: CONFIG_KVM_GMEM_HUGETLB (rfc-v2 only).
+    * ``max_vcpus`` / ``max_vcpu_ids``: KVM_CAP_MAX_VCPUS and KVM_CAP_MAX_VCPU_ID (``kvm_vm_ioctl_create_vcpu``
+      refuses ids at or above the latter, and vCPUs beyond the former, with EINVAL).
     * ``readonly_mem``: ``kvm_arch_has_readonly_mem`` for VMs without protected state.
     * ``hugetlb_pool_pages``: free HugeTLB pages per page size (bytes -> count) that subpools reserve
       from at creation (workloads 3.1); a short pool makes HUGETLB creation fail with ENOMEM.
@@ -55,6 +57,9 @@ class HostConfig:
     hugetlb: bool = False
     readonly_mem: bool = True
     nr_memslots: int = 32764
+    max_vcpus: int = 1024  # KVM_CAP_MAX_VCPUS: KVM_MAX_VCPUS (x86, CONFIG_KVM_MAX_NR_VCPUS default)
+    max_vcpu_ids: int = 4096  # KVM_CAP_MAX_VCPU_ID: KVM_MAX_VCPU_IDS, vCPU ids are below it
+    online_cpus: int = 2  # num_online_cpus(): KVM_CAP_NR_VCPUS is the smaller of it and max_vcpus
     hugetlb_pool_pages: dict[int, int] = field(default_factory=dict)
     gpa_window: tuple[int, int] | None = None  # GPAs a vCPU can reach; None = the whole space
     numa_nodes: int = 2  # online NUMA nodes; 2 so the selftest's NUMA cases run on the model
@@ -83,6 +88,9 @@ class HostConfig:
             pre_fault=bool(facts.cap(Cap.PRE_FAULT_MEMORY)),
             readonly_mem=bool(facts.cap(Cap.READONLY_MEM)),
             nr_memslots=facts.cap(Cap.NR_MEMSLOTS) or 32764,
+            max_vcpus=facts.cap(Cap.MAX_VCPUS) or 1024,
+            max_vcpu_ids=facts.cap(Cap.MAX_VCPU_ID) or 4096,
+            online_cpus=facts.cap(Cap.NR_VCPUS) or 2,
             address_spaces=max(1, facts.cap(Cap.MULTI_ADDRESS_SPACE)),
             gmem_in_place_conversion=_param_bool(facts.module_params.get("kvm.gmem_in_place_conversion")),
             gpa_window=facts.gpa_window,

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import errno
 import itertools
-from typing import Protocol
+from typing import Protocol, cast
 
-from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, FileStat
-from ..errors import ConversionError, FaultRefused, FolioBusy, GmemError, KvmError
+from ..backend import MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE, FileStat, GuestMemfd
+from ..errors import ConversionError, FaultRefused, FolioBusy, GmemError, KvmError, UnsupportedByBackend
 from ..level import Level
 from ..rangemap import RangeMap
 from ..uapi import (
@@ -35,7 +35,7 @@ from ..uapi import (
     VmType,
     page_aligned,
 )
-from .args import u64
+from .args import sint, u32, u64
 from .config import HostConfig
 from .fdtable import FdTable
 from .gmem_attributes import Attributes2, FaultInjection, kvm_gmem_ioctl
@@ -53,6 +53,9 @@ from .vfs import MmapArgs, do_mmap, vfs_fallocate
 
 ST_BLOCK_SIZE = 512  # st_blocks counts 512-byte units whatever the block size (stat(2))
 GUEST_MEMFD_FLAG_MMAP = 1 << 0  # MMAP (6.18) / SUPPORT_SHARED (RFC v2): the flag that allows mmap
+# open(2) flags as the file keeps them (x86-64 octal values)
+O_RDWR, O_APPEND, O_NONBLOCK, FASYNC, O_DIRECT, O_LARGEFILE, O_NOATIME = 0o2, 0o2000, 0o4000, 0o20000, 0o40000, \
+    0o100000, 0o1000000
 
 _inode_numbers = itertools.count(45057)  # any distinct numbers do (realkernel #74)
 
@@ -408,6 +411,44 @@ class GmemInode:
         return freed
 
 
+def open_file(obj: object) -> object:
+    """The open file behind an fd table entry (a dup()ed fd's entry is its :class:`GmemFd`)."""
+    return obj.file if isinstance(obj, GmemFd) else obj
+
+
+class GmemFd:
+    """Another fd of an open guest_memfd file (``dup(2)``): its own number and FD_CLOEXEC, the same
+    ``struct file`` (flags, bindings, references). Calls go to the file, checked against this fd."""
+
+    def __init__(self, file: GmemFile) -> None:
+        self.file = file
+        self.fd = file.fdtable.install(self)
+        self.fd_open = True
+        self.cloexec = False
+        file.get_ref()
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.file, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: object, **kwargs: object) -> object:
+            prev, self.file._via = self.file._via, self
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.file._via = prev
+
+        return call
+
+    def close(self) -> None:
+        if not self.fd_open:
+            raise KvmError(errno.EBADF, "close", f"fd {self.fd} is closed")
+        self.fd_open = False
+        self.file.fdtable.remove(self.fd)
+        self.file.put_ref()
+
+
 class GmemFile:
     """A guest_memfd file: implements :class:`gmemlab.backend.GuestMemfd` for the model."""
 
@@ -424,6 +465,9 @@ class GmemFile:
         self.bindings: RangeMap[GmemSlot | None] = RangeMap(1 << 64, None)
         self._refs = 1  # the fd
         self.fd_open = True
+        self.cloexec = False  # created without O_CLOEXEC (get_unused_fd_flags(0), realkernel #75)
+        self.f_flags = O_RDWR | O_LARGEFILE  # struct file's flags, shared by dup()ed fds
+        self._via: GmemFd | None = None  # the dup()ed fd a call came through
         self.released = False
         self.fd = fdtable.install(self)
         inode.files.append(self)
@@ -471,8 +515,88 @@ class GmemFile:
         self.vm.put_ref()
 
     def _check_fd(self, op: str) -> None:
-        if not self.fd_open:
-            raise KvmError(errno.EBADF, op, f"fd {self.fd} is closed")
+        handle = self._via or self
+        if not handle.fd_open:
+            raise KvmError(errno.EBADF, op, f"fd {handle.fd} is closed")
+
+    # -- generic file and fd operations (realkernel #99-#113; fs/open.c, fs/fcntl.c, mm/fadvise.c) ---------
+    def fsync(self, datasync: bool = False) -> None:
+        op = "fdatasync" if datasync else "fsync"
+        self._check_fd(op)
+        raise KvmError(errno.EINVAL, op, "guest_memfd has no fsync method (vfs_fsync_range)")
+
+    def fchmod(self, mode: int) -> None:
+        u32(mode, "mode", "fchmod", "unsigned int")
+        self._check_fd("fchmod")
+        raise KvmError(errno.EINVAL, "fchmod", "kvm_gmem_setattr() refuses every attribute change")
+
+    def fchown(self, uid: int, gid: int) -> None:
+        u32(uid, "uid", "fchown", "int")
+        u32(gid, "gid", "fchown", "int")
+        self._check_fd("fchown")
+        raise KvmError(errno.EINVAL, "fchown", "kvm_gmem_setattr() refuses every attribute change")
+
+    def fadvise(self, offset: int, length: int, advice: int) -> None:
+        """``generic_fadvise``: the pseudo filesystem's bdi is noop, so the six advices are accepted and
+        ignored; a negative length or any other advice is EINVAL."""
+        op = "fadvise64"
+        sint(offset, "offset", op)
+        length = sint(length, "len", op)
+        advice = sint(advice, "advice", op, "int")
+        self._check_fd(op)
+        if length < 0 or advice not in range(6):
+            raise KvmError(errno.EINVAL, op, f"len {length} / advice {advice}: POSIX_FADV_* 0..5 and len >= 0")
+
+    def flock(self, operation: int) -> None:
+        """``flock(2)``: LOCK_MAND requests are ignored (0); otherwise LOCK_SH, LOCK_EX or LOCK_UN (| LOCK_NB),
+        checked before the fd; a guest_memfd is never opened twice, so its lock never conflicts."""
+        operation = u32(operation, "operation", "flock", "int")
+        if operation & 32:  # LOCK_MAND: removed, ignored with a warning
+            return
+        if operation & ~4 not in (1, 2, 8):
+            raise KvmError(errno.EINVAL, "flock", f"operation {operation:#x} is not LOCK_SH/EX/UN (| LOCK_NB)")
+        self._check_fd("flock")
+
+    def fcntl(self, cmd: int, arg: int = 0) -> int:
+        """``do_fcntl`` for the integer commands: FD_CLOEXEC per fd, f_flags per open file (F_SETFL keeps
+        O_APPEND/O_NONBLOCK/O_NOATIME/FASYNC; O_DIRECT is EINVAL without FMODE_CAN_ODIRECT), no seals (not a
+        memfd), no pipe size (EBADF), F_NOTIFY needs a directory (ENOTDIR), no lease (F_UNLCK), no owner."""
+        op = "fcntl"
+        cmd = sint(cmd, "cmd", op, "int") & 0xFFFFFFFF
+        arg = sint(arg, "arg", op, "int")
+        self._check_fd(op)
+        handle = self._via or self
+        if cmd in (0, 1030) or cmd in (5, 6, 7, 36, 37, 38):
+            raise UnsupportedByBackend("fcntl F_DUPFD* and record locks (struct flock) through fcntl(): use dup()")
+        if cmd == 1:  # F_GETFD
+            return 1 if handle.cloexec else 0
+        if cmd == 2:  # F_SETFD
+            handle.cloexec = bool(arg & 1)
+            return 0
+        if cmd == 3:  # F_GETFL
+            return self.f_flags
+        if cmd == 4:  # F_SETFL
+            flags = arg & 0xFFFFFFFF
+            if flags & O_DIRECT:
+                raise KvmError(errno.EINVAL, op, "O_DIRECT: guest_memfd cannot do direct I/O")
+            mask = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | FASYNC
+            self.f_flags = (flags & mask) | (self.f_flags & ~mask)
+            return 0
+        if cmd in (9, 11, 1025):  # F_GETOWN, F_GETSIG, F_GETLEASE
+            return 2 if cmd == 1025 else 0  # no lease: F_UNLCK
+        if cmd == 1026:  # F_NOTIFY (fcntl_dirnotify): an empty mask removes watches; others need a directory
+            if arg & 0x7FFFFFFF == 0:
+                return 0
+            raise KvmError(errno.ENOTDIR, op, "F_NOTIFY needs a directory")
+        if cmd in (1031, 1032):  # F_SETPIPE_SZ, F_GETPIPE_SZ
+            raise KvmError(errno.EBADF, op, "not a pipe")
+        if cmd in (1033, 1034):  # F_ADD_SEALS, F_GET_SEALS
+            raise KvmError(errno.EINVAL, op, "guest_memfd is not a memfd: no seals")
+        raise KvmError(errno.EINVAL, op, f"command {cmd} is not modelled / not known")
+
+    def dup(self) -> GuestMemfd:
+        self._check_fd("dup")
+        return cast("GuestMemfd", GmemFd(self))  # a GmemFd answers every GuestMemfd call through the file
 
     # -- generic file operations (spec 2.3; realkernel #83-#113) ------------------------------------------
     def read(self, length: int) -> bytes:

@@ -10,21 +10,23 @@ RFC v2 conversion to private fail with EAGAIN (spec 2.14 step 4).
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from ..backend import MADV_DONTNEED, MADV_REMOVE, PROT_READ, PROT_WRITE
+from ..backend import MAPPING_GUARD, PROT_READ, PROT_WRITE, check_reservation
 from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..level import Level
 from ..rangemap import RangeMap
-from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+from ..uapi import PAGE_SHIFT, PAGE_SIZE, c_signed, c_value
 from . import numa
 from .args import as_bytes
+from .madvise import do_madvise
+from .mlock import do_mlock, do_mprotect, do_munlock
 from .pagecache import PageCache
 
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
 USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
-_MMAP_BASE = 0x7E00_0000_0000
+_MMAP_BASE = 0x1000_0000_0000  # 16 TiB: about 112 TiB of room below TASK_SIZE, as a process has
 
 
 class MappedInode(Protocol):
@@ -104,7 +106,10 @@ class FileMappings:
 
 
 class AddressSpace:
-    """The modelled process's mappings, ordered by address; hands out addresses like mmap does."""
+    """The modelled process's VMAs, ordered by address; hands out addresses like mmap does.
+
+    Every mapping gets a reservation, as the kernel client makes one: ``MAPPING_GUARD`` bytes of PROT_NONE
+    private anonymous memory (two guard VMAs) on each side (:mod:`gmemlab.backend`)."""
 
     def __init__(self, numa_nodes: int = 1) -> None:
         self.numa_nodes = numa_nodes
@@ -112,51 +117,131 @@ class AddressSpace:
         self._next = _MMAP_BASE
 
     def place(self, length: int) -> int:
+        """Address for a mapping of ``length`` bytes in a new reservation (ENOMEM when it does not fit)."""
         align = Level.PG_1G.bytes if length >= Level.PG_1G.bytes else Level.PG_2M.bytes  # THP-friendly, like mmap
-        addr = (self._next + align - 1) & ~(align - 1)
-        self._next = addr + length + PAGE_SIZE  # a guard gap keeps mappings apart
-        if self._next > USER_ADDR_LIMIT:
+        address = (self._next + MAPPING_GUARD + align - 1) & ~(align - 1)
+        end = address + -(-length // PAGE_SIZE) * PAGE_SIZE + MAPPING_GUARD
+        if end > USER_ADDR_LIMIT:
             raise KvmError(errno.ENOMEM, "mmap", f"no room for {length:#x} bytes in the address space")
-        return addr
+        self._next = end
+        return address
+
+    def add(self, vma: ModelHostMapping) -> None:
+        self.vmas.append(vma)
+        self.vmas.sort(key=lambda v: v.address)
+
+    def remove(self, vma: ModelHostMapping) -> None:
+        self.vmas.remove(vma)
 
     def find(self, addr: int) -> ModelHostMapping | None:
         for vma in self.vmas:
-            if vma.address <= addr < vma.address + vma.length:
+            if vma.address <= addr < vma.end:
                 return vma
         return None
 
+    def span(self, start: int, end: int) -> Iterator[tuple[ModelHostMapping | None, int, int]]:
+        """``[start, end)`` (page aligned) as (VMA, first page, end page) pieces in address order; a hole is
+        (None, start address, end address)."""
+        pos = start
+        for vma in self.vmas:
+            if vma.end <= pos or vma.address >= end:
+                continue
+            if vma.address > pos:
+                yield None, pos, vma.address
+                pos = vma.address
+            stop = min(end, vma.end)
+            yield vma, (pos - vma.address) >> PAGE_SHIFT, (stop - vma.address) >> PAGE_SHIFT
+            pos = stop
+            if pos >= end:
+                return
+        if pos < end:
+            yield None, pos, end
+
 
 class ModelHostMapping:
-    """One ``mmap`` of a guest_memfd (``file`` set) or of anonymous shared memory (``file`` None)."""
+    """One VMA: an ``mmap`` of a guest_memfd (``file`` set), of anonymous shared memory (``file`` None,
+    ``shared``), or private anonymous PROT_NONE memory (the guards around every mapping, and what ``munmap``
+    leaves over a mapping; ``guard``).
+
+    Per page it keeps the protection (``mprotect``), the mlock state and guard markers
+    (``MADV_GUARD_INSTALL``), as runs. Calls address the process, not just this VMA: offsets are relative to
+    this mapping, ranges may run into the guards (:mod:`gmemlab.model.madvise`, :mod:`gmemlab.model.mlock`),
+    and leaving the reservation is refused as the kernel client refuses it
+    (:func:`gmemlab.backend.check_reservation`).
+    """
 
     def __init__(
-        self, space: AddressSpace, length: int, prot: int, file: MappedFile | None = None, pgoff: int = 0
+        self, space: AddressSpace, length: int, prot: int, file: MappedFile | None = None, pgoff: int = 0,
+        shared: bool = True, address: int | None = None, guard: bool = False,
     ) -> None:
         self.space = space
         self.length = length
         self.npages = (length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        self.prot = prot
         self.file = file
         self.pgoff = pgoff
-        self.address = space.place(length)
-        self.ptes: RangeMap[Level | None] = RangeMap(self.npages, None)  # host PTEs installed, by level
+        self.shared = shared
+        self.guard = guard
+        self.address = space.place(length) if address is None else address
+        self.prots: RangeMap[int] = RangeMap(max(self.npages, 1), prot)
+        self.locked: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
+        self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
+        self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
+        self.ptes: RangeMap[Level | None] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
         self.anon: dict[int, bytearray] = {}
-        self.vma_policy = numa.SharedPolicy(self.npages)  # the VMA's own policy (anon; gmem before U6.19)
+        self.vma_policy = numa.SharedPolicy(max(self.npages, 1))  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
-        space.vmas.append(self)
+        self.guards: tuple[ModelHostMapping, ...] = ()
+        space.add(self)
+        if address is None:  # a new reservation: PROT_NONE guard VMAs on both sides
+            self.guards = (
+                ModelHostMapping(space, MAPPING_GUARD, 0, shared=False, address=self.address - MAPPING_GUARD,
+                                 guard=True),
+                ModelHostMapping(space, MAPPING_GUARD, 0, shared=False, address=self.end, guard=True),
+            )
         if file is not None:
             file.get_ref()
             file.inode.mappings.add(self)
 
+    @property
+    def prot(self) -> int:
+        """The protection of the first page (the mapping's, until mprotect changes part of it)."""
+        return self.prots.load(0)
+
+    @prot.setter
+    def prot(self, value: int) -> None:
+        self.prots.store(0, self.prots.limit, value)
+
+    @property
+    def end(self) -> int:
+        return self.address + (self.npages << PAGE_SHIFT)
+
+    @property
+    def mapped_length(self) -> int:
+        return self.npages << PAGE_SHIFT
+
+    @property
+    def has_file(self) -> bool:
+        """``vma->vm_file``: the gmem, or the shmem file behind MAP_SHARED|MAP_ANONYMOUS."""
+        return self.file is not None or self.shared
+
+    @property
+    def is_anonymous(self) -> bool:
+        """``vma_is_anonymous()``: private anonymous memory (no vm_ops)."""
+        return not self.has_file
+
     # -- faults ----------------------------------------------------------------------------------
     def _fault(self, page: int, write: bool, gup: bool = False) -> None:
-        """Make ``page`` accessible or raise: SIGSEGV (no VMA / prot), SIGBUS (the file refused)."""
+        """Make ``page`` accessible or raise: SIGSEGV (no VMA / prot / guard marker), SIGBUS (the file
+        refused)."""
         offset = page << PAGE_SHIFT
-        if self.unmapped or page >= self.npages:
+        if page < 0 or page >= self.npages:
             raise HostSigsegv(offset, write, "address not mapped")
+        prot = self.prots.load(page)
         # x86 page tables cannot express write-only: PROT_WRITE implies readable.
-        if not self.prot & (PROT_READ | PROT_WRITE) or (write and not self.prot & PROT_WRITE):
-            raise HostSigsegv(offset, write, "access not permitted by the mapping's protection")
+        if not prot & (PROT_READ | PROT_WRITE) or (write and not prot & PROT_WRITE):
+            raise HostSigsegv(offset, write, "access not permitted by the page's protection")
+        if self.markers.load(page):
+            raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
         if self.ptes.load(page):
             return
         span = None
@@ -169,20 +254,6 @@ class ModelHostMapping:
             self.ptes.store(page, page + 1, Level.PG_4K)
         else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
             self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
-
-    def _pages(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
-        """Split ``[offset, offset+length)`` into (page, offset in page, chunk length) pieces."""
-        for name, value in (("offset", offset), ("length", length)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise KvmError(errno.EINVAL, "host access", f"{name} must be an integer, got {value!r}")
-        if offset < 0 or length < 0:
-            raise HostSigsegv(offset, False, "negative offset or length")
-        pos, end = offset, offset + length
-        while pos < end:
-            page, in_page = pos >> PAGE_SHIFT, pos & (PAGE_SIZE - 1)
-            chunk = min(PAGE_SIZE - in_page, end - pos)
-            yield page, in_page, chunk
-            pos += chunk
 
     def _read_page(self, page: int, in_page: int, length: int) -> bytes:
         if self.file is None:
@@ -197,86 +268,110 @@ class ModelHostMapping:
         else:
             self.file.inode.pagecache.write(self.pgoff + page, in_page, data)
 
+    def _access(self, op: str, offset: int, length: int, write: bool,
+                each: Callable[[ModelHostMapping, int, int, int, int], None]) -> None:
+        """Touch ``[offset, offset+length)`` page by page in address order (any VMA of the reservation);
+        ``each(vma, page, in_page, chunk, done)`` moves the bytes. Faults are reported at this mapping's
+        page-aligned offset."""
+        offset, length = check_reservation(op, offset, length, self.mapped_length)
+        pos, end, done = self.address + offset, self.address + offset + length, 0
+        while pos < end:
+            page_addr = pos & ~(PAGE_SIZE - 1)
+            chunk = min(page_addr + PAGE_SIZE, end) - pos
+            vma = self.space.find(pos)
+            try:
+                if vma is None:
+                    raise HostSigsegv(0, write, "address not mapped")
+                vma._fault((page_addr - vma.address) >> PAGE_SHIFT, write)
+            except HostSigsegv as exc:
+                raise HostSigsegv(page_addr - self.address, write, exc.reason) from None
+            except HostSigbus as exc:
+                raise HostSigbus(page_addr - self.address, write, exc.reason) from None
+            each(vma, (page_addr - vma.address) >> PAGE_SHIFT, pos - page_addr, chunk, done)
+            pos += chunk
+            done += chunk
+
     # -- HostMapping protocol ---------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray()
-        for page, in_page, chunk in self._pages(offset, length):
-            self._fault(page, write=False)
-            out += self._read_page(page, in_page, chunk)
+        self._access("host read", offset, length, False,
+                     lambda v, page, in_page, chunk, done: out.extend(v._read_page(page, in_page, chunk)))
         return bytes(out)
 
     def write(self, offset: int, data: bytes) -> None:
         data = as_bytes(data, "host write")
-        pos = 0
-        for page, in_page, chunk in self._pages(offset, len(data)):
-            self._fault(page, write=True)
-            self._write_page(page, in_page, data[pos : pos + chunk])
-            pos += chunk
+        self._access("host write", offset, len(data), True,
+                     lambda v, page, in_page, chunk, done: v._write_page(page, in_page, data[done : done + chunk]))
 
     def fill(self, offset: int, length: int, byte: int) -> None:
-        if isinstance(byte, bool) or not isinstance(byte, int) or not 0 <= byte <= 255:
-            raise KvmError(errno.EINVAL, "host fill", f"fill byte must be 0..255, got {byte!r}")
-        for page, in_page, chunk in self._pages(offset, length):
-            self._fault(page, write=True)
-            self._write_page(page, in_page, bytes([byte]) * chunk)
+        byte = c_value(byte, "unsigned char", "byte", "host fill")
+        self._access("host fill", offset, length, True,
+                     lambda v, page, in_page, chunk, done: v._write_page(page, in_page, bytes([byte]) * chunk))
 
     def madvise(self, offset: int, length: int, advice: int) -> None:
-        if offset & (PAGE_SIZE - 1):
-            raise KvmError(errno.EINVAL, "madvise", f"start {offset:#x} is not page aligned")
-        first = offset >> PAGE_SHIFT
-        last = min(self.npages, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT)
-        if advice in (MADV_HUGEPAGE, MADV_NOHUGEPAGE):
-            return  # accepted on the VMA; guest_memfd folios stay order 0
-        if advice == MADV_COLLAPSE:
-            raise KvmError(errno.EINVAL, "madvise", "MADV_COLLAPSE: guest_memfd folios are never collapsed")
-        if advice == MADV_DONTNEED:
-            self.zap(first, last)
-        elif advice == MADV_REMOVE:
-            # madvise_remove() needs VM_SHARED|VM_MAYWRITE: a read-only mapping of the (always O_RDWR)
-            # guest_memfd may punch it too, as the kernel showed.
-            if self.file is None:
-                self.zap(first, last)
-                for page in [p for p in self.anon if first <= p < last]:
-                    del self.anon[page]
-            else:
-                self.file.vfs_fallocate(
-                    FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE,
-                    (self.pgoff + first) << PAGE_SHIFT,
-                    (last - first) << PAGE_SHIFT,
-                    "madvise",
-                )
-        else:
-            raise UnsupportedByBackend(f"madvise advice {advice} is not modelled")
+        advice = c_signed(advice, "int", "advice", "madvise")
+        offset, length = check_reservation("madvise", offset, length, self.mapped_length)
+        do_madvise(self.space, self.address + offset, length, advice)
+
+    def mprotect(self, offset: int, length: int, prot: int) -> None:
+        prot = c_signed(prot, "int", "prot", "mprotect")
+        offset, length = check_reservation("mprotect", offset, length, self.mapped_length)
+        do_mprotect(self.space, self.address + offset, length, prot)
+
+    def mlock(self, offset: int, length: int, flags: int = 0) -> None:
+        flags = c_value(flags, "int", "flags", "mlock2")
+        offset, length = check_reservation("mlock2", offset, length, self.mapped_length)
+        do_mlock(self.space, self.address + offset, length, flags)
+
+    def munlock(self, offset: int, length: int) -> None:
+        offset, length = check_reservation("munlock", offset, length, self.mapped_length)
+        do_munlock(self.space, self.address + offset, length)
 
     # -- NUMA policy (spec 2.4, U6.19: set_policy/get_policy on the gmem VMA) --------------------------
-    def _policy_pages(self, offset: int, length: int, op: str) -> tuple[int, int]:
-        if offset & (PAGE_SIZE - 1) or offset < 0:
-            raise KvmError(errno.EINVAL, op, f"start {offset:#x} is not page aligned")
-        first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if self.unmapped or last > self.npages or length <= 0:
-            raise KvmError(errno.EFAULT, op, f"range [{offset:#x}, +{length:#x}) is not (all) mapped")
-        return first, last
-
     def mbind(self, offset: int, length: int, mode: int, nodemask: int, flags: int = 0) -> None:
-        """``mbind(2)``: a guest_memfd with policy vm_ops (U6.19) stores it in the inode (every mapping sees it
-        and allocation follows it); otherwise it is this VMA's policy and allocation ignores it."""
-        first, last = self._policy_pages(offset, length, "mbind")
+        """``mbind(2)`` over the VMAs of the range (mm/mempolicy.c ``do_mbind``): a guest_memfd with policy vm_ops
+        (U6.19) stores it in the inode (every mapping sees it and allocation follows it); any other VMA keeps
+        it as its own policy, which allocation ignores. EFAULT when part of the range is not mapped."""
+        op = "mbind"
+        mode = c_value(mode, "unsigned long", "mode", op)
+        nodemask = c_value(nodemask, "unsigned long", "nodemask", op)
+        flags = c_value(flags, "unsigned int", "flags", op)
+        offset, length = check_reservation(op, offset, length, self.mapped_length)
+        mode &= 0xFFFFFFFF  # kernel_mbind(): "int lmode = mode" keeps the low 32 bits
+        mode = mode - (1 << 32) if mode >> 31 else mode
+        numa.sanitize_mpol_flags(mode)
         if flags & ~0x7:
-            raise KvmError(errno.EINVAL, "mbind", f"flags {flags:#x} are not MPOL_MF_*")
+            raise KvmError(errno.EINVAL, op, f"flags {flags:#x} are not MPOL_MF_*")
+        if offset & (PAGE_SIZE - 1):
+            raise KvmError(errno.EINVAL, op, f"start {offset:#x} is not page aligned")
+        start = self.address + offset
+        end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        if end == start:
+            return  # before mpol_new(): an empty range never looks at the node mask
         policy = numa.validate(mode, nodemask, self.space.numa_nodes)
-        inode = self._policy_inode()
-        if inode is not None:
-            inode.pagecache.shared_policy.set(self.pgoff + first, self.pgoff + last, policy)
-        else:
-            self.vma_policy.set(first, last, policy)
+        pieces = list(self.space.span(start, end))
+        if any(vma is None for vma, _, _ in pieces):
+            raise KvmError(errno.EFAULT, op, f"[{offset:#x}, +{length:#x}) is not all mapped")
+        for vma, first, last in pieces:
+            assert vma is not None  # no gaps: checked above
+            inode = vma._policy_inode()
+            if inode is not None:
+                inode.pagecache.shared_policy.set(vma.pgoff + first, vma.pgoff + last, policy)
+            else:
+                vma.vma_policy.set(first, last, policy)
 
     def get_mempolicy(self, offset: int) -> tuple[int, int]:
-        """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask)."""
-        first, _ = self._policy_pages(offset, 1, "get_mempolicy")
-        inode = self._policy_inode()
+        """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask) of the VMA there (EFAULT: none)."""
+        offset, _ = check_reservation("get_mempolicy", offset, 1, self.mapped_length)
+        addr = self.address + offset
+        vma = self.space.find(addr)
+        if vma is None:
+            raise KvmError(errno.EFAULT, "get_mempolicy", f"nothing mapped at offset {offset:#x}")
+        page = (addr - vma.address) >> PAGE_SHIFT
+        inode = vma._policy_inode()
         if inode is not None:
-            return inode.pagecache.shared_policy.get(self.pgoff + first)
-        return self.vma_policy.get(first)
+            return inode.pagecache.shared_policy.get(vma.pgoff + page)
+        return vma.vma_policy.get(page)
 
     def _policy_inode(self) -> MappedInode | None:
         """The inode this mapping's policy lives in (guest_memfd with U6.19's policy vm_ops), else None
@@ -286,44 +381,67 @@ class ModelHostMapping:
         return None
 
     def page_nodes(self, offset: int, npages: int) -> list[int]:
-        """``move_pages(2)`` status query: each page's node, or -ENOENT where nothing is mapped."""
-        first, _ = self._policy_pages(offset, max(npages, 1) << PAGE_SHIFT, "move_pages")
+        """``move_pages(2)`` status query: each page's node, -ENOENT where no page is present, -EFAULT where
+        nothing is mapped."""
+        npages = c_value(npages, "unsigned long", "count", "move_pages")
+        offset, _ = check_reservation("move_pages", offset, npages * PAGE_SIZE, self.mapped_length)
         out = []
-        for page in range(first, first + npages):
-            if not self.ptes.load(page):
+        for i in range(npages):
+            addr = (self.address + offset + i * PAGE_SIZE) & ~(PAGE_SIZE - 1)
+            vma = self.space.find(addr)
+            page = (addr - vma.address) >> PAGE_SHIFT if vma is not None else 0
+            if vma is None:
+                out.append(-errno.EFAULT)
+            elif not vma.ptes.load(page):
                 out.append(-errno.ENOENT)
-            elif self.file is None:
+            elif vma.file is None:
                 out.append(numa.LOCAL_NODE)
             else:
-                out.append(self.file.inode.pagecache.node_of(self.pgoff + page))
+                out.append(vma.file.inode.pagecache.node_of(vma.pgoff + page))
         return out
 
     def pin(self, offset: int, length: int) -> ModelPin:
         """``pin_user_pages(FOLL_LONGTERM | FOLL_WRITE)``: fault each page in, then raise refcounts."""
         if self.file is None:
             raise UnsupportedByBackend("pins on anonymous memory are not modelled")
-        pages = list(self._pages(offset, length))
-        for page, _, _ in pages:
+        offset, length = check_reservation("pin_user_pages", offset, length, self.mapped_length)
+        first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if offset < 0 or last > self.npages or self.unmapped:
+            # GUP finds no VMA of this file there (a guard or nothing): -EFAULT for the caller.
+            raise KvmError(errno.EFAULT, "pin_user_pages(FOLL_LONGTERM)", f"[{offset:#x}, +{length:#x}) leaves "
+                           "the mapping")
+        for page in range(first, last):
             try:
                 self._fault(page, write=True, gup=True)
             except (HostSigbus, HostSigsegv) as exc:
                 # GUP turns VM_FAULT_SIGBUS into -EFAULT for the caller.
                 raise KvmError(errno.EFAULT, "pin_user_pages(FOLL_LONGTERM)", str(exc)) from None
-        first = self.pgoff + pages[0][0] if pages else self.pgoff
-        last = self.pgoff + pages[-1][0] + 1 if pages else first
-        return self.file.inode.pin(first, last)
+        return self.file.inode.pin(self.pgoff + first, self.pgoff + max(last, first + 1) if length else
+                                   self.pgoff + first)
 
     def fork_into(self, space: AddressSpace) -> ModelHostMapping:
-        """The child's copy of this VMA after ``fork()`` (``dup_mmap``): same address, file and offset, in the
-        file's ``i_mmap`` so conversions and punches unmap it too; no PTEs (a shared file mapping's page
-        tables are not copied, the child faults on first touch); anonymous shared pages are the same pages."""
+        """The child's copy of this VMA after ``fork()`` (``dup_mmap``): same address, file, offset, protection
+        and guard markers, in the file's ``i_mmap`` so conversions and punches unmap it too; no PTEs (a shared
+        file mapping's page tables are not copied, the child faults on first touch); anonymous shared pages are
+        the same pages, private ones a copy; not mlocked (VM_LOCKED is not inherited). MADV_DONTFORK parts are
+        not copied: the child can touch nothing there."""
         child = ModelHostMapping.__new__(ModelHostMapping)
         child.__dict__.update(self.__dict__)
         child.space = space
-        child.ptes = RangeMap(self.npages, None)
-        child.vma_policy = numa.SharedPolicy(self.npages)
-        child.anon = self.anon  # MAP_SHARED|MAP_ANONYMOUS: one shmem object for both processes
-        space.vmas.append(child)
+        child.ptes = RangeMap(max(self.npages, 1), None)
+        child.vma_policy = numa.SharedPolicy(max(self.npages, 1))
+        child.locked = RangeMap(max(self.npages, 1), 0)
+        child.prots = RangeMap(max(self.npages, 1), 0)
+        for s, e, prot in self.prots.runs():
+            child.prots.store(s, e, prot)
+        for s, e, dont in self.dontcopy.runs():
+            if dont:
+                child.prots.store(s, e, 0)
+        child.markers = RangeMap(max(self.npages, 1), False)
+        for s, e, marked in self.markers.runs():
+            child.markers.store(s, e, marked)
+        child.anon = self.anon if self.shared else {k: bytearray(v) for k, v in self.anon.items()}
+        space.add(child)
         if self.file is not None:
             self.file.get_ref()
             self.file.inode.mappings.add(child)
@@ -335,15 +453,16 @@ class ModelHostMapping:
         which in-place conversion to private refuses with EAGAIN (realkernel-private.md finding 3)."""
         if self.file is None:
             raise UnsupportedByBackend("vmsplice of anonymous memory is not modelled")
-        pages = list(self._pages(offset, length))
-        for page, _, _ in pages:
+        offset, length = check_reservation("vmsplice", offset, length, self.mapped_length)
+        first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if offset < 0 or last > self.npages or self.unmapped:
+            raise KvmError(errno.EFAULT, "vmsplice", f"[{offset:#x}, +{length:#x}) leaves the mapping")
+        for page in range(first, last):
             try:
                 self._fault(page, write=False, gup=True)
             except (HostSigbus, HostSigsegv) as exc:
                 raise KvmError(errno.EFAULT, "vmsplice", str(exc)) from None
-        first = self.pgoff + pages[0][0] if pages else self.pgoff
-        last = self.pgoff + pages[-1][0] + 1 if pages else first
-        return self.file.inode.pin(first, last, kind="ref")
+        return self.file.inode.pin(self.pgoff + first, self.pgoff + max(last, first), kind="ref")
 
     def pte_present(self, offset: int) -> bool:
         """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63)."""
@@ -351,11 +470,14 @@ class ModelHostMapping:
         return not self.unmapped and 0 <= page < self.npages and bool(self.ptes.load(page))
 
     def munmap(self) -> None:
-        if self.unmapped:
+        """``munmap``; like the kernel client, PROT_NONE private memory takes the mapping's place in its
+        reservation."""
+        if self.unmapped or self.guard:
             return
         self.unmapped = True
         self.zap(0, self.npages)
-        self.space.vmas.remove(self)
+        self.space.remove(self)
+        ModelHostMapping(self.space, self.mapped_length, 0, shared=False, address=self.address, guard=True)
         if self.file is not None:
             self.file.inode.mappings.remove(self)
             self.file.put_ref()

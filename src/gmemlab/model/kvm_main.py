@@ -38,10 +38,10 @@ from ..uapi import (
     as_loff,
     page_aligned,
 )
-from .args import as_bytes, sint, u64
+from .args import as_bytes, sint, u32, u64
 from .config import HostConfig
 from .fdtable import FdTable
-from .gmem import GmemFile, GmemInode
+from .gmem import GmemFile, GmemInode, open_file
 from .gmem_attributes import FaultInjection
 from .gmem_huge import HugeGmem
 from .host import AddressSpace, ModelHostMapping
@@ -93,13 +93,13 @@ class ModelBackend:
 
     # -- Backend protocol ------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
-        return self.behaviour.check_extension(u64(cap, "cap", "KVM_CHECK_EXTENSION"), None, self.config)
+        return self.behaviour.check_extension(u64(cap, "cap", "KVM_CHECK_EXTENSION", "long"), None, self.config)
 
     def vm_types(self) -> list[VmType]:
         return list(self.config.vm_types)
 
     def create_vm(self, vm_type: int = 0) -> ModelVm:
-        vm_type = u64(vm_type, "type", "KVM_CREATE_VM")
+        vm_type = u64(vm_type, "type", "KVM_CREATE_VM", "unsigned long")
         if vm_type not in [int(t) for t in self.config.vm_types]:
             raise KvmError(errno.EINVAL, "KVM_CREATE_VM", f"VM type {vm_type} is not supported on this host")
         vm = ModelVm(self, VmType(vm_type))
@@ -137,7 +137,11 @@ class ModelBackend:
 
     def fork(self) -> ModelProcess:
         """``fork()`` of the VMM process: see :class:`gmemlab.model.process.ModelProcess`."""
-        inherited = [obj for obj in self.fdtable.files.values() if isinstance(obj, GmemFile | ModelVm)]
+        inherited: list[GmemFile | ModelVm] = []
+        for entry in self.fdtable.files.values():
+            obj = open_file(entry)
+            if isinstance(obj, GmemFile | ModelVm):
+                inherited.append(obj)
         return ModelProcess(self.address_space, inherited)
 
     def ioctl(self, number: int, arg: UserArg = 0) -> int:
@@ -164,6 +168,8 @@ class ModelBackend:
                 pin.unpin()
         for vma in reversed(list(self.address_space.vmas)):
             vma.munmap()
+        # the reservations (guards, and what munmap left) go too, as the kernel client releases them
+        self.address_space.vmas[:] = [vma for vma in self.address_space.vmas if not vma.guard]
         for fd in sorted(self.fdtable.files, reverse=True):
             obj = self.fdtable.files[fd]
             if obj is not self:
@@ -186,7 +192,8 @@ class ModelBackend:
     # -- whole-system views -------------------------------------------------------------------------------
     def inodes(self) -> list[GmemInode]:
         seen: dict[int, GmemInode] = {}
-        for obj in list(self.fdtable.files.values()):
+        for entry in list(self.fdtable.files.values()):
+            obj = open_file(entry)
             if isinstance(obj, GmemFile):
                 seen[id(obj.inode)] = obj.inode
         for vma in self.address_space.vmas:
@@ -253,7 +260,7 @@ class ModelVm(Kvm):
     # -- capabilities ------------------------------------------------------------------------------------
     def check_extension(self, cap: int) -> int:
         self._check_fd("KVM_CHECK_EXTENSION")
-        cap = u64(cap, "cap", "KVM_CHECK_EXTENSION")
+        cap = u64(cap, "cap", "KVM_CHECK_EXTENSION", "long")
         return self.system.behaviour.check_extension(cap, self.vm_type, self.system.config)
 
     # -- KVM_CREATE_GUEST_MEMFD (spec 2.2) -----------------------------------------------------------------
@@ -389,9 +396,10 @@ class ModelVm(Kvm):
 
     def _fget_gmem(self, op: str, gmem_arg: object) -> GmemFile:
         fd = getattr(gmem_arg, "fd", gmem_arg)
-        if not isinstance(fd, int):
-            raise KvmError(errno.EBADF, op, f"guest_memfd {gmem_arg!r} is not an fd")
-        obj = self.system.fdtable.get(fd & 0xFFFFFFFF)
+        if gmem_arg is None:
+            fd = -1  # "no fd": the field left at -1
+        fd = u32(fd, "guest_memfd", op)
+        obj = open_file(self.system.fdtable.get(fd))
         if obj is None:
             raise KvmError(errno.EBADF, op, f"guest_memfd {fd} is not an open fd")
         if not isinstance(obj, GmemFile):
@@ -410,12 +418,12 @@ class ModelVm(Kvm):
     # -- memory attributes (spec 2.7) ---------------------------------------------------------------------------
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
         op = "KVM_SET_MEMORY_ATTRIBUTES"
-        self._check_fd(op)
-        self._check_vm_attributes(op)
-        address, size, attributes, flags = (
+        address, size, attributes, flags = (  # the struct is filled before the ioctl is made
             u64(v, n, op) for v, n in ((address, "address"), (size, "size"), (attributes, "attributes"),
                                         (flags, "flags"))
         )
+        self._check_fd(op)
+        self._check_vm_attributes(op)
         if flags:
             raise KvmError(errno.EINVAL, op, f"flags {flags:#x} must be 0")
         supported = self.check_extension(Cap.MEMORY_ATTRIBUTES)
@@ -460,7 +468,17 @@ class ModelVm(Kvm):
 
     # -- vCPUs ---------------------------------------------------------------------------------------------------
     def create_vcpu(self, vcpu_id: int = 0) -> ModelVcpu:
-        self._check_fd("KVM_CREATE_VCPU")
+        """``kvm_vm_ioctl_create_vcpu``: the id (an ``unsigned long``) below KVM_MAX_VCPU_IDS, room for one more
+        vCPU (KVM_CAP_MAX_VCPUS), then, once the vCPU is built, no other vCPU with that id (EEXIST)."""
+        op = "KVM_CREATE_VCPU"
+        self._check_fd(op)
+        vcpu_id = u64(vcpu_id, "id", op, "unsigned long")
+        if vcpu_id >= self.config.max_vcpu_ids:
+            raise KvmError(errno.EINVAL, op, f"id {vcpu_id:#x} >= KVM_MAX_VCPU_IDS ({self.config.max_vcpu_ids})")
+        if len(self.vcpus) >= self.config.max_vcpus:
+            raise KvmError(errno.EINVAL, op, f"the VM already has KVM_CAP_MAX_VCPUS ({self.config.max_vcpus}) vCPUs")
+        if any(v.id == vcpu_id for v in self.vcpus):
+            raise KvmError(errno.EEXIST, op, f"vCPU id {vcpu_id} exists")
         vcpu = ModelVcpu(self, vcpu_id)
         self.vcpus.append(vcpu)
         return vcpu
@@ -478,16 +496,18 @@ class ModelVcpu:
         self.vm = vm
         self.id = vcpu_id
         self.closed = False
+        self.fd = vm.system.fdtable.install(self)  # the vCPU fd (anon_inode:kvm-vcpu)
         vm.get_ref()
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self.vm.system.fdtable.remove(self.fd)
             self.vm.put_ref()
 
     def read(self, gpa: int, length: int, private: bool | None = None) -> bytes:
         gpa = u64(gpa, "gpa", "KVM_RUN")
-        if sint(length, "length", "KVM_RUN") < 0:
+        if sint(length, "length", "KVM_RUN", "size_t") < 0:
             raise KvmError(errno.EINVAL, "KVM_RUN", f"negative read length {length}")
         out = bytearray()
         for page_gpa, in_page, chunk in split_by_page(gpa, length):

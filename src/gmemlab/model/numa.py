@@ -33,6 +33,18 @@ MPOL_F_RELATIVE_NODES = 1 << 14
 MPOL_F_NUMA_BALANCING = 1 << 13
 
 
+def sanitize_mpol_flags(mode: int) -> None:
+    """The checks ``kernel_mbind`` makes before anything else: a known mode and compatible mode flags."""
+    flags = mode & MPOL_MODE_FLAGS
+    base = mode & ~MPOL_MODE_FLAGS
+    if base >= MPOL_MAX or base < 0:
+        raise KvmError(errno.EINVAL, "mbind", f"mode {mode} is not a memory policy")
+    if flags & MPOL_F_STATIC_NODES and flags & MPOL_F_RELATIVE_NODES:
+        raise KvmError(errno.EINVAL, "mbind", "MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES exclude each other")
+    if flags & MPOL_F_NUMA_BALANCING and base not in (MPOL_BIND, MPOL_PREFERRED_MANY):
+        raise KvmError(errno.EINVAL, "mbind", "MPOL_F_NUMA_BALANCING needs MPOL_BIND or MPOL_PREFERRED_MANY")
+
+
 def validate(mode: int, nodemask: int, nr_nodes: int) -> Policy:
     """``mbind``'s checks (mm/mempolicy.c: ``sanitize_mpol_flags``, ``mpol_new``, ``mpol_set_nodemask``).
 

@@ -45,7 +45,7 @@ _NO_KEEP_SIZE = (FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_INSERT_RANGE, FALLOC_FL_WRI
 
 def vfs_fallocate(op: str, mode: object, offset: object, length: object) -> tuple[int, int, int]:
     """``vfs_fallocate()``'s checks; returns ``(mode, offset, len)`` as the file's ``->fallocate`` gets them."""
-    mode = sint(mode, "mode", op) & 0xFFFFFFFF
+    mode = sint(mode, "mode", op, "int") & 0xFFFFFFFF
     offset = sint(offset, "offset", op)
     length = sint(length, "len", op)
     if offset < 0 or length <= 0:
@@ -77,10 +77,10 @@ class MmapArgs:
 def do_mmap(op: str, length: object, offset: object, prot: object, flags: object) -> MmapArgs:
     """The mmap syscall and ``do_mmap()`` (mm/mmap.c), in order: offset alignment, length, ``file_mmap_ok()``
     (offset + length within MAX_LFS_FILESIZE), mapping type, noexec mount."""
-    length = sint(length, "length", op)
-    offset = u64(offset, "offset", op)
-    prot = sint(prot, "prot", op)
-    flags = sint(flags, "flags", op)
+    length = sint(length, "length", op, "size_t")
+    offset = u64(offset, "offset", op, "off_t")
+    prot = sint(prot, "prot", op, "int")
+    flags = sint(flags, "flags", op, "int")
     if not page_aligned(offset):
         raise KvmError(errno.EINVAL, op, f"offset {offset:#x} is not page aligned")
     if length == 0:

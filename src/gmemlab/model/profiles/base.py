@@ -152,6 +152,14 @@ class Behaviour:
             return 1
         if cap == Cap.NR_MEMSLOTS:
             return config.nr_memslots
+        if cap == Cap.EXIT_HYPERCALL:
+            return 1 << 12  # KVM_EXIT_HYPERCALL_VALID_MASK on x86: KVM_HC_MAP_GPA_RANGE
+        if cap == Cap.MAX_VCPUS:
+            return config.max_vcpus
+        if cap == Cap.MAX_VCPU_ID:
+            return config.max_vcpu_ids
+        if cap == Cap.NR_VCPUS:
+            return min(config.online_cpus, config.max_vcpus)
         if cap == Cap.READONLY_MEM:
             return 1 if config.readonly_mem else 0
         if cap == Cap.VM_TYPES:

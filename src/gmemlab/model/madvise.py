@@ -1,0 +1,196 @@
+"""``madvise(2)`` over the modelled process's VMAs, after mm/madvise.c (6.18).
+
+``do_madvise`` checks the advice and the range (``is_valid_madvise``: a known advice, a page-aligned start, a
+length that neither rounds up to zero nor wraps), returns 0 for an empty range, then either populates
+(``MADV_POPULATE_READ/WRITE``, :func:`madvise_populate`) or walks the VMAs of the range
+(``madvise_walk_vmas``): each VMA applies the advice to its part and the first error ends the call (parts
+before it stay done); a gap between VMAs makes the call return ENOMEM at the end unless another error came
+first. Per VMA (``madvise_vma_behavior``):
+
+* ``MADV_REMOVE`` punches the file (``vfs_fallocate(PUNCH_HOLE|KEEP_SIZE)``): EINVAL for a locked VMA or one
+  without a file (private anonymous memory such as the guards), EACCES without VM_SHARED|VM_MAYWRITE;
+* ``MADV_DONTNEED`` / ``MADV_DONTNEED_LOCKED`` zap the PTEs (EINVAL on a locked VMA, unless _LOCKED);
+  ``MADV_FREE`` needs private anonymous memory (EINVAL otherwise);
+* ``MADV_COLD`` / ``MADV_PAGEOUT``: EINVAL on a locked VMA;
+* ``MADV_GUARD_INSTALL`` puts guard markers (zapping the PTEs; EINVAL on a locked VMA),
+  ``MADV_GUARD_REMOVE`` takes them away;
+* ``MADV_WIPEONFORK`` only for private anonymous memory; ``MADV_COLLAPSE`` collapses nothing here (guest_memfd
+  and the guards are not THP-eligible: EINVAL);
+* the flag-only advices (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTFORK, DOFORK, KEEPONFORK, DONTDUMP, DODUMP,
+  MERGEABLE, UNMERGEABLE, HUGEPAGE, NOHUGEPAGE) succeed.
+
+``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` are refused as unsupported: they would poison real pages of the
+host under the kernel backend, so the fuzzer never sends them.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from ..errors import HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
+from ..uapi import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, PAGE_SHIFT, PAGE_SIZE
+
+MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED = 0, 1, 2, 3, 4
+MADV_FREE, MADV_REMOVE, MADV_DONTFORK, MADV_DOFORK = 8, 9, 10, 11
+MADV_MERGEABLE, MADV_UNMERGEABLE, MADV_HUGEPAGE, MADV_NOHUGEPAGE = 12, 13, 14, 15
+MADV_DONTDUMP, MADV_DODUMP, MADV_WIPEONFORK, MADV_KEEPONFORK = 16, 17, 18, 19
+MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE = 20, 21, 22, 23
+MADV_DONTNEED_LOCKED, MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 24, 25, 102, 103
+MADV_HWPOISON, MADV_SOFT_OFFLINE = 100, 101
+
+VALID = frozenset({
+    MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTNEED, MADV_FREE, MADV_REMOVE,
+    MADV_DONTFORK, MADV_DOFORK, MADV_MERGEABLE, MADV_UNMERGEABLE, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTDUMP,
+    MADV_DODUMP, MADV_WIPEONFORK, MADV_KEEPONFORK, MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ,
+    MADV_POPULATE_WRITE, MADV_DONTNEED_LOCKED, MADV_COLLAPSE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
+    MADV_HWPOISON, MADV_SOFT_OFFLINE,
+})
+FLAG_ONLY = frozenset({MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTFORK, MADV_DOFORK,
+                       MADV_KEEPONFORK, MADV_DONTDUMP, MADV_DODUMP, MADV_MERGEABLE, MADV_UNMERGEABLE,
+                       MADV_HUGEPAGE, MADV_NOHUGEPAGE})
+U64 = 1 << 64
+
+
+class Vma(Protocol):
+    """What madvise needs of a VMA (:class:`gmemlab.model.host.ModelHostMapping`)."""
+
+    address: int
+    npages: int
+    pgoff: int
+    file: Any
+    locked: Any
+    markers: Any
+    dontcopy: Any
+    prots: Any
+    anon: dict[int, bytearray]
+
+    @property
+    def has_file(self) -> bool: ...
+
+    @property
+    def is_anonymous(self) -> bool: ...
+
+    def zap(self, first: int, last: int, above: int = 0) -> int: ...
+
+    def _fault(self, page: int, write: bool, gup: bool = False) -> None: ...
+
+
+class Space(Protocol):
+    def span(self, start: int, end: int) -> Iterator[tuple[Any, int, int]]: ...
+
+
+def page_align(length: int) -> int:
+    return (length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def do_madvise(space: Space, start: int, len_in: int, behavior: int) -> None:
+    """``do_madvise(current->mm, start, len_in, behavior)``; ``start`` an address, ``len_in`` a size_t."""
+    op = "madvise"
+    if behavior not in VALID:
+        raise KvmError(errno.EINVAL, op, f"advice {behavior} is not a madvise behaviour")
+    if start & (PAGE_SIZE - 1):
+        raise KvmError(errno.EINVAL, op, f"start {start:#x} is not page aligned")
+    length = page_align(len_in) % U64
+    if len_in and not length:
+        raise KvmError(errno.EINVAL, op, f"length {len_in:#x} rounds up past the address space")
+    if start + length >= U64:
+        raise KvmError(errno.EINVAL, op, "start + length wraps")
+    if length == 0:
+        return
+    if behavior in (MADV_HWPOISON, MADV_SOFT_OFFLINE):
+        raise UnsupportedByBackend("MADV_HWPOISON / MADV_SOFT_OFFLINE (they poison real pages under the kernel)")
+    end = start + length
+    if behavior in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+        madvise_populate(space, start, end, behavior == MADV_POPULATE_WRITE)
+        return
+    unmapped = False
+    for vma, first, last in space.span(start, end):
+        if vma is None:
+            unmapped = True  # a gap: ENOMEM at the end, the walk goes on
+            continue
+        madvise_vma_behavior(vma, first, last, behavior)
+    if unmapped:
+        raise KvmError(errno.ENOMEM, op, "part of the range is not mapped")
+
+
+def _runs(rangemap: Any, first: int, last: int) -> Iterator[tuple[int, int, Any]]:
+    yield from rangemap.runs(first, last)
+
+
+def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None:
+    """One VMA's part ``[first, last)`` (pages of the VMA). A VMA whose pages differ in mlock state is several
+    VMAs in the kernel (mlock splits them): runs of equal state are visited in address order."""
+    op = "madvise"
+    for s, e, locked in _runs(vma.locked, first, last):
+        if behavior == MADV_REMOVE:
+            if locked:
+                raise KvmError(errno.EINVAL, op, "MADV_REMOVE on a locked VMA")
+            if not vma.has_file:
+                raise KvmError(errno.EINVAL, op, "MADV_REMOVE needs a file (private anonymous memory)")
+            _remove(vma, s, e)
+        elif behavior in (MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE):
+            if locked and behavior != MADV_DONTNEED_LOCKED:
+                raise KvmError(errno.EINVAL, op, "MADV_DONTNEED/MADV_FREE on a locked VMA")
+            if behavior == MADV_FREE:
+                if not vma.is_anonymous:
+                    raise KvmError(errno.EINVAL, op, "MADV_FREE works on private anonymous memory only")
+                vma.zap(s, e)  # lazily freed: the model drops the pages now
+                for page in [p for p in vma.anon if s <= p < e]:
+                    del vma.anon[page]
+            else:
+                vma.zap(s, e)
+                if vma.is_anonymous:
+                    for page in [p for p in vma.anon if s <= p < e]:
+                        del vma.anon[page]
+        elif behavior in (MADV_COLD, MADV_PAGEOUT):
+            if locked:
+                raise KvmError(errno.EINVAL, op, "MADV_COLD/MADV_PAGEOUT on a locked VMA")
+        elif behavior == MADV_GUARD_INSTALL:
+            if locked:
+                raise KvmError(errno.EINVAL, op, "MADV_GUARD_INSTALL on a locked VMA")
+            vma.zap(s, e)
+            vma.markers.store(s, e, True)
+        elif behavior == MADV_GUARD_REMOVE:
+            vma.markers.store(s, e, False)
+        elif behavior in (MADV_DONTFORK, MADV_DOFORK):
+            vma.dontcopy.store(s, e, behavior == MADV_DONTFORK)
+        elif behavior == MADV_WIPEONFORK:
+            if vma.has_file:
+                raise KvmError(errno.EINVAL, op, "MADV_WIPEONFORK works on private anonymous memory only")
+        elif behavior == MADV_COLLAPSE:
+            raise KvmError(errno.EINVAL, op, "MADV_COLLAPSE: not THP-eligible (guest_memfd folios are never "
+                           "collapsed)")
+        elif behavior not in FLAG_ONLY:  # pragma: no cover - VALID and the branches above agree
+            raise UnsupportedByBackend(f"madvise advice {behavior} is not modelled")
+
+
+def _remove(vma: Vma, first: int, last: int) -> None:
+    """``madvise_remove``: punch the file under ``[first, last)`` (VM_SHARED|VM_MAYWRITE: our shared
+    mappings are of files opened read-write, whatever their protection now)."""
+    if vma.file is None:  # MAP_SHARED|MAP_ANONYMOUS: shmem_fallocate punches the shmem pages
+        vma.zap(first, last)
+        for page in [p for p in vma.anon if first <= p < last]:
+            del vma.anon[page]
+        return
+    vma.file.vfs_fallocate(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, (vma.pgoff + first) << PAGE_SHIFT,
+                           (last - first) << PAGE_SHIFT, "madvise")
+
+
+def madvise_populate(space: Space, start: int, end: int, write: bool) -> None:
+    """``madvise_populate`` (``faultin_page_range``, FOLL_MADV_POPULATE without FOLL_FORCE): page by page,
+    ENOMEM where no VMA is, EINVAL where the VMA's protection does not allow the access, EFAULT where the
+    fault fails (SIGBUS, a guard marker). Pages before the failing one stay populated."""
+    op = "madvise"
+    for vma, first, last in space.span(start, end):
+        if vma is None:
+            raise KvmError(errno.ENOMEM, op, "MADV_POPULATE: no VMA")
+        for page in range(first, last):
+            prot = vma.prots.load(page)
+            if not prot & (2 if write else 1):  # check_vma_flags: VM_WRITE / VM_READ, no FOLL_FORCE
+                raise KvmError(errno.EINVAL, op, "MADV_POPULATE: the protection does not allow the access")
+            try:
+                vma._fault(page, write, gup=True)
+            except (HostSigbus, HostSigsegv) as exc:
+                raise KvmError(errno.EFAULT, op, f"MADV_POPULATE: {exc}") from None
