@@ -29,6 +29,8 @@ from ...uapi import (
 )
 from ..case import CaseList, Ctx
 from ..constants import IN_PLACE, KEEP, M2, PUNCH, P
+from ..convert import IN_PLACE as IN_PLACE_MECHANISM
+from ..convert import convert, mechanism
 
 CASES = CaseList()
 case = CASES.case
@@ -610,3 +612,42 @@ def forked_vmm_child(ctx: Ctx) -> None:
     g.close()
     ctx.expect_bytes(ctx.expect_ok(cm.read, P, 5), b"child", "the child's mapping outlives the parent's fd")
     child.exit()
+
+
+@case("7.1.1", profiles=("linux-6.18", "linux-7.3", "linux-7.4"))
+def conversion_by_the_kernels_mechanism(ctx: Ctx) -> None:
+    """One guest page made private and back with what the VM offers (conformance.convert: ATTRIBUTES2 on the gmem
+    with in-place conversion, the per-VM ioctl otherwise): the contents stay in the one gmem page of an MMAP slot
+    (realkernel-private.md 4c, finding 12); the host may touch it only while it is shared, and, per-VM, only with
+    INIT_SHARED, which a SW_PROTECTED VM gets only with in-place conversion."""
+    if VmType.SW_PROTECTED not in ctx.system.vm_types():
+        ctx.skip(f"needs KVM_X86_SW_PROTECTED_VM (KVM_CAP_VM_TYPES {ctx.system.check_extension(Cap.VM_TYPES):#x})")
+    vm = ctx.vm(int(VmType.SW_PROTECTED))
+    how = mechanism(vm)
+    if how is None:
+        ctx.skip(f"no way to make memory private: KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES "
+                 f"({cap_guest_memfd_memory_attributes()}) = "
+                 f"{vm.check_extension(cap_guest_memfd_memory_attributes()):#x}, KVM_CAP_MEMORY_ATTRIBUTES = "
+                 f"{vm.check_extension(Cap.MEMORY_ATTRIBUTES):#x}")
+    ctx.check((how == IN_PLACE_MECHANISM) == ctx.in_place(vm), f"mechanism {how} on {ctx.profile}")
+    flags = MMAP | (vm.check_extension(Cap.GUEST_MEMFD_FLAGS) & INIT_SHARED)
+    g = vm.create_guest_memfd(4 * P, flags)
+    m = g.mmap(4 * P)
+    gpa = ctx.gpa_base(4 * P)
+    ctx.expect_ok(vm.set_user_memory_region2, SLOT, KVM_MEM_GUEST_MEMFD, gpa, 4 * P, userspace_addr=m.address,
+                  guest_memfd=g, guest_memfd_offset=0)
+    cpu = vm.create_vcpu(0)
+    ctx.expect_ok(cpu.write, gpa, b"\x21")
+    ctx.expect_ok(convert, vm, g, gpa, 0, P, True)
+    ctx.expect_sigbus(m.read, 0, 1)
+    ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa, 1), b"\x21", "guest read of its data, now private")
+    ctx.expect_ok(cpu.write, gpa, b"\x42")
+    ctx.expect_ok(convert, vm, g, gpa, 0, P, False)
+    ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa, 1), b"\x42", "guest read after converting back")
+    if flags & INIT_SHARED:
+        ctx.expect_bytes(ctx.expect_ok(m.read, 0, 1), b"\x42", "host read of the shared page")
+    else:
+        ctx.expect_sigbus(m.read, 0, 1)  # per-VM attributes never make a non-INIT_SHARED file host-faultable
+    cpu.close()
+    m.munmap()
+    g.close()
