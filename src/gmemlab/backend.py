@@ -55,6 +55,29 @@ def check_reservation(op: str, offset: object, length: object, mapped_length: in
     return offset, size
 
 
+# The guest code :meth:`Vcpu.execute` runs: ``mov eax, imm32; jmp r13`` (x86-64). r13 holds the address of the
+# backend's own report routine, outside the memory under test: the fetch of the stub is the access under test, and
+# the report that follows (an emulated MMIO store on the kernel backend) is fetched by KVM's instruction emulator
+# through a memslot it can read (realkernel.md #277: the emulator reads code through userspace_addr, never from a
+# private guest_memfd page).
+_STUB_HEAD, _STUB_TAIL = b"\xb8", bytes.fromhex("41 FF E5")
+REPORT_STUB_SIZE = len(_STUB_HEAD) + 4 + len(_STUB_TAIL)
+
+
+def report_stub(value: int) -> bytes:
+    """Guest code that reports the 32-bit ``value`` when executed (see :meth:`Vcpu.execute`)."""
+    if not 0 <= value < 1 << 32:
+        raise ValueError(f"report value {value!r} does not fit in 32 bits")
+    return _STUB_HEAD + value.to_bytes(4, "little") + _STUB_TAIL
+
+
+def decode_report_stub(code: bytes) -> int | None:
+    """The value :func:`report_stub` code reports, or None if ``code`` is not such a stub."""
+    if len(code) != REPORT_STUB_SIZE or not code.startswith(_STUB_HEAD) or not code.endswith(_STUB_TAIL):
+        return None
+    return int.from_bytes(code[len(_STUB_HEAD) : len(_STUB_HEAD) + 4], "little")
+
+
 @dataclass(frozen=True)
 class FileStat:
     """The fields of ``fstat`` that guest_memfd defines (spec 2.3)."""
@@ -222,6 +245,21 @@ class Vcpu(Protocol):
     def read(self, gpa: int, length: int, private: bool | None = None) -> bytes: ...
 
     def write(self, gpa: int, data: bytes, private: bool | None = None) -> None: ...
+
+    def execute(self, gpa: int, private: bool | None = None) -> int:
+        """Jump to ``gpa`` and run the :func:`report_stub` code there; returns the value it reported.
+
+        The instruction fetch is a guest access like a read (same fault routing, memory-fault exits, MMIO for a
+        shared GPA without memslot); an exit before the report raises :class:`gmemlab.errors.VcpuExit`. Code that
+        is not a report stub is :class:`gmemlab.errors.UnsupportedByBackend` on the model.
+        """
+        ...
+
+    def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
+        """``KVM_PRE_FAULT_MEMORY`` (spec 2.10): map ``[gpa, gpa + size)`` into stage 2 as the vCPU's read faults
+        would, without running it. Returns ``(gpa, size)`` as the kernel writes them back: the range not yet
+        mapped (size 0 when done). Raises :class:`gmemlab.errors.KvmError` when no page could be mapped."""
+        ...
 
     def close(self) -> None: ...
 

@@ -264,3 +264,17 @@ def test_code_in_gmem_rows_277_278(vm, facts, uaddr_is_mmap):
             assert (ei.value.exit_reason, ei.value.errno) == (uapi.KVM_EXIT_SHUTDOWN, 0)
     v.write(GPA, b"fine")  # the vCPU is back in its service loop
     assert v.read(GPA, 4) == b"fine"
+
+
+def test_consecutive_mmio_reads_each_exit(vm):
+    """After an MMIO read exit the vCPU is reset; the next emulated read must exit too, not be served the stale
+    data of the completed one (KVM keeps it in vcpu->mmio_read_completed until an emulated read consumes it)."""
+    _bound(vm, pages=4)
+    v = vm.create_vcpu()
+    hole = GPA + MIB
+    for gpa in (hole, hole, hole + P, hole + 2 * P + 8):
+        with pytest.raises(VcpuExit) as ei:
+            v.read(gpa, 8)
+        assert (ei.value.exit_reason, ei.value.gpa, ei.value.is_write) == (uapi.KVM_EXIT_MMIO, gpa, False)
+    v.write(GPA, b"ok")
+    assert v.read(GPA, 2) == b"ok"

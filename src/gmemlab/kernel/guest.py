@@ -51,7 +51,8 @@ PTE_P, PTE_RW, PTE_US, PTE_PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
 
 # -------------------------------------------------------------------------------------------------
 # Hand-assembled code (64-bit mode). Register conventions set by the host (see initial_regs):
-#   r12 = mailbox GPA (u64 src @0, u64 dst @8, u64 count @16), rbx = REPORT_GPA, eax = REPORT_MAGIC.
+#   r12 = mailbox GPA (u64 src @0, u64 dst @8, u64 count @16), rbx = REPORT_GPA, eax = REPORT_MAGIC,
+#   r13 = REPORT_ROUTINE_GPA (where gmemlab.backend.report_stub code jumps).
 # -------------------------------------------------------------------------------------------------
 SERVICE_LOOP = b"".join(
     [
@@ -66,8 +67,11 @@ SERVICE_LOOP = b"".join(
 )
 assert len(SERVICE_LOOP) == 20
 SPIN = bytes.fromhex("EB FE")  # spin: jmp spin (rel8 -2), a guest that never reports, for the watchdog
+# report: the routine gmemlab.backend.report_stub code jumps to (via r13) with its value in EAX
+REPORT = bytes.fromhex("89 03 EB FE")  # mov [rbx], eax (the MMIO report); jmp $ (never reached: the vCPU is reset)
 SERVICE_LOOP_GPA = CODE_GPA
 SPIN_GPA = CODE_GPA + 0x800
+REPORT_ROUTINE_GPA = CODE_GPA + 0x900
 
 # Control registers and segments (realkernel.md "Running a guest natively on this host").
 CR0 = 0x80050033  # PG, AM, WP, NE, ET, MP, PE
@@ -124,7 +128,7 @@ def page_tables() -> list[tuple[int, bytes]]:
 
 def system_image() -> list[tuple[int, bytes]]:
     """Everything the host writes into the system slot before the first vCPU runs."""
-    return [*page_tables(), (SERVICE_LOOP_GPA, SERVICE_LOOP), (SPIN_GPA, SPIN)]
+    return [*page_tables(), (SERVICE_LOOP_GPA, SERVICE_LOOP), (SPIN_GPA, SPIN), (REPORT_ROUTINE_GPA, REPORT)]
 
 
 def initial_regs(index: int) -> dict[str, int]:
@@ -135,5 +139,6 @@ def initial_regs(index: int) -> dict[str, int]:
         "rsp": stack_top(index),
         "rbx": REPORT_GPA,
         "r12": mailbox_gpa(index),
+        "r13": REPORT_ROUTINE_GPA,
         "rax": REPORT_MAGIC,
     }

@@ -27,9 +27,10 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from .. import uapi
-from ..backend import PROT_READ, PROT_WRITE
+from ..backend import PROT_READ, PROT_WRITE, REPORT_STUB_SIZE
 from ..errors import KvmError, UnsupportedByBackend, VcpuExit
 from . import abi, guest, libc
 from .resources import Resources
@@ -67,6 +68,7 @@ class KernelVcpu:
         self._mmio_phys = ctypes.c_uint64.from_address(run + abi.RUN_MMIO_PHYS_ADDR)
         self._mmio_len = ctypes.c_uint32.from_address(run + abi.RUN_MMIO_LEN)
         self._mmio_is_write = ctypes.c_uint8.from_address(run + abi.RUN_MMIO_IS_WRITE)
+        self._mmio_data = ctypes.c_uint32.from_address(run + abi.RUN_MMIO_DATA)
         self._mailbox = (ctypes.c_uint64 * 3).from_address(system.host(guest.mailbox_gpa(index)))
         self.bounce_gpa = guest.bounce_gpa(index)
         self._bounce_host = system.host(self.bounce_gpa)
@@ -189,6 +191,19 @@ class KernelVcpu:
         mb[1] = dst
         mb[2] = count
         self._needs_reset = True
+        self._run_until(self._is_mmio_report, wd)
+        self._needs_reset = False  # the next KVM_RUN completes the report store and loops
+
+    def _is_mmio_report(self) -> bool:
+        return (
+            self._exit_reason.value == uapi.KVM_EXIT_MMIO
+            and self._mmio_phys.value == guest.REPORT_GPA
+            and bool(self._mmio_is_write.value)
+        )
+
+    def _run_until(self, reported: Callable[[], bool], wd: Watchdog) -> None:
+        """``KVM_RUN`` until the guest reports (``reported()`` on a successful exit); anything else that ends
+        ``KVM_RUN`` resets the vCPU and raises it as :class:`VcpuExit`."""
         fd = self.fd
         run = libc.raw_ioctl
         exit_reason = self._exit_reason
@@ -196,12 +211,7 @@ class KernelVcpu:
         while True:
             exit_reason.value = 0
             if run(fd, uapi.KVM_RUN, None) == 0:
-                if (
-                    exit_reason.value == uapi.KVM_EXIT_MMIO
-                    and self._mmio_phys.value == guest.REPORT_GPA
-                    and self._mmio_is_write.value
-                ):
-                    self._needs_reset = False  # the next KVM_RUN completes the store and loops
+                if reported():
                     return
                 exc = self._decode_exit(0)
                 break
@@ -238,6 +248,21 @@ class KernelVcpu:
         """Run a guest that never reports (``jmp $``) until the watchdog stops it: raises VcpuExit."""
         self.run_code_at(guest.SPIN_GPA, timeout)
 
+    def _enter_at(self, gpa: int, rflags: int, reported: Callable[[], bool]) -> None:
+        """Enter the guest at ``gpa`` with ``rflags`` until ``reported()``; the service loop is restored after."""
+        if self.closed:
+            raise VcpuExit(0, errno.EBADF, detail="vCPU closed")
+        wd = self._thread_watchdog()
+        saved = self._regs.rip, self._regs.rflags
+        self._regs.rip, self._regs.rflags = gpa, rflags
+        try:
+            self._reset()
+            self._needs_reset = True
+            self._run_until(reported, wd)
+        finally:
+            self._regs.rip, self._regs.rflags = saved
+            self._needs_reset = True
+
     # -- Vcpu protocol ---------------------------------------------------------------------------
     def _check(self, gpa: int, length: int, private: bool | None) -> None:
         if private:
@@ -270,6 +295,23 @@ class KernelVcpu:
             piece = data[off : off + chunk]
             ctypes.memmove(self._bounce_host, piece, len(piece))
             self.request(self.bounce_gpa, gpa + off, len(piece))
+
+    def execute(self, gpa: int, private: bool | None = None) -> int:
+        """Run the :func:`~gmemlab.backend.report_stub` code at ``gpa``; returns the value it reported.
+
+        The vCPU fetches and runs the stub from ``gpa`` natively; the stub jumps to the report routine in the
+        system slot, whose MMIO store KVM emulates by fetching it from that slot's ``userspace_addr``."""
+        self._check(gpa, REPORT_STUB_SIZE, private)
+        self._enter_at(gpa, guest.RFLAGS, self._is_mmio_report)
+        return int(self._mmio_data.value)
+
+    def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
+        """``KVM_PRE_FAULT_MEMORY`` on this vCPU; returns the range the kernel wrote back."""
+        m = uapi.U64_MAX
+        arg = uapi.KvmPreFaultMemory(gpa=gpa & m, size=size & m, flags=flags & m)
+        libc.ioctl(self.fd, uapi.KVM_PRE_FAULT_MEMORY, arg, "KVM_PRE_FAULT_MEMORY",
+                   f"gpa {gpa:#x} size {size:#x} flags {flags:#x}")
+        return int(arg.gpa), int(arg.size)
 
     def _release(self) -> None:
         if self._watchdog is not None:

@@ -47,6 +47,8 @@ class HostConfig:
       merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
     * ``tdp_max_level``: ``max_huge_page_level`` (1G TDP pages, or 2M only), workloads 2.1 step 1.
     * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
+    * ``mmio_caching``: ``kvm.mmio_caching``: a fault on a GPA without memslot leaves an MMIO SPTE
+      (:func:`gmemlab.model.page_fault.kvm_mmu_page_fault`); N on the kvm_pvm host, Y under TCG's SVM/NPT.
     """
 
     vm_types: tuple[VmType, ...] = tuple(VmType)
@@ -69,6 +71,7 @@ class HostConfig:
     tdp_max_level: Level = Level.PG_1G
     tdx_huge_private: bool = True
     gmem_in_place_conversion: bool | None = None
+    mmio_caching: bool = True
 
     @classmethod
     def upstream(cls) -> HostConfig:
@@ -95,6 +98,7 @@ class HostConfig:
             gmem_in_place_conversion=_param_bool(facts.module_params.get("kvm.gmem_in_place_conversion")),
             gpa_window=facts.gpa_window,
             numa_nodes=facts.numa_nodes,
+            mmio_caching=_param_bool(facts.module_params.get("kvm.mmio_caching")) is not False,
         )
 
     @classmethod

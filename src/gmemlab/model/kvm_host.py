@@ -8,6 +8,8 @@ change this state are :class:`gmemlab.model.kvm_main.ModelVm`, which is a :class
 
 from __future__ import annotations
 
+from collections import Counter
+
 from ..rangemap import RangeMap
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, VmType
 from .config import HostConfig
@@ -41,6 +43,7 @@ class Kvm:
         self.attributes: RangeMap[int] = RangeMap(GFN_LIMIT, 0)  # kvm->mem_attr_array, per gfn
         self.stage2 = Stage2(metrics)
         self.vendor: NoVendor = vendor_for(vm_type, self.stage2, metrics, config)
+        self.memslots_generation: Counter[int] = Counter()  # per address space, bumped by every committed change
 
     # -- references (kvm_get_kvm / kvm_put_kvm) -------------------------------------------------------
     def get_ref(self) -> None:
@@ -54,6 +57,11 @@ class Kvm:
 
     def kvm_destroy_vm(self) -> None:
         """What the owner does when the last reference goes (the system drops the VM from its list)."""
+
+    def kvm_swap_active_memslots(self, as_id: int) -> None:
+        """A memslot change was committed in ``as_id``: its generation moves on, so cached MMIO SPTEs made
+        before it are stale (``kvm_swap_active_memslots``)."""
+        self.memslots_generation[as_id] += 1
 
     # -- lookups ---------------------------------------------------------------------------------------
     def find_memslot(self, gfn: int, as_id: int = 0) -> Memslot | None:

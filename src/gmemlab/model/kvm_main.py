@@ -13,14 +13,15 @@ import struct
 from collections import Counter
 from types import TracebackType
 
-from ..backend import PROT_READ, PROT_WRITE
-from ..errors import KvmError, UnsupportedByBackend
+from ..backend import PROT_READ, PROT_WRITE, REPORT_STUB_SIZE, decode_report_stub
+from ..errors import KvmError, UnsupportedByBackend, VcpuExit
 from ..level import LEVELS, Level
 from ..uapi import (
     KVM_CHECK_EXTENSION,
     KVM_CREATE_GUEST_MEMFD,
     KVM_CREATE_VCPU,
     KVM_CREATE_VM,
+    KVM_EXIT_MMIO,
     KVM_GET_API_VERSION,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEM_LOG_DIRTY_PAGES,
@@ -61,6 +62,7 @@ from .metrics import Metrics
 from .page_fault import kvm_mmu_page_fault, split_by_page, touch_range
 from .policy import policy
 from .populate import kvm_gmem_populate
+from .pre_fault import kvm_vcpu_pre_fault_memory
 from .process import ModelProcess
 from .profiles import Behaviour, behaviour
 from .stage2 import GFN_LIMIT
@@ -382,6 +384,7 @@ class ModelVm(Kvm):
                 slot.gmem_file.kvm_gmem_unbind(slot)
             raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
         self.memslots[r.key] = slot
+        self.kvm_swap_active_memslots(r.as_id)
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
@@ -392,6 +395,7 @@ class ModelVm(Kvm):
         if base_gfn != old.base_gfn:
             check_overlap(self.memslots, op, r.as_id, r.slot_id, base_gfn, r.npages)
         self.stage2.zap(old.base_gfn, old.end_gfn)
+        self.kvm_swap_active_memslots(old.as_id)
         old.base_gfn, old.flags = base_gfn, r.flags
 
     def _fget_gmem(self, op: str, gmem_arg: object) -> GmemFile:
@@ -414,6 +418,7 @@ class ModelVm(Kvm):
         if slot.gmem_file is not None:
             slot.gmem_file.kvm_gmem_unbind(slot)
         del self.memslots[(slot.as_id, slot.id)]
+        self.kvm_swap_active_memslots(slot.as_id)
 
     # -- memory attributes (spec 2.7) ---------------------------------------------------------------------------
     def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> None:
@@ -436,7 +441,10 @@ class ModelVm(Kvm):
         start, end = address >> PAGE_SHIFT, (address + size) >> PAGE_SHIFT
         if self.attributes.all_equal(start, end, attributes):
             return  # kvm_range_has_memory_attributes(): nothing to do
-        self.stage2.zap(start, end)  # kvm_arch_pre_set_memory_attributes
+        # kvm_arch_pre_set_memory_attributes runs per memslot in the range (kvm_handle_gfn_range): GPAs without a
+        # memslot are not zapped, so a cached MMIO SPTE there survives the change (see page_fault.py).
+        spans = [(max(start, s.base_gfn), min(end, s.end_gfn)) for s in self.memslots.values()]
+        self.stage2.zap_ranges([(lo, hi) for lo, hi in spans if lo < hi])
         self.attributes.store(start, end, attributes)
 
     def _check_vm_attributes(self, op: str) -> None:
@@ -523,6 +531,32 @@ class ModelVcpu:
             target = kvm_mmu_page_fault(self.vm, page_gpa + in_page, True, private)
             target.write(in_page, data[pos : pos + chunk])
             pos += chunk
+
+    def execute(self, gpa: int, private: bool | None = None) -> int:
+        """An instruction fetch at ``gpa``: the stub's bytes are read through the fault path (a fetch is a read
+        for routing, realkernel-private.md 4b/memfault_exec, 4a/exec_private_guest_written) and decoded."""
+        gpa = u64(gpa, "gpa", "KVM_RUN")
+        code = bytearray()
+        for page_gpa, in_page, chunk in split_by_page(gpa, REPORT_STUB_SIZE):
+            try:
+                target = kvm_mmu_page_fault(self.vm, page_gpa + in_page, False, private)
+            except VcpuExit as exc:
+                if exc.exit_reason != KVM_EXIT_MMIO:
+                    raise
+                # KVM emulates an instruction fetch from MMIO and fails; what the guest sees next depends on its
+                # IDT (a triple fault under TDP, KVM_EXIT_INTERNAL_ERROR on the kvm_pvm host): not guest_memfd's.
+                raise UnsupportedByBackend(f"instruction fetch from GPA {page_gpa:#x}, emulated MMIO") from None
+            code += target.read(in_page, chunk)
+        value = decode_report_stub(bytes(code))
+        if value is None:
+            raise UnsupportedByBackend(f"code at GPA {gpa:#x} ({bytes(code).hex()}) is not a report stub: the model "
+                                       "runs only gmemlab.backend.report_stub code")
+        return value
+
+    def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
+        """See :func:`gmemlab.model.pre_fault.kvm_vcpu_pre_fault_memory`."""
+        op = "KVM_PRE_FAULT_MEMORY"
+        return kvm_vcpu_pre_fault_memory(self.vm, u64(gpa, "gpa", op), u64(size, "size", op), u64(flags, "flags", op))
 
     def touch(self, gpa: int, size: int, write: bool = True) -> None:
         """The guest touches every page of ``[gpa, gpa + size)`` the way it knows it (private pages with

@@ -98,18 +98,36 @@ def fault_is_private(vm: Kvm, gfn: int, private: bool | None) -> bool:
     return private
 
 
-def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None) -> PageTarget:
-    """Resolve one guest access at ``gpa``: the page it lands on, or a :class:`VcpuExit`."""
+def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, prefault: bool = False) -> PageTarget:
+    """Resolve one guest access at ``gpa``: the page it lands on, or a :class:`VcpuExit`.
+
+    A GPA without memslot leaves a cached MMIO SPTE (with ``kvm.mmio_caching``). A later guest access there is a
+    reserved-bit fault (``handle_mmio_page_fault``): emulated MMIO while the SPTE's memslot generation is
+    current, whatever the memory attributes say; once a memslot change made it stale, the fault takes the normal
+    path, but as a shared fault (a SW_PROTECTED VM's private bit is not set for reserved faults). Memory
+    attribute changes do not zap GPAs without memslot, so private GPAs the guest touched as MMIO stay MMIO, and
+    later exit with KVM_EXIT_MEMORY_FAULT flags 0 (found on 6.18.2 under QEMU). ``prefault`` is
+    ``KVM_PRE_FAULT_MEMORY``, which maps through ``kvm_tdp_map_page`` without the reserved-fault step.
+    """
     gfn = gpa >> PAGE_SHIFT
+    if not prefault:
+        generation = vm.stage2.mmio_generation(gfn)
+        if generation == vm.memslots_generation[0]:
+            raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "cached MMIO SPTE: emulated MMIO")
+        if generation is not None and private is None and vm.vm_type == VmType.SW_PROTECTED:
+            private = False  # a stale MMIO SPTE: the reserved fault goes on as a shared fault
     slot = vm.find_memslot(gfn)
     is_private = fault_is_private(vm, gfn, private)
     flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0
     page_gpa = gfn << PAGE_SHIFT
-    if slot is None and not is_private:
-        raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "no memslot: emulated MMIO")
+    # kvm_mmu_faultin_pfn: the attribute check comes before the memslot lookup's outcome
     if is_private != vm.kvm_mem_is_private(gfn):
         raise VcpuExit(KVM_EXIT_MEMORY_FAULT, errno.EFAULT, page_gpa, PAGE_SIZE, flags, write,
                        "fault type disagrees with the memory attribute")
+    if slot is None and not is_private:
+        if vm.config.mmio_caching and gfn < 1 << (vm.config.max_gpa_bits - PAGE_SHIFT):
+            vm.stage2.map_mmio(gfn, vm.memslots_generation[0])  # kvm_handle_noslot_fault -> make_mmio_spte
+        raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "no memslot: emulated MMIO")
     if slot is not None and write and slot.flags & KVM_MEM_READONLY:
         raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "write to a read-only memslot")
     if is_private or (slot is not None and slot.gmem_only):
@@ -167,43 +185,77 @@ def _same_state_end(vm: Kvm, slot: Memslot, gfn: int, limit: int) -> int:
 
 def touch_range(vm: Kvm, start: int, end: int, write: bool) -> None:
     """Touch gfns ``[start, end)`` as the guest would (see the module docstring)."""
+    _reached, stopped = fault_in_range(vm, start, end, write, prefault=False)
+    if stopped is not None:
+        raise stopped
+
+
+def fault_in_range(vm: Kvm, start: int, end: int, write: bool, prefault: bool) -> tuple[int, VcpuExit | None]:
+    """Fault gfns ``[start, end)`` in, ascending, as :func:`touch_range`; returns the first gfn not faulted in
+    (``end`` when all were) and the exit that stopped there (None when none did). Already mapped gfns count as
+    faulted (a spurious fault). Runs that decide alike are done in one step: 4 KiB runs from guest_memfd, and
+    shared runs on a classic slot backed by anonymous memory."""
     gfn = start
-    while gfn < end:
-        slot = vm.find_memslot(gfn)
-        via_gmem = slot is not None and slot.has_gmem and slot.gmem_file is not None
-        if slot is None or not via_gmem or not (slot.gmem_only or vm.kvm_mem_is_private(gfn)):
-            kvm_mmu_page_fault(vm, gfn << PAGE_SHIFT, write, _access(vm, gfn))  # the general path, one page
-            gfn += 1
-            continue
-        seg_end = min(end, slot.end_gfn)
-        for a, b, spte in list(vm.stage2.sptes.runs(gfn, seg_end)):
-            if spte is not None:
+    try:
+        while gfn < end:
+            slot = vm.find_memslot(gfn)
+            via_gmem = slot is not None and slot.has_gmem and slot.gmem_file is not None
+            if slot is None or not via_gmem or not (slot.gmem_only or vm.kvm_mem_is_private(gfn)):
+                gfn = _fault_hva_run(vm, slot, gfn, end, write, prefault)
                 continue
-            x = a
-            while x < b:
-                if vm.stage2.lookup(x) is not None:
-                    x += 1
+            seg_end = min(end, slot.end_gfn)
+            for a, b, spte in list(vm.stage2.sptes.runs(gfn, seg_end)):
+                if spte is not None:
                     continue
-                private = _access(vm, x)
-                kvm_mmu_page_fault(vm, x << PAGE_SHIFT, write, private)
-                spte = vm.stage2.lookup(x)
-                if spte is None:  # mapped and zapped again (PSMASH); count it and move on
-                    x += 1
-                    continue
-                if spte.level != Level.PG_4K:
-                    x = spte.level.align_down(x) + spte.level.pages
-                    continue
-                run_end = min(b, Level.PG_2M.align_down(x) + Level.PG_2M.pages, _same_state_end(vm, slot, x, b))
-                if run_end > x + 1:
-                    _map_run_4k(vm, slot, x + 1, run_end, spte.private)
-                x = run_end
-        gfn = seg_end
+                gfn = x = a
+                while x < b:
+                    gfn = x
+                    if vm.stage2.lookup(x) is not None:
+                        x += 1
+                        continue
+                    private = _access(vm, x, prefault)
+                    kvm_mmu_page_fault(vm, x << PAGE_SHIFT, write, private, prefault)
+                    spte = vm.stage2.lookup(x)
+                    if spte is None:  # mapped and zapped again (PSMASH); count it and move on
+                        x += 1
+                        continue
+                    if spte.level != Level.PG_4K:
+                        x = spte.level.align_down(x) + spte.level.pages
+                        continue
+                    run_end = min(b, Level.PG_2M.align_down(x) + Level.PG_2M.pages,
+                                  _same_state_end(vm, slot, x, b))
+                    if run_end > x + 1:
+                        _map_run_4k(vm, slot, x + 1, run_end, spte.private)
+                    x = run_end
+            gfn = seg_end
+    except VcpuExit as exc:
+        return gfn, exc
+    return end, None
 
 
-def _access(vm: Kvm, gfn: int) -> bool | None:
-    """The fault type a well-behaved guest uses: private where the memory is private (CoCo VMs)."""
-    if not vm.vm_type.has_private_mem:
+def _fault_hva_run(vm: Kvm, slot: Memslot | None, gfn: int, end: int, write: bool, prefault: bool) -> int:
+    """One fault at ``gfn`` through the general path; when it maps a shared page of a classic slot backed by
+    anonymous memory, the rest of that slot's shared gfns inside the same mapping decide alike and are mapped in
+    one step (GUP on anonymous memory cannot fail). Returns the next gfn to fault."""
+    kvm_mmu_page_fault(vm, gfn << PAGE_SHIFT, write, _access(vm, gfn, prefault), prefault)
+    if slot is None or slot.has_gmem or vm.kvm_mem_is_private(gfn) or (write and slot.flags & KVM_MEM_READONLY):
+        return gfn + 1
+    hva = slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
+    vma = vm.address_space.find(hva)
+    if vma is None or vma.file is not None:
+        return gfn + 1
+    vma_end = slot.base_gfn + ((vma.address + vma.length - slot.userspace_addr) >> PAGE_SHIFT)
+    limit = min(end, slot.end_gfn, vma_end)
+    run_end = next(iter(vm.attributes.runs(gfn, limit)))[1] if limit > gfn + 1 else limit
+    for a, b, spte in list(vm.stage2.sptes.runs(gfn + 1, run_end)):
+        if spte is None:
+            vm.stage2.map(a, b - a, False, Level.PG_4K, faults=b - a)
+    return max(run_end, gfn + 1)
+
+
+def _access(vm: Kvm, gfn: int, prefault: bool) -> bool | None:
+    """The fault type of a well-behaved guest: private where the memory is private (CoCo VMs); a SW_PROTECTED
+    guest has no private bit and leaves it to KVM (None). Pre-fault takes it from the attribute."""
+    if not vm.vm_type.has_private_mem or (vm.vm_type == VmType.SW_PROTECTED and not prefault):
         return None
     return vm.kvm_mem_is_private(gfn)
-
-

@@ -32,6 +32,10 @@ class Stage2:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.sptes: RangeMap[Spte | None] = RangeMap(GFN_LIMIT, None)
         self.metrics = metrics if metrics is not None else Metrics()
+        # Cached MMIO SPTEs (kvm.mmio_caching): the memslot generation each was made in. They are not
+        # shadow-present, so zaps skip them; a fault that maps the gfn replaces one (see page_fault.py).
+        self.mmio: RangeMap[int | None] = RangeMap(GFN_LIMIT, None)
+        self._any_mmio = False
 
     def lookup(self, gfn: int) -> Spte | None:
         return self.sptes.load(gfn)
@@ -40,24 +44,40 @@ class Stage2:
         """Install leaves of ``level`` over ``[gfn, gfn + npages)``; ``faults`` = how many faults that was
         (a batch of 4 KiB faults over a range is one call)."""
         self.sptes.store(gfn, gfn + npages, Spte(private, level))
+        if self._any_mmio:
+            self.mmio.store(gfn, gfn + npages, None)
         add = self.metrics.add
         add("guest_faults", faults)
         add(per_level("stage2_faults", level), faults)
         add(per_level("stage2_bytes", level), npages << PAGE_SHIFT)
+
+    def map_mmio(self, gfn: int, generation: int) -> None:
+        """``make_mmio_spte``: cache that ``gfn`` has no memslot, as of memslot ``generation``."""
+        self.mmio.store(gfn, gfn + 1, generation)
+        self._any_mmio = True
+
+    def mmio_generation(self, gfn: int) -> int | None:
+        """The generation of the MMIO SPTE at ``gfn``, None if there is none."""
+        return self.mmio.load(gfn) if self._any_mmio else None
 
     def zap(self, start: int, end: int, private: bool | None = None) -> int:
         """Unmap leaves in ``[start, end)``; ``private`` filters (None = both). Flushes TLBs if any.
 
         A huge leaf that overlaps the range is removed whole (KVM zaps the SPTE, not part of it).
         """
+        return self.zap_ranges([(start, end)], private)
+
+    def zap_ranges(self, ranges: list[tuple[int, int]], private: bool | None = None) -> int:
+        """:meth:`zap` over several ranges with one TLB flush at the end, as ``kvm_handle_gfn_range`` does."""
         zapped = 0
-        for s, e, spte in list(self.sptes.runs(start, end)):
-            if spte is None or (private is not None and spte.private != private):
-                continue
-            level = spte.level
-            s, e = level.align_down(s), level.align_up(e)
-            zapped += (e - s) // level.pages
-            self.sptes.store(s, e, None)
+        for start, end in ranges:
+            for s, e, spte in list(self.sptes.runs(start, end)):
+                if spte is None or (private is not None and spte.private != private):
+                    continue
+                level = spte.level
+                s, e = level.align_down(s), level.align_up(e)
+                zapped += (e - s) // level.pages
+                self.sptes.store(s, e, None)
         if zapped:
             self.metrics.add("zaps")
             self.metrics.add("s2_zap_leaf", zapped)

@@ -7,9 +7,9 @@ module defines ``CASES = CaseList()`` and is added to :data:`MODULES`.
 from __future__ import annotations
 
 from ..case import Case
-from . import hugetlb, inplace, linux, private, rfc
+from . import execute, hugetlb, inplace, linux, prefault, private, rfc
 
-MODULES = (linux, private, inplace, rfc, hugetlb)
+MODULES = (linux, private, inplace, prefault, execute, rfc, hugetlb)
 REGISTRY: tuple[Case, ...] = tuple(c for module in MODULES for c in module.CASES)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ...uapi import (
     KVM_EXIT_MEMORY_FAULT,
+    KVM_EXIT_MMIO,
     KVM_MEM_GUEST_MEMFD,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     KVM_MEMORY_EXIT_FLAG_PRIVATE,
@@ -30,7 +31,7 @@ UA_BYTE = 0x99  # what userspace_addr holds in every page
 NPAGES = 4
 
 
-def _swp_vm(ctx: Ctx) -> Proxy:
+def swp_vm(ctx: Ctx) -> Proxy:
     types = ctx.system.check_extension(Cap.VM_TYPES)
     if not types & 1 << VmType.SW_PROTECTED:
         ctx.skip(f"needs KVM_X86_SW_PROTECTED_VM (type 1): KVM_CAP_VM_TYPES = {types:#x} here")
@@ -44,7 +45,7 @@ class Layout:
 
     def __init__(self, ctx: Ctx, gmem_flags: int = 0, uaddr: str = "anon") -> None:
         self.ctx = ctx
-        self.vm = _swp_vm(ctx)
+        self.vm = swp_vm(ctx)
         size = NPAGES * P
         self.gmem = ctx.expect_ok(self.vm.create_guest_memfd, size, gmem_flags)
         self.anon = ctx.system.mmap_anonymous(size)
@@ -80,7 +81,7 @@ def private_set_memory_attributes_rules(ctx: Ctx) -> None:
     """KVM_SET_MEMORY_ATTRIBUTES on a SW_PROTECTED VM: PRIVATE and 0 accepted anywhere (memslots do not
     matter, no-ops too); flags, unknown bits, size 0, misalignment and wrap EINVAL, also in pairs
     (realkernel-private.md section 2; finding 1: no order among the EINVALs can be seen)."""
-    vm = _swp_vm(ctx)
+    vm = swp_vm(ctx)
     anon = ctx.system.mmap_anonymous(16 * P)
     base = ctx.gpa_base(16 * P)
     ctx.expect_ok(vm.set_user_memory_region2, 1, 0, base, 16 * P, userspace_addr=anon.address)
@@ -108,7 +109,7 @@ def private_vm_memslot_rules(ctx: Ctx) -> None:
     """set_memory_region_test on a SW_PROTECTED VM: only MMAP may be asked of its guest_memfd (no INIT_SHARED:
     KVM_CAP_GUEST_MEMFD_FLAGS = 1); one memslot address space (no SMM for private VMs); GUEST_MEMFD with
     LOG_DIRTY or READONLY EINVAL; file-range overlap EINVAL, GPA overlap EEXIST (finding 11)."""
-    vm = _swp_vm(ctx)
+    vm = swp_vm(ctx)
     ctx.check(vm.check_extension(Cap.GUEST_MEMFD_FLAGS) == ctx.MMAP, "GUEST_MEMFD_FLAGS of a SW_PROTECTED VM")
     spaces = vm.check_extension(Cap.MULTI_ADDRESS_SPACE)
     ctx.check(spaces <= 1, f"a VM with private memory has one address space, KVM_CAP_MULTI_ADDRESS_SPACE={spaces}")
@@ -187,7 +188,7 @@ def private_memory_fault_exits(ctx: Ctx) -> None:
     """private_mem_kvm_exits_test: a private GPA in a memslot without guest_memfd exits to userspace with
     KVM_EXIT_MEMORY_FAULT (PRIVATE, the page's GPA, 4096) for reads and writes, at any offset; flipping it
     back to shared lets the same vCPU go on (realkernel-private.md 4b, finding 7)."""
-    vm = _swp_vm(ctx)
+    vm = swp_vm(ctx)
     anon = ctx.system.mmap_anonymous(NPAGES * P)
     anon.fill(0, NPAGES * P, UA_BYTE)
     gpa = ctx.gpa_base(NPAGES * P)
@@ -259,3 +260,39 @@ def private_gmem_without_mmap_uses_userspace_addr(ctx: Ctx) -> None:
     ctx.expect_bytes(lay.read(0), bytes([UA_BYTE]), "shared read")
     lay.write(0, b"\x5e")
     ctx.expect_bytes(lay.anon.read(0, 1), b"\x5e", "shared write reached userspace_addr")
+
+
+@case("2.7")
+def private_mmio_gpa_made_private(ctx: Ctx) -> None:
+    """A GPA without memslot that the guest touched (emulated MMIO) and that is then made private: the attribute
+    change zaps only GPAs inside memslots, so where the kernel caches MMIO SPTEs (``kvm.mmio_caching``) the GPA
+    stays emulated MMIO; after a memslot change makes the SPTE stale the access goes on as a *shared* fault and
+    exits with KVM_EXIT_MEMORY_FAULT flags 0; made shared again it is MMIO once more. Without MMIO caching
+    the attribute decides at once (a PRIVATE memory fault). Found on 6.18.2 under QEMU; either way an untouched
+    private GPA without memslot is a PRIVATE memory fault, and pre-fault follows the attribute."""
+    vm = swp_vm(ctx)
+    anon = ctx.system.mmap_anonymous(NPAGES * P)
+    gpa = ctx.gpa_base(1 << 22)
+    ctx.expect_ok(vm.set_user_memory_region2, 1, 0, gpa, NPAGES * P, userspace_addr=anon.address)
+    cpu = vm.create_vcpu(0)
+    hole, fresh = gpa + (1 << 20), gpa + (1 << 20) + P
+    private_fault = (KVM_EXIT_MEMORY_FAULT, fresh, P, KVM_MEMORY_EXIT_FLAG_PRIVATE)
+    ctx.expect_ok(vm.set_memory_attributes, fresh, P, PRIVATE)
+    ex = ctx.expect_exit(cpu.read, fresh, 1)
+    ctx.check((ex.exit_reason, ex.gpa, ex.size, ex.flags) == private_fault, f"untouched private GPA: {ex}")
+    ex = ctx.expect_exit(cpu.read, hole, 1)
+    ctx.check(ex.exit_reason == KVM_EXIT_MMIO, f"a shared GPA without memslot is MMIO, got {ex}")
+    ctx.expect_ok(vm.set_memory_attributes, hole, P, PRIVATE)
+    ex = ctx.expect_exit(cpu.read, hole, 1)
+    if ex.exit_reason == KVM_EXIT_MEMORY_FAULT:  # no MMIO caching: the attribute decides
+        ctx.check((ex.gpa, ex.size, ex.flags) == (hole, P, KVM_MEMORY_EXIT_FLAG_PRIVATE), f"memory fault {ex}")
+        return
+    ctx.check(ex.exit_reason == KVM_EXIT_MMIO, f"cached MMIO SPTE: expected MMIO or a memory fault, got {ex}")
+    ctx.expect_ok(vm.set_user_memory_region2, 2, 0, gpa + (2 << 20), P, userspace_addr=anon.address)
+    for _ in range(2):
+        ex = ctx.expect_exit(cpu.read, hole, 1)
+        ctx.check((ex.exit_reason, ex.gpa, ex.size, ex.flags) == (KVM_EXIT_MEMORY_FAULT, hole, P, 0),
+                  f"stale MMIO SPTE: expected a shared-type memory fault, got {ex}")
+    ctx.expect_ok(vm.set_memory_attributes, hole, P, 0)
+    ex = ctx.expect_exit(cpu.read, hole, 1)
+    ctx.check(ex.exit_reason == KVM_EXIT_MMIO, f"shared again: MMIO, got {ex}")
