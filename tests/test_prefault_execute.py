@@ -39,7 +39,9 @@ def test_report_stub_round_trip_and_bad_values() -> None:
 
 
 def test_pre_fault_without_tdp_or_before_launch_is_eopnotsupp() -> None:
-    kb = ModelBackend("linux-6.18", HostConfig.upstream().with_(vm_types=(VmType.DEFAULT,), memory_attributes=False, pre_fault=False, mmio_caching=False))
+    shadow_mmu = HostConfig.upstream().with_(vm_types=(VmType.DEFAULT,), memory_attributes=False, pre_fault=False,
+                                             mmio_caching=False)  # the kvm_pvm host
+    kb = ModelBackend("linux-6.18", shadow_mmu)
     vm = kb.create_vm(0)
     cpu = vm.create_vcpu(0)
     with pytest.raises(KvmError) as ei:

@@ -67,6 +67,15 @@ class HostFacts:
         found = re.match(r"(\d+)\.(\d+)", self.release)
         return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
+    @property
+    def release_version(self) -> tuple[int, int, int] | None:
+        """(major, minor, sublevel) of the release (sublevel 0 when absent), None if it names no kernel version
+        (a model's own facts)."""
+        found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", self.release)
+        if not found:
+            return None
+        return int(found.group(1)), int(found.group(2)), int(found.group(3) or 0)
+
     def cap(self, cap: Cap, vm_type: VmType | None = None) -> int:
         table = self.system_caps if vm_type is None else self.vm_caps.get(vm_type.label, {})
         return table.get(cap.name, 0)

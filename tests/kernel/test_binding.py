@@ -135,3 +135,21 @@ def test_bind_flags_without_uaddr_rows_253_to_255(vm, flags):
 def test_bind_1gib_at_4gib_row_260(vm):
     g = vm.create_guest_memfd(1 << 30, 3)
     vm.set_user_memory_region2(20, GMEM, 4 << 30, 1 << 30, 0, g, 0)
+
+
+def test_dropping_guest_memfd_flag_follows_the_release(kb, facts):
+    """The model decides from the kernel's release whether a guest_memfd slot may be re-set without
+    KVM_MEM_GUEST_MEMFD (upstream 9935df5333aa, 6.18.3; gmemlab.model.config.GMEM_FLAG_TOGGLE_FIXED_IN): the
+    kernel under test must agree. Where it is accepted this exercises the use-after-free the fix closed."""
+    from gmemlab.model.config import gmem_flag_toggle_accepted
+
+    vm = kb.create_vm()
+    g = vm.create_guest_memfd(4 * P, 0)
+    vm.set_user_memory_region2(1, uapi.KVM_MEM_GUEST_MEMFD, 2 << 20, 4 * P, 0, g, 0)
+    try:
+        vm.set_user_memory_region2(1, 0, 2 << 20, 4 * P, 0, None, 0)
+        accepted = True
+    except KvmError as exc:
+        assert exc.errno == errno.EINVAL
+        accepted = False
+    assert accepted is gmem_flag_toggle_accepted(facts.release_version), facts.release

@@ -47,6 +47,9 @@ class HostConfig:
       merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
     * ``tdp_max_level``: ``max_huge_page_level`` (1G TDP pages, or 2M only), workloads 2.1 step 1.
     * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
+    * ``gmem_flag_toggle``: an existing guest_memfd memslot may be re-set without KVM_MEM_GUEST_MEMFD (a
+      MOVE or FLAGS_ONLY change that leaves the file range bound to the freed slot), as kernels before upstream
+      9935df5333aa do (:func:`gmem_flag_toggle_accepted`); False is current upstream: EINVAL.
     * ``mmio_caching``: ``kvm.mmio_caching``: a fault on a GPA without memslot leaves an MMIO SPTE
       (:func:`gmemlab.model.page_fault.kvm_mmu_page_fault`); N on the kvm_pvm host, Y under TCG's SVM/NPT.
     """
@@ -72,6 +75,7 @@ class HostConfig:
     tdx_huge_private: bool = True
     gmem_in_place_conversion: bool | None = None
     mmio_caching: bool = True
+    gmem_flag_toggle: bool = False
 
     @classmethod
     def upstream(cls) -> HostConfig:
@@ -99,6 +103,7 @@ class HostConfig:
             gpa_window=facts.gpa_window,
             numa_nodes=facts.numa_nodes,
             mmio_caching=_param_bool(facts.module_params.get("kvm.mmio_caching")) is not False,
+            gmem_flag_toggle=gmem_flag_toggle_accepted(facts.release_version),
         )
 
     @classmethod
@@ -113,3 +118,27 @@ class HostConfig:
 def _param_bool(value: str | None) -> bool | None:
     """A bool module parameter as /sys/module shows it (Y/N), None when the parameter does not exist."""
     return None if value is None else value.strip().upper() in ("Y", "1")
+
+
+# Upstream 9935df5333aa "KVM: Disallow toggling KVM_MEM_GUEST_MEMFD on an existing memslot" (Sean Christopherson,
+# kvm-x86 fixes, pulled as "KVM fixes for 6.19-rc1"): until then __kvm_set_memory_region refused a change to an
+# existing slot only when the *new* flags had KVM_MEM_GUEST_MEMFD, so dropping the flag was accepted and the old
+# slot was freed while its guest_memfd range stayed bound (a use-after-free). On the 6.18.y line it is in the
+# 6.18.3-rc1 stable review (2025-12-29, linux-stable-rc linux-6.18.y 336c9c91afe6): 6.18.0-6.18.2 accept the
+# change (measured on 6.18.2 under QEMU), 6.18.3 and later refuse it (measured EINVAL on 6.18.44 here). Older
+# stable lines got backports at sublevels not pinned here; the model has no profile before 6.18, so they count
+# as unfixed. First sublevel with the fix per stable line; override an entry for a vendor kernel.
+GMEM_FLAG_TOGGLE_FIXED_IN: dict[tuple[int, int], int] = {(6, 18): 3}
+GMEM_FLAG_TOGGLE_FIXED_MAINLINE = (6, 19)
+
+
+def gmem_flag_toggle_accepted(version: tuple[int, int, int] | None) -> bool:
+    """Whether a kernel of ``version`` (major, minor, sublevel) accepts dropping KVM_MEM_GUEST_MEMFD from an
+    existing memslot; None (no release, e.g. a model's facts) is current upstream: refused."""
+    if version is None:
+        return False
+    major, minor, sublevel = version
+    if (major, minor) >= GMEM_FLAG_TOGGLE_FIXED_MAINLINE:
+        return False
+    fixed = GMEM_FLAG_TOGGLE_FIXED_IN.get((major, minor))
+    return fixed is None or sublevel < fixed

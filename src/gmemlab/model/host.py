@@ -115,6 +115,7 @@ class AddressSpace:
         self.numa_nodes = numa_nodes
         self.vmas: list[ModelHostMapping] = []
         self._next = _MMAP_BASE
+        self.invalidations = 0  # mmu_notifier invalidations so far (each host zap is one)
 
     def place(self, length: int) -> int:
         """Address for a mapping of ``length`` bytes in a new reservation (ENOMEM when it does not fit)."""
@@ -187,6 +188,9 @@ class ModelHostMapping:
         self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
         self.ptes: RangeMap[Level | None] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
+        # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
+        # the stage-2 leaves of memslots whose userspace_addr range it covers
+        self.invalidated: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
         self.anon: dict[int, bytearray] = {}
         self.vma_policy = numa.SharedPolicy(max(self.npages, 1))  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
@@ -492,6 +496,8 @@ class ModelHostMapping:
         last = min(last, self.npages)
         if first >= last:
             return 0
+        self.space.invalidations += 1
+        self.invalidated.store(first, last, self.space.invalidations)
         n = 0
         for s, e, v in list(self.ptes.runs(first, last)):
             if not v or (above is not None and v <= above):

@@ -59,7 +59,7 @@ from .memslot import (
     check_overlap,
 )
 from .metrics import Metrics
-from .page_fault import kvm_mmu_page_fault, split_by_page, touch_range
+from .page_fault import kvm_mmu_page_fault, orphan_gmem_leaves, split_by_page, touch_range
 from .policy import policy
 from .populate import kvm_gmem_populate
 from .pre_fault import kvm_vcpu_pre_fault_memory
@@ -388,14 +388,24 @@ class ModelVm(Kvm):
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
-        check_move_or_flags_change(op, r, old)
+        check_move_or_flags_change(op, r, old, self.config.gmem_flag_toggle)
         base_gfn = r.base_gfn
         if base_gfn == old.base_gfn and r.flags == old.flags:
             return
         if base_gfn != old.base_gfn:
             check_overlap(self.memslots, op, r.as_id, r.slot_id, base_gfn, r.npages)
-        self.stage2.zap(old.base_gfn, old.end_gfn)
+            self.stage2.zap(old.base_gfn, old.end_gfn)  # KVM_MR_MOVE: kvm_arch_flush_shadow_memslot
+        # KVM_MR_FLAGS_ONLY keeps the leaves (dirty logging only write-protects them, and the fast path restores W)
         self.kvm_swap_active_memslots(old.as_id)
+        if old.has_gmem:
+            # Before upstream 9935df5333aa (6.18.0-6.18.2): the new slot is a plain one; the old one is freed
+            # without kvm_gmem_unbind, so its file range stays bound to it (rebinding the range is EINVAL) until
+            # the file goes away. The kernel then writes into the freed slot (the use-after-free the fix closed).
+            if base_gfn == old.base_gfn:
+                orphan_gmem_leaves(self, old)
+            slot = Memslot(old.id, old.as_id, base_gfn, old.npages, r.flags, old.userspace_addr)
+            self.memslots[(old.as_id, old.id)] = slot
+            return
         old.base_gfn, old.flags = base_gfn, r.flags
 
     def _fget_gmem(self, op: str, gmem_arg: object) -> GmemFile:

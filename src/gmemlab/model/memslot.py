@@ -119,14 +119,18 @@ def check_memory_region_sanity(op: str, r: MemoryRegion, nr_address_spaces: int)
         raise KvmError(errno.EINVAL, op, f"memory_size {r.size:#x} exceeds KVM_MEM_MAX_NR_PAGES")
 
 
-def check_move_or_flags_change(op: str, r: MemoryRegion, old: Memslot) -> None:
-    """What may change of an existing slot (``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``): GPA or dirty logging."""
+def check_move_or_flags_change(op: str, r: MemoryRegion, old: Memslot, gmem_flag_toggle: bool) -> None:
+    """What may change of an existing slot (``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``): GPA or dirty logging.
+
+    ``gmem_flag_toggle``: the kernel predates upstream 9935df5333aa and lets a request without
+    KVM_MEM_GUEST_MEMFD change a guest_memfd slot (:data:`gmemlab.model.config.GMEM_FLAG_TOGGLE_FIXED_IN`)."""
     if r.flags & KVM_MEM_GUEST_MEMFD:
         raise KvmError(errno.EINVAL, op, "guest_memfd memslots are immutable: delete and re-create")
     if r.uaddr != old.userspace_addr or r.npages != old.npages or (r.flags ^ old.flags) & KVM_MEM_READONLY:
         raise KvmError(errno.EINVAL, op, "only the GPA or LOG_DIRTY_PAGES of a memslot can change")
-    if old.has_gmem:
-        raise KvmError(errno.EINVAL, op, "guest_memfd memslots cannot be moved or change flags")
+    if old.has_gmem and not gmem_flag_toggle:
+        raise KvmError(errno.EINVAL, op, "guest_memfd memslots cannot be moved or change flags (KVM_MEM_GUEST_MEMFD "
+                       "cannot be dropped since upstream 9935df5333aa, 6.18.3)")
 
 
 def check_overlap(

@@ -14,6 +14,7 @@ batch: the same counters, one range store.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
 
 from ..errors import FaultRefused, GmemError, UnsupportedByBackend, VcpuExit
 from ..level import Level
@@ -72,6 +73,43 @@ class HvaPage(PageTarget):
         self.vma._write_page(self.page, offset, data)
 
 
+@dataclass(frozen=True)
+class OrphanedGmemLeaf:
+    """Where the stage-2 leaves of a guest_memfd slot point after a kernel before upstream 9935df5333aa (6.18.0-
+    6.18.2) accepted dropping KVM_MEM_GUEST_MEMFD from it in place (``KVM_MR_FLAGS_ONLY``): that change does not
+    zap, so gfns the guest had mapped keep reading and writing the guest_memfd pages while other gfns fault through
+    the new slot's ``userspace_addr``, until something zaps them (an invalidation of the file's still-bound range,
+    an attribute change, a later move or delete, or an mmu_notifier invalidation of the slot's HVA range, which
+    ``vma``/``seen`` stand for: the mapping at ``userspace_addr`` then and the invalidation count then)."""
+
+    file: GmemFile
+    index_base: int  # file index of gfn 0
+    vma: ModelHostMapping | None
+    slot_hva: int
+    seen: int
+
+    def page(self, vm: Kvm, gfn: int) -> GmemPage | None:
+        """The guest_memfd page the leaf maps, None if an mmu_notifier invalidation has zapped it since."""
+        if self.vma is not None:
+            page = (self.slot_hva - self.vma.address >> PAGE_SHIFT) + gfn
+            if self.vma.unmapped or not 0 <= page < self.vma.npages or self.vma.invalidated.load(page) > self.seen:
+                return None
+        return GmemPage(self.file, gfn + self.index_base)
+
+
+def orphan_gmem_leaves(vm: Kvm, old: Memslot) -> None:
+    """Tag the present leaves of ``old`` (a guest_memfd slot replaced in place by a plain one) with the pages
+    they still map (:class:`OrphanedGmemLeaf`)."""
+    if old.gmem_file is None:
+        return
+    vma = vm.address_space.find(old.userspace_addr) if old.userspace_addr else None
+    # gfn g's hva is userspace_addr + (g - base_gfn) pages; OrphanedGmemLeaf.page adds gfn to slot_hva's page
+    slot_hva = old.userspace_addr - (old.base_gfn << PAGE_SHIFT)
+    origin = OrphanedGmemLeaf(old.gmem_file, old.gmem_pgoff - old.base_gfn, vma, slot_hva,
+                              vm.address_space.invalidations)
+    vm.stage2.set_origin(old.base_gfn, old.end_gfn, origin)
+
+
 def split_by_page(gpa: int, length: int) -> list[tuple[int, int, int]]:
     """``[gpa, gpa + length)`` as (page gpa, offset in page, chunk length) pieces."""
     out = []
@@ -116,6 +154,12 @@ def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, pre
             raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "cached MMIO SPTE: emulated MMIO")
         if generation is not None and private is None and vm.vm_type == VmType.SW_PROTECTED:
             private = False  # a stale MMIO SPTE: the reserved fault goes on as a shared fault
+    spte = vm.stage2.lookup(gfn)
+    if spte is not None and isinstance(spte.origin, OrphanedGmemLeaf):
+        page = spte.origin.page(vm, gfn)
+        if page is not None:
+            return page  # the leaf is present: the access needs no fault
+        vm.stage2.zap(gfn, gfn + 1)  # an mmu_notifier invalidation removed it
     slot = vm.find_memslot(gfn)
     is_private = fault_is_private(vm, gfn, private)
     flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0

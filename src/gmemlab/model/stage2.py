@@ -20,10 +20,12 @@ GFN_LIMIT = 1 << 52  # gfns of a 64-bit GPA space; the map is range based so thi
 
 @dataclass(frozen=True, slots=True)
 class Spte:
-    """A present leaf: private or shared, and its level."""
+    """A present leaf: private or shared, and its level. ``origin`` is set only for a leaf that outlived the
+    memslot it was made for and still maps that slot's page (see ``page_fault.OrphanedGmemLeaf``)."""
 
     private: bool
     level: Level = Level.PG_4K
+    origin: object = None
 
 
 class Stage2:
@@ -50,6 +52,12 @@ class Stage2:
         add("guest_faults", faults)
         add(per_level("stage2_faults", level), faults)
         add(per_level("stage2_bytes", level), npages << PAGE_SHIFT)
+
+    def set_origin(self, start: int, end: int, origin: object) -> None:
+        """Tag the present leaves in ``[start, end)`` with ``origin`` (they keep their level and type)."""
+        for s, e, spte in list(self.sptes.runs(start, end)):
+            if spte is not None:
+                self.sptes.store(s, e, Spte(spte.private, spte.level, origin))
 
     def map_mmio(self, gfn: int, generation: int) -> None:
         """``make_mmio_spte``: cache that ``gfn`` has no memslot, as of memslot ``generation``."""
