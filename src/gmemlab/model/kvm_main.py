@@ -388,7 +388,7 @@ class ModelVm(Kvm):
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
-        check_move_or_flags_change(op, r, old, self.config.gmem_flag_toggle)
+        check_move_or_flags_change(op, r, old, self.behaviour.gmem_flag_toggle(self.config))
         base_gfn = r.base_gfn
         if base_gfn == old.base_gfn and r.flags == old.flags:
             return

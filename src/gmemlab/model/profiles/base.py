@@ -107,6 +107,11 @@ class Behaviour:
         """``kvm_gmem_bind`` on a file range another slot already binds: EINVAL up to 7.1 (spec 5.1)."""
         return errno.EINVAL
 
+    def gmem_flag_toggle(self, config: HostConfig) -> bool:
+        """Whether a guest_memfd memslot may be re-set without KVM_MEM_GUEST_MEMFD: the kernel under test's
+        answer (``config.gmem_flag_toggle``, from its release: 6.18.0-6.18.2 accept it, spec 2.6)."""
+        return config.gmem_flag_toggle
+
     @property
     def bind_offset_signed(self) -> bool:
         """Up to 7.1 ``offset + size > i_size`` is computed in signed ``loff_t``, so a sum that wraps

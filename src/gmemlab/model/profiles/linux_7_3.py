@@ -20,6 +20,7 @@ import errno
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..config import HostConfig
 from .base import ArchHooks, Change, PopulateRules
 from .linux_6_18 import Linux618
 
@@ -34,6 +35,9 @@ class Linux73(Linux618):
         Change("populate: no 'prepared' tracking (no EEXIST), the source must be 4 KiB aligned (7.0)",
                "linux-7.md 0 (7.0); spec 2.9 U7.0", ("populate",)),
         Change("kvm_gmem_get_pfn calls the arch prepare hook on every call (7.0)", "spec 2.8 U7.0", ("hooks",)),
+        Change("dropping KVM_MEM_GUEST_MEMFD from an existing memslot is EINVAL (upstream 9935df5333aa, 6.19; "
+               "6.18.3 on the stable line, so a linux-6.18 model follows the kernel's release)", "spec 2.6",
+               ("gmem_flag_toggle",)),
         Change("binding a file range another slot already binds fails with EEXIST, not EINVAL (7.2)",
                "linux-7.md 0 (7.2); spec 2.6, 5.1", ("bind_overlap_errno",)),
         Change("the binding offset is unsigned: offset + size past i_size is EINVAL even when it wraps (7.2)",
@@ -52,6 +56,9 @@ class Linux73(Linux618):
     def hooks(self) -> ArchHooks:
         return ArchHooks(prepare="arch_prepares", reclaim="arch_invalidate", make_shared=None, prepare_every_call=True,
                          prepare_private_only=False)
+
+    def gmem_flag_toggle(self, config: HostConfig) -> bool:
+        return False
 
     @property
     def bind_overlap_errno(self) -> int:
