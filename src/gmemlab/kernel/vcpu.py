@@ -40,6 +40,15 @@ from .watchdog import Watchdog, kvm_sigset_without_watchdog
 DEFAULT_TIMEOUT = 5.0  # seconds per request; a 256 KiB request of first-touch faults takes ~2 ms
 
 
+def pre_fault_memory(vcpu_fd: int, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
+    """``KVM_PRE_FAULT_MEMORY`` on a vCPU fd; returns the range the kernel wrote back."""
+    m = uapi.U64_MAX
+    arg = uapi.KvmPreFaultMemory(gpa=gpa & m, size=size & m, flags=flags & m)
+    libc.ioctl(vcpu_fd, uapi.KVM_PRE_FAULT_MEMORY, arg, "KVM_PRE_FAULT_MEMORY",
+               f"gpa {gpa:#x} size {size:#x} flags {flags:#x}")
+    return int(arg.gpa), int(arg.size)
+
+
 class KernelVcpu:
     """vCPU ``vcpu_id`` of a VM; ``index`` selects its mailbox, stack and bounce buffer in the system slot."""
 
@@ -306,12 +315,7 @@ class KernelVcpu:
         return int(self._mmio_data.value)
 
     def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
-        """``KVM_PRE_FAULT_MEMORY`` on this vCPU; returns the range the kernel wrote back."""
-        m = uapi.U64_MAX
-        arg = uapi.KvmPreFaultMemory(gpa=gpa & m, size=size & m, flags=flags & m)
-        libc.ioctl(self.fd, uapi.KVM_PRE_FAULT_MEMORY, arg, "KVM_PRE_FAULT_MEMORY",
-                   f"gpa {gpa:#x} size {size:#x} flags {flags:#x}")
-        return int(arg.gpa), int(arg.size)
+        return pre_fault_memory(self.fd, gpa, size, flags)
 
     def _release(self) -> None:
         if self._watchdog is not None:

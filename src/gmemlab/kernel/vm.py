@@ -19,7 +19,7 @@ from . import libc
 from .gmem import KernelGuestMemfd
 from .resources import Resources
 from .system_slot import SYSTEM_SLOT, SystemSlot
-from .vcpu import KernelVcpu
+from .vcpu import KernelVcpu, pre_fault_memory
 
 U32 = 0xFFFFFFFF
 
@@ -52,6 +52,12 @@ class KernelVcpuFd:
 
     def write(self, gpa: int, data: bytes, private: bool | None = None) -> None:
         self._refuse()
+
+    def execute(self, gpa: int, private: bool | None = None) -> int:
+        self._refuse()
+
+    def pre_fault_memory(self, gpa: int, size: int, flags: int = 0) -> tuple[int, int]:
+        return pre_fault_memory(self.fd, gpa, size, flags)  # needs no guest
 
     def close(self) -> None:
         if not self.closed:
