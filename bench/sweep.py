@@ -9,7 +9,8 @@ Targets: throughput of ``local-2`` >= 1.7x ``local-1`` (a 2-core machine); sched
 (everything that is not simulating: dispatch, pickling, merging rows, writing Parquet, idle workers at the
 end). Executor start-up (process pool, LocalCluster) is timed apart. Dataset size per run is measured before
 and after the end-of-sweep merge of the batch files. The machine is shared: the load average is printed before
-and after; compare the ratios, not the absolute numbers.
+and after, and each run's CPU time beside its wall time (``run_cpu_per_wall`` well below 1 means the workers
+waited for a CPU that other processes held); compare the ratios, not the absolute numbers.
 
     python bench/sweep.py [--seeds 126] [--subset 250] [--json]
 """
@@ -62,6 +63,7 @@ def measure(name: str, tasks: list[Task], executor: Executor, workers: int, batc
             merge_s = time.perf_counter() - t0
             merged_bytes = ds.size_bytes()
     walls = [r["wall_s"] for r in outcome.rows if r["status"] == "ok"]
+    cpus = [r["cpu_s"] for r in outcome.rows if r["status"] == "ok"]
     n = len(outcome.rows)
     stats = outcome.stats
     median = statistics.median(walls)
@@ -70,6 +72,7 @@ def measure(name: str, tasks: list[Task], executor: Executor, workers: int, batc
         "config": name, "workers": workers, "runs": n, "failed": stats.failed, "startup_s": round(startup, 3),
         "wall_s": round(wall, 3), "runs_per_s": round(n / wall, 2), "batches": stats.batches, "files": files,
         "median_run_s": round(median, 5), "mean_run_s": round(statistics.fmean(walls), 5),
+        "median_run_cpu_s": round(statistics.median(cpus), 5), "run_cpu_per_wall": round(sum(cpus) / sum(walls), 3),
         "overhead_per_run_ms": round(overhead * 1e3, 3), "overhead_pct_of_median": round(100 * overhead / median, 2),
         "write_s": round(stats.write_seconds, 3), "write_pct_of_wall": round(100 * stats.write_seconds / wall, 2),
         "merge_s": round(merge_s, 3), "bytes_per_run_parts": round(parts_bytes / n),
@@ -112,6 +115,7 @@ def main() -> int:
         return 0
     print(f"load average before {report['load_before']}, after {report['load_after']} ({os.cpu_count()} CPUs)")
     cols = ["config", "runs", "startup_s", "wall_s", "runs_per_s", "batches", "files", "median_run_s",
+            "median_run_cpu_s", "run_cpu_per_wall",
             "overhead_per_run_ms", "overhead_pct_of_median", "write_pct_of_wall", "bytes_per_run_parts",
             "bytes_per_run_merged"]
     widths = [max(len(c), *(len(str(r[c])) for r in results)) for c in cols]

@@ -39,6 +39,7 @@ CORE: dict[str, pa.DataType] = {
     "error": pa.string(),
     "error_trace": pa.string(),
     "wall_s": pa.float64(),
+    "cpu_s": pa.float64(),
     "finished_at": pa.timestamp("ms", tz="UTC"),
     "worker": pa.string(),
     "gmemlab_version": pa.string(),

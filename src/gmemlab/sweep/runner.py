@@ -137,8 +137,8 @@ def merge(inputs: Mapping[str, Any], output: Mapping[str, Any]) -> dict[str, Any
 
 def _lost_output(job: Job, reason: str) -> dict[str, Any]:
     return {"input_hash": job.input_hash, "status": "error", "error": f"WorkerLost: {reason}", "error_trace": None,
-            "wall_s": None, "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"), "worker": None,
-            "gmemlab_version": __version__}
+            "wall_s": None, "cpu_s": None, "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "worker": None, "gmemlab_version": __version__}
 
 
 class _StopFlag:
