@@ -77,6 +77,10 @@ class HostConfig:
     mmio_caching: bool = True
     gmem_flag_toggle: bool = False
 
+    def __post_init__(self) -> None:
+        # Callers may say 1, 2 or 3 (the kernel's numbers); the model reads a Level.
+        object.__setattr__(self, "tdp_max_level", Level(self.tdp_max_level))
+
     @classmethod
     def upstream(cls) -> HostConfig:
         """Every option on, including CONFIG_KVM_GMEM_HUGETLB with a pool large enough for any case

@@ -47,7 +47,7 @@ def kvm_mmu_max_mapping_level(vm: Kvm, slot: Memslot, gfn: int, is_private: bool
     shared faults on GMEM_ONLY slots, where the level comes from guest_memfd too), then walk down while
     ``lpage_info`` disallows, then 4 KiB under dirty logging.
     """
-    level = min(Level.PG_1G, Level(vm.config.tdp_max_level), Level.for_order(max_order))
+    level = min(Level.PG_1G, vm.config.tdp_max_level, Level.for_order(max_order))
     while level > Level.PG_4K and disallow_lpage(vm, slot, gfn, level):
         level = level.smaller()
     if slot.flags & KVM_MEM_LOG_DIRTY_PAGES:

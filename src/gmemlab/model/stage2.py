@@ -16,6 +16,8 @@ from ..uapi import PAGE_SHIFT
 from .metrics import Metrics, per_level
 
 GFN_LIMIT = 1 << 52  # gfns of a 64-bit GPA space; the map is range based so this costs nothing
+_FAULTS = {level: per_level("stage2_faults", level) for level in LEVELS}  # every fault adds to these
+_BYTES = {level: per_level("stage2_bytes", level) for level in LEVELS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,8 @@ class Stage2:
             self.mmio.store(gfn, gfn + npages, None)
         add = self.metrics.add
         add("guest_faults", faults)
-        add(per_level("stage2_faults", level), faults)
-        add(per_level("stage2_bytes", level), npages << PAGE_SHIFT)
+        add(_FAULTS[level], faults)
+        add(_BYTES[level], npages << PAGE_SHIFT)
 
     def set_origin(self, start: int, end: int, origin: object) -> None:
         """Tag the present leaves in ``[start, end)`` with ``origin`` (they keep their level and type)."""
