@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 # What each package may import besides itself (docs/architecture.md). The base modules sit below all.
 BASE = {"gmemlab.errors", "gmemlab.uapi", "gmemlab.rangemap", "gmemlab.backend", "gmemlab.level",
-        "gmemlab.hostfacts"}
+        "gmemlab.hostfacts", "gmemlab.checks", "gmemlab.output"}
 ALLOWED = {
     "gmemlab.model": BASE,
     "gmemlab.kernel": BASE,

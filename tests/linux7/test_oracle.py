@@ -19,7 +19,6 @@ from gmemlab.conformance.oracle import (
     reproduce,
 )
 from gmemlab.conformance.oracle.recording import default_path, load, parse
-from gmemlab.errors import UsageError
 from gmemlab.model.profiles import Linux74, Linux74V8
 
 PATH = default_path()
@@ -97,9 +96,9 @@ def test_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     bad = tmp_path / "x.md"
     bad.write_text("nothing here\n")
     res = runner.invoke(app, ["oracle", "--record", str(bad)])
-    assert isinstance(res.exception, UsageError) and "no table rows" in str(res.exception)
+    assert res.exit_code == 2 and "no table rows" in res.stderr
     res = runner.invoke(app, ["oracle", "--column", "Q"])
-    assert isinstance(res.exception, UsageError)
+    assert res.exit_code == 2 and "'Q'" in res.stderr
     if PATH is not None:
         res = runner.invoke(app, ["oracle", "--column", "B", "-k", "3/arg/", "--json"])
         assert res.exit_code == 0 and '"reproduced"' in res.output

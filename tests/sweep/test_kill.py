@@ -53,7 +53,7 @@ def test_killed_sweep_resumes_without_repeating_finished_runs(sweep_file, tmp_pa
         else:
             os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
             _, err = proc.communicate(timeout=60)
-            assert proc.returncode == 130, err
+            assert proc.returncode == 3, err
             assert "interrupted" in err and "run the same command to resume" in err and "Traceback" not in err
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -1,17 +1,21 @@
 """The ``gmemlab`` command: a thin layer over the library (the top layer; nothing imports it).
 
-Each sub-command lives in its own module exposing ``register(app)``. Errors gmemlab raises on purpose
-(bad arguments, bad scenario files) are printed as one line and exit with status 2, never a traceback.
+Each sub-command lives in its own module exposing ``register(app)``. Every command follows
+:mod:`gmemlab.cli.common`: one exit status convention (0 success, 1 a failure found, 2 bad usage or input,
+3 incomplete, 4 internal error), one error style (``gmemlab: error: ...`` on one line, never a traceback),
+user strings escaped before rich renders them, output files written atomically (:mod:`gmemlab.output`).
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+from typing import Annotated
 
 import typer
 
-from ..errors import GmemlabError, UsageError
+from ..errors import UsageError
+from .common import EXIT_STATUS_HELP, GmemlabGroup, readable_help_types, version_callback
 
 # Modules that add commands; each defines register(app: typer.Typer) -> None.
 COMMAND_MODULES = [
@@ -27,18 +31,24 @@ COMMAND_MODULES = [
     "gmemlab.cli.results",
 ]
 
+HELP = "A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker.\n\n" + EXIT_STATUS_HELP
+
 app = typer.Typer(
     name="gmemlab",
-    help="A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker.",
+    cls=GmemlabGroup,
+    help=HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["--help", "-h"]},
 )
 
 
 @app.callback()
-def _root() -> None:
-    """A lab for KVM guest_memfd: model, real-kernel backend, simulator, race checker."""
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print gmemlab's version and exit.")] = False,
+) -> None:
     _check_overrides()
 
 
@@ -60,15 +70,10 @@ def _register_all() -> None:
         importlib.import_module(name).register(app)
 
 
+readable_help_types()
 _register_all()
 
 
-def main() -> None:
-    try:
-        app()
-    except GmemlabError as exc:
-        print(f"gmemlab: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("gmemlab: interrupted", file=sys.stderr)
-        sys.exit(130)
+def main(argv: list[str] | None = None) -> None:
+    """The console script: run ``gmemlab ARGV`` and exit with the convention's status."""
+    typer.main.get_command(app).main(args=argv if argv is not None else sys.argv[1:], prog_name="gmemlab")

@@ -9,11 +9,8 @@ divergence, an exception inside a backend, a broken model invariant, or a covera
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,9 +29,11 @@ from ..conformance.fuzz import (
 from ..conformance.fuzz_ops import OUT_OF_REACH
 from ..conformance.lockstep import Finding, Stats
 from ..errors import UnsupportedByBackend, UsageError
+from .common import ExitCode, internal_error
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
-EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
+                                                                  ExitCode.INCOMPLETE, ExitCode.INTERNAL)
 
 
 def _factories(backend: str) -> tuple[Any, Any, str]:
@@ -55,19 +54,6 @@ def _factories(backend: str) -> tuple[Any, Any, str]:
     finally:
         probe.close()
     return (lambda: ModelBackend("linux-6.18", config)), open_kernel_backend, "model vs kernel"
-
-
-def internal_error(exc: BaseException, what: str) -> int:
-    """One line on stderr, the traceback in a file; exit status 4."""
-    where = os.environ.get("GMEMLAB_VM_OUT") or tempfile.gettempdir()
-    path = Path(where) / f"gmemlab-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
-    try:
-        path.write_text("".join(traceback.format_exception(exc)))
-        saved = f"traceback saved to {path}"
-    except OSError as err:
-        saved = f"could not save the traceback ({err.strerror})"
-    print(f"gmemlab: internal error in {what}: {type(exc).__name__}: {exc} ({saved})", file=sys.stderr)
-    return EXIT_INTERNAL
 
 
 def _finding_json(f: Finding | None, ops: list[Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@
   cluster (``--scheduler``), with a progress bar on stderr. Each finished batch is one Parquet file in DIR.
 
 Exit status: 0 when every run finished (failed runs are rows with their error, counted in the summary), 2 on bad
-input (nothing runs), 130 when interrupted (every finished run is kept; the same command resumes).
+input (nothing runs), 3 when interrupted (every finished run is kept; the same command resumes).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..sweep.executors import DaskExecutor, Executor, LocalExecutor
 from ..sweep.runner import Stats, run_tasks
 from ..sweep.spec import SweepSpec, builtin_names, load_sweep
 from ..sweep.tasks import expand
+from .common import ExitCode
 
 
 def default_workers() -> int:
@@ -167,4 +168,4 @@ def register(app: typer.Typer) -> None:
         if outcome.interrupted:
             print(f"gmemlab: interrupted: {outcome.stats.done:,} finished runs kept in {folder}; run the same "
                   "command to resume", file=sys.stderr)
-            raise typer.Exit(130)
+            raise typer.Exit(ExitCode.INCOMPLETE)

@@ -1,0 +1,327 @@
+"""What every ``gmemlab`` command shares: exit status, the one error style, internal errors, rich output.
+
+**Exit status** (:class:`ExitCode`, the same for every command, shown by ``gmemlab --help`` and the README):
+
+* 0 success: the command did what was asked, and a check found nothing wrong;
+* 1 the check found a failure: a divergence, a property violated, a failed case, a finding;
+* 2 bad usage or input: an unknown option or name, a bad value, a bad file (one line naming it);
+* 3 incomplete: a bounded search (``--max-states``, ``--preemptions``, random schedules), a time limit,
+  nothing ran, or interrupted (Ctrl-C); what was found so far is printed;
+* 4 internal error: a bug in gmemlab. One line on stderr, the full traceback saved to a file it names.
+
+**Errors** are one line on stderr, ``gmemlab: error: <what>: <why>``, for gmemlab's own checks
+(:class:`~gmemlab.errors.UsageError`) and for the command-line parser's (typer/click) alike; never a box, never
+a traceback. :class:`GmemlabGroup` is the root command class that enforces this, so the console script and
+an in-process ``CliRunner().invoke(app, ...)`` behave the same.
+
+**Rich output**: any text that did not come from gmemlab's own source (scenario names, file paths, cost-row
+bases, case details) goes through :func:`esc` before it is part of markup; tables come from
+:func:`fit_table` so they fit the terminal (80 columns readable; identifiers are never split mid-word).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
+
+from .. import __version__
+from ..errors import GmemlabError, UsageError
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    INCOMPLETE = 3
+    INTERNAL = 4
+
+
+EXIT_STATUS_HELP = (
+    "Exit status: 0 success; 1 the check found a failure (divergence, violation, failed case); 2 bad usage or "
+    "input; 3 incomplete (bounded search, time limit, nothing ran, interrupted); 4 internal error (a bug: one "
+    "line, the traceback saved to a file)."
+)
+
+
+def error_line(message: str) -> str:
+    """The one error style: ``gmemlab: error: ...`` on one line (newlines in a message are folded)."""
+    text = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    return f"gmemlab: error: {text}"
+
+
+def fail(message: str) -> NoReturn:
+    """Print the error line and exit 2 (bad usage or input)."""
+    print(error_line(message), file=sys.stderr)
+    raise typer.Exit(ExitCode.USAGE)
+
+
+def crash_dir() -> Path:
+    """Where tracebacks of internal errors go: ``$GMEMLAB_CRASH_DIR``, ``$GMEMLAB_VM_OUT`` (inside ``gmemlab
+    vm``, shared back to the host), or the temporary folder."""
+    return Path(os.environ.get("GMEMLAB_CRASH_DIR") or os.environ.get("GMEMLAB_VM_OUT") or tempfile.gettempdir())
+
+
+def internal_error(exc: BaseException, what: str = "gmemlab") -> int:
+    """One line on stderr naming the exception and the file holding its traceback; returns exit status 4."""
+    path = crash_dir() / f"gmemlab-crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    text = (f"gmemlab {__version__}: internal error in {what}\nargv: {sys.argv!r}\npython: {sys.version}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    try:
+        path.write_text(text)
+        saved = f"the traceback is saved in {path}"
+    except OSError as err:
+        saved = f"could not save the traceback to {path} ({err.strerror})"
+    summary = " ".join(str(exc).split())[:300]
+    print(f"gmemlab: internal error in {what} (a bug in gmemlab, please report it): {type(exc).__name__}"
+          f"{': ' + summary if summary else ''}; {saved}", file=sys.stderr)
+    return ExitCode.INTERNAL
+
+
+def did_you_mean(value: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` or ``""``."""
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown(kind: str, value: str, known: Sequence[str], option: str = "") -> UsageError:
+    """``--profile 'linux-9': unknown profile (did you mean 'linux-6.18'?); known: ...``."""
+    where = f"{option} {value!r}: " if option else f"{value!r}: "
+    return UsageError(f"{where}unknown {kind}{did_you_mean(value, known)}; known: {', '.join(known)}")
+
+
+def choices(name: str, values: Iterable[str]) -> type[enum.StrEnum]:
+    """A string enum of ``values`` so typer shows them as choices, completes them and refuses others."""
+    return enum.StrEnum(name, {v: v for v in values})  # type: ignore[return-value]
+
+
+# --- the root command: one error style, exit status --------------------------------------------------------
+
+_CHOICE_RE = re.compile(r"^(?:Value error, )?'(?P<value>.*)' is not one of (?P<choices>.*?)\.?$", re.S)
+
+
+def _given(args: Sequence[str], option: str) -> str | None:
+    """The value given for ``option`` on the command line (``--x V`` or ``--x=V``), if it can be found."""
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg[len(option) + 1:]
+    return None
+
+
+def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
+    """A typer/click usage error as one line, with did-you-mean for a mistyped choice."""
+    from typer._click import exceptions as cx  # typer >= 0.26 vendors click
+
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "gmemlab"
+    if isinstance(exc, cx.BadParameter) and not isinstance(exc, cx.MissingParameter):
+        param = exc.param
+        hint = exc.param_hint or (param.opts[0] if param is not None and getattr(param, "opts", None) else None)
+        if isinstance(hint, list | tuple):
+            hint = " / ".join(hint)
+        if param is not None and getattr(param, "param_type_name", "") == "argument":
+            hint = str(getattr(param, "name", None) or hint).upper()
+        message = exc.message.removeprefix("Value error, ")
+        match = _CHOICE_RE.match(message)
+        if match:
+            known = re.findall(r"'([^']*)'", match["choices"])
+            message = (f"{match['value']!r} is not one of: {', '.join(known)}"
+                       f"{did_you_mean(match['value'], known)}")
+        else:
+            message = message[:1].lower() + message[1:]
+            given = _given(args, str(hint)) if hint else None
+            if given is not None:
+                message = f"{given!r}: {message}"
+        text = f"{hint} {message}" if hint else message
+    else:
+        text = exc.format_message()
+        text = text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+    help_hint = f" (see '{where} --help')" if ctx is not None else ""
+    return f"{text.rstrip('.')}{help_hint}"
+
+
+class GmemlabGroup(TyperGroup):
+    """The root command: maps every outcome to the exit status convention, with one error style."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        code = run_main(lambda: super(GmemlabGroup, self).main(args=argv, prog_name=prog_name or "gmemlab",
+                                                                complete_var=complete_var, standalone_mode=False,
+                                                                **extra), argv)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def run_main(call: Any, argv: Sequence[str] = ()) -> int:
+    """Run the parsed command, returning the exit status of the convention."""
+    try:
+        result = call()
+        if result == 130:  # typer turns Ctrl-C into Exit(130) and returns it; no command exits 130 itself
+            print("gmemlab: interrupted", file=sys.stderr)
+            return ExitCode.INCOMPLETE
+        return int(result) if isinstance(result, int) else ExitCode.OK
+    except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer turns Ctrl-C into Exit(130)
+            print("gmemlab: interrupted", file=sys.stderr)
+            return ExitCode.INCOMPLETE
+        return exc.exit_code
+    except typer.Abort:
+        print("gmemlab: interrupted", file=sys.stderr)
+        return ExitCode.INCOMPLETE
+    except typer.TyperException as exc:  # typer/click usage errors (vendored click's ClickException)
+        print(error_line(_click_message(exc, argv)), file=sys.stderr)
+        return ExitCode.USAGE if getattr(exc, "exit_code", 2) in (1, 2) else exc.exit_code
+    except GmemlabError as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        print("gmemlab: interrupted", file=sys.stderr)
+        return ExitCode.INCOMPLETE
+    except BrokenPipeError:
+        # The reader went away (`gmemlab ... | head`): stop quietly; the output is incomplete.
+        _silence_stdout()
+        return ExitCode.INCOMPLETE
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
+    except Exception as exc:
+        return internal_error(exc, _command_name())
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _command_name() -> str:
+    words = [a for a in sys.argv[1:3] if not a.startswith("-")]
+    return "gmemlab " + words[0] if words else "gmemlab"
+
+
+# --- help: show types as a user writes them -----------------------------------------------------------------
+
+_TYPE_NAMES = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH", "path": "PATH", "file": "FILE",
+               "directory": "FOLDER"}
+
+
+def _readable_type(label: str | None) -> str | None:
+    """``<bool>`` -> nothing (a flag takes no value), ``<list[str]>`` -> ``TEXT`` (repeatable, said by the
+    help), ``<model|kernel|both>`` kept: choices are shown as choices."""
+    if not label or not label.startswith("<"):
+        return label
+    inner = label[1:-1] if label.endswith(">") else label[1:]
+    repeat = inner.startswith("list[")
+    if repeat:
+        inner = inner[5:-1]
+    if inner == "bool":
+        return None
+    if "|" in inner:
+        shown = f"[{inner}]"
+    else:
+        shown = _TYPE_NAMES.get(inner, inner.upper())
+    return shown + (" ..." if repeat else "")
+
+
+def readable_help_types() -> None:
+    """typer 0.29 prints every parameter's Python type (``<bool>``, ``<list[str]>``); show what a user types."""
+    from typer import core
+
+    for cls in (core.TyperOption, core.TyperArgument):
+        original = getattr(cls, "display_type_rich", None)
+        if original is None or getattr(original, "_gmemlab", False):
+            continue
+
+        def display(self: Any, ctx: Any, _original: Any = original) -> str | None:
+            if getattr(self, "metavar", None) is not None:
+                return str(self.metavar)
+            if getattr(self, "is_flag", False) or getattr(self, "is_bool_flag", False):
+                return None
+            return _readable_type(_original(self, ctx))
+
+        display._gmemlab = True  # type: ignore[attr-defined]
+        cls.display_type_rich = display  # type: ignore[method-assign]
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"gmemlab {__version__}")
+        raise typer.Exit(ExitCode.OK)
+
+
+# --- rich output ----------------------------------------------------------------------------------------------
+
+
+def esc(value: object) -> str:
+    """``value`` as text safe inside rich markup (``[/]``, ``[v2]`` print as written)."""
+    return escape(str(value))
+
+
+def console(stderr: bool = False) -> Console:
+    """A console for the terminal (its width; 80 columns when not a terminal and $COLUMNS is unset).
+    Markup is on (gmemlab's own styles): escape user strings with :func:`esc`; ``highlight`` is off so
+    numbers are not recoloured at random."""
+    return Console(stderr=stderr, highlight=False)
+
+
+@dataclass(frozen=True)
+class Col:
+    """A table column. ``kind``: ``id`` (names, never split: the column is as wide as its longest value),
+    ``num`` (right-aligned, never split), ``text`` (wraps at spaces; only a word longer than the column folds)."""
+
+    header: str
+    kind: str = "text"
+    style: str | None = None
+
+
+def fit_table(columns: Sequence[Col], rows: Iterable[Sequence[object]], title: str | None = None,
+              caption: str | None = None, drop_empty: bool = True) -> Table:
+    """A compact table (a rule under the header, no outer box) that fits narrow terminals: empty columns are
+    left out, identifiers and numbers keep their width and text columns take what is left.
+
+    String cells, the title and the caption are escaped (they may hold user text); a cell that is a
+    :class:`rich.text.Text` is kept as it is (gmemlab's own styling)."""
+    data = [[Text("") if v is None else v if isinstance(v, Text) else Text(str(v)) for v in row] for row in rows]
+    keep = [i for i, _c in enumerate(columns) if not drop_empty or not data or any(r[i].plain for r in data)]
+    table = Table(title=esc(title) if title else None, caption=esc(caption) if caption else None,
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), title_justify="left",
+                  caption_justify="left")
+    for i in keep:
+        c = columns[i]
+        if c.kind == "id":
+            widest = max([len(c.header), *(r[i].cell_len for r in data)])
+            table.add_column(c.header, no_wrap=True, overflow="fold", style=c.style, min_width=widest)
+        elif c.kind == "num":
+            table.add_column(c.header, justify="right", no_wrap=True, style=c.style)
+        else:
+            table.add_column(c.header, overflow="fold", style=c.style, ratio=1)
+    for r in data:
+        table.add_row(*(r[i] for i in keep))
+    return table
+
+
+def styled(text: object, style: str) -> Text:
+    """A table cell in one of gmemlab's styles (user text inside stays literal)."""
+    return Text(str(text), style=style)
