@@ -39,19 +39,15 @@ def check_number(value: object, *, integer: bool = False, min: float | None = No
         if integer:
             raise ValueError(f"expected an integer, got {_what(value)}")
     if min is not None and value < min:
-        raise ValueError(f"must be at least {_bound(min)}, got {value!r}")
+        raise ValueError(f"must be at least {min}, got {value!r}")
     if max is not None and value > max:
-        raise ValueError(f"must be at most {_bound(max)}, got {value!r}")
+        raise ValueError(f"must be at most {max}, got {value!r}")
     if isinstance(value, int):
         lo = S64_MIN if min is None or min < 0 else 0
         hi = U64_MAX if lo == 0 else S64_MAX
         if not lo <= value <= hi:
             raise ValueError(f"{value} does not fit in 64 bits")
     return value if integer else float(value)
-
-
-def _bound(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 def check_int(value: object, lo: int, hi: int) -> int:

@@ -33,13 +33,14 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Collection[
     if not text.strip():
         raise UsageError(f"{option} {text!r}: an empty file name; name the file to write")
     target = Path(text)
-    ext = target.suffix.lower().lstrip(".")
-    if formats is not None and ext not in formats:
-        known = ", ".join(f".{f}" for f in formats)
-        got = f"extension .{ext}" if ext else "no extension"
-        raise UsageError(f"{option} {text}: {got}; the extension picks the format: {known}")
     if target.is_dir():
         raise UsageError(f"{option} {text}: is a directory")
+    ext = target.suffix.lower().lstrip(".")
+    if formats is not None and ext not in formats:
+        names = [f".{f}" for f in formats]
+        known = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        got = f"extension .{ext}" if ext else "no extension"
+        raise UsageError(f"{option} {text}: {got}; the extension picks the format: {known}")
     parent = target.parent
     if not parent.is_dir():
         raise UsageError(f"{option} {text}: folder {str(parent)!r} does not exist")

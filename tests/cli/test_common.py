@@ -75,7 +75,7 @@ def test_atomic_write_keeps_permissions(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "needle"), [
     ("", "empty file name"), ("  ", "empty file name"), ("plot.bmp", "extension .bmp"), ("plot", "no extension"),
-    ("missing/plot.png", "does not exist"), (".", "extension"),
+    ("missing/plot.png", "does not exist"), (".", "is a directory"),
 ])
 def test_check_output_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, needle: str) -> None:
     monkeypatch.chdir(tmp_path)

@@ -1,28 +1,45 @@
 """``gmemlab scenarios``: list, describe and inspect simulator scenarios (workloads.md §5, §6).
 
-* ``gmemlab scenarios`` lists the built-in scenarios;
+* ``gmemlab scenarios`` (or ``gmemlab scenarios list``) lists the built-in scenarios;
 * ``gmemlab scenarios describe NAME_OR_FILE [--set K=V]...`` shows the validated parameters and the
   derived counts (swiotlb size, accept chunks, expected exits);
 * ``gmemlab scenarios events NAME_OR_FILE [--set K=V]... [--limit N] [--seed S]`` prints the first
-  events of the generated stream and a count by event type.
+  events of the generated stream and a count by event type;
+* ``gmemlab scenarios export NAME [--out FILE]`` writes a built-in scenario's TOML as a starting file;
+* ``gmemlab scenarios reference`` prints every key of the file format (``docs/scenario-reference.md``).
+
+Each prints JSON instead with ``--json``. User text (names, descriptions, file paths) is escaped before rich
+renders it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from collections import Counter
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from .. import __version__
 from ..arch import generate
+from ..checks import U64_MAX
+from ..errors import UsageError
+from ..output import atomic_write, check_output
+from ..sim.run import params
 from ..sim.summary import derived_counts
 from ..workload.events import format_event
 from ..workload.scenario import Scenario, builtin_names, load_scenario
 from ..workload.schema import Portion
 from ..workload.units import format_level, format_size
+from .common import Col, fit_table, unknown
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
 _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "map_gpa_chunk"}
@@ -72,33 +89,33 @@ def flatten(obj: Any, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def list_scenarios(console: Console) -> None:
-    table = Table(title="Built-in scenarios (workloads.md §5)")
-    table.add_column("name", style="bold")
-    table.add_column("arch")
-    table.add_column("guest_mem", justify="right")
-    table.add_column("description")
-    for name in builtin_names():
-        sc = load_scenario(name)
-        table.add_row(name, sc.arch, format_size(sc.guest_mem), sc.description)
+def list_scenarios(console: Console, as_json: bool = False) -> None:
+    scenarios = [load_scenario(name) for name in builtin_names()]
+    if as_json:
+        typer.echo(json.dumps([{"name": sc.name, "arch": sc.arch, "guest_mem": sc.guest_mem,
+                                "description": sc.description} for sc in scenarios], indent=2))
+        return
+    table = fit_table([Col("name", "id", "bold"), Col("arch", "id"), Col("guest_mem", "num"), Col("description")],
+                      [(sc.name, sc.arch, format_size(sc.guest_mem), sc.description) for sc in scenarios],
+                      title="Built-in scenarios (workloads.md §5)")
     console.print(table)
-    console.print("Describe one with: gmemlab scenarios describe NAME [--set key=value]")
+    console.print("Describe one with: gmemlab scenarios describe NAME [--set key=value]; start your own with: "
+                  "gmemlab scenarios export NAME --out my.toml", markup=False)
 
 
-def describe(console: Console, sc: Scenario) -> None:
-    params = Table(title=f"{sc.name}: {sc.description}", caption=sc.source)
-    params.add_column("parameter")
-    params.add_column("value")
-    for key, text in flatten(sc):
-        params.add_row(key, text)
-    console.print(params)
-    counts = Table(title="Derived counts (workloads.md §6)")
-    counts.add_column("quantity")
-    counts.add_column("value", justify="right")
-    counts.add_column("derivation")
-    for row in derived_counts(sc):
-        counts.add_row(row.quantity, row.value, row.derivation)
-    console.print(counts)
+def describe(console: Console, sc: Scenario, as_json: bool = False, overrides: Sequence[str] = ()) -> None:
+    derived = derived_counts(sc)
+    if as_json:
+        typer.echo(json.dumps({"gmemlab_version": __version__, "name": sc.name, "source": sc.source,
+                               "overrides": list(overrides), "params": params(sc),
+                               "derived": [{"quantity": r.quantity, "value": r.value, "derivation": r.derivation}
+                                           for r in derived]}, indent=2))
+        return
+    console.print(fit_table([Col("parameter", "id"), Col("value")], flatten(sc),
+                            title=f"{sc.name}: {sc.description}", caption=sc.source))
+    console.print(fit_table([Col("quantity"), Col("value", "num"), Col("derivation")],
+                            [(row.quantity, row.value, row.derivation) for row in derived],
+                            title="Derived counts (workloads.md §6)"))
 
 
 def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
@@ -110,7 +127,7 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
         exits += name == "HcMapGpa"
         if i < limit:
             console.print(f"{i:>6}  {format_event(event)}", highlight=False, markup=False)
-    table = Table(title=f"{sc.name}: events by type (seed {seed})")
+    table = Table(title=escape(f"{sc.name}: events by type (seed {seed})"))
     table.add_column("event")
     table.add_column("count", justify="right")
     for name, count in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -120,33 +137,102 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
     console.print(f"userspace exits: {exits:,}", highlight=False)
 
 
+def export(name: str, out: Path | None, force: bool) -> None:
+    """A built-in scenario's file as shipped, with a header saying where it came from."""
+    if name not in builtin_names():
+        raise unknown("built-in scenario", name, builtin_names())
+    if out is not None:
+        check_output(out, "--out")
+        if out.exists() and not force:
+            raise UsageError(f"--out {out}: the file exists; pass --force to replace it")
+    text = (resources.files("gmemlab") / "scenarios" / f"{name}.toml").read_text(encoding="utf-8")
+    header = (f"# The built-in scenario {name!r} as shipped with gmemlab {__version__}: a starting file.\n"
+              f"# Keys, types, units and defaults: docs/scenario-reference.md. Run it: gmemlab run FILE\n")
+    if out is None:
+        typer.echo(header + text, nl=False)
+        return
+    atomic_write(out, header + text, "--out")
+    print(f"wrote {out}: edit it, then: gmemlab run {out}", file=sys.stderr)
+
+
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(help="Simulator scenarios: list, describe, inspect generated events.",
+    sub = typer.Typer(help="Simulator scenarios: list, describe, inspect generated events, export a starting file.",
                       invoke_without_command=True, no_args_is_help=False)
-    console = Console()
 
     @sub.callback()
-    def scenarios(ctx: typer.Context) -> None:
-        """List the built-in scenarios."""
+    def scenarios(ctx: typer.Context,
+                  as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+        """List the built-in scenarios (also: gmemlab scenarios list)."""
         if ctx.invoked_subcommand is None:
-            list_scenarios(Console(width=max(console.width, 120)))
+            list_scenarios(Console(), as_json)
+
+    @sub.command("list")
+    def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print the list as JSON.")) -> None:
+        """List the built-in scenarios."""
+        list_scenarios(Console(), as_json)
 
     @sub.command("describe")
     def describe_cmd(
-        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
+        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file.",
+                                       autocompletion=complete_scenario),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the parameters and counts as JSON."),
     ) -> None:
         """Show a scenario's validated parameters and its derived counts."""
-        describe(Console(width=max(console.width, 120)), load_scenario(scenario, set_))
+        describe(Console(), load_scenario(scenario, set_), as_json, set_)
 
     @sub.command("events")
     def events_cmd(
-        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
+        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file.",
+                                       autocompletion=complete_scenario),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-        limit: int = typer.Option(40, "--limit", min=0, help="How many events to print."),
-        seed: int = typer.Option(0, "--seed", help="Seed of the generator's random choices."),
+        limit: int = typer.Option(40, "--limit", min=0, max=1_000_000_000, help="How many events to print."),
+        seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help="Seed of the generator's random choices."),
+        as_json: bool = typer.Option(False, "--json", help="Print the first events and the counts as JSON."),
     ) -> None:
         """Print the first events of a scenario's stream and a count by event type."""
-        show_events(Console(width=max(console.width, 120)), load_scenario(scenario, set_), limit, seed)
+        sc = load_scenario(scenario, set_)
+        if as_json:
+            events_json(sc, limit, seed)
+        else:
+            show_events(Console(), sc, limit, seed)
+
+    @sub.command("export")
+    def export_cmd(
+        name: str = typer.Argument(..., help="A built-in scenario name.", autocompletion=complete_scenario),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file (default: standard output)."),
+        force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+    ) -> None:
+        """Write a built-in scenario's TOML as a starting file for your own scenario."""
+        export(name, out, force)
+
+    @sub.command("reference")
+    def reference_cmd(
+        out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file (default: standard output)."),
+    ) -> None:
+        """Print the scenario file reference (every key: type, unit, default, meaning) as Markdown."""
+        from ..workload.reference import markdown
+
+        if out is None:
+            typer.echo(markdown(), nl=False)
+        else:
+            check_output(out, "--out")
+            atomic_write(out, markdown(), "--out")
 
     app.add_typer(sub, name="scenarios")
+
+
+def complete_scenario(incomplete: str) -> list[str]:
+    """Shell completion: built-in scenario names (files complete as files)."""
+    return [n for n in builtin_names() if n.startswith(incomplete)]
+
+
+def events_json(sc: Scenario, limit: int, seed: int) -> None:
+    by_type: Counter[str] = Counter()
+    first: list[str] = []
+    for i, event in enumerate(generate(sc, seed)):
+        by_type[type(event).__name__] += 1
+        if i < limit:
+            first.append(format_event(event))
+    typer.echo(json.dumps({"name": sc.name, "seed": seed, "events": first, "by_type": dict(by_type),
+                           "total": sum(by_type.values())}, indent=2))

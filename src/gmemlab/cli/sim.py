@@ -7,7 +7,8 @@
   puts them side by side (a progress bar on stderr while it runs, when stderr is a terminal).
 
 ``--json`` prints the run's object (``compare``: a list of them, one per policy) and nothing else on stdout.
-``--plot`` writes a PNG: stage-2 bytes per level and splits/merges over the simulated timeline, and the
+``--plot FILE`` writes a plot (PNG, SVG or PDF by FILE's extension; atomically, after the results are printed):
+stage-2 bytes per level and splits/merges over the simulated timeline, and the
 modelled-time breakdown. Policies are those :mod:`gmemlab.model.policy` registers. Bad input (unknown scenario
 or policy, a bad ``--set``, an unwritable ``--plot`` path, a bad ``--costs`` file) is one line on stderr
 and exit status 2.
@@ -22,6 +23,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import __version__
+from ..checks import U64_MAX
 from ..errors import UsageError
 from ..model.policy import POLICIES
 from ..sim import plot, report
@@ -31,6 +34,8 @@ from ..workload.scenario import load_scenario
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
 POLICY_HELP = f"guest_memfd split/merge policy ({', '.join(POLICIES)})."
+PLOT_HELP = "Write a plot to this file: .png, .svg or .pdf (the extension picks the format)."
+SEED_HELP = "Seed of the generator's random choices (0 to 2^64-1)."
 COSTS_HELP = "TOML file overriding cost-table rows (tables rows.<id> with weight, per_vcpu, tag, basis)."
 
 
@@ -43,8 +48,8 @@ def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: 
     """Validate everything first (one-line errors before any work), then run each policy."""
     for name in policies:
         check_policy(name)
-    if plot_path:
-        plot.check_plot_path(plot_path)
+    if plot_path is not None:
+        plot.check_plot_path(plot_path)  # before any work: an empty name or a bad extension is an error
     costs = _costs(costs_file)
     sc = load_scenario(scenario, sets)
     policies = list(policies) or [sc.policy]
@@ -71,25 +76,31 @@ def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: 
     return results
 
 
+def _json(result: RunResult) -> dict[str, object]:
+    return {"gmemlab_version": __version__, **result.as_json()}
+
+
 def _print(results: list[RunResult], as_json: bool, plot_path: str | None, listed: bool) -> None:
-    if plot_path:
-        plot.write_plot(results, plot_path)
+    """The results first, then the plot (written atomically): a plot that cannot be written loses no result."""
     if as_json:
-        payload = [r.as_json() for r in results] if listed else results[0].as_json()
-        typer.echo(json.dumps(payload, indent=2))
+        payload = [_json(r) for r in results] if listed else _json(results[0])
+        typer.echo(json.dumps(payload, indent=2, allow_nan=False))
+        if plot_path is not None:
+            plot.write_plot(results, plot_path)
         return
-    console = Console(width=max(Console().width, 150))
+    console = Console()
     for r in results:
-        console.print(report.summary_line(r), highlight=False)
+        console.print(report.summary_line(r), highlight=False, markup=False)
     console.print(report.metrics_table(results))
     console.print(report.time_table(results))
     if len(results) == 1:
         console.print(report.cost_rows_table(results[0]))
     unpriced = sorted({name for r in results for name in r.times.unpriced})
     if unpriced:
-        console.print(f"counted, no cost row: {', '.join(unpriced)}", highlight=False)
-    if plot_path:
-        console.print(f"plot written to {plot_path}", highlight=False)
+        console.print(f"counted, no cost row: {', '.join(unpriced)}", highlight=False, markup=False)
+    if plot_path is not None:
+        plot.write_plot(results, plot_path)
+        console.print(f"plot written to {plot_path}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -98,10 +109,10 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
         policy: str | None = typer.Option(None, "--policy", help=POLICY_HELP + " Default: the scenario's."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-        seed: int = typer.Option(0, "--seed", help="Seed of the generator's random choices."),
+        seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
-        plot_path: str | None = typer.Option(None, "--plot", help="Write a PNG of the run to this file."),
+        plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under one policy: metrics, modelled time by category, cost rows."""
         results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot_path, show_progress=True)
@@ -112,10 +123,10 @@ def register(app: typer.Typer) -> None:
         scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
         policy: list[str] = typer.Option([], "--policy", help=POLICY_HELP + " Repeat; default eager, deferred."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-        seed: int = typer.Option(0, "--seed", help="Seed of the generator's random choices."),
+        seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
-        plot_path: str | None = typer.Option(None, "--plot", help="Write a PNG comparing the policies."),
+        plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under several policies and show them side by side."""
         policies = list(policy) or [p for p in ("eager", "deferred") if p in POLICIES]

@@ -1,4 +1,4 @@
-"""PNG of simulated runs (``gmemlab run/compare --plot``), drawn with matplotlib's Agg backend.
+"""Plots of simulated runs (``gmemlab run/compare --plot``; PNG, SVG or PDF by extension), drawn with Agg.
 
 Per policy: stage-2 bytes per leaf level and cumulative splits/merges over the simulated timeline (wall
 time: the boot critical path, then runtime seconds). Below, the three time results side by side, never
@@ -8,11 +8,10 @@ each with its assumed part hatched. The title names every ``--set`` override.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UsageError
+from ..output import PLOT_FORMATS, check_output, save_figure
 from .costs import CATEGORIES
 from .run import RunResult
 
@@ -21,20 +20,13 @@ COLORS = {"4K": "#d62728", "2M": "#ff7f0e", "1G": "#2ca02c"}
 
 
 def check_plot_path(path: str) -> Path:
-    """The ``--plot`` target, or a one-line :class:`UsageError` when it cannot be written."""
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise UsageError(f"--plot {path}: is a directory")
-    if not parent.is_dir():
-        raise UsageError(f"--plot {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise UsageError(f"--plot {path}: not writable")
-    return target
+    """The ``--plot`` target, or a one-line :class:`UsageError` (empty name, folder, missing or unwritable
+    folder, an extension other than .png/.svg/.pdf); checked before any simulation runs."""
+    return check_output(path, "--plot", PLOT_FORMATS)[0]
 
 
 def write_plot(results: Sequence[RunResult], path: str) -> Path:
-    """Write the PNG described in the module docstring; returns the path."""
+    """Write the plot described in the module docstring; returns the path."""
     target = check_plot_path(path)
     import matplotlib
 
@@ -76,9 +68,7 @@ def write_plot(results: Sequence[RunResult], path: str) -> Path:
     _time_panels(fig, grid, n, results)
     fig.suptitle(f"{results[0].title} (seed {results[0].seed})")
     try:
-        fig.savefig(target, format="png", dpi=90)
-    except OSError as exc:
-        raise UsageError(f"--plot {path}: {exc.strerror or exc}") from None
+        save_figure(fig, target, "--plot", dpi=90)  # the format follows the extension; atomic
     finally:
         plt.close(fig)
     return target

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from .costs import CATEGORIES
@@ -78,11 +80,11 @@ def _metric_rows(result: RunResult) -> list[tuple[str, str]]:
 def metrics_table(results: Sequence[RunResult], title: str = "") -> Table:
     """One row per metric, one column per run (policy)."""
     first = results[0]
-    table = Table(title=title or f"{first.title} (seed {first.seed})",
+    table = Table(title=escape(title or f"{first.title} (seed {first.seed})"),
                   caption="mapped and shared: at guest stop; counts: whole run")
     table.add_column("metric")
     for r in results:
-        table.add_column(r.policy, justify="right")
+        table.add_column(escape(r.policy), justify="right")
     columns = [_metric_rows(r) for r in results]
     for i, (name, _) in enumerate(columns[0]):
         table.add_row(name, *(col[i][1] for col in columns))
@@ -96,14 +98,15 @@ def time_table(results: Sequence[RunResult]) -> Table:
                   "assumed weights")
     table.add_column("result")
     for r in results:
-        table.add_column(r.policy, justify="right")
+        table.add_column(escape(r.policy), justify="right")
     times = [r.times for r in results]
     table.add_row("boot critical path (wall)", *(with_share(t.boot) for t in times), style="bold")
     for i, seg in enumerate(times[0].segments):
         cells = []
         for t in times:
             s = t.segments[i]
-            cells.append(f"{human_seconds(s.wall.seconds)} [{s.bound}, {s.cpus} CPU{'s' if s.cpus > 1 else ''}]")
+            cpus = f"{s.cpus} CPU{'s' if s.cpus > 1 else ''}"
+            cells.append(escape(f"{human_seconds(s.wall.seconds)} [{s.bound}, {cpus}]"))
         table.add_row(f"  {seg.name}", *cells)
     table.add_section()
     table.add_row("CPU time, whole lifecycle", *(with_share(t.cpu) for t in times), style="bold")
@@ -122,14 +125,14 @@ def time_table(results: Sequence[RunResult]) -> Table:
 def cost_rows_table(result: RunResult) -> Table:
     """The §4 rows a run used: weight with its tag and basis, the count, the CPU time."""
     costs = result.costs
-    table = Table(title=f"Cost rows used ({costs.source})")
+    # Fits the terminal (80 columns readable): numbers keep their width; the operation with its tag and basis
+    # below it takes the rest and wraps at spaces (nothing is cut off).
+    table = Table(title=escape(f"Cost rows used ({costs.source})"), box=box.SIMPLE_HEAD, title_justify="left")
     table.add_column("row", no_wrap=True)
-    table.add_column("operation", max_width=40, no_wrap=True, overflow="ellipsis")
     table.add_column("weight µs", justify="right", no_wrap=True)
-    table.add_column("tag", no_wrap=True)
     table.add_column("count", justify="right", no_wrap=True)
     table.add_column("CPU time", justify="right", no_wrap=True)
-    table.add_column("basis", max_width=34, no_wrap=True, overflow="ellipsis")
+    table.add_column("operation (tag: basis)", ratio=1, overflow="fold")
     pricing = costs.pricing()
     by_row: dict[str, int] = {}
     for name, count in result.counters.items():
@@ -145,8 +148,8 @@ def cost_rows_table(result: RunResult) -> Table:
         tag = row.tag + (f" from {', '.join(costs.derived_from(row))}" if row.of else "")
         if costs.is_assumed(row) and row.tag != "assumed":
             tag += " (assumed)"
-        table.add_row(row.id, row.operation, weight, tag, f"{by_row[row.id]:,}", human_seconds(cpu.get(row.id, 0.0)),
-                      row.basis)
+        about = escape(row.operation) + "\n[dim]" + escape(f"{tag}: {row.basis}" if row.basis else tag) + "[/]"
+        table.add_row(escape(row.id), weight, f"{by_row[row.id]:,}", human_seconds(cpu.get(row.id, 0.0)), about)
     return table
 
 

@@ -11,7 +11,6 @@ and counted. The format follows the file's extension (PNG, SVG or PDF); the file
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..output import PLOT_FORMATS, check_output, save_figure
 from .query import INPUT_COLUMNS, INPUT_PREFIXES, columns, connect, is_numeric, quote, resolve
 
-FORMATS = ("png", "svg", "pdf")
+FORMATS = PLOT_FORMATS
 
 # Student's t, two-sided 95% (0.975 quantile), for 1..30 degrees of freedom (standard tables).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
@@ -60,17 +60,9 @@ class PlotSummary:
 
 
 def check_path(path: str) -> tuple[Path, str]:
-    """``path`` and its format; an unknown extension or a missing folder is a UsageError."""
-    target = Path(path)
-    ext = target.suffix.lower().lstrip(".")
-    if not path or ext not in FORMATS:
-        raise UsageError(f"--plot {path!r}: the extension picks the format: .png, .svg or .pdf")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"--plot {path}: no such folder {str(parent)!r}")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"--plot {path}: folder {str(parent)!r} is not writable")
-    return target, ext
+    """``path`` and its format (the extension); an empty name, an unknown extension or a missing folder is a
+    UsageError."""
+    return check_output(path, "--plot", FORMATS)
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -160,7 +152,7 @@ def _is_size(column: str) -> bool:
 def plot(root: str | Path, path: str, x: str, y: str, hue: str | None = None, facet: str | None = None,
          where: str | None = None) -> PlotSummary:
     """Draw the plot to ``path`` (format by extension) and return what it shows."""
-    target, fmt = check_path(path)
+    target, _fmt = check_path(path)
     summary = collect(root, x, y, hue, facet, where)
     import matplotlib
 
@@ -215,12 +207,9 @@ def plot(root: str | Path, path: str, x: str, y: str, hue: str | None = None, fa
     note = f"; {summary.failed_left_out} failed runs left out" if summary.failed_left_out else ""
     fig.suptitle(f"{summary.y}: mean and 95% interval over {seeds} seeds per point{note}", fontsize=10)
     fig.tight_layout()
-    tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
     try:
-        fig.savefig(tmp, format=fmt, dpi=120)
-        os.replace(tmp, target)
+        save_figure(fig, target, "--plot", dpi=120)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     summary.path = target
     return summary

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from ..checks import SIZE_MAX, check_number
 from ..errors import UsageError
-from .units import parse_size
+from .units import format_size, parse_size
 
 AUTO = "auto"
 LEVELS = (1 << 12, 1 << 21, 1 << 30)  # 4K, 2M, 1G
@@ -49,11 +50,13 @@ class Spec(ABC):
 
 @dataclass(frozen=True)
 class Size(Spec):
-    """A byte size (:func:`parse_size`); ``auto=True`` also accepts ``"auto"`` (returned as None)."""
+    """A byte size (:func:`parse_size`) within ``[min, max]``; ``auto=True`` also accepts ``"auto"``
+    (returned as None). Sizes and offsets of guest memory are file offsets (``loff_t``): at most 2^63 - 1."""
 
     min: int = 0
     multiple_of: int = 1
     auto: bool = False
+    max: int = SIZE_MAX
 
     def parse(self, value: Any, path: str, source: str) -> int | None:
         if self.auto and value == AUTO:
@@ -61,6 +64,9 @@ class Size(Spec):
         size = parse_size(value)
         if size < self.min:
             raise ValueError(f"must be at least {self.min} bytes, got {value!r}")
+        if size > self.max:
+            limit = "2^63 - 1 bytes (a file offset)" if self.max == SIZE_MAX else format_size(self.max)
+            raise ValueError(f"must be at most {limit}, got {value!r}")
         if size % self.multiple_of:
             raise ValueError(f"must be a multiple of {self.multiple_of} bytes, got {value!r}")
         return size
@@ -113,7 +119,7 @@ class Amount(Spec):
         if value == "all":
             return ALL
         if isinstance(value, float):
-            if not 0.0 <= value <= 1.0 or value != value:
+            if not 0.0 <= value <= 1.0:  # NaN compares false: refused too
                 raise ValueError(f"a fraction of guest memory must be within [0, 1], got {value!r}")
             return Portion(fraction=value)
         if isinstance(value, str) and value.strip().lower() in ("auto", "whole", "everything"):
@@ -128,22 +134,15 @@ class Amount(Spec):
 
 @dataclass(frozen=True)
 class Number(Spec):
-    """An int (``integer=True``) or a float, within [min, max]."""
+    """An int (``integer=True``) or a float, within [min, max]; never NaN or infinite, an integer fits 64 bits
+    (:func:`gmemlab.checks.check_number`)."""
 
     integer: bool = False
     min: float | None = None
     max: float | None = None
 
     def parse(self, value: Any, path: str, source: str) -> int | float:
-        kinds = (int,) if self.integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            want = "an integer" if self.integer else "a number"
-            raise ValueError(f"expected {want}, got {type(value).__name__} {value!r}")
-        if self.min is not None and value < self.min:
-            raise ValueError(f"must be at least {self.min}, got {value!r}")
-        if self.max is not None and value > self.max:
-            raise ValueError(f"must be at most {self.max}, got {value!r}")
-        return value if self.integer else float(value)
+        return check_number(value, integer=self.integer, min=self.min, max=self.max)
 
 
 @dataclass(frozen=True)
