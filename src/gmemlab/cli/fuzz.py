@@ -36,11 +36,18 @@ EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = (ExitCode.OK,
                                                                   ExitCode.INCOMPLETE, ExitCode.INTERNAL)
 
 
-def _factories(backend: str) -> tuple[Any, Any, str]:
+def _factories(backend: str, profile: str | None = None) -> tuple[Any, Any, str]:
     from ..model import HostConfig, ModelBackend
+    from ..uapi import PROFILES
 
+    if profile is not None and profile not in PROFILES:
+        raise UsageError(f"--profile {profile!r} is not one of: {', '.join(PROFILES)}")
     if backend == "model":
-        return (lambda: ModelBackend()), (lambda: ModelBackend()), "model vs model (self-check)"
+        name = profile or "linux-6.18"
+        # linux-7.4 is fuzzed for its point, in-place conversion on (the default is unverified, linux-7.md 1.1)
+        config = HostConfig.upstream().with_(gmem_in_place_conversion=True if name.startswith("linux-7.4") else None)
+        return ((lambda: ModelBackend(name, config)), (lambda: ModelBackend(name, config)),
+                f"model vs model (self-check, {name})")
     if backend != "both":
         raise UsageError(f"--backend {backend!r} must be 'both' (model vs kernel) or 'model' (self-check)")
     from ..kernel import open_kernel_backend
@@ -51,9 +58,14 @@ def _factories(backend: str) -> tuple[Any, Any, str]:
         raise UsageError(f"--backend both needs /dev/kvm: {exc.what}") from None
     try:
         config = HostConfig.from_backend(probe)
+        kernel_profile, why = probe.profile.name, probe.profile_reason
     finally:
         probe.close()
-    return (lambda: ModelBackend("linux-6.18", config)), open_kernel_backend, "model vs kernel"
+    # The model is the kernel's own profile, read from it (never assumed).
+    if profile is not None and profile != kernel_profile:
+        raise UsageError(f"--profile {profile}: this kernel is {kernel_profile} ({why})")
+    return ((lambda: ModelBackend(kernel_profile, config)), open_kernel_backend,
+            f"model ({kernel_profile}) vs kernel")
 
 
 def _finding_json(f: Finding | None, ops: list[Any]) -> list[dict[str, Any]]:
@@ -96,6 +108,9 @@ def register(app: typer.Typer) -> None:
                                                  "the run; gaps are still reported")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
         kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
+        profile: Annotated[str | None, typer.Option(help="the model's profile: with --backend model any (default "
+                                                         "linux-6.18); with both it must be the kernel's, which "
+                                                         "is read from it")] = None,
     ) -> None:
         """Drive the model and the kernel in lockstep with hypothesis-generated operation sequences; any
         differing observation, exception inside a backend, broken model invariant or coverage gap fails, shrunk
@@ -104,7 +119,7 @@ def register(app: typer.Typer) -> None:
         With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers.
         Exit status: 0 nothing found, 1 found, 2 bad usage or replay file, 3 nothing ran, 4 internal error."""
         try:
-            code = _command(backend, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel)
+            code = _command(backend, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel, profile)
         except UsageError as exc:
             print(f"gmemlab: error: {exc}", file=sys.stderr)
             code = EXIT_USAGE
@@ -112,7 +127,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path | None, save: Path,
-             allow_gaps: bool, as_json: bool, kernel: Path | None) -> int:
+             allow_gaps: bool, as_json: bool, kernel: Path | None, profile: str | None = None) -> int:
     if examples < 1 or max_ops < 1:
         raise UsageError("--examples and --max-ops must be at least 1")
     vm_kernel = kernel_arg(kernel)
@@ -121,7 +136,7 @@ def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path 
                 "--max-ops", str(max_ops)] + ["--json"] * as_json + ["--allow-gaps"] * allow_gaps
         if replay is not None:
             args += ["--replay", str(replay.resolve())]
-        args += ["--save", str(save.resolve())]
+        args += ["--save", str(save.resolve())] + ([f"--profile={profile}"] if profile else [])
         return run_gmemlab_in_vm(vm_kernel, args)
     ops = None
     if replay is not None:
@@ -131,7 +146,7 @@ def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path 
             raise UsageError(f"--replay {replay}: {exc.strerror}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(f"--replay {replay}: {exc}") from None
-    left, right, label = _factories(backend)
+    left, right, label = _factories(backend, profile)
     names = ("model", "kernel") if backend == "both" else ("left", "right")
     try:
         if ops is not None:

@@ -145,9 +145,10 @@ class World:
     vcpus: list[Any] = field(default_factory=list)  # vCPUs that can run guest accesses
     memfds: list[Any] = field(default_factory=list)
     vcpus_per_vm: dict[int, int] = field(default_factory=dict)
+    pipes: list[Any] = field(default_factory=list)  # page references held by vmsplice'd pipes
 
     def items(self, kind: str) -> list[Any]:
-        return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus}[kind]
+        return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus, "pipe": self.pipes}[kind]
 
     def pick(self, kind: str, ref: int) -> Any | None:
         items = self.items(kind)
@@ -375,6 +376,18 @@ def file_op(w: World, o: Op, g: Any) -> None:
     FILE_OPS[o["which"]](g)
 
 
+@op("set_attrs2", target="gmem", offset=OFFSETS, length=LENGTHS,
+    attrs=ints(KVM_MEMORY_ATTRIBUTE_PRIVATE, 0, 0, 1, KVM_MEMORY_ATTRIBUTE_PRIVATE | 1, 1 << 63, U64),
+    flags=ints(0, 0, 0, 1, 1 << 63, U64), error_offset=ints(0, 0xE0E0E0E0E0, U64),
+    reserved=ints(-1, -1, -1, 0, 10))
+def set_attrs2(w: World, o: Op, g: Any) -> None:
+    """KVM_SET_MEMORY_ATTRIBUTES2 on the gmem (in-place conversion, linux-7.md 1.2; ENOTTY without it);
+    ``reserved`` is the index of the one non-zero reserved word, -1 for none."""
+    reserved = tuple(1 if i == o["reserved"] else 0 for i in range(11))
+    g.set_memory_attributes2(o["offset"], o["length"], o["attrs"], flags=o["flags"], error_offset=o["error_offset"],
+                             reserved=reserved)
+
+
 @op("close_gmem", target="gmem")
 def close_gmem(w: World, o: Op, g: Any) -> None:
     g.close()
@@ -432,6 +445,24 @@ def mbind(w: World, o: Op, m: Any) -> None:
 def numa_query(w: World, o: Op, m: Any) -> None:
     m.get_mempolicy(o["offset"])
     m.page_nodes(o["offset"], o["pages"])
+
+
+@op("vmsplice", target="map", offset=ints(0, P, 2 * P, 15 * P, 16 * P, 64 * P, 1, -P), pages=ints(1, 2, 4))
+def vmsplice(w: World, o: Op, m: Any) -> None:
+    """vmsplice the pages into a pipe: references that make a conversion to private EAGAIN until closed."""
+    w.pipes.append(m.vmsplice(o["offset"], o["pages"] * P))
+
+
+@op("close_pipe", target="pipe")
+def close_pipe(w: World, o: Op, pipe: Any) -> None:
+    pipe.unpin()
+    w.pipes.remove(pipe)
+
+
+@op("pte_present", target="map", offset=ints(0, P, 2 * P, 15 * P, 63 * P))
+def pte_present(w: World, o: Op, m: Any) -> None:
+    """Whether the host PTE of a page is present (/proc/self/pagemap), e.g. after a conversion."""
+    m.pte_present(o["offset"])
 
 
 @op("munmap", target="map")

@@ -97,10 +97,15 @@ def ioctl_raw(fd: int, request: int, arg: bytes | int, op: str, reason: str = ""
     return ret, buf.raw
 
 
+SPLICE_F_NONBLOCK = 0x02
+
+
 def vmsplice(fd: int, addr: int, length: int) -> int:
-    """``vmsplice(fd, {addr, length}, 1, 0)`` into a pipe: the pipe holds references on the pages."""
+    """``vmsplice(fd, {addr, length}, 1, SPLICE_F_NONBLOCK)`` into a pipe: the pipe holds references on the
+    pages. Never blocks: a full pipe is EAGAIN (the caller sizes the pipe for what it splices)."""
     iov = (ctypes.c_uint64 * 2)(addr, length)  # struct iovec {iov_base, iov_len}
-    return check(_vmsplice(fd, ctypes.addressof(iov), 1, 0), "vmsplice", f"addr {addr:#x} len {length:#x}")
+    return check(_vmsplice(fd, ctypes.addressof(iov), 1, SPLICE_F_NONBLOCK), "vmsplice",
+                 f"addr {addr:#x} len {length:#x}")
 
 
 def mmap(length: int, prot: int, flags: int, fd: int = -1, offset: int = 0, addr: int = 0, reason: str = "") -> int:

@@ -291,8 +291,12 @@ class KernelHostMapping:
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         refs = PipeRefs(read_fd, write_fd, self._resources)
         try:
-            with contextlib.suppress(OSError):  # a bigger pipe if allowed; the default holds 16 pages
-                fcntl.fcntl(write_fd, F_SETPIPE_SZ, max(length, PAGE_SIZE))
+            # one pipe buffer per page touched (an unaligned range touches one more); never shrink the default
+            # 16 (a smaller pipe would fill, and vmsplice would block: it is non-blocking here, EAGAIN instead)
+            touched = (offset % PAGE_SIZE + length + PAGE_SIZE - 1) // PAGE_SIZE
+            if touched > 16:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(write_fd, F_SETPIPE_SZ, touched * PAGE_SIZE)
             done = 0
             while done < length:
                 done += libc.vmsplice(write_fd, self.address + offset + done, length - done)

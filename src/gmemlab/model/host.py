@@ -451,12 +451,11 @@ class ModelHostMapping:
             self.file.inode.mappings.add(child)
         return child
 
-    def vmsplice(self, offset: int, length: int) -> ModelPin:
+    def vmsplice(self, offset: int, length: int) -> ModelPin | AnonymousPipe:
         """``vmsplice(2)`` of ``[offset, +length)`` into a pipe: GUP (read, FOLL_GET) faults each page in and
         the pipe holds a page reference until it is closed (``unpin``). Not a DMA pin: a transient reference,
-        which in-place conversion to private refuses with EAGAIN (realkernel-private.md finding 3)."""
-        if self.file is None:
-            raise UnsupportedByBackend("vmsplice of anonymous memory is not modelled")
+        which in-place conversion to private refuses with EAGAIN (realkernel-private.md finding 3). Anonymous
+        pages are only faulted in: nothing in the model looks at their references."""
         offset, length = check_reservation("vmsplice", offset, length, self.mapped_length)
         first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
         if offset < 0 or last > self.npages or self.unmapped:
@@ -466,6 +465,8 @@ class ModelHostMapping:
                 self._fault(page, write=False, gup=True)
             except (HostSigbus, HostSigsegv) as exc:
                 raise KvmError(errno.EFAULT, "vmsplice", str(exc)) from None
+        if self.file is None:
+            return AnonymousPipe()
         return self.file.inode.pin(self.pgoff + first, self.pgoff + max(last, first), kind="ref")
 
     def pte_present(self, offset: int) -> bool:
@@ -517,6 +518,13 @@ class ModelHostMapping:
     def mapped_file_runs(self) -> list[tuple[int, int]]:
         """File index runs that have a host PTE in this mapping."""
         return [(self.pgoff + s, self.pgoff + e) for s, e, v in self.ptes.runs() if v]
+
+
+class AnonymousPipe:
+    """A pipe holding references on anonymous pages (vmsplice): nothing in the model depends on them."""
+
+    def unpin(self) -> None:
+        return None
 
 
 class ModelPin:
