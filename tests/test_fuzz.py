@@ -153,7 +153,7 @@ def test_cli_finding_exits_1_saves_and_replays(monkeypatch: pytest.MonkeyPatch, 
     import gmemlab.cli.fuzz as cli_fuzz
 
     other = HostConfig(nr_memslots=3)
-    monkeypatch.setattr(cli_fuzz, "_factories", lambda backend: (
+    monkeypatch.setattr(cli_fuzz, "_factories", lambda backend, profile=None: (
         (lambda: ModelBackend()), (lambda: ModelBackend(config=other)), "model vs planted model"))
     save = tmp_path / "found.json"
     res = CliRunner().invoke(app, ["fuzz", "--backend", "model", "--seed", "1", "--save", str(save)])
