@@ -110,7 +110,8 @@ class KernelBackend:
         length = c_value(length, "size_t", "length", "mmap")
         base, addr = map_in_reservation(length, PROT_READ | PROT_WRITE, libc.MAP_SHARED | libc.MAP_ANONYMOUS, -1, 0,
                                         f"anonymous shared, len {length:#x}")
-        m = KernelHostMapping(addr, length, PROT_READ | PROT_WRITE, on_unmap=self.resources.discard, base=base)
+        m = KernelHostMapping(addr, length, PROT_READ | PROT_WRITE, on_unmap=self.resources.discard, base=base,
+                              resources=self.resources)
         self.resources.add(m)
         return m
 
