@@ -23,10 +23,6 @@ from .sections import SECTIONS, section0
 
 _TIMING = ("wall time under nested TCG (QEMU emulating SVM): the model has no clock, and the recording itself "
            "says these say nothing about hardware; time is the simulator's cost model's business")
-_PREFAULT = ("needs KVM_PRE_FAULT_MEMORY in the Vcpu interface of both backends (being added by qemu2, NOTES.md "
-             "00:15): pending, not out of scope")
-_EXEC = ("needs an instruction-fetch access in the Vcpu interface of both backends (being added by qemu2, "
-         "NOTES.md 00:15): pending, not out of scope")
 
 OUT_OF_SCOPE: dict[str, str] = {
     "0/cmdline": "the kernel command line the probe booted: column B0's input (its HostConfig has "
@@ -43,14 +39,8 @@ OUT_OF_SCOPE: dict[str, str] = {
     "6/swp_vm/smaps": "as 6/default_vm/smaps",
 }
 
-PENDING: dict[str, str] = {
-    **{f"4a/{row}": _PREFAULT for row in ("prefault_private", "prefault_private_unallocated", "prefault_shared",
-                                          "prefault_code", "prefault_noslot", "prefault_span", "prefault_unaligned",
-                                          "prefault_flags", "prefault_size0")},
-    "4b/prefault_private_no_gmem": _PREFAULT,
-    **{row: _EXEC for row in ("4a/exec_private_guest_written", "4a/exec_shared_gmem",
-                              "4a/exec_host_written_then_private", "4b/memfault_exec")},
-}
+# Rows that wait for interface work (none now: KVM_PRE_FAULT_MEMORY and instruction fetch landed with qemu2).
+PENDING: dict[str, str] = {}
 
 
 _V8 = "the recorded kernel is the series' v8 on 7.1.5; linux-7.4 follows v13 (linux-7.4-v8 reproduces it: {})"

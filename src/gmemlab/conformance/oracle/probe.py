@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ...backend import report_stub
 from ...errors import ConversionError, HostSigbus, HostSigsegv, KvmError, VcpuExit
 from ...uapi import (
     KVM_EXIT_MEMORY_FAULT,
@@ -100,6 +101,25 @@ class Probe:
         except VcpuExit as ex:
             return self.exit_cell(ex)
         return "HLT outs=[" + ",".join(f"{b:#04x}" for b in outs) + "]"
+
+    def guest_execute(self, cpu: Any, gpa: int, value: int, write: bool = False) -> str:
+        """The guest jumps to ``gpa`` (after writing code that reports ``value`` there, if ``write``): the
+        probe's ``out 0x55; hlt`` is the interface's report stub (:func:`gmemlab.backend.report_stub`)."""
+        try:
+            if write:
+                cpu.write(self.base + gpa, report_stub(value))
+            return f"HLT outs=[{cpu.execute(self.base + gpa):#04x}]"
+        except VcpuExit as ex:
+            return self.exit_cell(ex)
+
+    def pre_fault(self, cpu: Any, gpa: int, size: int, flags: int = 0) -> str:
+        """``KVM_PRE_FAULT_MEMORY``: ``ok (gpa now X, size left Y)`` with what the kernel wrote back; an error
+        writes back nothing (the kernel updates the range only with progress), so the range given is shown."""
+        try:
+            now, left = cpu.pre_fault_memory(self.base + gpa, size, flags)
+            return f"ok (gpa now {now - self.base:#x}, size left {left:#x})"
+        except KvmError as exc:
+            return f"{exc.errname} (gpa now {gpa:#x}, size left {size:#x})"
 
     def guest_write_read(self, cpu: Any, gpa: int, byte: int) -> str:
         try:

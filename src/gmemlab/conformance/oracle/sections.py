@@ -15,6 +15,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from ...backend import report_stub
 from ...errors import KvmError, VcpuExit
 from ...uapi import (
     FALLOC_FL_KEEP_SIZE,
@@ -368,8 +369,28 @@ def _section4a(p: Probe, mode: str) -> None:
     p.row("4a/partial", f"{lay.attrs(mode, 0x3000, 2 * P, True)}; {lay.attrs(mode, 0x4000, P, False)}")
     p.row("4a/partial_reads", lay.read(0x3000, 0x4000, 0x5000))
     lay.cpu.write(p.base + 0x3000, b"\x33")
+    blocks = [lay.gmem.fstat().st_blocks]
     punched = p.outcome(lay.gmem.fallocate, PUNCH, P, P)
+    blocks.append(lay.gmem.fstat().st_blocks)
     p.row("4a/punch_private", lay.read(0x3000) if punched == "ok" else f"fallocate={punched}")
+    p.row("4a/exec_private_guest_written", p.guest_execute(lay.cpu, 0x3000, 0x55, write=True))
+    if inplace:  # the host writes the code into shared page 2 (GPA 0x4000) through the gmem mapping
+        lay.map.write(2 * P, report_stub(0x55))
+        p.row("4a/exec_shared_gmem", p.guest_execute(lay.cpu, 0x4000, 0x55))
+        converted = lay.attrs(mode, 0x4000, P, True)
+        p.row("4a/exec_host_written_then_private", f"{converted}; {p.guest_execute(lay.cpu, 0x4000, 0x55)}")
+    p.row("4a/prefault_private", p.pre_fault(lay.cpu, 0x2000, P))
+    cell = p.pre_fault(lay.cpu, 0x3000, 3 * P)  # from the punched private page 0x3000 to the slot's end
+    blocks.append(lay.gmem.fstat().st_blocks)
+    p.row("4a/prefault_private_unallocated",
+          f"{cell} — st_blocks before punch {blocks[0]}, after punch {blocks[1]}, after pre-fault {blocks[2]}")
+    p.row("4a/prefault_shared", p.pre_fault(lay.cpu, 0x5000, P))
+    p.row("4a/prefault_code", p.pre_fault(lay.cpu, 0x1000, P))
+    p.row("4a/prefault_noslot", p.pre_fault(lay.cpu, 0x100000, P))
+    p.row("4a/prefault_span", p.pre_fault(lay.cpu, 0x1000, 5 * P))
+    p.row("4a/prefault_unaligned", p.pre_fault(lay.cpu, 0x1001, P))
+    p.row("4a/prefault_flags", p.pre_fault(lay.cpu, 0x1000, P, flags=1))
+    p.row("4a/prefault_size0", p.pre_fault(lay.cpu, 0x1000, 0))
     lay.close()
 
 
@@ -387,10 +408,13 @@ def _section4b(p: Probe, mode: str) -> None:
     except VcpuExit as exc:
         cell = p.exit_cell(exc)
     p.row("4b/memfault_write", cell)
+    p.row("4b/memfault_exec", p.guest_execute(lay.cpu, 0x2000, 0x55))
     lay.attrs(mode, 0x2000, 2 * P, True)
     p.row("4b/memfault_second_page", lay.read(0x2FFE))
     lay.attrs(mode, 0x2000, 2 * P, False)
     p.row("4b/after_flip_shared", lay.read(0x2FFE))
+    lay.attrs(mode, 0x2000, P, True)
+    p.row("4b/prefault_private_no_gmem", p.pre_fault(lay.cpu, 0x2000, P))
     lay.close()
 
 
