@@ -120,3 +120,35 @@ def test_user_variant_from_file(tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     out = races(f"{broken}:X")
     assert out.returncode == 2 and "RuntimeError: boom" in out.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("linux-6.18", "--max-states", "10"),
+    ("linux-6.18", "--preemptions", "0"),
+    ("roth", "-t", "host_fault:0,convert_private:0,guest_fault:0", "--random", "5"),
+])
+def test_bounded_search_without_violation_is_incomplete_exit_3(args):
+    out = races(*args)
+    assert out.returncode == 3, (args, out.stdout, out.stderr)
+    assert "INCOMPLETE" in out.stdout and "no property violated in the states explored" in out.stdout
+
+
+def test_time_limit_stops_a_large_search_incomplete():
+    out = races("linux-6.18", "-t", "guest_fault:0,host_fault:0,convert_private:0-1,convert_shared:0-1,"
+                "punch_hole:0-1,guest_fault:1", "--time-limit", "1", "--json")
+    assert out.returncode == 3, out.stderr
+    data = json.loads(out.stdout)
+    assert data["complete"] is False and data["stopped"] == "time limit" and data["seconds"] < 30
+
+
+def test_progress_reports_states_as_it_goes():
+    from gmemlab.races.explorer import explore
+    from gmemlab.races.protocols import Setup, get_protocol, parse_threads
+
+    proto = get_protocol("linux-6.18")
+    seen: list[tuple[int, int, float]] = []
+    setup = Setup(proto, parse_threads("guest_fault:0,host_fault:0,convert_private:0,convert_shared:0,"
+                                       "punch_hole:0", proto), "private")
+    result = explore(setup, progress=lambda *a: seen.append(a))
+    assert result.complete and seen and all(a[0] <= result.states for a in seen)
+    assert [a[0] for a in seen] == sorted(a[0] for a in seen)

@@ -43,6 +43,7 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from .. import __version__
+from ..checks import check_number
 from ..errors import GmemlabError, UsageError
 
 
@@ -110,6 +111,30 @@ def unknown(kind: str, value: str, known: Sequence[str], option: str = "") -> Us
 def choices(name: str, values: Iterable[str]) -> type[enum.StrEnum]:
     """A string enum of ``values`` so typer shows them as choices, completes them and refuses others."""
     return enum.StrEnum(name, {v: v for v in values})  # type: ignore[return-value]
+
+
+def positive_seconds(value: float, option: str) -> float:
+    """A time limit: a finite number of seconds > 0 (``nan``/``inf`` parse as floats and are refused here)."""
+    try:
+        check_number(value, min=0.0)
+    except ValueError as exc:
+        raise UsageError(f"{option} {value!r}: {exc}") from None
+    if value <= 0:
+        raise UsageError(f"{option} {value!r}: must be more than 0 seconds")
+    return value
+
+
+def rss_text() -> str:
+    """This process's resident memory now (Linux /proc), else its peak (getrusage), as ``612 MiB``."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        nbytes = pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        nbytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return f"{nbytes / (1 << 20):,.0f} MiB"
 
 
 # --- the root command: one error style, exit status --------------------------------------------------------

@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
+from ..checks import U64_MAX
 from ..errors import UsageError
 from ..races.explorer import Result, explore
 from ..races.mutation import mutation_check
-from ..races.protocols import THREADS_HELP, Protocol, Setup, get_protocol, parse_threads, sweep_configs
+from ..races.protocols import BUILTIN, THREADS_HELP, Protocol, Setup, get_protocol, parse_threads, sweep_configs
 from ..races.report import format_list, format_mutants, format_result
 from ..races.world import PRIVATE, SHARED
+from .common import ExitCode, esc, positive_seconds, rss_text
+
+MAX_COUNT = 1 << 40  # states, schedules, preemptions: more than any run could reach
+
+
+def _complete_protocol(incomplete: str) -> list[str]:
+    return [name for name in BUILTIN if name.startswith(incomplete)]
+
 
 HELP = "\n\n".join([
     "Explore the interleavings of guest_memfd kernel paths under a locking PROTOCOL and report the first "
-    "violated property with a minimal interleaving (numbered steps per thread). Exits 1 when a property is "
-    "violated, 2 on bad input.",
+    "violated property with a minimal interleaving (numbered steps per thread). Exit status: 0 every "
+    "reachable state explored and no property violated; 1 a property is violated; 2 bad input; 3 incomplete: "
+    "nothing violated in what was explored but the search was bounded (--max-states, --preemptions, --random, "
+    "--time-limit) or interrupted.",
     "PROTOCOL is a built-in variant (linux-6.18, rfc-v2, rfc-v2-refcount, roth, roth-noread, linux-7.4, "
     "linux-7.4-norefcheck; see "
     "--list) or FILE.py:NAME naming a gmemlab.races.Protocol object in a Python file. Without PROTOCOL the "
@@ -27,26 +40,37 @@ HELP = "\n\n".join([
     "protocol's default configuration is used.",
     "Search: exhaustive breadth-first search with state caching by default (the reported trace is a "
     "shortest one). --random N runs N seeded random schedules instead and shrinks the violating one. "
-    "--preemptions K bounds preemptions (switching away from a thread that could have continued).",
+    "--preemptions K bounds preemptions (switching away from a thread that could have continued). "
+    "--time-limit SECONDS stops each search when the time is up. On a terminal, stderr shows the states "
+    "explored, the rate and the process's memory as the search goes.",
     "--configs runs every documented configuration of the protocol (including the larger ones); "
     "--mutations runs the mutation check (each lock acquisition removed in turn); with --sweep both use "
     "every 2- and 3-thread single-page configuration (224) instead; --json prints machine-readable results.",
 ])
 
 
+class Init(StrEnum):
+    shared = SHARED
+    private = PRIVATE
+
+
 def races(
-    protocol: Annotated[str | None, typer.Argument(help="protocol name or FILE.py:NAME", show_default=False)] = None,
+    protocol: Annotated[str | None, typer.Argument(help="protocol name or FILE.py:NAME", show_default=False,
+                                                   autocompletion=_complete_protocol)] = None,
     threads: Annotated[str | None, typer.Option("--threads", "-t", help="threads, e.g. host_fault:0,convert_private:0",
                                                 show_default=False)] = None,
-    init: Annotated[str | None, typer.Option(help="initial state of every index: shared or private "
-                                                  "(default: the protocol's)", show_default=False)] = None,
+    init: Annotated[Init | None, typer.Option(help="initial state of every index (default: the protocol's)",
+                                              show_default=False)] = None,
     exhaustive: Annotated[bool, typer.Option("--exhaustive", help="exhaustive search (the default)")] = False,
-    random_runs: Annotated[int | None, typer.Option("--random", help="N seeded random schedules",
+    random_runs: Annotated[int | None, typer.Option("--random", help="N seeded random schedules", min=1,
+                                                    max=MAX_COUNT, show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="seed for --random", min=0, max=U64_MAX)] = 0,
+    preemptions: Annotated[int | None, typer.Option(help="preemption bound", min=0, max=MAX_COUNT,
                                                     show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="seed for --random")] = 0,
-    preemptions: Annotated[int | None, typer.Option(help="preemption bound", show_default=False)] = None,
-    max_states: Annotated[int | None, typer.Option(help="stop an exhaustive search after N states",
-                                                   show_default=False)] = None,
+    max_states: Annotated[int | None, typer.Option(help="stop an exhaustive search after N states", min=1,
+                                                   max=MAX_COUNT, show_default=False)] = None,
+    time_limit: Annotated[float | None, typer.Option("--time-limit", help="stop each search after SECONDS "
+                                                     "(incomplete: exit status 3)", show_default=False)] = None,
     configs: Annotated[bool, typer.Option("--configs", help="run every documented configuration")] = False,
     mutations: Annotated[bool, typer.Option("--mutations", help="run the mutation check")] = False,
     sweep: Annotated[bool, typer.Option("--sweep", help="with --configs/--mutations: every 2- and 3-thread "
@@ -62,12 +86,8 @@ def races(
         return
     if exhaustive and random_runs is not None:
         raise UsageError("races: --exhaustive and --random are mutually exclusive")
-    if init is not None and init not in (SHARED, PRIVATE):
-        raise UsageError(f"races: --init must be shared or private, not {init!r}")
-    if max_states is not None and max_states < 1:
-        raise UsageError("races: --max-states must be >= 1")
-    if random_runs is not None and random_runs < 1:
-        raise UsageError("races: --random needs N >= 1")
+    if time_limit is not None:
+        time_limit = positive_seconds(time_limit, "--time-limit")
     proto = get_protocol(protocol)
     if sweep and not (configs or mutations):
         raise UsageError("races: --sweep goes with --configs or --mutations")
@@ -82,29 +102,51 @@ def races(
         else:
             typer.echo(format_mutants(proto, baseline, mutants))
         return
+    search = Search(random_runs, seed, preemptions, max_states, time_limit, show=not as_json)
     if configs:
         if threads:
             raise UsageError("races: --configs runs the documented configurations; drop --threads")
-        runs = [_run(proto, c.threads, init or c.init, random_runs, seed, preemptions, max_states)
+        runs = [search.run(proto, c.threads, (init or c.init))
                 for c in chosen or (*proto.configs, *proto.large) or (proto.default,)]
     else:
         default = proto.default
         spec = default.threads if threads is None else threads
-        runs = [_run(proto, spec, init or (default.init if threads is None else proto.default_init),
-                     random_runs, seed, preemptions, max_states)]
+        runs = [search.run(proto, spec, init or (default.init if threads is None else proto.default_init))]
     if as_json:
         payload = [r.as_dict() for r in runs]
         typer.echo(json.dumps(payload[0] if len(payload) == 1 and not configs else payload, indent=2))
     else:
         typer.echo("\n\n".join(format_result(r, proto) for r in runs))
     if any(r.violation for r in runs):
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
+    if not all(r.complete for r in runs):
+        raise typer.Exit(ExitCode.INCOMPLETE)
 
 
-def _run(proto: Protocol, spec: str, init: str, random_runs: int | None, seed: int, preemptions: int | None,
-         max_states: int | None) -> Result:
-    setup = Setup(proto, parse_threads(spec, proto), init)
-    return explore(setup, random_runs=random_runs, seed=seed, preemption_bound=preemptions, max_states=max_states)
+class Search:
+    """One search per configuration, with a progress line on stderr (a terminal only) and the time limit."""
+
+    def __init__(self, random_runs: int | None, seed: int, preemptions: int | None, max_states: int | None,
+                 time_limit: float | None, show: bool) -> None:
+        self.random_runs, self.seed, self.preemptions = random_runs, seed, preemptions
+        self.max_states, self.time_limit = max_states, time_limit
+        self.console = Console(stderr=True)
+        self.show = show and self.console.is_terminal
+
+    def run(self, proto: Protocol, spec: str, init: str) -> Result:
+        setup = Setup(proto, parse_threads(spec, proto), init)
+        if not self.show:
+            return explore(setup, random_runs=self.random_runs, seed=self.seed, preemption_bound=self.preemptions,
+                           max_states=self.max_states, time_limit=self.time_limit)
+        with self.console.status(f"{esc(proto.name)}: starting") as status:
+            def progress(states: int, transitions: int, seconds: float) -> None:
+                rate = states / seconds if seconds > 0 else 0.0
+                limit = f" of {self.time_limit:g} s" if self.time_limit else ""
+                status.update(f"{esc(proto.name)}: {states:,} states, {rate:,.0f}/s, {seconds:.0f} s{limit}, "
+                              f"{rss_text()}")
+
+            return explore(setup, random_runs=self.random_runs, seed=self.seed, preemption_bound=self.preemptions,
+                           max_states=self.max_states, progress=progress, time_limit=self.time_limit)
 
 
 def register(app: typer.Typer) -> None:

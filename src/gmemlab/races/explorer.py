@@ -20,9 +20,10 @@ from __future__ import annotations
 import random as _random
 import time
 from collections import Counter, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
+from ..checks import check_number
 from ..errors import UsageError
 from .properties import PROPERTY_TEXT, check_invariants
 from .protocols import Setup
@@ -130,6 +131,7 @@ class Result:
     transitions: int = 0
     seconds: float = 0.0
     complete: bool = True  # exhaustive search visited every reachable state (no bound, no cap)
+    stopped: str = ""  # why the search is incomplete: "preemption bound", "--max-states", "time limit", "random"
     violation: Violation | None = None
     outcomes: Counter[str] = field(default_factory=Counter)
     sites: set[str] = field(default_factory=set)
@@ -144,7 +146,7 @@ class Result:
             "protocol": self.protocol, "threads": self.threads, "init": self.init, "mode": self.mode,
             "states": self.states, "transitions": self.transitions, "seconds": round(self.seconds, 4),
             "states_per_second": round(self.states_per_second) if self.seconds > 0 else None,
-            "complete": self.complete, "runs": self.runs,
+            "complete": self.complete, "stopped": self.stopped or None, "runs": self.runs,
             "violation": self.violation.as_dict() if self.violation else None,
             "outcomes": dict(sorted(self.outcomes.items())),
         }
@@ -152,6 +154,8 @@ class Result:
 
 Nodes = tuple[int, ...]
 Key = Hashable
+Progress = Callable[[int, int, float], None]  # (states, transitions, seconds so far)
+PROGRESS_EVERY = 4096  # expanded states between progress reports and time-limit checks
 
 
 class Explorer:
@@ -258,11 +262,15 @@ class Explorer:
         return Violation(violation[0], violation[1], trace, preemptions)
 
     # -- exhaustive ---------------------------------------------------------------------------------------
-    def exhaustive(self, max_states: int | None = None, only: frozenset[int] | None = None) -> Result:
+    def exhaustive(self, max_states: int | None = None, only: frozenset[int] | None = None,
+                   progress: Progress | None = None, deadline: float | None = None) -> Result:
         """Breadth-first search with state caching (and the preemption bound, if any). ``only`` restricts
-        the schedule to a subset of the threads (the others never run)."""
+        the schedule to a subset of the threads (the others never run). ``progress(states, transitions,
+        seconds)`` is called every :data:`PROGRESS_EVERY` expanded states; the search stops, incomplete, once
+        ``time.monotonic()`` passes ``deadline``."""
         res = self._result("exhaustive" if self.bound is None else f"exhaustive, preemptions <= {self.bound}")
         start = time.perf_counter()
+        expanded = 0
         bound = self.bound
         w0, n0 = self.initial()
         k0: Key = (w0.key(), n0, None) if bound is not None else (w0.key(), n0)
@@ -274,6 +282,13 @@ class Explorer:
             w, nodes, key, last, pre = queue.popleft()
             if bound is not None and best[key] < pre:
                 continue
+            expanded += 1
+            if expanded % PROGRESS_EVERY == 0:
+                if progress is not None:
+                    progress(len(parent), res.transitions, time.perf_counter() - start)
+                if deadline is not None and time.monotonic() > deadline:
+                    res.complete, res.stopped = False, "time limit"
+                    break
             ready, alive = self.enabled(w, nodes, only)
             if not ready:
                 if alive and "deadlock" not in self.ignore:
@@ -285,7 +300,7 @@ class Explorer:
             for t in order:
                 p = pre + (1 if last is not None and t != last and last in ready else 0)
                 if bound is not None and p > bound:
-                    res.complete = False
+                    res.complete, res.stopped = False, res.stopped or "preemption bound"
                     continue
                 w2, nodes2, _result, violation = self.transition(w, nodes, t)
                 res.transitions += 1
@@ -299,7 +314,7 @@ class Explorer:
                 best[k2] = p
                 queue.append((w2, nodes2, k2, t, p))
             if max_states is not None and len(parent) >= max_states and queue:
-                res.complete = False
+                res.complete, res.stopped = False, "--max-states"
                 break
         res.states = len(parent)
         res.seconds = time.perf_counter() - start
@@ -320,18 +335,26 @@ class Explorer:
         return out
 
     # -- random -------------------------------------------------------------------------------------------
-    def random(self, runs: int, seed: int, max_steps: int = 10_000) -> Result:
-        """``runs`` seeded random schedules; the first violating one is shrunk and reported."""
+    def random(self, runs: int, seed: int, max_steps: int = 10_000, progress: Progress | None = None,
+               deadline: float | None = None) -> Result:
+        """``runs`` seeded random schedules; the first violating one is shrunk and reported. ``progress`` and
+        ``deadline`` as for :meth:`exhaustive` (checked between schedules)."""
         if runs < 1:
             raise UsageError("--random needs at least 1 run")
         res = self._result(f"random, {runs} runs, seed {seed}"
                            + ("" if self.bound is None else f", preemptions <= {self.bound}"))
-        res.complete = False
+        res.complete, res.stopped = False, "random schedules"
         rng = _random.Random(seed)
         seen: set[Key] = set()
         start = time.perf_counter()
         found: list[int] | None = None
         for _ in range(runs):
+            if res.runs and res.runs % 64 == 0:
+                if progress is not None:
+                    progress(len(seen), res.transitions, time.perf_counter() - start)
+                if deadline is not None and time.monotonic() > deadline:
+                    res.stopped = "time limit"
+                    break
             res.runs += 1
             w, nodes = self.initial()
             last: int | None = None
@@ -418,9 +441,26 @@ class Explorer:
 
 
 def explore(setup: Setup, *, random_runs: int | None = None, seed: int = 0, preemption_bound: int | None = None,
-            max_states: int | None = None) -> Result:
-    """Run one exploration: exhaustive unless ``random_runs`` is given."""
+            max_states: int | None = None, progress: Progress | None = None,
+            time_limit: float | None = None) -> Result:
+    """Run one exploration: exhaustive unless ``random_runs`` is given. ``time_limit`` (seconds) stops it,
+    incomplete (``Result.stopped == "time limit"``); ``progress(states, transitions, seconds)`` reports as it goes.
+
+    Arguments are checked here too (the Python API): counts are integers >= 1 (``preemption_bound`` >= 0),
+    the time limit a finite number > 0."""
+    for name, value, low in (("random_runs", random_runs, 1), ("max_states", max_states, 1),
+                             ("preemption_bound", preemption_bound, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
+    if time_limit is not None:
+        try:
+            check_number(time_limit, min=0.0)
+        except ValueError as exc:
+            raise UsageError(f"time_limit: {exc}") from None
+        if time_limit <= 0:
+            raise UsageError(f"time_limit must be more than 0 seconds, got {time_limit!r}")
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     explorer = Explorer(setup, preemption_bound)
     if random_runs is not None:
-        return explorer.random(random_runs, seed)
-    return explorer.exhaustive(max_states)
+        return explorer.random(random_runs, seed, progress=progress, deadline=deadline)
+    return explorer.exhaustive(max_states, progress=progress, deadline=deadline)

@@ -28,6 +28,7 @@ from scratch with the step constructors of :mod:`gmemlab.races.steps`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -264,7 +265,13 @@ def get_protocol(name: str) -> Protocol:
         return BUILTIN[name]
     if ".py:" in name:
         return _load_external(name)
-    raise UsageError(f"unknown protocol {name!r} (known: {', '.join(BUILTIN)}; or FILE.py:NAME)")
+    raise UsageError(f"unknown protocol {name!r}{_did_you_mean(name, list(BUILTIN))} (known: {', '.join(BUILTIN)}; "
+                     "or FILE.py:NAME)")
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _load_external(spec: str) -> Protocol:
@@ -316,7 +323,8 @@ def parse_threads(text: str, protocol: Protocol) -> list[ThreadSpec]:
         path = path.strip()
         if path not in protocol.paths:
             raise UsageError(
-                f"--threads: unknown path {path!r} for {protocol.name} (paths: {', '.join(protocol.paths)})"
+                f"--threads: unknown path {path!r} for {protocol.name}{_did_you_mean(path, list(protocol.paths))} "
+                f"(paths: {', '.join(protocol.paths)})"
             )
         indices = _parse_indices(where.strip() or "0", item)
         if len(indices) > 1 and not protocol.paths[path].ranged:

@@ -17,13 +17,18 @@ def _rate(result: Result) -> str:
 def format_result(result: Result, protocol: Protocol | None = None) -> str:
     lines = [f"protocol: {result.protocol}" + (f" — {protocol.summary}" if protocol else "")]
     lines.append(f"threads:  {result.threads}   (initial state: {result.init})")
-    coverage = "every reachable state" if result.complete and result.mode == "exhaustive" else "partial"
+    coverage = ("every reachable state" if result.complete and result.mode == "exhaustive" else
+                f"partial ({result.stopped or 'bounded'})")
     lines.append(
         f"search:   {result.mode}: {result.states:,} states, {result.transitions:,} transitions, "
         f"{result.seconds:.3f} s ({_rate(result)}); {coverage}"
     )
     if result.violation is None:
-        lines.append("result:   no property violated")
+        if result.complete:
+            lines.append("result:   no property violated")
+        else:
+            lines.append(f"result:   INCOMPLETE: no property violated in the states explored; the search was "
+                         f"bounded ({result.stopped or 'bounded'}), so a violation may remain")
         if result.outcomes:
             lines.append("outcomes: " + "; ".join(f"{k} ({n})" for k, n in sorted(result.outcomes.items())[:6])
                          + (" ..." if len(result.outcomes) > 6 else ""))
