@@ -106,7 +106,7 @@ def test_cli_conformance_json() -> None:
     res = runner.invoke(app, ["conformance", "--backend", "model", "--profile", "rfc-v2", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) == {"cases", "summary"}
+    assert set(data) == {"gmemlab_version", "cases", "summary"}
     assert data["summary"]["fail"] == 0 and data["summary"]["pass"] > 20
     assert set(data["cases"][0]) >= {"name", "backend", "profile", "status", "detail"}
 
@@ -125,3 +125,18 @@ def test_cli_table_and_bad_arguments() -> None:
     assert bad.exit_code == 2 and "linux-9" in bad.output
     nothing = runner.invoke(app, ["conformance", "-k", "no-such-case"])
     assert nothing.exit_code != 0
+
+
+def test_junit_report_and_nothing_ran(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "report.xml"
+    res = runner.invoke(app, ["conformance", "--profile", "linux-6.18", "-k", "test_file_size", "--junit", str(out)])
+    assert res.exit_code == 0, res.output
+    suite = ET.parse(out).getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
+    assert suite.find("testcase").get("name") == "test_file_size"  # type: ignore[union-attr]
+    before = out.read_bytes()
+    bad = runner.invoke(app, ["conformance", "--profile", "linux-9", "--junit", str(out)])
+    assert bad.exit_code == 2 and out.read_bytes() == before
+    assert runner.invoke(app, ["conformance", "--junit", ""]).exit_code == 2

@@ -319,6 +319,7 @@ class Col:
     header: str
     kind: str = "text"
     style: str | None = None
+    ratio: int = 1  # text columns share the width left in proportion to this
 
 
 def fit_table(columns: Sequence[Col], rows: Iterable[Sequence[object]], title: str | None = None,
@@ -333,6 +334,10 @@ def fit_table(columns: Sequence[Col], rows: Iterable[Sequence[object]], title: s
     table = Table(title=esc(title) if title else None, caption=esc(caption) if caption else None,
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), title_justify="left",
                   caption_justify="left")
+    # Text columns share what the others leave by their ratios (rich applies ratios to expanded tables only);
+    # a table whose text is short is not stretched.
+    widths = [sum(r[i].cell_len for r in data) // max(len(data), 1) + 2 for i in keep]
+    table.expand = any(columns[i].kind == "text" for i in keep) and sum(widths) > 60
     for i in keep:
         c = columns[i]
         if c.kind == "id":
@@ -341,7 +346,7 @@ def fit_table(columns: Sequence[Col], rows: Iterable[Sequence[object]], title: s
         elif c.kind == "num":
             table.add_column(c.header, justify="right", no_wrap=True, style=c.style)
         else:
-            table.add_column(c.header, overflow="fold", style=c.style, ratio=1)
+            table.add_column(c.header, overflow="fold", style=c.style, ratio=c.ratio)
     for r in data:
         table.add_row(*(r[i] for i in keep))
     return table

@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from .. import __version__
 from ..backend import Backend
 from ..conformance import CaseResult, Divergence, run_suite, summary
 from ..conformance.runner import BackendFactory
 from ..errors import UnsupportedByBackend, UsageError
+from ..output import atomic_write, check_output
 from ..uapi import PROFILES
+from .common import Col, ExitCode, choices, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
@@ -102,35 +104,73 @@ def backends_for(choice: str, params: dict[str, bool] | None = None) -> dict[str
     return {"model": model, "kernel": _kernel_factory()}
 
 
-def _status_style(status: str) -> str:
-    return {"pass": "green", "fail": "bold red", "skip": "yellow"}[status]
+STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
 def print_table(console: Console, results: list[CaseResult], divergences: list[Divergence], verbose: bool) -> None:
-    table = Table(title="guest_memfd conformance", show_lines=False)
-    for col in ("case", "§", "backend", "profile", "status", "detail"):
-        table.add_column(col, overflow="fold")
+    """One row per case; the backend and profile columns only when more than one ran (they go in the title
+    otherwise), so the table reads at 80 columns; case names are never split."""
+    backends = sorted({r.backend for r in results})
+    profiles = sorted({r.profile for r in results})
+    title = "guest_memfd conformance"
+    if len(backends) == 1:
+        title += f" on the {backends[0]}"
+    if len(profiles) == 1:
+        title += f", {profiles[0]}"
+    rows = []
     for r in results:
-        if r.status == "pass" and not verbose:
-            detail = ""
-        else:
-            detail = r.detail
-        table.add_row(r.name, r.section, r.backend, r.profile,
-                      f"[{_status_style(r.status)}]{r.status}[/]", detail)
-    console.print(table)
+        detail = "" if r.status == "pass" and not verbose else r.detail
+        rows.append((r.name, r.section, r.backend if len(backends) > 1 else None,
+                     r.profile if len(profiles) > 1 else None, styled(r.status, STATUS_STYLE[r.status]), detail))
+    console.print(fit_table([Col("case", "id"), Col("§", "id"), Col("backend", "id"), Col("profile", "id"),
+                             Col("status", "id"), Col("detail")], rows, title=title))
     if divergences:
-        div = Table(title="divergences (model vs kernel)", show_lines=True)
-        for col in ("case", "profile", "call", "model", "kernel"):
-            div.add_column(col, overflow="fold")
-        for d in divergences:
-            div.add_row(d.case, d.profile, str(d.index), d.model, d.kernel)
-        console.print(div)
+        console.print(fit_table([Col("case", "id"), Col("profile", "id"), Col("call", "num"), Col("model"),
+                                 Col("kernel")],
+                                [(d.case, d.profile, d.index, d.model, d.kernel) for d in divergences],
+                                title="divergences (model vs kernel)"))
     counts = summary(results)
     console.print(
         f"[green]{counts['pass']} passed[/], [red]{counts['fail']} failed[/], "
         f"[yellow]{counts['skip']} skipped[/]" + (f", [bold red]{len(divergences)} divergences[/]" if
                                                    divergences else "")
     )
+
+
+def junit_xml(results: list[CaseResult], divergences: list[Divergence]) -> bytes:
+    """JUnit XML for CI systems: one testsuite per (backend, profile), one testcase per case; a failed case is
+    a <failure>, a skipped one <skipped> with its reason, a divergence a <failure> on the kernel's case."""
+    import xml.etree.ElementTree as ET
+
+    diverged: dict[tuple[str, str], list[Divergence]] = {}
+    for d in divergences:
+        diverged.setdefault((d.case, d.profile), []).append(d)
+    root = ET.Element("testsuites", name="gmemlab conformance")
+    suites: dict[tuple[str, str], ET.Element] = {}
+    for r in results:
+        key = (r.backend, r.profile)
+        if key not in suites:
+            suites[key] = ET.SubElement(root, "testsuite", name=f"gmemlab.conformance.{r.backend}.{r.profile}")
+        case = ET.SubElement(suites[key], "testcase", name=r.name, classname=f"{r.backend}.{r.profile}.{r.section}",
+                             time=f"{r.seconds:.6f}")
+        if r.status == "fail":
+            ET.SubElement(case, "failure", message=r.detail[:200]).text = r.detail
+        elif r.status == "skip":
+            ET.SubElement(case, "skipped", message=r.detail)
+        elif r.backend == "kernel" and (r.name, r.profile) in diverged:
+            text = "\n".join(f"call {d.index}: model {d.model} / kernel {d.kernel}"
+                             for d in diverged[(r.name, r.profile)])
+            ET.SubElement(case, "failure", message="diverges from the model").text = text
+    for (_backend, _profile), suite in suites.items():
+        cases = list(suite)
+        suite.set("tests", str(len(cases)))
+        suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
+        suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
+        suite.set("errors", "0")
+        suite.set("time", f"{sum(float(c.get('time', '0')) for c in cases):.6f}")
+    ET.indent(root)
+    data: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return data + b"\n"
 
 
 def print_ktap(results: list[CaseResult], divergences: list[Divergence]) -> None:
@@ -151,13 +191,23 @@ def print_ktap(results: list[CaseResult], divergences: list[Divergence]) -> None
     print(f"# Totals: pass:{counts['pass']} fail:{counts['fail']} xfail:0 xpass:0 skip:{counts['skip']} error:0")
 
 
+if TYPE_CHECKING:
+    ProfileChoice = str
+else:  # an enum at run time: typer shows, completes and checks the choices
+    ProfileChoice = choices("ProfileChoice", [*PROFILES, "all"])
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def conformance(
         backend: Annotated[BackendChoice, typer.Option(help="where to run the cases")] = BackendChoice.model,
-        profile: Annotated[str, typer.Option(help="a profile (gmemlab profiles lists them) or all")] = "all",
+        profile: Annotated[ProfileChoice, typer.Option(help="a profile (gmemlab profiles describes them) or all")] =
+        "all",
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable results")] = False,
         tap: Annotated[bool, typer.Option("--tap", help="KTAP output, as the kernel selftests print")] = False,
+        junit: Annotated[Path | None, typer.Option("--junit", help="also write JUnit XML for CI systems to this "
+                                                   "file (written atomically once the run is over)",
+                                                   show_default=False)] = None,
         select: Annotated[str | None, typer.Option("-k", help="only cases whose name contains this")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="details for passing cases too")] = False,
         kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
@@ -165,18 +215,17 @@ def register(app: typer.Typer) -> None:
             "--param", help="a module parameter of the modelled kernel, e.g. kvm.gmem_in_place_conversion=N "
                             "(model backend only; linux-7.4 runs with it on by default)")] = None,
     ) -> None:
-        """Run the guest_memfd selftest checklist (spec section 3); non-zero exit on failure or divergence.
+        """Run the guest_memfd selftest checklist (spec section 3).
 
-        With --kernel IMAGE the cases run inside IMAGE booted under QEMU: the kernel backend is its /dev/kvm
-        and the model is configured from its host facts."""
-        if profile == "all":
-            profiles = list(PROFILES)
-        elif profile in PROFILES:
-            profiles = [profile]
-        else:
-            raise UsageError(f"--profile {profile!r} is not one of: {', '.join([*PROFILES, 'all'])}")
+        Exit status: 0 every case that ran passed; 1 a case failed or the backends diverged; 2 bad input;
+        3 nothing ran (every case skipped). With --kernel IMAGE the cases run inside IMAGE booted under QEMU:
+        the kernel backend is its /dev/kvm and the model is configured from its host facts."""
+        profile = str(profile)
+        profiles = list(PROFILES) if profile == "all" else [profile]
         if as_json and tap:
             raise UsageError("--json and --tap are exclusive")
+        if junit is not None:
+            check_output(junit, "--junit")
         params = parse_params(param or [])
         vm_kernel = kernel_arg(kernel)
         if vm_kernel is not None:
@@ -184,18 +233,25 @@ def register(app: typer.Typer) -> None:
             args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose
             args += ["-k", select] if select else []
             args += [f"--param={p}" for p in param or []]
+            args += [f"--junit={junit.resolve()}"] if junit is not None else []
             raise typer.Exit(run_gmemlab_in_vm(vm_kernel, args))
         results, divergences = run_suite(profiles, backends_for(backend.value, params), select)
         if not results:
-            raise UsageError(f"no case matches -k {select!r}")
+            raise UsageError(f"-k {select!r}: no case name contains it")
         if as_json:
-            out: dict[str, Any] = {"cases": [r.as_json() for r in results], "summary": summary(results)}
+            out: dict[str, Any] = {"gmemlab_version": __version__, "cases": [r.as_json() for r in results],
+                                   "summary": summary(results)}
             if backend == BackendChoice.both:
                 out["divergences"] = [d.as_json() for d in divergences]
             print(json.dumps(out, indent=2))
         elif tap:
             print_ktap(results, divergences)
         else:
-            print_table(Console(), results, divergences, verbose)
-        failed = summary(results)["fail"] or divergences
-        raise typer.Exit(1 if failed else 0)
+            print_table(Console(highlight=False), results, divergences, verbose)
+        if junit is not None:
+            atomic_write(junit, junit_xml(results, divergences), "--junit")
+        counts = summary(results)
+        if counts["fail"] or divergences:
+            raise typer.Exit(ExitCode.FAILED)
+        if counts["pass"] == 0:
+            raise typer.Exit(ExitCode.INCOMPLETE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..checks import U64_MAX
 from ..conformance.fuzz import (
     DEFAULT_EXAMPLES,
     DEFAULT_MAX_OPS,
@@ -29,11 +31,17 @@ from ..conformance.fuzz import (
 from ..conformance.fuzz_ops import OUT_OF_REACH
 from ..conformance.lockstep import Finding, Stats
 from ..errors import UnsupportedByBackend, UsageError
-from .common import ExitCode, internal_error
+from ..output import atomic_write, check_output
+from .common import ExitCode, internal_error, unknown
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
                                                                   ExitCode.INCOMPLETE, ExitCode.INTERNAL)
+
+
+class FuzzBackend(StrEnum):
+    both = "both"
+    model = "model"
 
 
 def _factories(backend: str, profile: str | None = None) -> tuple[Any, Any, str]:
@@ -41,7 +49,7 @@ def _factories(backend: str, profile: str | None = None) -> tuple[Any, Any, str]
     from ..uapi import PROFILES
 
     if profile is not None and profile not in PROFILES:
-        raise UsageError(f"--profile {profile!r} is not one of: {', '.join(PROFILES)}")
+        raise unknown("profile", profile, list(PROFILES), "--profile")
     if backend == "model":
         name = profile or "linux-6.18"
         # linux-7.4 is fuzzed for its point, in-place conversion on (the default is unverified, linux-7.md 1.1)
@@ -88,7 +96,7 @@ def _print_finding(f: Finding, ops: list[Any], names: tuple[str, str]) -> None:
 
 def _save(path: Path, ops: list[Any], f: Finding, **meta: Any) -> str:
     try:
-        path.write_text(dump_sequence(ops, f, **meta) + "\n")
+        atomic_write(path, dump_sequence(ops, f, **meta) + "\n")  # an existing file stays whole until replaced
     except OSError as exc:
         return f"could not save the sequence to {path}: {exc.strerror}"
     return f"saved to {path}; re-run it with: gmemlab fuzz --replay {path}"
@@ -97,12 +105,14 @@ def _save(path: Path, ops: list[Any], f: Finding, **meta: Any) -> str:
 def register(app: typer.Typer) -> None:
     @app.command(name="fuzz")
     def fuzz_command(
-        backend: Annotated[str, typer.Option(help="both (model vs kernel) or model (self-check)")] = "both",
-        examples: Annotated[int, typer.Option(help="sequences to generate")] = DEFAULT_EXAMPLES,
-        seed: Annotated[int, typer.Option(help="random seed (same seed, same sequences)")] = 0,
-        max_ops: Annotated[int, typer.Option(help="operations per sequence")] = DEFAULT_MAX_OPS,
+        backend: Annotated[FuzzBackend, typer.Option(help="both (model vs kernel) or model (self-check)")] =
+        FuzzBackend.both,
+        examples: Annotated[int, typer.Option(help="sequences to generate", min=1, max=10**9)] = DEFAULT_EXAMPLES,
+        seed: Annotated[int, typer.Option(help="random seed (same seed, same sequences)", min=0, max=U64_MAX)] = 0,
+        max_ops: Annotated[int, typer.Option(help="operations per sequence", min=1, max=10**6)] = DEFAULT_MAX_OPS,
         replay: Annotated[Path | None, typer.Option(help="re-run one saved sequence instead of fuzzing")] = None,
-        save: Annotated[Path, typer.Option(help="where a failing sequence is saved")] = Path("fuzz-failure.json"),
+        save: Annotated[str, typer.Option(help="where a failing sequence is saved (written atomically)")] =
+        "fuzz-failure.json",
         allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help="a coverage gap (one side skips an "
                                                  "operation the other runs) ends its sequence instead of failing "
                                                  "the run; gaps are still reported")] = False,
@@ -119,17 +129,19 @@ def register(app: typer.Typer) -> None:
         With --kernel IMAGE the sequences run inside IMAGE booted under QEMU, over every VM type it offers.
         Exit status: 0 nothing found, 1 found, 2 bad usage or replay file, 3 nothing ran, 4 internal error."""
         try:
-            code = _command(backend, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel, profile)
+            code = _command(backend.value, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel,
+                            profile)
         except UsageError as exc:
             print(f"gmemlab: error: {exc}", file=sys.stderr)
             code = EXIT_USAGE
         raise typer.Exit(code)
 
 
-def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path | None, save: Path,
+def _command(backend: str, examples: int, seed: int, max_ops: int, replay: Path | None, save_name: str,
              allow_gaps: bool, as_json: bool, kernel: Path | None, profile: str | None = None) -> int:
     if examples < 1 or max_ops < 1:
         raise UsageError("--examples and --max-ops must be at least 1")
+    save = check_output(save_name, "--save")[0]  # before any work: a finding must have somewhere to go
     vm_kernel = kernel_arg(kernel)
     if vm_kernel is not None:
         args = ["fuzz", "--backend", backend, "--examples", str(examples), "--seed", str(seed),

@@ -7,20 +7,26 @@ from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..conformance.oracle import COLUMNS, OUT_OF_SCOPE, PENDING, Column, Verdict, column_of, compare, reproduce
 from ..conformance.oracle.probe import Probe
 from ..conformance.oracle.recording import default_path, load
 from ..errors import UnsupportedByBackend, UsageError
 from ..model import HostConfig, ModelBackend
+from .common import Col, choices, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 BAD = ("differs", "missing", "extra")
+
+
+if TYPE_CHECKING:
+    ColumnChoice = str
+else:  # an enum at run time: typer shows, completes and checks the choices
+    ColumnChoice = choices("ColumnChoice", COLUMNS)
 
 
 class Where(StrEnum):
@@ -61,8 +67,9 @@ def _kernel_column(requested: list[str]) -> tuple[str, Any, int]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def oracle(
-        column: Annotated[list[str] | None, typer.Option(help="A, B, B0, Bv (repeatable; default all, or the "
-                                                               "kernel's own with --backend kernel)")] = None,
+        column: Annotated[list[ColumnChoice] | None, typer.Option(help="a recorded kernel (repeatable; default all, "
+                                                                  "or the kernel's own with --backend kernel)")]
+        = None,
         backend: Annotated[Where, typer.Option(help="reproduce on the model or on the running kernel")] = Where.model,
         record: Annotated[Path | None, typer.Option(help="realkernel-private.md (default: ../shared/spec beside "
                                                          "the project, or $GMEMLAB_REALKERNEL_PRIVATE)")] = None,
@@ -75,11 +82,9 @@ def register(app: typer.Typer) -> None:
 
         Columns: A = 6.18.2 (SW_PROTECTED, per-VM attributes), B = 7.1.5 + in-place v8, B0 = B with
         kvm.gmem_in_place_conversion=0, Bv = B with per-VM attributes. Rows outside the model's scope or pending
-        are listed with the reason. Exit 1 if a row differs."""
-        requested = list(column or [])
-        for c in requested:
-            if c not in COLUMNS:
-                raise UsageError(f"--column {c!r} is not one of {', '.join(COLUMNS)}")
+        are listed with the reason. Exit status: 0 every row in scope reproduced; 1 a row differs (or is
+        missing or extra); 2 bad input."""
+        requested = [str(c) for c in column or []]
         vm_kernel = kernel_arg(kernel)
         if vm_kernel is not None:
             args = ["oracle", "--backend", backend.value, *[f"--column={c}" for c in requested]]
@@ -114,18 +119,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _table(verdicts: list[Verdict], verbose: bool, where: str) -> None:
-    console = Console()
-    table = Table(title=f"realkernel-private.md reproduced on the {where}", show_lines=False)
-    for col in ("row", "col", "status", "recorded", f"{where} / reason"):
-        table.add_column(col, overflow="fold")
+    console = Console(highlight=False)
     style = {"reproduced": "green", "differs": "bold red", "missing": "bold red", "extra": "bold red",
              "out of scope": "yellow", "pending": "cyan"}
+    rows = []
     for v in verdicts:
         if v.status == "reproduced" and not verbose:
             continue
         detail = v.reason if v.status in ("out of scope", "pending") else (v.produced or "(nothing)")
-        table.add_row(v.row, v.column, f"[{style[v.status]}]{v.status}[/]", v.recorded, detail)
-    console.print(table)
+        rows.append((v.row, v.column, styled(v.status, style[v.status]), v.recorded, detail))
+    console.print(fit_table([Col("row", "id"), Col("col", "id"), Col("status", "id"), Col("recorded"),
+                             Col(f"{where} / reason", ratio=2)], rows,
+                            title=f"realkernel-private.md reproduced on the {where}"))
     counts = Counter(v.status for v in verdicts)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
-                  f"  (rows listed out of scope: {len(OUT_OF_SCOPE)}, pending: {len(PENDING)})")
+                  f"  (rows listed out of scope: {len(OUT_OF_SCOPE)}, pending: {len(PENDING)})", markup=False)

@@ -7,11 +7,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from ..errors import UsageError
 from ..model.profiles import BEHAVIOURS, GMEM_IN_PLACE_CONVERSION_DEFAULT, IN_PLACE_DEFAULT_ENV
 from ..uapi import CAP_GMEM_ATTRIBUTES_ENV, KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES, PROFILES, lineage
+from .common import Col, fit_table, unknown
 
 
 def unverified() -> list[dict[str, str]]:
@@ -41,8 +40,9 @@ def describe(name: str) -> dict[str, Any]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def profiles(
-        name: Annotated[str | None, typer.Argument(help="one profile: show its whole lineage", show_default=False)]
-        = None,
+        name: Annotated[str | None, typer.Argument(help="one profile: show its whole lineage", show_default=False,
+                                                   autocompletion=lambda incomplete: [
+                                                       p for p in PROFILES if p.startswith(incomplete)])] = None,
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     ) -> None:
         """List the model's kernel profiles and what each changes relative to its parent.
@@ -50,26 +50,19 @@ def register(app: typer.Typer) -> None:
         Merged Linux is a lineage (linux-6.18 -> linux-7.3 -> linux-7.4 -> linux-7.4-v8); rfc-v2 is its own.
         With NAME, every profile from the lineage's root down to NAME is shown."""
         if name is not None and name not in PROFILES:
-            raise UsageError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}")
+            raise unknown("profile", name, list(PROFILES))
         names = list(reversed(lineage(name))) if name else list(PROFILES)
         if as_json:
             print(json.dumps({"profiles": [describe(n) for n in names], "unverified": unverified()}, indent=2))
             return
-        console = Console()
+        console = Console(highlight=False)
         for n in names:
             d = describe(n)
             title = f"{n}" + (f"  (parent: {d['parent']})" if d["parent"] else "  (root)")
-            table = Table(title=title, caption=d["description"], show_lines=False, title_justify="left")
-            table.add_column("changes" if d["parent"] else "defines", overflow="fold")
-            table.add_column("source", overflow="fold")
-            for c in d["changes"]:
-                table.add_row(c["summary"], c["source"])
-            console.print(table)
+            console.print(fit_table([Col("changes" if d["parent"] else "defines"), Col("source")],
+                                    [(c["summary"], c["source"]) for c in d["changes"]], title=title,
+                                    caption=d["description"]))
         if name is None or "linux-7.4" in lineage(name):
-            table = Table(title="unverified values (linux-7.md 1.1): one overridable constant each",
-                          title_justify="left")
-            for col in ("what", "value", "override", "why"):
-                table.add_column(col, overflow="fold")
-            for u in unverified():
-                table.add_row(u["name"], u["value"], u["override"], u["why"])
-            console.print(table)
+            console.print(fit_table([Col("what"), Col("value", "id"), Col("override"), Col("why")],
+                                    [(u["name"], u["value"], u["override"], u["why"]) for u in unverified()],
+                                    title="unverified values (linux-7.md 1.1): one overridable constant each"))

@@ -17,6 +17,8 @@ and exit status 2.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections.abc import Sequence
 
 import typer
@@ -31,9 +33,11 @@ from ..sim import plot, report
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..workload.scenario import load_scenario
+from .common import ExitCode, esc, positive_seconds
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
 POLICY_HELP = f"guest_memfd split/merge policy ({', '.join(POLICIES)})."
+TIME_LIMIT_HELP = "Stop after SECONDS (exit status 3, incomplete); a progress bar shows on a terminal."
 PLOT_HELP = "Write a plot to this file: .png, .svg or .pdf (the extension picks the format)."
 SEED_HELP = "Seed of the generator's random choices (0 to 2^64-1)."
 COSTS_HELP = "TOML file overriding cost-table rows (tables rows.<id> with weight, per_vcpu, tag, basis)."
@@ -43,9 +47,17 @@ def _costs(path: str | None) -> CostTable | None:
     return load_cost_table(path) if path else None
 
 
+class TimeLimit(Exception):
+    """--time-limit passed during a run (raised from the engine's progress callback)."""
+
+
 def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: int, costs_file: str | None,
-             plot_path: str | None, show_progress: bool) -> list[RunResult]:
-    """Validate everything first (one-line errors before any work), then run each policy."""
+             plot_path: str | None, show_progress: bool, time_limit: float | None = None) -> list[RunResult]:
+    """Validate everything first (one-line errors before any work), then run each policy; past ``time_limit``
+    seconds the command stops with exit status 3 (incomplete)."""
+    if time_limit is not None:
+        time_limit = positive_seconds(time_limit, "--time-limit")
+    deadline = None if time_limit is None else time.monotonic() + time_limit
     for name in policies:
         check_policy(name)
     if plot_path is not None:
@@ -59,15 +71,24 @@ def _run_all(scenario: str, policies: Sequence[str], sets: Sequence[str], seed: 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[runs]}"),
                   TextColumn("{task.fields[events]} events"), TimeElapsedColumn(), console=console,
                   transient=True, disable=not (show_progress and console.is_terminal)) as progress:
-        task = progress.add_task(sc.name, total=None, runs="", events="0")
+        task = progress.add_task(esc(sc.name), total=None, runs="", events="0")
         done = 0
         for i, name in enumerate(policies):
-            progress.update(task, description=f"{sc.name} ({name})", runs=f"run {i + 1}/{len(policies)}")
+            progress.update(task, description=esc(f"{sc.name} ({name})"), runs=f"run {i + 1}/{len(policies)}")
 
             def tick(n: int, base: int = done) -> None:
                 progress.update(task, completed=base + n, events=f"{n:,}")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeLimit
 
-            result = run_scenario(sc, name, seed, costs, progress=tick, overrides=sets)
+            try:
+                result = run_scenario(sc, name, seed, costs, progress=tick, overrides=sets)
+            except TimeLimit:
+                progress.stop()
+                print(f"gmemlab: incomplete: --time-limit {time_limit:g} s reached during the {name} run of "
+                      f"{sc.name} ({len(results)} of {len(policies)} runs finished); nothing printed",
+                      file=sys.stderr)
+                raise typer.Exit(ExitCode.INCOMPLETE) from None
             results.append(result)
             done += sum(result.events.values())
             if i == 0:
@@ -112,10 +133,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
+        time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
         plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under one policy: metrics, modelled time by category, cost rows."""
-        results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot_path, show_progress=True)
+        results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot_path, show_progress=True,
+                           time_limit=time_limit)
         _print(results, as_json, plot_path, listed=False)
 
     @app.command("compare")
@@ -126,11 +149,13 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
+        time_limit: float | None = typer.Option(None, "--time-limit", help=TIME_LIMIT_HELP),
         plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under several policies and show them side by side."""
         policies = list(policy) or [p for p in ("eager", "deferred") if p in POLICIES]
         if len(set(policies)) != len(policies):
             raise UsageError(f"--policy: given more than once: {', '.join(policies)}")
-        results = _run_all(scenario, policies, set_, seed, costs, plot_path, show_progress=True)
+        results = _run_all(scenario, policies, set_, seed, costs, plot_path, show_progress=True,
+                           time_limit=time_limit)
         _print(results, as_json, plot_path, listed=True)

@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
         sweep: str | None = typer.Argument(None, help="A built-in sweep name (see --list) or a sweep TOML file."),
         list_: bool = typer.Option(False, "--list", help="List the built-in sweeps and exit."),
         out: str | None = typer.Option(None, "--out", "-o", help="Results folder. Default: results/<sweep name>."),
-        workers: int | None = typer.Option(None, "--workers", "-j", min=1,
+        workers: int | None = typer.Option(None, "--workers", "-j", min=1, max=4096,
                                            help="Worker processes (local or --dask). Default: one per core."),
         dask: bool = typer.Option(False, "--dask", help="Run on a Dask LocalCluster of --workers processes."),
         scheduler: str | None = typer.Option(None, "--scheduler",

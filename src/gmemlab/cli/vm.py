@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
+from .common import positive_seconds
+
+
+class Accel(StrEnum):
+    auto = "auto"
+    kvm = "kvm"
+    tcg = "tcg"
 
 KERNEL_HELP = "kernel image (bzImage) to boot under QEMU; its modules are taken from beside it when packaged"
 
@@ -30,8 +38,11 @@ def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None,
     """Run ``argv`` in ``kernel``; returns the exit status (3 when it never finished)."""
     from ..qemu import VmSpec, run_in_vm
 
-    if memory < 256 or cpus < 1 or numa_nodes < 1 or timeout <= 0 or boot_timeout <= 0:
-        raise UsageError("--memory must be >= 256 (MiB), --cpus and --numa-nodes >= 1, timeouts positive")
+    if not 256 <= memory <= 1 << 20 or not 1 <= cpus <= 256 or not 1 <= numa_nodes <= 64:
+        raise UsageError(f"--memory {memory}, --cpus {cpus}, --numa-nodes {numa_nodes}: --memory must be 256 to "
+                         "1048576 (MiB), --cpus 1 to 256, --numa-nodes 1 to 64")
+    timeout = positive_seconds(timeout, "--timeout")
+    boot_timeout = positive_seconds(boot_timeout, "--boot-timeout")
     if accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"--accel {accel!r} is not one of auto, kvm, tcg")
     spec = VmSpec(str(kernel), str(modules) if modules else None, memory, cpus, numa_nodes, accel, timeout,
@@ -72,7 +83,8 @@ def register(app: typer.Typer) -> None:
         memory: Annotated[int, typer.Option(help="guest memory in MiB")] = 2048,
         cpus: Annotated[int, typer.Option(help="guest vCPUs")] = 1,
         numa_nodes: Annotated[int, typer.Option(help="guest NUMA nodes (memory split evenly)")] = 2,
-        accel: Annotated[str, typer.Option(help="auto (KVM if the guest could use it, else TCG), kvm or tcg")] = "auto",
+        accel: Annotated[Accel, typer.Option(help="auto (KVM if the guest could use it, else TCG), kvm or tcg")] =
+        Accel.auto,
         timeout: Annotated[float, typer.Option(help="seconds for the whole run")] = 1800.0,
         boot_timeout: Annotated[float, typer.Option(help="seconds until the command starts")] = 180.0,
         append: Annotated[str, typer.Option(help="extra kernel command line")] = "",
@@ -81,14 +93,15 @@ def register(app: typer.Typer) -> None:
         """Boot KERNEL under QEMU with this machine's / (read-only, overlaid) and run COMMAND inside.
 
         The command runs as root in the current directory with this Python environment; its output streams
-        here and its exit status is gmemlab's. Inside, $GMEMLAB_VM_OUT is a directory shared back to this
+        here and its exit status is gmemlab's (the one exception to gmemlab's exit status convention: it is
+        COMMAND's; 3 when it never finished, e.g. a timeout). Inside, $GMEMLAB_VM_OUT is a directory shared back to this
         machine (kept with --keep)."""
         if not command:
             raise UsageError("no command: gmemlab vm --kernel IMAGE -- CMD [ARGS...]")
         if not kernel.is_file():
             raise UsageError(f"--kernel {kernel}: no such file")
         raise typer.Exit(run_in_vm_cli(kernel, command, modules=modules, memory=memory, cpus=cpus,
-                                       numa_nodes=numa_nodes, accel=accel, timeout=timeout,
+                                       numa_nodes=numa_nodes, accel=str(accel), timeout=timeout,
                                        boot_timeout=boot_timeout, append=append, keep=keep))
 
 

@@ -164,7 +164,7 @@ def load_sequence(text: str) -> list[Op]:
         raise ValueError("a sequence is a JSON list of objects, each with an 'op' key")
     for i, o in enumerate(doc):
         name = o["op"]
-        if name not in OPS:
+        if not isinstance(name, str) or name not in OPS:
             raise ValueError(f"operation {i}: unknown op {name!r} (known: {', '.join(OPS)})")
         kinds = OPS[name].kinds()
         missing = set(kinds) - set(o)
