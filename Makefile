@@ -57,6 +57,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim.py
 	$(BIN)/python bench/hugepages_table.py
 	$(BIN)/python bench/sweep.py
+	@if [ -w /dev/kvm ] && command -v gcc >/dev/null; then \
+		$(BIN)/python bench/vcpu_exits.py && $(BIN)/python bench/host_populate.py; \
+	else echo "bench: skipped vcpu_exits.py and host_populate.py: they need a writable /dev/kvm and gcc"; fi
+	$(BIN)/python bench/vm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .hypothesis

@@ -230,7 +230,7 @@ def run_main(call: Any, argv: Sequence[str] = ()) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
     except Exception as exc:
-        return internal_error(exc, _command_name())
+        return internal_error(exc, _command_name(argv))
 
 
 def _silence_stdout() -> None:
@@ -241,8 +241,8 @@ def _silence_stdout() -> None:
         pass
 
 
-def _command_name() -> str:
-    words = [a for a in sys.argv[1:3] if not a.startswith("-")]
+def _command_name(argv: Sequence[str]) -> str:
+    words = [a for a in argv[:2] if not a.startswith("-")]
     return "gmemlab " + words[0] if words else "gmemlab"
 
 
