@@ -210,6 +210,7 @@ def cases() -> list[Any]:
     # --- fuzz -------------------------------------------------------------------------------------------------------
     for name, argv, needle in [
         ("backend", ["--backend", "modl"], "did you mean 'model'"),
+        ("profile", ["--backend", "model", "--profile", "linux-6.81"], "did you mean 'linux-6.18'"),
         ("examples-0", ["--examples", "0"], "--examples"),
         ("examples-huge", ["--examples", str(10**12)], "--examples"),
         ("max-ops-0", ["--max-ops", "0"], "--max-ops"),
