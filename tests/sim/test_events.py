@@ -42,4 +42,4 @@ def test_bad_ranges_rejected(start, end):
 def test_format_event():
     text = ev.format_event(ev.Pvalidate(0x40000000, 0x40400000, 2 * MiB, validate=True))
     assert text == "Pvalidate [0x40000000-0x40400000) 4MiB page_size=2M validate=True"
-    assert ev.format_event(ev.PhaseMark(ev.Phase.BOOT)) == "PhaseMark phase=boot"
+    assert ev.format_event(ev.PhaseMark(ev.Phase.SMP, 16)) == "PhaseMark phase=smp cpus=16"

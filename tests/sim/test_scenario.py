@@ -28,7 +28,9 @@ def test_section5_parameters():
     snp = load_scenario("snp-lazy-accept-64g")
     assert (snp.arch, snp.guest_mem, snp.vcpus, snp.backing.page) == ("snp", 64 * GiB, 16, GiB)
     assert (snp.accept.mode, snp.accept.unit, snp.accept.chunk) == ("lazy", 2 * MiB, 4 * MiB)
-    assert [r.name for r in snp.shared_regions] == ["early_decrypted_bss", "ghcb", "swiotlb", "virtio_rings"]
+    assert [r.rule for r in snp.shared_regions] == ["firmware_ghcb", "bss_decrypted", "percpu_decrypted", "ghcb",
+                                                    "swiotlb", "atomic_pool", "virtio_ring", "kvmclock"]
+    assert [snp.region_count(r) for r in snp.shared_regions] == [16, 1, 16, 16, 1, 3, 19, 0]
     assert len(snp.populate.ranges) == 8 and snp.populate.ranges[0].gpa == 0xFFC00000
     assert load_scenario("snp-mmap-populate-64g").gmem_flags.init == "shared"
     assert load_scenario("snp-eager-accept-64g").accept.mode == "eager"
@@ -45,14 +47,16 @@ def test_overrides():
                                                "gmem_flags.mmap=false", "shared_regions.swiotlb.align=2MiB",
                                                'accept.guest_try_levels=["2M", "4K"]'])
     assert (sc.guest_mem, sc.vcpus, sc.accept.mode, sc.gmem_flags.mmap) == (1 << 40, 32, "eager", False)
-    assert sc.shared_regions[2].align == 2 * MiB
+    swiotlb = next(r for r in sc.shared_regions if r.name == "swiotlb")
+    assert swiotlb.align == sc.region_align(swiotlb) == 2 * MiB
     assert sc.accept.guest_try_levels == (2 * MiB, 4096)
 
 
 def test_user_file(scenario_file):
     path = scenario_file('arch = "tdx"\nguest_mem = "8GiB"\n[accept]\nmode = "lazy"\n', "my-guest.toml")
     sc = load_scenario(path)
-    assert (sc.name, sc.arch, sc.guest_mem, sc.accept_plan().chunks_total) == ("my-guest", "tdx", 8 * GiB, 2048)
+    # OVMF accepts the 2 GiB below 4 GiB; the kernel the other 6 GiB in 4 MiB steps
+    assert (sc.name, sc.arch, sc.guest_mem, sc.accept_plan().chunks_total) == ("my-guest", "tdx", 8 * GiB, 1536)
 
 
 def error(name_or_path, sets=()):
@@ -87,6 +91,11 @@ def error(name_or_path, sets=()):
         ('guest_mem = "6MiB"\n', "guest_mem", "not a multiple of the 1GiB backing page"),
         ('guest_mem = "6MiB"\n[backing]\nallocator = "buddy"\n', "backing.page", "buddy folios are 4KiB"),
         ('arch = "tdx"\n[shared_regions.x]\nprotocol = "msr"\n', "shared_regions.x.protocol", "only on snp"),
+        ('arch = "tdx"\n[shared_regions.ghcb]\n', "shared_regions.ghcb.rule", "ghcb regions exist on snp"),
+        ('arch = "snp"\n[shared_regions.x]\n', "shared_regions.x.size", "needs an explicit size"),
+        ('[accept]\naccepted_eventually = 1.5\n', "accept.accepted_eventually", "within [0, 1]"),
+        ('[accept]\naccepted_eventually = "auto"\n', "accept.accepted_eventually", 'write "all"'),
+        ('[arch_limits]\npromote = false\n', "arch_limits.promote", "unknown key"),
         ('arch = "pkvm"\n[accept]\nmode = "lazy"\n', "accept.mode", "no memory acceptance"),
     ],
 )
@@ -127,13 +136,22 @@ def test_unknown_scenario():
     assert "no built-in scenario or file by that name (did you mean 'tdx-boot-64g'?)" in error("tdx-boot-64")
 
 
-def test_reduced_size_clips_acceptance():
-    plan = load_scenario("snp-lazy-accept-64g", ["guest_mem=1GiB"]).accept_plan()
-    assert (plan.early, plan.boot, plan.total) == (256 * MiB, GiB, GiB)
+def test_acceptance_scales_with_guest_mem():
+    """Amounts are fractions or "all": --set guest_mem=1TiB accepts all of 1 TiB, and a 1 GiB guest (all of
+    it below 4 GiB on q35) is accepted by the firmware alone."""
+    small = load_scenario("snp-lazy-accept-64g", ["guest_mem=1GiB"]).accept_plan()
+    assert (small.firmware, small.total, small.chunks_total) == (GiB, GiB, 0)
+    big = load_scenario("snp-lazy-accept-64g", ["guest_mem=1TiB"]).accept_plan()
+    assert (big.firmware, big.total) == (2 * GiB, 1 << 40)
+    half = load_scenario("snp-lazy-accept-64g", ["guest_mem=1TiB", "accept.accepted_eventually=0.5"]).accept_plan()
+    assert half.total == 1 << 39
 
 
-def test_tdx_pre_watermark_storm():
+def test_pre_watermark_acceptance_grows_with_vcpus():
+    """placement A8: 4 MiB per allocation before the watermarks, about 54 MiB per vCPU + 64 MiB [assumed]."""
     base = load_scenario("tdx-boot-64g", ["guest_mem=32GiB"]).accept_plan()
     storm = load_scenario("tdx-boot-64g", ["guest_mem=32GiB", "vcpus=248"]).accept_plan()
-    assert base.boot == 4 * GiB
-    assert storm.boot == 4 * GiB + int(0.4 * 32 * GiB) // (4 * MiB) * 4 * MiB
+    assert base.storm == 64 * MiB + 16 * 54 * MiB
+    assert storm.storm == 64 * MiB + 248 * 54 * MiB  # ~13.1 GiB: dstack #1220's "about 13 GiB"
+    patched = load_scenario("tdx-boot-64g", ["vcpus=248", "accept.pre_watermark.per_vcpu=0"]).accept_plan()
+    assert patched.storm == 64 * MiB

@@ -1,82 +1,101 @@
-"""Which memory the guest has accepted, in ``accept.chunk`` units (workloads.md §1.2 lazy acceptance).
+"""Which guest memory is accepted, and in which order Linux accepts the rest (placement.md §1.2).
 
-The buddy allocator accepts one MAX_PAGE_ORDER block (4 MiB) at a time. Lazy acceptance is modelled as a
-frontier moving up from GPA 0 (``zone->unaccepted_pages`` is filled in physical order and taken from the
-head); allocations elsewhere (memblock for swiotlb or GHCB pages, a DMA buffer) accept their own chunks
-first, out of order, and the frontier skips them later. Every chunk is accepted exactly once, so a guest
-that accepts everything accepts ``guest_mem / chunk`` chunks (16,384 for 64 GiB, §6). Only out-of-order
-ranges are stored, so memory follows the number of allocations, not the guest size.
+The EFI stub tracks unaccepted memory in a bitmap of ``unit`` (2 MiB, ``EFI_UNACCEPTED_UNIT_SIZE``)
+starting at the lowest unaccepted address, which under OVMF is the top of low RAM: the firmware accepted
+everything below it (placement F1/F4; ``drivers/firmware/efi/libstub/unaccepted_memory.c``). Then:
 
-Simplification: a memblock allocation really accepts whole 2 MiB bitmap *units* (``accept.unit``), not
-4 MiB chunks, so a GHCB page accepts 2 MiB where the model accepts 4 MiB; counting every acceptance in chunks keeps §6's
-"one descriptor and one exit per chunk" exact.
+* ``accept_memory(start, size)`` accepts every still-unaccepted unit touching ``[start, end)``, and **the
+  next unit too when ``end`` is unit-aligned** (a guard for ``load_unaligned_zeropad``); each contiguous run
+  of units is one ``arch_accept_memory()`` call (``drivers/firmware/efi/unaccepted_memory.c``
+  ``accept_memory()``) -- :meth:`Acceptance.accept`;
+* memblock allocations accept what they allocate, out of order (``mm/memblock.c``
+  ``memblock_alloc_range_nid()``) -- :meth:`Acceptance.accept` too;
+* the buddy allocator queues every MAX_ORDER block (4 MiB, ``chunk``) holding unaccepted memory on
+  ``zone->unaccepted_pages`` in ascending order and lazily accepts **the list head**, one block per step
+  (``mm/page_alloc.c`` ``__free_unaccepted()``, ``try_to_accept_memory_one()``): a frontier rising from the
+  bitmap origin -- :meth:`Acceptance.advance`.
+
+Accepted memory is kept as a range map of pages, so memory follows the number of out-of-order
+acceptances, never the guest size.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Iterator
+
+from ..rangemap import RangeMap
+from ..uapi import PAGE_SHIFT
 
 
 class Acceptance:
-    """Accepted memory: ``[0, frontier)`` plus a few out-of-order chunk-aligned ranges above it."""
+    """Accepted memory of RAM ``[0, ram_end)``; ``origin``: where the bitmap and the lazy frontier start
+    (the firmware accepts below it, :meth:`take`)."""
 
-    def __init__(self, ram_end: int, chunk: int, enabled: bool = True) -> None:
+    def __init__(self, ram_end: int, chunk: int, unit: int, origin: int, enabled: bool = True) -> None:
         self.ram_end = ram_end
         self.chunk = chunk
+        self.unit = unit
         self.enabled = enabled
-        self.frontier = 0
-        self.accepted = 0  # bytes
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        self.origin = origin - origin % unit
+        self.frontier = self.origin  # blocks below it hold no unaccepted memory
+        self.accepted = 0  # bytes the kernel accepted (the firmware's :meth:`take` excluded)
+        self._map: RangeMap[bool] = RangeMap(max(ram_end >> PAGE_SHIFT, 1), False)
 
-    def _covered(self, start: int) -> int | None:
-        """End of the out-of-order range containing ``start``, if any."""
-        i = bisect_right(self._starts, start) - 1
-        return self._ends[i] if i >= 0 and self._ends[i] > start else None
+    def is_accepted(self, start: int, end: int) -> bool:
+        return self._map.all_equal(start >> PAGE_SHIFT, end >> PAGE_SHIFT, True)
 
-    def _record(self, start: int, end: int) -> None:
-        i = bisect_right(self._starts, start)
-        if i and self._ends[i - 1] == start:  # extend the range on the left
-            self._ends[i - 1] = end
-            i -= 1
-        else:
-            self._starts.insert(i, start)
-            self._ends.insert(i, end)
-        if i + 1 < len(self._starts) and self._starts[i + 1] == end:  # merge with the right one
-            self._ends[i] = self._ends.pop(i + 1)
-            self._starts.pop(i + 1)
+    def mark(self, start: int, end: int) -> None:
+        """Record ``[start, end)`` as accepted without an event (validated at launch: LAUNCH_UPDATE pages)."""
+        self._map.store(start >> PAGE_SHIFT, min(end, self.ram_end) >> PAGE_SHIFT, True)
 
-    def _take(self, start: int) -> tuple[int, int]:
-        end = min(start + self.chunk, self.ram_end)
-        self.accepted += end - start
-        return start, end
+    def take(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """The firmware's acceptance of ``[start, end)``: the runs not accepted yet, page granular (OVMF
+        accepts whole resource ranges, placement F1/F4); counted apart from the kernel's (``accepted``)."""
+        if not self.enabled or start >= end:
+            return
+        for s, e in self._map.differing(start >> PAGE_SHIFT, min(end, self.ram_end) >> PAGE_SHIFT, True):
+            self._map.store(s, e, True)
+            yield s << PAGE_SHIFT, e << PAGE_SHIFT
 
-    def _skip_accepted(self) -> None:
-        while self._starts and self._starts[0] <= self.frontier:
-            self.frontier = max(self.frontier, self._ends[0])
-            self._starts.pop(0)
-            self._ends.pop(0)
+    def accept(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """``accept_memory(start, end - start)``: the runs of units it accepts (placement A2)."""
+        if not self.enabled or start >= end:
+            return
+        lo = start - start % self.unit
+        hi = -(-end // self.unit) * self.unit
+        if end % self.unit == 0:
+            hi += self.unit  # the guard unit
+        hi = min(hi, self.ram_end)
+        for s, e in self._map.differing(lo >> PAGE_SHIFT, hi >> PAGE_SHIFT, True):
+            a, b = s << PAGE_SHIFT, e << PAGE_SHIFT
+            self._map.store(s, e, True)
+            self.accepted += b - a
+            yield a, b
+
+    def _next_block(self) -> int | None:
+        """Lowest block at or above the frontier that still holds unaccepted memory."""
+        page = self.frontier >> PAGE_SHIFT
+        for s, _, v in self._map.runs(page, self._map_limit()):
+            if not v:
+                addr = s << PAGE_SHIFT
+                return addr - addr % self.chunk
+        return None
+
+    def _map_limit(self) -> int:
+        return self.ram_end >> PAGE_SHIFT
 
     def advance(self, amount: int) -> Iterator[tuple[int, int]]:
-        """Accept chunks in address order until ``amount`` bytes in total are accepted."""
+        """Lazy acceptance (placement A6): take the lowest queued block until ``amount`` bytes in total
+        were accepted through this object; yields each ``arch_accept_memory()`` range."""
         if not self.enabled:
             return
-        self._skip_accepted()
-        while self.accepted < amount and self.frontier < self.ram_end:
-            start, end = self._take(self.frontier)
-            self.frontier = end
-            self._skip_accepted()
-            yield start, end
+        while self.accepted < amount:
+            block = self._next_block()
+            if block is None:
+                return
+            self.frontier = block + self.chunk
+            yield from self.accept(block, min(block + self.chunk, self.ram_end))
 
-    def ensure(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """Accept the not-yet-accepted chunks covering ``[start, end)`` (an allocation there)."""
-        if not self.enabled:
-            return
-        chunk_start = start - start % self.chunk
-        for base in range(chunk_start, min(end, self.ram_end), self.chunk):
-            if base < self.frontier or self._covered(base) is not None:
-                continue
-            piece = self._take(base)
-            self._record(*piece)
-            yield piece
+    def unaccepted(self) -> int:
+        """Bytes of RAM still unaccepted."""
+        return self._map.count(0, self._map_limit(), lambda v: not v) << PAGE_SHIFT

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from ..uapi import PAGE_SIZE
 from ..workload.events import Event
-from ..workload.scenario import Scenario, SharedRegion
+from ..workload.scenario import Scenario
 from .vmm import Vmm
 
 
@@ -30,21 +31,26 @@ class GuestArch:
         return iter(())
 
     def boot_start(self, payload: Iterable[tuple[int, int]]) -> Iterator[Event]:
-        """First events of the boot phase, given the payload ranges loaded at launch."""
+        """First events of the firmware phase, given the payload ranges loaded at launch."""
+        return iter(())
+
+    def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
+        """The firmware accepts (validates) ``[start, end)`` (placement F1-F5)."""
         return iter(())
 
     def accept(self, start: int, end: int) -> Iterator[Event]:
-        """Accept ``[start, end)`` (one accept_memory() call)."""
+        """The kernel accepts ``[start, end)`` (one ``arch_accept_memory()`` call)."""
         return iter(())
 
-    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
-        """Convert accepted private RAM to shared (set_memory_decrypted)."""
+    def to_shared(self, start: int, end: int, *, msr: bool = False, granule: int = PAGE_SIZE) -> Iterator[Event]:
+        """Convert accepted private RAM to shared (``set_memory_decrypted``); ``msr``: SNP's early GHCB MSR
+        protocol; ``granule``: pKVM's hypercall granule."""
         return iter(())
 
     def to_private(self, start: int, end: int) -> Iterator[Event]:
-        """Convert shared RAM back to private (set_memory_encrypted)."""
+        """Convert shared RAM back to private (``set_memory_encrypted``)."""
         return iter(())
 
-    def map_device(self, start: int, end: int, region: SharedRegion) -> Iterator[Event]:
+    def map_device(self, start: int, end: int, granule: int = PAGE_SIZE) -> Iterator[Event]:
         """Declare a non-RAM (MMIO) range shared."""
         return iter(())

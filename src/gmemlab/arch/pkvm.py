@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 
 from ..uapi import PAGE_SIZE
 from ..workload.events import Event, GmemConvert, GuestFault, MmioGuardMap, Share, Unshare
-from ..workload.scenario import SharedRegion
 from .base import GuestArch
 
 
@@ -24,20 +23,17 @@ class PkvmGuest(GuestArch):
     name = "pkvm"
     private_memory = True
 
-    def _granule(self, region: SharedRegion | None) -> int:
-        return region.granule if region is not None else PAGE_SIZE
-
     def boot_start(self, payload: Iterable[tuple[int, int]]) -> Iterator[Event]:
         for start, end in payload:
             yield GuestFault(start, end)
 
-    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
-        yield Share(start, end, self._granule(region))
+    def to_shared(self, start: int, end: int, *, msr: bool = False, granule: int = PAGE_SIZE) -> Iterator[Event]:
+        yield Share(start, end, granule)
         yield GmemConvert(start, end, to_shared=True)
 
     def to_private(self, start: int, end: int) -> Iterator[Event]:
         yield Unshare(start, end, PAGE_SIZE)
         yield GmemConvert(start, end, to_shared=False)
 
-    def map_device(self, start: int, end: int, region: SharedRegion) -> Iterator[Event]:
-        yield MmioGuardMap(start, end, region.granule)
+    def map_device(self, start: int, end: int, granule: int = PAGE_SIZE) -> Iterator[Event]:
+        yield MmioGuardMap(start, end, granule)

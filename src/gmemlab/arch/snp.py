@@ -17,12 +17,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..uapi import PAGE_SIZE, PMD_SIZE
-from ..workload.derived import PSC_MAX_ENTRIES
+from ..workload.derived import OVMF_PSC_MAX_ENTRIES, PSC_MAX_ENTRIES
 from ..workload.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate
-from ..workload.scenario import SharedRegion
 from .base import GuestArch
 
 
@@ -67,12 +66,13 @@ class SnpGuest(GuestArch):
             yield HcMapGpa(run.start, run.end)
             yield from self.vmm.convert(run.start, run.end, to_shared)
 
-    def _change(self, start: int, end: int, to_shared: bool, msr: bool = False) -> Iterator[Event]:
-        descriptors: Iterator[tuple[PscRun, ...]]
+    def _change(self, start: int, end: int, to_shared: bool, msr: bool = False,
+                max_entries: int = PSC_MAX_ENTRIES) -> Iterator[Event]:
         if msr:
-            descriptors = ((PscRun(a, a + PAGE_SIZE, PAGE_SIZE),) for a in range(start, end, PAGE_SIZE))
+            descriptors: Iterable[tuple[PscRun, ...]] = (
+                (PscRun(a, a + PAGE_SIZE, PAGE_SIZE),) for a in range(start, end, PAGE_SIZE))
         else:
-            descriptors = psc_descriptors(start, end, self.sc.accept.psc_entry_size >= PMD_SIZE)
+            descriptors = psc_descriptors(start, end, self.sc.accept.psc_entry_size >= PMD_SIZE, max_entries)
         for runs in descriptors:
             if to_shared:
                 yield from self._pvalidate(runs, validate=False)
@@ -81,11 +81,15 @@ class SnpGuest(GuestArch):
             if not to_shared:
                 yield from self._pvalidate(runs, validate=True)
 
+    def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
+        # OVMF MemEncryptSevSnpPreValidateSystemRam: PSC of up to 253 entries, 2M where aligned (F2)
+        return self._change(start, end, to_shared=False, max_entries=OVMF_PSC_MAX_ENTRIES)
+
     def accept(self, start: int, end: int) -> Iterator[Event]:
         return self._change(start, end, to_shared=False)
 
-    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
-        return self._change(start, end, to_shared=True, msr=region is not None and region.protocol == "msr")
+    def to_shared(self, start: int, end: int, *, msr: bool = False, granule: int = PAGE_SIZE) -> Iterator[Event]:
+        return self._change(start, end, to_shared=True, msr=msr)
 
     def to_private(self, start: int, end: int) -> Iterator[Event]:
         return self._change(start, end, to_shared=False)

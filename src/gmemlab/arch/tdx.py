@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..uapi import PAGE_SIZE, PMD_SIZE
 from ..workload.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa
-from ..workload.scenario import SharedRegion
 from .base import GuestArch
+
+FIRMWARE_CHUNK = 32 << 20  # OvmfPkg TdxHelperLib ACCEPT_CHUNK_SIZE
+FIRMWARE_TRY_LEVELS = (PMD_SIZE, PAGE_SIZE)  # PcdTdxAcceptPageSize = 2 MiB, 4K for the remainder
 
 
 class TdxGuest(GuestArch):
@@ -33,15 +36,20 @@ class TdxGuest(GuestArch):
             yield HcMapGpa(piece, min(piece + step, end))
             yield from self.vmm.convert(piece, min(piece + step, end), to_shared)
 
+    def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
+        # OVMF SEC: 32 MiB chunks over the vCPUs, TDCALL ACCEPT at PcdTdxAcceptPageSize (2M) then 4K (F4, F5)
+        for piece in range(start, end, FIRMWARE_CHUNK):
+            yield Accept(piece, min(piece + FIRMWARE_CHUNK, end), FIRMWARE_TRY_LEVELS)
+
     def accept(self, start: int, end: int) -> Iterator[Event]:
         yield Accept(start, end, self.sc.accept.guest_try_levels)
 
-    def to_shared(self, start: int, end: int, region: SharedRegion | None = None) -> Iterator[Event]:
+    def to_shared(self, start: int, end: int, *, msr: bool = False, granule: int = PAGE_SIZE) -> Iterator[Event]:
         return self._map_gpa(start, end, to_shared=True)
 
     def to_private(self, start: int, end: int) -> Iterator[Event]:
         yield from self._map_gpa(start, end, to_shared=False)
         yield from self.accept(start, end)
 
-    def map_device(self, start: int, end: int, region: SharedRegion) -> Iterator[Event]:
+    def map_device(self, start: int, end: int, granule: int = PAGE_SIZE) -> Iterator[Event]:
         return self._map_gpa(start, end, to_shared=True)

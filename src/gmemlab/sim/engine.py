@@ -114,6 +114,7 @@ class Engine:
         self.samples: list[Sample] = []
         self.snapshot: Snapshot | None = None
         self.ledger: Ledger = new_ledger()
+        self.segment_cpus: dict[str, int] = {}  # vCPUs sharing each segment's parallel work
         self.phase = Phase.LAUNCH.value
         self.wall_s = 0.0
         self.faults = FaultBatch(self.target, self.counters, pkvm=sc.arch == "pkvm",
@@ -151,7 +152,7 @@ class Engine:
         if self.phase == Phase.RUNTIME:
             self._clock = self._boot_wall + self.sc.runtime_s
         elif self.phase in BOOT_SEGMENTS:
-            self._clock = compute(self.ledger, {}, self.costs, self.sc.vcpus).boot.seconds
+            self._clock = self._boot_so_far()
         if self.snapshot is None:
             self.snapshot = self._take_snapshot()
         self._sample("end")
@@ -219,6 +220,9 @@ class Engine:
             self.faults.flush()
 
     # -- timeline ---------------------------------------------------------------------------------
+    def _boot_so_far(self) -> float:
+        return compute(self.ledger, {}, self.costs, self.sc.vcpus, self.segment_cpus).boot.seconds
+
     def _take_snapshot(self) -> Snapshot:
         t = self.target
         if t.file is None:
@@ -241,10 +245,11 @@ class Engine:
         if ev.phase == Phase.TEARDOWN and self.snapshot is None:
             self.snapshot = self._take_snapshot()
         if self.phase in BOOT_SEGMENTS:  # a boot segment ends: the critical path so far
-            self._boot_wall = self._clock = compute(self.ledger, {}, self.costs, self.sc.vcpus).boot.seconds
+            self._boot_wall = self._clock = self._boot_so_far()
         elif self.phase == Phase.RUNTIME:
             self._clock = self._boot_wall + self.sc.runtime_s
         self.phase = ev.phase.value
+        self.segment_cpus[self.phase] = ev.cpus
         self._sample(ev.phase.value)
 
     def _on_Tick(self, ev: Tick) -> None:
@@ -325,10 +330,10 @@ class Engine:
         """Rows 20 (SNP LAUNCH_UPDATE, incl. its RMPUPDATE), 19/19a (TDX PAGE.ADD, MR.EXTEND), 34 (GUP)."""
         self._flush()
         self._enter(SERIAL)
+        c = self.counters
         m = self.target.metrics
         before = {name: m[f"arch.{name}"] for name in ("rmpupdate_4k", "tdx_demote")}
-        n = self.target.populate(ev.start, ev.end, ev.in_place)
-        c = self.counters
+        n = ev.pages if ev.rom else self.target.populate(ev.start, ev.end, ev.in_place)
         for name, value in before.items():
             c[f"{name}_in_populate"] += m[f"arch.{name}"] - value
         if self.sc.arch == "snp":

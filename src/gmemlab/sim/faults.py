@@ -47,11 +47,7 @@ class _Pending:
             self.ranges[-1][1] = end
         else:
             self.ranges.append([start, end])
-        if claim is None:
-            return
-        if self.claims and self.claims[-1][1] == start and self.claims[-1][2] == claim:
-            self.claims[-1][1] = end
-        else:
+        if claim is not None:  # one claim per event: an ACCEPT call's 2M pieces do not span two calls
             self.claims.append([start, end, claim])
 
 

@@ -107,6 +107,7 @@ class RunResult:
     seed: int
     metrics: dict[str, Any]
     ledger: Ledger
+    segment_cpus: dict[str, int]
     level_shares: dict[str, float]
     costs: CostTable
     events: dict[str, int]
@@ -121,7 +122,7 @@ class RunResult:
 
     def times_under(self, table: CostTable) -> Times:
         """The three time results if the weights were ``table``'s (no new simulation)."""
-        return compute(self.ledger, self.level_shares, table, self.scenario.vcpus)
+        return compute(self.ledger, self.level_shares, table, self.scenario.vcpus, self.segment_cpus)
 
     @cached_property
     def counters(self) -> dict[str, int]:
@@ -168,8 +169,9 @@ def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | No
     ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON)."""
     policy = effective_policy(check_policy(policy), sc.merge)
     engine = Engine(sc, policy, seed, costs, exact=exact, progress=progress, coalesce=coalesce).run()
-    return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, engine.level_shares(),
-                     engine.costs, dict(engine.events), engine.samples, engine.wall_s, tuple(overrides))
+    return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, dict(engine.segment_cpus),
+                     engine.level_shares(), engine.costs, dict(engine.events), engine.samples, engine.wall_s,
+                     tuple(overrides))
 
 
 def simulate(scenario: str, policy: str | None = None, overrides: Sequence[str] = (), seed: int = 0,

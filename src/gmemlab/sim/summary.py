@@ -1,7 +1,8 @@
 """Derived counts of a validated scenario, worked like workloads.md §6 (shown by ``scenarios describe``).
 
-Arithmetic only, before any event is generated. Where the answer depends on placement (an SNP region's
-2M alignment) both cases are given, as §6 does.
+Arithmetic only, before any event is generated: sizes from the rules, acceptance amounts, per-region
+protocol counts. Where the answer depends on placement (an SNP region's 2M alignment) both cases are given,
+as §6 does; exact counts come from the generated stream (``gmemlab scenarios events``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..uapi import PAGE_SIZE, PMD_SIZE, PUD_SIZE
-from ..workload.derived import PSC_MAX_ENTRIES, ceil_div, snp_psc_counts
+from ..workload.derived import PSC_MAX_ENTRIES, ceil_div, memblock_top_block, snp_psc_counts
 from ..workload.scenario import Scenario, SharedRegion
 from ..workload.units import format_size
 from .costs import CostTable
@@ -51,9 +52,17 @@ def derived_counts(sc: Scenario, costs: CostTable | None = None) -> list[Count]:
     exits = [0, 0]  # lowest and highest expected userspace exits
     plan = sc.accept_plan()
     if plan.total:
-        out.append(Count("accept chunks (total / boot / runtime)",
-                         f"{_n(plan.chunks_total)} / {_n(plan.chunks_boot)} / {_n(plan.chunks_runtime)}",
-                         f"accepted / {format_size(plan.chunk)}"))
+        out.append(Count("accepted by the firmware", format_size(plan.firmware),
+                         "all RAM below 4 GiB (q35 low RAM)" if sc.accept.firmware == "below_4g" else "all RAM"))
+        top = memblock_top_block(sc.guest_mem, sc.vcpus, sc.arch == "snp")
+        out.append(Count("memblock top block (setup_arch)", format_size(top),
+                         "memmap RAM/64 + per-CPU areas + hash tables (+ GHCB data), accepted out of order"))
+        if sc.accept.mode == "lazy":
+            out.append(Count("before the watermarks / rest of boot", f"{format_size(plan.storm)} / "
+                             f"{format_size(plan.boot)}", "pre_watermark fixed + per_vcpu x vCPUs; "
+                             "used_at_boot + wmark_promo"))
+        out.append(Count("lazy 4 MiB steps (total, about)", _n(plan.chunks_total),
+                         f"(accepted eventually - firmware) / {format_size(plan.chunk)}"))
         out.extend(_accept_counts(sc, plan.chunks_total, plan.chunk, costs, exits))
     for region in sc.shared_regions:
         out.extend(_region_counts(sc, region, exits))
@@ -64,9 +73,6 @@ def derived_counts(sc: Scenario, costs: CostTable | None = None) -> list[Count]:
         exits[1] += churn * per * (2 if sc.arch == "tdx" else 1)  # a TDX buffer may straddle a 2 MiB chunk
         out.append(Count("runtime conversions", f"{_n(churn)} x (to shared + to private)",
                          "runtime_churn.rate_per_s x runtime_s"))
-    lo, hi = exits
-    out.append(Count("expected userspace exits", _n(lo) if lo == hi else f"{_n(lo)} to {_n(hi)}",
-                     "sum of the exits above (range: region alignment)"))
     return out
 
 
@@ -95,9 +101,11 @@ def _accept_counts(sc: Scenario, chunks: int, chunk: int, costs: CostTable, exit
 def _region_counts(sc: Scenario, region: SharedRegion, exits: list[int]) -> list[Count]:
     size, count = sc.region_size(region), sc.region_count(region)
     label = f"{count} x {format_size(size)}" if count > 1 else format_size(size)
-    rule = "6% of guest_mem clamped to [64MiB, 1GiB]" if region.size is None else "scenario"
+    rule = f"rule {region.rule}" if region.size is None else "scenario"
+    if not count:
+        return [Count(f"shared region {region.name}", "none", f"rule {region.rule} (count 0 here)")]
     out = [Count(f"shared region {region.name}", label, rule)]
-    if sc.arch == "snp" and region.protocol == "msr":
+    if sc.arch == "snp" and region.msr:
         pages = count * size // PAGE_SIZE
         exits[0] += pages
         exits[1] += pages

@@ -13,8 +13,9 @@ From the ledger and a :class:`~gmemlab.sim.costs.CostTable`, :func:`compute` giv
 
 1. **Boot critical path** (wall time from KVM_CREATE_GUEST_MEMFD until the guest has booted): per segment,
    ``max(serial work, all work / CPUs)``, the work-span lower bound of a schedule on that many CPUs, summed
-   over the segments ``launch`` (the VMM, 1 CPU), ``firmware`` and ``boot`` (the boot vCPU alone) and ``smp``
-   (all vCPUs). What is serial stays serial; parallel work divides by the vCPUs.
+   over the segments ``launch`` (the VMM, 1 CPU), ``firmware`` (the boot vCPU; every vCPU for TDX's SEC),
+   ``boot`` (the kernel on the boot vCPU through the initcalls) and ``smp`` (eager acceptance in the
+   deferred-init workers, every vCPU). What is serial stays serial; parallel work divides by the CPUs.
 2. **CPU time by category**: every priced ``cpu`` row over the whole lifecycle (vCPU threads, KVM and the
    VMM are all host CPU time), by category and by phase.
 3. **Data-plane translation overhead** per second of guest work, from the stage-2 leaf mix the guest runs
@@ -137,12 +138,10 @@ def _price(counters: Mapping[str, int], table: CostTable, vcpus: int, unpriced: 
     return out
 
 
-def boot_segment_cpus(segment: str, vcpus: int) -> int:
-    return vcpus if segment == "smp" else 1
-
-
-def compute(ledger: Ledger, level_shares: Mapping[str, float], table: CostTable, vcpus: int) -> Times:
-    """The three results of a run's ledger under ``table`` (see the module docstring)."""
+def compute(ledger: Ledger, level_shares: Mapping[str, float], table: CostTable, vcpus: int,
+            cpus: Mapping[str, int] | None = None) -> Times:
+    """The three results of a run's ledger under ``table`` (see the module docstring); ``cpus``: how many
+    vCPUs share each boot segment's parallel work (1 where absent)."""
     unpriced: set[str] = set()
     cat_us = dict.fromkeys(CATEGORIES, 0.0)
     cat_assumed = dict.fromkeys(CATEGORIES, 0.0)
@@ -167,13 +166,13 @@ def compute(ledger: Ledger, level_shares: Mapping[str, float], table: CostTable,
         phase_fig[seg] = Figure(work / 1e6, work_assumed / 1e6)
         if seg not in BOOT_SEGMENTS:
             continue
-        cpus = boot_segment_cpus(seg, vcpus)
+        n = max((cpus or {}).get(seg, 1), 1)
         span, span_assumed = per_lane[SERIAL]
-        if span >= work / cpus:
+        if span >= work / n:
             wall, wall_assumed, bound = span, span_assumed, "serial"
         else:
-            wall, wall_assumed, bound = work / cpus, work_assumed / cpus, "work"
-        segments.append(SegmentTime(seg, cpus, Figure(span / 1e6, span_assumed / 1e6),
+            wall, wall_assumed, bound = work / n, work_assumed / n, "work"
+        segments.append(SegmentTime(seg, n, Figure(span / 1e6, span_assumed / 1e6),
                                     Figure(work / 1e6, work_assumed / 1e6),
                                     Figure(wall / 1e6, wall_assumed / 1e6), bound))
         boot_s += wall

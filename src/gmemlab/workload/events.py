@@ -39,9 +39,11 @@ class Phase(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PhaseMark:
-    """Start of a lifecycle phase."""
+    """Start of a lifecycle phase; ``cpus``: how many vCPUs do its work in parallel (the boot critical
+    path divides parallel work by it; ``gmemlab.sim.timing``)."""
 
     phase: Phase
+    cpus: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,13 +156,16 @@ class HostWrite(Range):
 class Populate(Range):
     """kvm_gmem_populate + arch post_populate, 4K at a time (§0, §1.2 SNP_LAUNCH_UPDATE, §1.3 PAGE.ADD).
 
-    ``kind``: normal/zero/secrets/cpuid (SNP page types). ``measure``: TDX MR.EXTEND x16 per page.
-    ``in_place``: the payload was written through the mmap first (§1.2 method b), no source buffer GUP.
+    ``kind``: normal/zero/secrets/cpuid (SNP page types; a ZERO page has no source to copy or pin).
+    ``measure``: TDX MR.EXTEND x16 per page. ``in_place``: the payload was written through the mmap first
+    (§1.2 method b), no source buffer GUP. ``rom``: the range is the firmware flash (its own guest_memfd),
+    not RAM: priced, but the RAM file is untouched.
     """
 
     kind: str = "normal"
     measure: bool = False
     in_place: bool = False
+    rom: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..uapi import PAGE_SIZE
 from . import derived
+from .regions import RULES, RegionRule
 from .schema import (
     ALL,
     Amount,
@@ -47,7 +48,7 @@ ARCHES = ("none", "snp", "tdx", "pkvm")
 PAGE = Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE)
 AMOUNT = Size(multiple_of=PAGE_SIZE)
 PORTION = Amount(multiple_of=PAGE_SIZE)
-NOTHING = Portion(size=0)
+LOCATIONS = ("rule", "low", "top", "low_normal", "scattered")
 
 
 @dataclass(frozen=True)
@@ -93,48 +94,68 @@ class PopulateSpec:
 
 
 @dataclass(frozen=True)
-class PreWatermarkStorm:
-    """dstack #1220: before watermarks exist every allocation accepts a chunk (§1.3 lazy accept)."""
+class PreWatermark:
+    """Acceptance before the zone watermarks exist (placement A8): until ``init_per_zone_wmark_min()`` (a
+    postcore initcall) every allocation accepts a 4 MiB block, on the boot vCPU during SMP bring-up
+    (``cond_accept_memory``). Amount [assumed]: ``fixed + per_vcpu x vCPUs``, from the one published point
+    (dstack #1220: about 13 GiB at 248 vCPUs). ``per_vcpu = 0`` models dstack's patch that keeps a reserve."""
 
-    enabled_if_vcpus_gt: int = option(Number(integer=True, min=0), 0, doc="0 disables")
-    extra_fraction: float = option(Number(min=0.0, max=1.0), 0.0, doc="extra boot acceptance / guest_mem")
+    per_vcpu: int = option(AMOUNT, 54 * MiB, doc="accepted per vCPU brought up [assumed, dstack #1220]")
+    fixed: int = option(AMOUNT, 64 * MiB, doc="[assumed]")
 
 
 @dataclass(frozen=True)
 class AcceptSpec:
-    """Guest memory acceptance (§1.2, §1.3): lazy in ``chunk`` (4 MiB) pieces, eager at boot, or none."""
+    """Guest memory acceptance (§1.2, §1.3; placement.md §1): lazy in ``chunk`` (4 MiB) steps, eager, or none."""
 
     mode: str = option(Choice(("lazy", "eager", "none")), "none")
-    unit: int = option(PAGE, 2 * MiB, doc="EFI unaccepted bitmap unit; chunk must be a multiple")
-    chunk: int = option(PAGE, 4 * MiB, doc="MAX_PAGE_ORDER block accepted at a time")
+    firmware: str = option(Choice(("below_4g", "all")), "below_4g",
+                           doc="what the firmware accepts: OVMF all RAM below 4 GiB, eager TDVF/stage0 all")
+    unit: int = option(PAGE, 2 * MiB, doc="EFI unaccepted bitmap unit (accept_memory rounds to it, + 1 guard)")
+    chunk: int = option(PAGE, 4 * MiB, doc="MAX_PAGE_ORDER block accepted per lazy step")
     # Portion values are immutable (no setters), so sharing a default is safe.
-    early_accepted: Portion = option(PORTION, NOTHING, doc="accepted by firmware (size, fraction or all)")  # noqa: RUF009
-    accepted_at_boot_end: Portion = option(PORTION, NOTHING, doc="size, fraction of guest_mem or all")  # noqa: RUF009
+    used_at_boot: Portion = option(PORTION, Portion(size=512 * MiB),  # noqa: RUF009
+                                   doc="page-allocator memory the boot uses [assumed]; + wmark_promo accepted")
     accepted_eventually: Portion = option(PORTION, ALL, doc="size, fraction of guest_mem or all")  # noqa: RUF009
     psc_entry_size: int = option(Level(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
     pvalidate_size: int = option(Level(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
     guest_try_levels: tuple[int, ...] = option(Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels")
-    pre_watermark_storm: PreWatermarkStorm = field(
-        default_factory=PreWatermarkStorm, metadata=nested(PreWatermarkStorm)
-    )
+    pre_watermark: PreWatermark = field(default_factory=PreWatermark, metadata=nested(PreWatermark))
 
 
 @dataclass(frozen=True)
 class SharedRegion:
-    """Memory the guest converts private -> shared at boot (§1.2 swiotlb, GHCB, rings; §1.3; §1.4)."""
+    """Memory the guest makes shared (§1.2-§1.4; placement.md §2): a Linux/OVMF ``rule`` and its overrides.
+
+    ``size``, ``count``, ``align`` and ``protocol`` default to the rule's (:mod:`gmemlab.workload.regions`);
+    ``location = "rule"`` places it where the kernel or firmware does (:mod:`gmemlab.arch.regions`), the
+    others are explicit alternatives.
+    """
 
     name: str
-    size: int | None = option(Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE, auto=True), PAGE_SIZE,
-                              doc="auto = swiotlb rule: 6% clamped to [64MiB, 1GiB]")
-    count: int | str = option(Count(), 1, doc="an integer or \"vcpus\"")
-    align: int = option(PAGE, PAGE_SIZE)
-    location: str = option(Choice(("low", "scattered", "anywhere")), "scattered",
-                           doc="low: top-down below 4 GiB; anywhere: top-down from the top of RAM; "
-                           "scattered: random in RAM")
-    protocol: str = option(Choice(("ghcb", "msr")), "ghcb", doc="SNP: GHCB PSC or early MSR protocol")
-    ram: bool = option(Bool(), True, doc="false: MMIO (TDX MapGPA of the hole, pKVM MMIO guard)")
+    rule: str = option(Choice(tuple(RULES)), "", doc="default: the region's name if it is a rule, else custom")
+    size: int | None = option(Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE, auto=True), None,
+                              doc="auto = the rule's size")
+    count: int | str | None = option(Count(), None, doc="an integer or \"vcpus\"; default: the rule's")
+    align: int | None = option(PAGE, None, doc="default: the rule's")
+    location: str = option(Choice(LOCATIONS), "rule",
+                           doc="rule: as Linux/OVMF place it; low: top-down below 4 GiB; top: top-down from the "
+                           "top of RAM; low_normal: just above 4 GiB; scattered: random in RAM")
+    protocol: str = option(Choice(("rule", "ghcb", "msr")), "rule", doc="SNP: GHCB PSC or early MSR protocol")
     granule: int = option(PAGE, PAGE_SIZE, doc="pKVM hypercall granule")
     pool: bool = option(Bool(), False, doc="part of the host-accessed shared pool (host_access)")
+
+    @property
+    def kind(self) -> RegionRule:
+        return RULES[self.rule]
+
+    @property
+    def ram(self) -> bool:
+        return self.kind.ram
+
+    @property
+    def msr(self) -> bool:
+        return (self.kind.protocol if self.protocol == "rule" else self.protocol) == "msr"
 
 
 @dataclass(frozen=True)
@@ -145,7 +166,9 @@ class Churn:
                           doc="dma_coherent: alloc (to shared) + free (to private); pingpong: one 4K page")
     rate_per_s: float = option(Number(min=0.0), 0.0)
     size_dist: tuple[tuple[int, float], ...] = option(SizeDist(), ((PAGE_SIZE, 1.0),))
-    locality: str = option(Choice(("uniform", "low_memory_biased")), "uniform")
+    locality: str = option(Choice(("accepted_normal", "low_memory_biased", "uniform")), "accepted_normal",
+                           doc="accepted_normal: the accepted part of ZONE_NORMAL (placement §2.1); "
+                           "low_memory_biased: 80% below 4 GiB; uniform: all RAM")
     neighbour_of_pool: float = option(Number(min=0.0, max=1.0), 0.0,
                                       doc="probability a conversion lands in a folio holding pool pages")
 
@@ -168,7 +191,6 @@ class HostAccess:
     """Host userspace access to shared memory (§5.1 scattered_4k; §1.5 DPDK pool)."""
 
     pattern: str = option(Choice(("none", "scattered_4k", "pool")), "none")
-    consumer: str = option(Text(), "")
     touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
                                      doc="scattered_4k: of all pages; pool: of the pool")
     wants_mapping: int = option(Level(), PAGE_SIZE)
@@ -180,10 +202,6 @@ class ArchLimits:
     """Hardware and KVM limits the model enforces (§2.1 2c, §1.3 TDX huge pages); read by the engine."""
 
     private_max_level: int = option(Level(), GiB)
-    rmp_history: bool = option(Bool(), False, doc="SNP: RMP level depends on prepare history (§2.1 8)")
-    promote: bool = option(Bool(), True, doc="false: a split stage-2 leaf never becomes huge again")
-    split_cost: str = option(Choice(("hugetlb", "tdx_demote")), "hugetlb")
-    guest_inhibit: str = option(Choice(("none", "sticky")), "none")
     map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)")
 
 
@@ -219,29 +237,41 @@ class Scenario:
     # --- resolved values ---------------------------------------------------------------------------
 
     def region_size(self, region: SharedRegion) -> int:
-        return derived.swiotlb_default_size(self.guest_mem) if region.size is None else region.size
+        """The region's size: the scenario's, or its rule's (e.g. the swiotlb rule for this RAM)."""
+        if region.size is not None:
+            return region.size
+        rule = region.kind.size
+        return rule(self) if rule is not None else PAGE_SIZE
 
     def region_count(self, region: SharedRegion) -> int:
+        if region.count is None:
+            return region.kind.count(self)
         return self.vcpus if region.count == "vcpus" else int(region.count)
 
+    def region_align(self, region: SharedRegion) -> int:
+        return region.align if region.align is not None else region.kind.align
+
+    @property
+    def low_top(self) -> int:
+        """RAM below 4 GiB on q35 (:func:`gmemlab.workload.derived.q35_low_top`)."""
+        return derived.q35_low_top(self.guest_mem)
+
     def accept_plan(self) -> derived.AcceptPlan:
-        """Acceptance amounts, clipped to guest memory (so ``--set guest_mem=1GiB`` shrinks a 64 GiB
-        scenario without touching ``accept.*``); eager accepts everything at boot (§5.4)."""
+        """Acceptance amounts for this RAM (placement.md §1): scale with ``--set guest_mem=...``."""
         acc = self.accept
+        mem = self.guest_mem
         if acc.mode == "none":
             return derived.AcceptPlan(acc.chunk, 0, 0, 0, 0)
-        mem = self.guest_mem
         total = acc.accepted_eventually.resolve(mem)
-        early = min(acc.early_accepted.resolve(mem), total)
+        firmware = mem if acc.firmware == "all" else self.low_top
         if acc.mode == "eager":
-            return derived.AcceptPlan(acc.chunk, early, 0, total, total)
-        storm = 0
-        spec = acc.pre_watermark_storm
-        if spec.enabled_if_vcpus_gt and self.vcpus > spec.enabled_if_vcpus_gt:
-            storm = int(spec.extra_fraction * mem) // acc.chunk * acc.chunk
-        storm = min(storm, total - early)
-        boot = min(max(acc.accepted_at_boot_end.resolve(mem), early) + storm, total)
-        return derived.AcceptPlan(acc.chunk, early, storm, boot, total)
+            return derived.AcceptPlan(acc.chunk, firmware, 0, 0, mem)
+        storm = acc.pre_watermark.fixed + acc.pre_watermark.per_vcpu * self.vcpus
+        storm = storm - storm % acc.chunk
+        normal = mem - self.low_top
+        boot = acc.used_at_boot.resolve(mem) + derived.wmark_promo(mem, normal)
+        boot = -(-boot // acc.chunk) * acc.chunk
+        return derived.AcceptPlan(acc.chunk, firmware, storm, boot, max(total, firmware))
 
 
 def _check(sc: Scenario) -> list[tuple[str, str]]:
@@ -266,13 +296,17 @@ def _check(sc: Scenario) -> list[tuple[str, str]]:
         problems.append(("runtime_churn.rate_per_s", "arch none has no conversions; use 0"))
     for region in sc.shared_regions:
         path = f"shared_regions.{region.name}"
-        if region.align & (region.align - 1):
-            problems.append((f"{path}.align", f"must be a power of two, got {format_size(region.align)}"))
+        align = sc.region_align(region)
+        if align & (align - 1):
+            problems.append((f"{path}.align", f"must be a power of two, got {format_size(align)}"))
         if region.protocol == "msr" and sc.arch != "snp":
             problems.append((f"{path}.protocol", "the GHCB MSR protocol exists only on snp"))
-        if not region.ram and sc.arch not in ("tdx", "pkvm"):
-            problems.append((f"{path}.ram", f"arch {sc.arch} converts no MMIO (only tdx MapGPA, pkvm MMIO guard)"))
-        if sc.region_size(region) * sc.region_count(region) > sc.guest_mem and region.ram:
+        if sc.arch not in region.kind.arches:
+            problems.append((f"{path}.rule", f"{region.rule} regions exist on {', '.join(region.kind.arches)}, "
+                             f"not on arch {sc.arch}"))
+        elif region.kind.size is None and region.size is None:
+            problems.append((f"{path}.size", f"a {region.rule} region needs an explicit size"))
+        elif sc.region_size(region) * sc.region_count(region) > sc.guest_mem and region.ram:
             problems.append((f"{path}.size", f"{sc.region_count(region)} x {format_size(sc.region_size(region))} "
                              f"exceeds guest_mem {format_size(sc.guest_mem)}"))
     payload = sum(rng.size for rng in sc.populate.ranges)
@@ -353,6 +387,8 @@ def parse_scenario(text: str, source: str, default_name: str = "", overrides: Se
     sc: Scenario = build(Scenario, raw, "", label, source=source)
     if not sc.name:
         sc = replace(sc, name=default_name)
+    sc = replace(sc, shared_regions=tuple(
+        r if r.rule else replace(r, rule=r.name if r.name in RULES else "custom") for r in sc.shared_regions))
     problems = _check(sc)
     if problems:
         path, reason = problems[0]
