@@ -117,8 +117,7 @@ class Engine:
         self.segment_cpus: dict[str, int] = {}  # vCPUs sharing each segment's parallel work
         self.phase = Phase.LAUNCH.value
         self.wall_s = 0.0
-        self.faults = FaultBatch(self.target, self.counters, pkvm=sc.arch == "pkvm",
-                                 eager_accept=sc.accept.mode == "eager", coalesce=coalesce)
+        self.faults = FaultBatch(self.target, self.counters, pkvm=sc.arch == "pkvm", coalesce=coalesce)
         self._ctx: ctr.PriceContext | None = None
         self._lane = SERIAL
         self._mark: Counter[str] = Counter()
@@ -298,6 +297,8 @@ class Engine:
         self._flush()
         self._enter(SERIAL)
         self.counters["conversion_work_items"] += work
+        if ev.to_shared:
+            self._count_sept_removals(ev.start, ev.end)
         if t.convert(ev.start, ev.end, ev.to_shared) and self.sc.zero_on_convert:
             # SNP/TDX lose the old contents on conversion, modelled as zeroing the converted pages (row 3);
             # pKVM keeps them (zero_on_convert = false, §1.4). The model itself preserves contents (RFC v2).
@@ -308,9 +309,15 @@ class Engine:
         self._enter(SERIAL)
         self.target.fallocate(ev.start, ev.end)
 
+    def _count_sept_removals(self, start: int, end: int) -> None:
+        """TDX: each private leaf the zap removes is BLOCK + TRACK + kick + REMOVE (row 18a)."""
+        if self.sc.arch == "tdx":
+            self.counters["tdx_sept_remove"] += self.target.private_leaves(start, end)
+
     def _on_Punch(self, ev: Punch) -> None:
         self._flush()
         self._enter(SERIAL)
+        self._count_sept_removals(ev.start, ev.end)
         if not self.target.punch(ev.start, ev.end):
             self.counters["punch_eagain"] += 1
 

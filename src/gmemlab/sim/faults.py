@@ -9,8 +9,8 @@ what that costs depends on the model's state at run time:
   ``pvalidate_2m_fallback`` (1 failed + 512 x 4K). 4K PVALIDATEs count per page.
 * **TDX ACCEPT level** (§1.3): the accepted range is faulted in (EPT violation, TDH.MEM.PAGE.AUG); each
   piece is then accepted at the largest of the guest's try levels the S-EPT leaf allows: 2M leaves (Yan
-  Zhao's RFC) give ``tdx_accept_2m`` per 2 MiB, 4K leaves (upstream) ``tdx_accept_4k`` per page
-  (``tdx_accept_4k_eager``, row 17, when the firmware accepts everything eagerly); a failed 2M try on a
+  Zhao's RFC) give ``tdx_accept_2m`` per 2 MiB, 4K leaves (upstream) ``tdx_accept_4k`` per page (lazy,
+  eager and firmware accepts alike: the same TDCALL and EPT-violation path, row 16); a failed 2M try on a
   4K leaf counts ``tdx_accept_2m_mismatch`` (unpriced: its cost is inside row 16's estimate).
 * **Fault pricing**: faults the guest takes inside a PVALIDATE or an ACCEPT are priced by rows 23 and 16
   (their estimates include the fault), counted as ``faults_in_*``; plain first touches by rows 14/15, or
@@ -54,12 +54,10 @@ class _Pending:
 class FaultBatch:
     """Pending guest faults of one kind (``touch``, ``pvalidate``, ``accept``), applied on :meth:`flush`."""
 
-    def __init__(self, target: Target, counters: Counter[str], pkvm: bool, eager_accept: bool,
-                 coalesce: bool = True) -> None:
+    def __init__(self, target: Target, counters: Counter[str], pkvm: bool, coalesce: bool = True) -> None:
         self.target = target
         self.counters = counters
         self.pkvm = pkvm
-        self.eager_accept = eager_accept
         self.coalesce = coalesce
         self.pending: _Pending | None = None
 
@@ -118,7 +116,7 @@ class FaultBatch:
     def settle_accept(self, start: int, end: int, try_levels: tuple[int, ...]) -> None:
         """§1.3: each piece is accepted at the largest try level its S-EPT leaf allows."""
         c = self.counters
-        small = "tdx_accept_4k_eager" if self.eager_accept else "tdx_accept_4k"
+        small = "tdx_accept_4k"
         try_2m = PMD_PAGES * PAGE_SIZE in try_levels
         for s, e, level in self.target.leaf_runs(start, end):
             if level == 0:

@@ -38,7 +38,7 @@ def derived_counts(sc: Scenario, costs: CostTable | None = None) -> list[Count]:
         if sc.attr_store == "xarray":
             pages = mem // PAGE_SIZE
             secs = pages * costs.cost("12", sc.vcpus) / 1e6
-            out.append(Count("SET_ATTR(all, private)", f"{_n(pages)} xarray stores, >= {secs:.3g} s",
+            out.append(Count("SET_ATTR(all, private)", f"{_n(pages)} xarray stores, ~{secs:.3g} s",
                              "one entry per 4K page x row 12"))
         else:
             out.append(Count("SET_ATTR(all, private)", "1 maple range store", "row 13"))

@@ -161,6 +161,15 @@ class Target:
         """TDX private leaves may be 2M (Yan Zhao's RFC) rather than 4K only (upstream)."""
         return getattr(self.vm.vendor, "max_level", 1) > 1
 
+    def private_leaves(self, start: int, end: int) -> int:
+        """Private stage-2 leaves overlapping GPA ``[start, end)`` (what a zap of the range removes)."""
+        n = 0
+        for s, e, spte in self.vm.stage2.sptes.runs(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+            if spte is not None and spte.private:
+                pages = LEVEL_PAGES[spte.level]
+                n += -(-e // pages) - s // pages
+        return n
+
     def vmemmap_peak_bytes(self) -> int:
         return self.backend.counters.vmemmap_peak_bytes
 
