@@ -105,6 +105,9 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("6m", "Extra memory when a 1G folio is split (HVO undone)", "+4,095 pages = 16 MiB vmemmap", None,
          "pages per split 1G", "split_merge", "derived", "262,144 struct pages x 64 B; HVO keeps 1 page",
          sources=("kernel",)),
+    _row("6x", "Filemap xarray nodes a 1G->4K split adds", "1 + 64 + 4,096 nodes x 576 B = 2,396,736 B", None,
+         "bytes per split 1G", "split_merge", "derived", "XA_CHUNK_SHIFT = 6, sizeof(struct xa_node) = 576 [src]; "
+         "1G->2M: 1 + 64 nodes; 2M->4K: 8 nodes", sources=("kernel",)),
     _row("7", "Split 2M->4K (HugeTLB: HVO restore of the vmemmap)", "64.5 µs unbatched restore per 2M folio",
          64.5, "per split", "split_merge", "derived",
          "Mike Kravetz HVO batching cover, bare metal, unbatched: (36.748 - 4.477) s / 500,000 folios; "
@@ -321,3 +324,13 @@ def load_cost_table(path: str | Path | None = None) -> CostTable:
     """The §4 table, with the overrides in ``path`` if given."""
     table = CostTable()
     return table.with_overrides(path) if path is not None else table
+
+
+XA_NODE_BYTES = 576  # sizeof(struct xa_node), XA_CHUNK_SHIFT = 6 (row 6x)
+FILEMAP_NODES = {"1G->4K": 1 + 64 + 4096, "1G->2M": 1 + 64, "2M->4K": 8}  # new nodes per split (row 6x)
+
+
+def filemap_xarray_bytes(split_1g: int, split_2m: int, staged: bool) -> int:
+    """Filemap xarray memory held by ``split_1g`` 1 GiB and ``split_2m`` 2 MiB folios now split (row 6x)."""
+    big = FILEMAP_NODES["1G->2M" if staged else "1G->4K"]
+    return (split_1g * big + split_2m * FILEMAP_NODES["2M->4K"]) * XA_NODE_BYTES

@@ -63,7 +63,7 @@ from ..workload.events import (
 )
 from ..workload.scenario import Scenario
 from . import counters as ctr
-from .costs import CostTable
+from .costs import CostTable, filemap_xarray_bytes
 from .faults import FaultBatch
 from .target import Target
 from .timing import BOOT_SEGMENTS, LEVELS, PARALLEL, SERIAL, Ledger, compute, new_ledger
@@ -96,6 +96,7 @@ class Snapshot:
     tracking: dict[str, int]
     vmemmap_bytes: int
     shared_bytes: int
+    filemap_bytes: int
 
 
 class Engine:
@@ -187,6 +188,7 @@ class Engine:
             "tracking": dict(snap.tracking),
             "vmemmap_bytes": snap.vmemmap_bytes,
             "vmemmap_peak_bytes": self.target.vmemmap_peak_bytes(),
+            "filemap_xarray_bytes": snap.filemap_bytes,
             "shared_bytes": snap.shared_bytes,
         }
 
@@ -226,9 +228,12 @@ class Engine:
         t = self.target
         if t.file is None:
             empty = dict.fromkeys(LEVELS, 0)
-            return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0)
+            return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0, 0)
+        m = t.metrics
+        live = {s: m[f"splits.{s}"] - m[f"merges.{s}"] for s in ("1G", "2M")}
+        filemap = filemap_xarray_bytes(live["1G"], live["2M"], self._price_context().staged)
         return Snapshot(t.stage2_bytes(), t.host_map_bytes(), t.tracking(self.sc.attr_store == "maple"),
-                        t.vmemmap_bytes(), t.shared_bytes())
+                        t.vmemmap_bytes(), t.shared_bytes(), filemap)
 
     def _sample(self, label: str) -> None:
         m = self.target.metrics

@@ -73,6 +73,7 @@ def _metric_rows(result: RunResult) -> list[tuple[str, str]]:
         ("tracking: per-page entries", f"{m['tracking']['per_page_entries']:,}"),
         ("vmemmap (split HugeTLB)", human_bytes(m["vmemmap_bytes"])),
         ("vmemmap peak", human_bytes(m["vmemmap_peak_bytes"])),
+        ("filemap xarray (split folios)", human_bytes(m["filemap_xarray_bytes"])),
     ]
     return rows
 

@@ -9,7 +9,7 @@ the documented, stable result object (``gmemlab run --json``; the sweep flattens
      "metrics": {"splits": {"1G", "2M"}, "merges": {"1G", "2M"}, "stage2_bytes": {"4K", "2M", "1G"},
                  "host_map_bytes": {"4K", "2M", "1G"}, "conversions": {"ok", "eagain"}, "userspace_exits",
                  "guest_faults", "zaps", "tlb_flushes", "tracking": {"ranges", "per_page_entries"},
-                 "vmemmap_bytes", "vmemmap_peak_bytes", "shared_bytes"},
+                 "vmemmap_bytes", "vmemmap_peak_bytes", "filemap_xarray_bytes", "shared_bytes"},
      "time": {
        "boot_critical_path": {"s", "assumed_share",
                               "segments": [{"segment", "cpus", "serial_s", "work_s", "wall": {"s", "assumed_share"},
