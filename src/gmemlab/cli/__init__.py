@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
     "gmemlab.cli.sim",
+    "gmemlab.cli.validate",
     "gmemlab.cli.vm",
     "gmemlab.cli.sweep",
     "gmemlab.cli.results",
