@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "gmemlab.cli.profiles",
     "gmemlab.cli.races",
     "gmemlab.cli.scenarios",
+    "gmemlab.cli.sensitivity",
     "gmemlab.cli.sim",
     "gmemlab.cli.validate",
     "gmemlab.cli.vm",

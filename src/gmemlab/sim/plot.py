@@ -14,6 +14,7 @@ from pathlib import Path
 from ..output import PLOT_FORMATS, check_output, save_figure
 from .costs import CATEGORIES
 from .run import RunResult
+from .sensitivity import FIGURE_NAMES, FIGURES, Sensitivity
 
 LEVELS = ("4K", "2M", "1G")
 COLORS = {"4K": "#d62728", "2M": "#ff7f0e", "1G": "#2ca02c"}
@@ -115,3 +116,49 @@ def _time_panels(fig, grid, n: int, results: Sequence[RunResult]) -> None:  # ty
     ax.set_title(f"data-plane translation overhead (§4.1, {share:.0%} assumed)")
     ax.set_ylabel("% of guest work")
     ax.margins(y=0.2)
+
+
+def write_tornado(result: Sensitivity, path: str, top: int = 12) -> Path:
+    """A tornado plot per time result: the ratio A/B as each assumed weight goes from its smallest to its
+    largest factor (log scale), widest swing on top; a weight that moves the ratio across 1 (the faster
+    policy changes) is drawn red, with the factor where it flips."""
+    target = check_plot_path(path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = [f for f in FIGURES if result.swings[f]]
+    fig, axes = plt.subplots(1, len(figs), figsize=(6.2 * len(figs), 0.42 * top + 2.2), layout="constrained")
+    a, b = result.policies
+    lo_f, hi_f = result.factors
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    for ax, name in zip(axes if len(figs) > 1 else [axes], figs, strict=True):
+        swings = [s for s in result.swings[name] if s.swing > 1e-9][:top][::-1]  # rows that move it
+        for y, s in enumerate(swings):
+            left, right = sorted((s.low, s.high))
+            color = "#d62728" if s.flip_at is not None else "#1f77b4"
+            ax.barh(y, right - left, left=left, color=color, alpha=0.8, height=0.6)
+            ax.text(s.low, y, f"{lo_f:g}x", va="center", ha="right" if s.low <= s.high else "left", fontsize=6)
+            ax.text(s.high, y, f"{hi_f:g}x", va="center", ha="left" if s.low <= s.high else "right", fontsize=6)
+            if s.flip_at is not None:
+                ax.text(1.0, y + 0.3, f"flips at {s.flip_at:.2g}x", fontsize=6, color=color, ha="center")
+        ax.set_yticks(range(len(swings)), [f"{s.row}: {s.operation[:34]}" for s in swings], fontsize=7)
+        ax.set_ylim(-0.5, max(len(swings), 6) - 0.5)
+        ax.axvline(result.base[name], color="black", lw=1, label=f"base {result.base[name]:.3g}")
+        ax.axvline(1.0, color="grey", ls="--", lw=1, label=f"{a} = {b}")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{a} / {b} ({FIGURE_NAMES[name]})")
+        ax.set_title(f"{FIGURE_NAMES[name]}: {len(result.flips(name))} weight(s) flip it", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{result.title}: each assumed weight {lo_f:g}x-{hi_f:g}x, {a} vs {b}")
+    try:
+        fig.savefig(target, format="png", dpi=90)
+    except OSError as exc:
+        raise UsageError(f"--plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+    return target
