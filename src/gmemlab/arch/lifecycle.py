@@ -134,9 +134,10 @@ class Lifecycle:
             if gpa is None:  # a firmware volume with no address: top-down below 4 GiB
                 start = self.layout.top_down(size, PAGE_SIZE, self.layout.low_top)
                 return start, start + size
-            start = self._ram_offset(gpa, size)
-            if start is None:
+            offset = self._ram_offset(gpa, size)
+            if offset is None:
                 return None
+            start = offset
             if start + size > self.sc.guest_mem or self.layout.overlap(start, start + size):
                 start = self.layout.top_down(size, PAGE_SIZE, self.layout.low_top)
             else:

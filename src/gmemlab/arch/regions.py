@@ -26,6 +26,7 @@ Every rule can be replaced by an explicit ``location`` (``low``, ``top``, ``low_
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from ..uapi import PAGE_SIZE
 from ..workload.derived import HASH_TABLES_MAX, PERCPU_UNIT, memmap_size
@@ -116,7 +117,8 @@ class Placer:
             return self.low_normal(size, align)
         if loc == "scattered":
             return self.scattered(size, align)
-        return getattr(self, f"_rule_{region.rule}")(index, size, align)
+        rule: Callable[[int, int, int], int] = getattr(self, f"_rule_{region.rule}")
+        return rule(index, size, align)
 
     def _rule_swiotlb(self, index: int, size: int, align: int) -> int:
         below = self.layout.low_top - SWIOTLB_GAP - self.slack.randint(0, SWIOTLB_GAP_PAGES) * PAGE_SIZE

@@ -117,8 +117,11 @@ def analyse(a: RunResult, b: RunResult, table: CostTable | None = None,
         points = [(f, ratios(f)) for f in grid]
         for fig in FIGURES:
             values = [(f, r[fig]) for f, r in points]
-            out.swings[fig].append(Swing(rid, row.operation, values[0][1], values[-1][1],
-                                         _crossing(values, lambda f, fig=fig: ratios(f)[fig])))
+
+            def at(factor: float, fig: str = fig, ratios: Callable[[float], dict[str, float]] = ratios) -> float:
+                return ratios(factor)[fig]
+
+            out.swings[fig].append(Swing(rid, row.operation, values[0][1], values[-1][1], _crossing(values, at)))
     for fig in FIGURES:
         out.swings[fig].sort(key=lambda s: s.swing, reverse=True)
     return out

@@ -42,8 +42,11 @@ from .units import KiB, MiB
 class Guest(Protocol):
     """What a rule's size and count depend on (a :class:`~gmemlab.workload.scenario.Scenario`)."""
 
-    guest_mem: int
-    vcpus: int
+    @property
+    def guest_mem(self) -> int: ...
+
+    @property
+    def vcpus(self) -> int: ...
 
 
 PAGE = 4096
