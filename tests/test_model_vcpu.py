@@ -58,8 +58,9 @@ def test_pre_fault_without_tdp_or_before_launch_is_eopnotsupp() -> None:
 
 
 def test_pre_fault_of_64_gib_costs_per_mapping_decision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing walks pages: 64 GiB of private 4 KiB-mapped guest_memfd and 64 GiB of anonymous memory take a fault
-    per 2 MiB decision and one for the whole anonymous slot, and every page is counted."""
+    """Nothing walks pages: 64 GiB of private 4 KiB-mapped guest_memfd and 64 GiB of anonymous memory take at most
+    a fault per 2 MiB decision (the range path: one for the run) and one for the whole anonymous slot, and every
+    page is counted."""
     calls = []
     real = pf.kvm_mmu_page_fault
     monkeypatch.setattr(pf, "kvm_mmu_page_fault", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
@@ -72,7 +73,7 @@ def test_pre_fault_of_64_gib_costs_per_mapping_decision(monkeypatch: pytest.Monk
     vm.set_user_memory_region2(2, 0, GPA + size, size, anon.address)
     cpu = vm.create_vcpu(0)
     assert cpu.pre_fault_memory(GPA, 2 * size) == (GPA + 2 * size, 0)
-    assert len(calls) == size // (2 << 20) + 1
+    assert len(calls) <= size // (2 << 20) + 1
     assert kb.counters.counters["pre_fault_pages"] == 2 * size // P
     assert kb.counters.counters["guest_faults"] == 2 * size // P
     kb.check_invariants()

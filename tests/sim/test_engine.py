@@ -73,45 +73,6 @@ def test_every_builtin_runs_at_reduced_size(name, policy):
     assert walls == sorted(walls)
 
 
-@pytest.mark.parametrize("name", BUILTINS)
-@pytest.mark.parametrize("policy", POLICY_PAIR)
-def test_range_fault_matches_the_models_per_leaf_path(name, policy):
-    """target.fault_range replicates the model's fault decision over uniform ranges; ``exact`` faults
-    leaf by leaf through vcpu.touch (and host writes page by page). Both must give the same counts."""
-    fast, exact = run(name, policy), run(name, policy, exact=True)
-    assert fast.counters == exact.counters
-    assert fast.metrics == exact.metrics
-
-
-VARIANTS = [
-    ("tdx-boot-64g", ["guest_mem=2GiB", "backing.page=2MiB"]),
-    ("tdx-boot-64g", ["guest_mem=2GiB", "arch_limits.private_max_level=2M"]),
-    ("tdx-boot-64g", ["guest_mem=2GiB", "gmem_flags.mmap=false"]),
-    ("snp-lazy-accept-64g", ["guest_mem=2GiB", "backing.page=2MiB"]),
-    ("snp-lazy-accept-64g", ["guest_mem=2GiB", "backing.allocator=buddy", "backing.page=4KiB"]),
-    ("non-coco-mmap-64g", ["guest_mem=2GiB", "arch_limits.private_max_level=4K", "backing.page=2MiB"]),
-    ("pkvm-android-1g", ["guest_mem=512MiB", "arch_limits.private_max_level=4K"]),
-]
-
-
-@pytest.mark.parametrize(("name", "sets"), VARIANTS)
-@pytest.mark.parametrize("policy", ["eager", "deferred", "eager+staged", "deferred+direct"])
-def test_range_fault_matches_on_variants(name, sets, policy):
-    """Backing sizes, TDX 2M, no mmap (SET_ATTR + PUNCH conversions), TDP capped at 4K, every policy shape."""
-    fast, slow = run(name, policy, sets), run(name, policy, sets, exact=True, coalesce=False)
-    assert fast.counters == slow.counters
-    assert fast.metrics == slow.metrics
-
-
-@pytest.mark.parametrize("name", ["snp-lazy-accept-64g", "tdx-boot-64g", "churn-pingpong", "pkvm-android-1g"])
-def test_coalesced_faults_match_event_by_event(name):
-    """Coalescing adjacent fault events into one range fault changes nothing: the reference faults each
-    event on its own, leaf by leaf."""
-    fast, slow = run(name, "eager"), run(name, "eager", exact=True, coalesce=False)
-    assert fast.counters == slow.counters
-    assert fast.metrics == slow.metrics
-
-
 # --- §6 counts worked by hand ---------------------------------------------------------------------------
 
 
@@ -282,7 +243,7 @@ def test_pkvm_counts_hypercalls_per_granule():
 @pytest.fixture
 def model_faults(monkeypatch):
     """Count the model's per-leaf faults the range fault makes (its probes)."""
-    import gmemlab.sim.target as target
+    import gmemlab.model.tdp as target
 
     calls = {"n": 0}
     real = target.kvm_tdp_map

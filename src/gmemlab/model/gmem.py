@@ -164,6 +164,28 @@ class GmemInode:
         self.metrics.add(per_level("host_map_bytes", Level.PG_4K), PAGE_SIZE)
         return None
 
+    def host_fault_run(self, start: int, end: int, step: int, points: int) -> bool:
+        """``points`` more host faults at every ``step``-th index of ``[start, end)``, each deciding what one
+        :meth:`fault_user_mapping` would (a 4 KiB PTE): True when that holds -- every index shared, 4 KiB
+        folios -- and they are done in one step (zeroing, counters); False, with nothing done, otherwise
+        (a scattered pattern over not-yet-zeroed folios is faulted page by page)."""
+        if end > self.npages or not self.shareability.all_shared(start, end):
+            return False
+        if self.huge is not None and self.huge.uniform_folio_level(start, end) != Level.PG_4K:
+            return False
+        pc = self.pagecache
+        if step == 1:
+            zeroed = pc.make_uptodate_range(start, end)
+        elif pc.state.all_equal(start, end, UPTODATE):
+            zeroed = 0
+        else:
+            return False
+        self.stats["host_faults"] += points
+        self.metrics.add("bytes_zeroed", zeroed * PAGE_SIZE)
+        self.metrics.add(per_level("host_faults", Level.PG_4K), points)
+        self.metrics.add(per_level("host_map_bytes", Level.PG_4K), points * PAGE_SIZE)
+        return True
+
     def unmap_host(self, start: int, end: int) -> int:
         """``unmap_mapping_pages``: drop host PTEs of file indices ``[start, end)`` in every mapping."""
         return self.mappings.unmap(start, end)
@@ -194,6 +216,7 @@ class GmemInode:
                 if slot is None:
                     continue
                 gfn = slot.base_gfn + (s - slot.gmem_pgoff)
+                file.vm.vendor.before_zap(gfn, gfn + (e - s))
                 zapped += file.vm.stage2.zap(gfn, gfn + (e - s), use_filter)
         return zapped
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import errno
 import itertools
 from collections import Counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import FaultRefused, FolioBusy, GmemError, KvmError
 from ..level import HUGE_LEVELS, Level
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT
-from .folio import ABSENT, INTACT, HugeFolios
+from .folio import ABSENT, INTACT, SPLIT_2M, HugeFolios
 from .host import FileMappings, ModelHostMapping, ModelPin
 from .hugetlb import HugetlbSubpool
 from .lpage import GmemLpageInfo
@@ -60,6 +60,13 @@ class HugeOwner(Protocol):
     def mappings(self) -> FileMappings: ...
 
     def arch_invalidate(self, start: int, end: int) -> None: ...
+
+
+def one_run(rmap: RangeMap[Any], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` of a range map holds a single value (stops at the second run)."""
+    runs = rmap.runs(start, end)
+    next(runs, None)
+    return next(runs, None) is None
 
 
 class HugeGmem:
@@ -133,12 +140,34 @@ class HugeGmem:
         self.metrics.add("arch_prepares", len(hooks))
         return level.order
 
+    def uniform_folio_level(self, start: int, end: int) -> Level | None:
+        """The folio level over file indices ``[start, end)`` when it is the same for every index (the
+        folios are allocated first, as the faults there would); None when the range holds folios of
+        different shapes. O(runs) (:func:`gmemlab.model.tdp.kvm_tdp_map_range`)."""
+        hf = self.hf
+        b0, b1 = hf.block_of(start), hf.block_of(end - 1) + 1
+        self.ensure_blocks(b0, b1)
+        if not one_run(hf.shape, b0, b1):
+            return None
+        if hf.shape.load(b0) == SPLIT_2M:
+            assert hf.sub2m is not None
+            if not one_run(hf.sub2m, Level.PG_2M.number(start), Level.PG_2M.number(Level.PG_2M.align_up(end))):
+                return None
+        return hf.folio_level(start)
+
+    def prepare_folios(self, start: int, end: int, folio: Level) -> None:
+        """``kvm_gmem_get_pfn``'s preparation of every ``folio``-level folio in ``[start, end)``, one fault per
+        folio, as one range operation."""
+        hooks = self.prep.guest_prepare_folios(self.inode.pagecache, start, end, folio)
+        self.metrics.add("arch_prepares", hooks)
+
     def prepare_run(self, start: int, end: int) -> None:
-        """A batch of 4 KiB guest faults over ``[start, end)`` (4 KiB folios, one 2M range)."""
+        """A run of 4 KiB guest faults over ``[start, end)`` (one block): each folio is prepared by its first
+        fault (a huge folio whole), one hook per folio as ``kvm_gmem_get_pfn`` would."""
         b = self.hf.block_of(start)
-        self.ensure_blocks(b, b + 1)
-        hooks = self.prep.guest_prepare(self.inode.pagecache, start, end, whole=False)
-        self.metrics.add("arch_prepares", len(hooks))
+        self.ensure_blocks(b, self.hf.block_of(end - 1) + 1)
+        folio = self.hf.folio_level(start) or Level.PG_4K
+        self.prepare_folios(folio.align_down(start), folio.align_up(end), folio)
 
     # -- host faults -------------------------------------------------------------------------------
     def vma_level(self, index: int, vma: ModelHostMapping | None) -> Level:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..backend import MAPPING_GUARD, PROT_READ, PROT_WRITE, check_reservation
 from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
-from ..level import Level
+from ..level import LEVELS, Level
 from ..rangemap import RangeMap
 from ..uapi import PAGE_SHIFT, PAGE_SIZE, c_signed, c_value
 from . import numa
@@ -47,6 +48,8 @@ class MappedInode(Protocol):
     def fault_user_mapping(
         self, index: int, vma: ModelHostMapping | None = None
     ) -> tuple[int, int, Level] | None: ...
+
+    def host_fault_run(self, start: int, end: int, step: int, points: int) -> bool: ...
 
     def pin(self, start: int, end: int, kind: str = "pin") -> ModelPin: ...
 
@@ -159,6 +162,26 @@ class AddressSpace:
             yield None, pos, end
 
 
+@dataclass(frozen=True)
+class Strided:
+    """4 KiB PTEs at every ``step``-th page counted from ``phase``, in the run of :attr:`ModelHostMapping.ptes`
+    that holds this value: a scattered host access pattern kept as one range entry, not one per page."""
+
+    step: int
+    phase: int
+
+    def maps(self, page: int) -> bool:
+        return (page - self.phase) % self.step == 0
+
+    def points(self, start: int, end: int) -> int:
+        """How many mapped pages ``[start, end)`` holds."""
+        first = start + (self.phase - start) % self.step
+        return max(0, -(-(end - first) // self.step))
+
+
+Pte = Level | Strided | None  # a host PTE run: the mapping level, a strided set of 4 KiB PTEs, or none
+
+
 class ModelHostMapping:
     """One VMA: an ``mmap`` of a guest_memfd (``file`` set), of anonymous shared memory (``file`` None,
     ``shared``), or private anonymous PROT_NONE memory (the guards around every mapping, and what ``munmap``
@@ -187,7 +210,7 @@ class ModelHostMapping:
         self.locked: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
         self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
-        self.ptes: RangeMap[Level | None] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
+        self.ptes: RangeMap[Pte] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
         # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
         # the stage-2 leaves of memslots whose userspace_addr range it covers
         self.invalidated: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
@@ -246,7 +269,7 @@ class ModelHostMapping:
             raise HostSigsegv(offset, write, "access not permitted by the page's protection")
         if self.markers.load(page):
             raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
-        if self.ptes.load(page):
+        if self.held(page):
             return
         span = None
         if self.file is not None:
@@ -258,6 +281,79 @@ class ModelHostMapping:
             self.ptes.store(page, page + 1, Level.PG_4K)
         else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
             self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
+
+    def held(self, page: int) -> Level | None:
+        """The level of the host PTE mapping ``page``, None when none does."""
+        v = self.ptes.load(page)
+        if isinstance(v, Strided):
+            return Level.PG_4K if v.maps(page) else None
+        return v
+
+    def touch(self, first: int, last: int, step: int = 1, write: bool = True) -> tuple[dict[Level, int], int]:
+        """The VMM or a device backend touching mapping pages ``first, first + step, ... < last``: host faults
+        taken as the kernel would, in runs. One real fault (:meth:`_fault`, which may split or map huge)
+        decides each folio block; the block's remaining 4 KiB faults, which decide the same (every index
+        shared, 4 KiB folios), are done in one step by the file (``host_fault_run``) and one PTE store (a
+        :class:`Strided` run for ``step > 1``). Returns the faults by level and how many pages the file
+        refused (SIGBUS, private)."""
+        faults = dict.fromkeys(LEVELS, 0)
+        refused = 0
+        step = max(step, 1)
+        page = first
+        while page < last:
+            held = self.held(page)
+            if held is not None:
+                nxt = held.align_down(self.pgoff + page) - self.pgoff + held.pages if held > Level.PG_4K else page + 1
+                page = self._next_point(first, step, nxt)
+                continue
+            try:
+                self._fault(page, write)
+            except (HostSigbus, HostSigsegv):
+                refused += 1
+                page = self._next_point(first, step, page + 1)
+                continue
+            level = self.held(page) or Level.PG_4K
+            faults[level] += 1
+            if level > Level.PG_4K:
+                page = self._next_point(first, step, level.align_down(self.pgoff + page) - self.pgoff + level.pages)
+                continue
+            page = self._batch_4k(first, page, last, step, faults)
+        return faults, refused
+
+    def _batch_4k(self, first: int, page: int, last: int, step: int, faults: dict[Level, int]) -> int:
+        """After a 4 KiB fault at ``page``: the rest of its 1 GiB, else 2 MiB, block in one step if the file
+        agrees every fault there decides 4 KiB; returns the next page to touch."""
+        nxt = page + step
+        for block in (Level.PG_1G, Level.PG_2M):
+            end = min(last, block.align_down(self.pgoff + page) - self.pgoff + block.pages)
+            if nxt >= end:
+                return self._next_point(first, step, nxt)
+            k = -(-(end - nxt) // step)
+            span_end = nxt + (k - 1) * step + 1
+            if self.ptes.any_match(nxt, span_end, bool):
+                continue
+            if self.file is None or self.file.inode.host_fault_run(self.pgoff + nxt, self.pgoff + span_end, step, k):
+                self.ptes.store(nxt, span_end, Level.PG_4K if step == 1 else Strided(step, first % step))
+                faults[Level.PG_4K] += k
+                return self._next_point(first, step, end)
+        return self._next_point(first, step, nxt)
+
+    @staticmethod
+    def _next_point(first: int, step: int, at_least: int) -> int:
+        """The first touched page (``first + k * step``) at or after ``at_least``."""
+        if at_least <= first:
+            return first
+        return first + -(-(at_least - first) // step) * step
+
+    def mapped_bytes(self) -> dict[str, int]:
+        """Bytes this mapping maps now, per PTE level (O(runs))."""
+        out = {level.label: 0 for level in LEVELS}
+        for s, e, v in self.ptes.runs():
+            if isinstance(v, Strided):
+                out[Level.PG_4K.label] += v.points(s, e) * PAGE_SIZE
+            elif v is not None:
+                out[v.label] += (e - s) * PAGE_SIZE
+        return out
 
     def _read_page(self, page: int, in_page: int, length: int) -> bytes:
         if self.file is None:
@@ -396,7 +492,7 @@ class ModelHostMapping:
             page = (addr - vma.address) >> PAGE_SHIFT if vma is not None else 0
             if vma is None:
                 out.append(-errno.EFAULT)
-            elif not vma.ptes.load(page):
+            elif not vma.held(page):
                 out.append(-errno.ENOENT)
             elif vma.file is None:
                 out.append(numa.LOCAL_NODE)
@@ -472,7 +568,7 @@ class ModelHostMapping:
     def pte_present(self, offset: int) -> bool:
         """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63)."""
         page = offset >> PAGE_SHIFT
-        return not self.unmapped and 0 <= page < self.npages and bool(self.ptes.load(page))
+        return not self.unmapped and 0 <= page < self.npages and self.held(page) is not None
 
     def munmap(self) -> None:
         """``munmap``; like the kernel client, PROT_NONE private memory takes the mapping's place in its
@@ -501,13 +597,17 @@ class ModelHostMapping:
         self.invalidated.store(first, last, self.space.invalidations)
         n = 0
         for s, e, v in list(self.ptes.runs(first, last)):
-            if not v or (above is not None and v <= above):
+            if v is None or (above is not None and (Level.PG_4K if isinstance(v, Strided) else v) <= above):
+                continue
+            if isinstance(v, Strided):
+                n += v.points(s, e)
+                self.ptes.store(s, e, None)
                 continue
             level = Level(v)
             if level > Level.PG_4K:
                 lo = level.align_down(self.pgoff + s) - self.pgoff
                 s, e = max(lo, 0), min(level.align_up(self.pgoff + e) - self.pgoff, self.npages)
-            n += self.ptes.count(s, e, bool)
+            n += sum(x.points(a, b) if isinstance(x, Strided) else b - a for a, b, x in self.ptes.runs(s, e) if x)
             self.ptes.store(s, e, None)
         return n
 
@@ -516,8 +616,18 @@ class ModelHostMapping:
         return max(start - self.pgoff, 0), max(min(end - self.pgoff, self.npages), 0)
 
     def mapped_file_runs(self) -> list[tuple[int, int]]:
-        """File index runs that have a host PTE in this mapping."""
-        return [(self.pgoff + s, self.pgoff + e) for s, e, v in self.ptes.runs() if v]
+        """File index runs that have a host PTE in this mapping (a :class:`Strided` run from its first mapped
+        page to its last)."""
+        out = []
+        for s, e, v in self.ptes.runs():
+            if isinstance(v, Strided):
+                if not v.points(s, e):
+                    continue
+                s = s + (v.phase - s) % v.step
+                e = s + (v.points(s, e) - 1) * v.step + 1
+            if v:
+                out.append((self.pgoff + s, self.pgoff + e))
+        return out
 
 
 class AnonymousPipe:

@@ -5,10 +5,12 @@ Every component that restructures folios, maps memory, converts it or changes KV
 files and destroyed VMs. Where a row of the cost table prices exactly what the model counts, the key is
 that row's counter:
 
+* zeroing whole huge folios on their first guest fault: ``zero_2m``, ``zero_1g`` (rows 4, 5; their bytes
+  are in ``bytes_zeroed`` too);
 * folio restructuring: ``split_1g_4k``, ``split_1g_2m``, ``split_2m_4k``, ``merge_4k_1g``, ``merge_2m_1g``,
   ``merge_4k_2m`` (rows 6-9; the model knows whether a 1G split went to 2M or to 4K);
-* vendor work: ``rmpupdate_4k``, ``rmpupdate_2m``, ``psmash`` (SNP), ``tdx_demote`` (TDX: 2 MiB ranges
-  that got 4K private leaves; a DEMOTE only where 2M leaves are possible, which the pricing decides);
+* vendor work: ``rmpupdate_4k``, ``rmpupdate_2m``, ``psmash`` (SNP), ``tdx_demote`` (TDX: 2M private leaves
+  split; ``tdx_guest_inhibit``, the 2M ranges a 4K leaf inhibited, is reported only);
 * stage-2: ``s2_zap_leaf`` (leaves zapped), ``tlb_flush_remote`` (one per zap that removed anything);
 * conversions: ``conversion_eagain``.
 
@@ -33,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from ..level import HUGE_LEVELS, LEVELS, Level
 
 ARCH_COUNTERS = ("psmash", "rmpupdate_2m", "rmpupdate_4k", "shareability_write_locks", "tdx_demote",
-                 "make_private", "make_shared", "reclaim", "arch_invalidate")
+                 "make_private", "make_shared", "reclaim", "arch_invalidate", "tdx_guest_inhibit")
 
 
 def per_level(name: str, level: Level) -> str:

@@ -40,14 +40,16 @@ def disallow_lpage(vm: Kvm, slot: Memslot, gfn: int, level: Level) -> str | None
     return None
 
 
-def kvm_mmu_max_mapping_level(vm: Kvm, slot: Memslot, gfn: int, is_private: bool, max_order: int) -> Level:
+def kvm_mmu_max_mapping_level(vm: Kvm, slot: Memslot, gfn: int, is_private: bool, max_order: int,
+                              max_level: Level = Level.PG_1G) -> Level:
     """Level of a guest fault before the vendor cap (workloads 2.1 steps 1, 2b, 3, 7).
 
-    Hardware cap (``HostConfig.tdp_max_level``), then ``max_order`` from guest_memfd (private faults, and
+    ``fault->max_level`` (1G, or what the fault allows: a TDX guest's ACCEPT level), the hardware cap
+    (``HostConfig.tdp_max_level``), then ``max_order`` from guest_memfd (private faults, and
     shared faults on GMEM_ONLY slots, where the level comes from guest_memfd too), then walk down while
     ``lpage_info`` disallows, then 4 KiB under dirty logging.
     """
-    level = min(Level.PG_1G, vm.config.tdp_max_level, Level.for_order(max_order))
+    level = min(max_level, vm.config.tdp_max_level, Level.for_order(max_order))
     while level > Level.PG_4K and disallow_lpage(vm, slot, gfn, level):
         level = level.smaller()
     if slot.flags & KVM_MEM_LOG_DIRTY_PAGES:

@@ -5,10 +5,9 @@ private/shared type disagrees with ``kvm_mem_is_private`` exits with ``KVM_EXIT_
 faults and every fault on a GMEM_ONLY slot get their page from guest_memfd (:func:`kvm_tdp_map`); shared
 faults on a classic slot take the page from ``userspace_addr`` (GUP on the HVA). No memslot is MMIO.
 
-:func:`touch_range` drives a guest touching a whole range. Inside one 2 MiB range whose pages share a
-private/shared state, every 4 KiB fault makes the same decision (max_order, lpage_info, RMP, S-EPT
-are all per 2 MiB or coarser), so after one real fault picks 4 KiB the rest of that run is done as one
-batch: the same counters, one range store.
+:func:`touch_range` drives a guest touching a whole range: guest_memfd gfns in runs through
+:func:`gmemlab.model.tdp.kvm_tdp_map_range` (decisions taken once per run where every input is the same,
+the same counters as one fault per leaf), the rest page by page.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from .gmem import GmemFile
 from .host import ModelHostMapping
 from .kvm_host import Kvm
 from .memslot import Memslot
-from .tdp import _map_run_4k, kvm_tdp_map
+from .tdp import _same_state_end, kvm_tdp_map, kvm_tdp_map_range
 
 
 class PageTarget:
@@ -136,7 +135,8 @@ def fault_is_private(vm: Kvm, gfn: int, private: bool | None) -> bool:
     return private
 
 
-def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, prefault: bool = False) -> PageTarget:
+def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, prefault: bool = False,
+                       max_level: Level = Level.PG_1G) -> PageTarget:
     """Resolve one guest access at ``gpa``: the page it lands on, or a :class:`VcpuExit`.
 
     A GPA without memslot leaves a cached MMIO SPTE (with ``kvm.mmio_caching``). A later guest access there is a
@@ -146,6 +146,7 @@ def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, pre
     attribute changes do not zap GPAs without memslot, so private GPAs the guest touched as MMIO stay MMIO, and
     later exit with KVM_EXIT_MEMORY_FAULT flags 0 (found on 6.18.2 under QEMU). ``prefault`` is
     ``KVM_PRE_FAULT_MEMORY``, which maps through ``kvm_tdp_map_page`` without the reserved-fault step.
+    ``max_level`` is ``fault->max_level`` (a TDX ACCEPT at 4K caps the mapping, :func:`touch_range`).
     """
     gfn = gpa >> PAGE_SHIFT
     if not prefault:
@@ -175,12 +176,13 @@ def kvm_mmu_page_fault(vm: Kvm, gpa: int, write: bool, private: bool | None, pre
     if slot is not None and write and slot.flags & KVM_MEM_READONLY:
         raise VcpuExit(KVM_EXIT_MMIO, 0, gpa, 0, 0, write, "write to a read-only memslot")
     if is_private or (slot is not None and slot.gmem_only):
-        return _gmem_fault(vm, slot, gfn, is_private, write, flags)
+        return _gmem_fault(vm, slot, gfn, is_private, write, flags, max_level)
     assert slot is not None
     return _hva_fault(vm, slot, gfn, write)
 
 
-def _gmem_fault(vm: Kvm, slot: Memslot | None, gfn: int, is_private: bool, write: bool, flags: int) -> GmemPage:
+def _gmem_fault(vm: Kvm, slot: Memslot | None, gfn: int, is_private: bool, write: bool, flags: int,
+                max_level: Level = Level.PG_1G) -> GmemPage:
     """``kvm_mmu_faultin_pfn_gmem``: the page comes from guest_memfd, mapped if not yet."""
     page_gpa = gfn << PAGE_SHIFT
     if slot is None or not slot.has_gmem:
@@ -192,7 +194,7 @@ def _gmem_fault(vm: Kvm, slot: Memslot | None, gfn: int, is_private: bool, write
     file = slot.gmem_file
     if vm.stage2.lookup(gfn) is None:
         try:
-            kvm_tdp_map(vm, slot, gfn, is_private)  # kvm_gmem_get_pfn, level selection, map
+            kvm_tdp_map(vm, slot, gfn, is_private, max_level)  # kvm_gmem_get_pfn, level selection, map
         except GmemError as exc:
             raise VcpuExit(KVM_EXIT_MEMORY_FAULT, exc.errno, page_gpa, PAGE_SIZE, flags, write,
                            f"kvm_gmem_get_pfn: {exc.reason}") from None
@@ -216,29 +218,22 @@ def _hva_fault(vm: Kvm, slot: Memslot, gfn: int, write: bool) -> HvaPage:
     return HvaPage(vma, page)
 
 
-def _same_state_end(vm: Kvm, slot: Memslot, gfn: int, limit: int) -> int:
-    """End of the run of gfns from ``gfn`` (below ``limit``) with the same ``kvm_mem_is_private``."""
-    if slot.gmem_tracks_shareability and slot.gmem_file is not None:
-        base = slot.base_gfn - slot.gmem_pgoff
-        runs = slot.gmem_file.inode.shareability.runs(gfn - base, limit - base)
-        end = runs[0][1] + base if runs else limit
-    else:
-        end = next(iter(vm.attributes.runs(gfn, limit)))[1]
-    return min(end, limit)
-
-
-def touch_range(vm: Kvm, start: int, end: int, write: bool) -> None:
-    """Touch gfns ``[start, end)`` as the guest would (see the module docstring)."""
-    _reached, stopped = fault_in_range(vm, start, end, write, prefault=False)
+def touch_range(vm: Kvm, start: int, end: int, write: bool, max_level: Level = Level.PG_1G) -> None:
+    """Touch gfns ``[start, end)`` as the guest would (see the module docstring). ``max_level`` is
+    ``fault->max_level`` (a TDX guest accepting at that level caps its faults)."""
+    _reached, stopped = fault_in_range(vm, start, end, write, prefault=False, max_level=max_level)
     if stopped is not None:
         raise stopped
 
 
-def fault_in_range(vm: Kvm, start: int, end: int, write: bool, prefault: bool) -> tuple[int, VcpuExit | None]:
+def fault_in_range(vm: Kvm, start: int, end: int, write: bool, prefault: bool,
+                   max_level: Level = Level.PG_1G) -> tuple[int, VcpuExit | None]:
     """Fault gfns ``[start, end)`` in, ascending, as :func:`touch_range`; returns the first gfn not faulted in
     (``end`` when all were) and the exit that stopped there (None when none did). Already mapped gfns count as
-    faulted (a spurious fault). Runs that decide alike are done in one step: 4 KiB runs from guest_memfd, and
-    shared runs on a classic slot backed by anonymous memory."""
+    faulted (a spurious fault). guest_memfd gfns go in runs of one private/shared state: the run's first
+    unmapped gfn through :func:`kvm_mmu_page_fault` (every check a fault makes), the rest through
+    :func:`gmemlab.model.tdp.kvm_tdp_map_range`; shared runs on a classic slot backed by anonymous memory in
+    one step (:func:`_fault_hva_run`)."""
     gfn = start
     try:
         while gfn < end:
@@ -247,31 +242,24 @@ def fault_in_range(vm: Kvm, start: int, end: int, write: bool, prefault: bool) -
             if slot is None or not via_gmem or not (slot.gmem_only or vm.kvm_mem_is_private(gfn)):
                 gfn = _fault_hva_run(vm, slot, gfn, end, write, prefault)
                 continue
-            seg_end = min(end, slot.end_gfn)
-            for a, b, spte in list(vm.stage2.sptes.runs(gfn, seg_end)):
-                if spte is not None:
-                    continue
-                gfn = x = a
-                while x < b:
-                    gfn = x
-                    if vm.stage2.lookup(x) is not None:
-                        x += 1
-                        continue
-                    private = _access(vm, x, prefault)
-                    kvm_mmu_page_fault(vm, x << PAGE_SHIFT, write, private, prefault)
-                    spte = vm.stage2.lookup(x)
-                    if spte is None:  # mapped and zapped again (PSMASH); count it and move on
-                        x += 1
-                        continue
-                    if spte.level != Level.PG_4K:
-                        x = spte.level.align_down(x) + spte.level.pages
-                        continue
-                    run_end = min(b, Level.PG_2M.align_down(x) + Level.PG_2M.pages,
-                                  _same_state_end(vm, slot, x, b))
-                    if run_end > x + 1:
-                        _map_run_4k(vm, slot, x + 1, run_end, spte.private)
-                    x = run_end
-            gfn = seg_end
+            run_end = _same_state_end(vm, slot, gfn, min(end, slot.end_gfn))
+            hole = next((a for a, _, spte in vm.stage2.sptes.runs(gfn, run_end) if spte is None), None)
+            if hole is None:
+                gfn = run_end
+                continue
+            gfn = hole
+            private = _access(vm, gfn, prefault)
+            kvm_mmu_page_fault(vm, gfn << PAGE_SHIFT, write, private, prefault, max_level)
+            if gfn + 1 < run_end:
+                is_private = fault_is_private(vm, gfn, private)
+                try:
+                    kvm_tdp_map_range(vm, slot, gfn + 1, run_end, is_private, max_level)
+                except GmemError as exc:
+                    gfn = next((a for a, _, spte in vm.stage2.sptes.runs(gfn, run_end) if spte is None), run_end)
+                    flags = KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0
+                    raise VcpuExit(KVM_EXIT_MEMORY_FAULT, exc.errno, gfn << PAGE_SHIFT, PAGE_SIZE, flags, write,
+                                   f"kvm_gmem_get_pfn: {exc.reason}") from None
+            gfn = run_end
     except VcpuExit as exc:
         return gfn, exc
     return end, None

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..arch import generate
-from ..model.metrics import SIZES
+from ..level import HUGE_LEVELS, Level
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
 from ..workload.events import (
     Accept,
@@ -65,6 +65,7 @@ from ..workload.scenario import Scenario
 from . import counters as ctr
 from .costs import CostTable, filemap_xarray_bytes
 from .faults import FaultBatch
+from .reference import ReferenceTarget
 from .target import Target
 from .timing import BOOT_SEGMENTS, LEVELS, PARALLEL, SERIAL, Ledger, compute, new_ledger
 
@@ -103,12 +104,13 @@ class Engine:
     """Runs one (scenario, policy, seed); see the module docstring. Use :meth:`run` once."""
 
     def __init__(self, sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None,
-                 exact: bool = False, progress: Callable[[int], None] | None = None, coalesce: bool = True) -> None:
+                 reference: bool = False, progress: Callable[[int], None] | None = None,
+                 coalesce: bool = True) -> None:
         self.sc = sc
         self.policy = policy
         self.seed = seed
         self.costs = costs or CostTable()
-        self.target = Target(sc, policy, exact=exact)
+        self.target = ReferenceTarget(sc, policy) if reference else Target(sc, policy)
         self.progress = progress
         self.counters: Counter[str] = Counter()  # what the model does not count
         self.events: Counter[str] = Counter()
@@ -173,18 +175,19 @@ class Engine:
 
     def model_metrics(self) -> dict[str, Any]:
         """The metrics of DESIGN.md "Metrics a user expects" (the ``metrics`` object of ``--json``)."""
-        m = self.target.metrics
+        t = self.target
+        m = t.metrics
         snap = self.snapshot or self._take_snapshot()
         return {
-            "splits": {s: m[f"splits.{s}"] for s in ("1G", "2M")},
-            "merges": {s: m[f"merges.{s}"] for s in ("1G", "2M")},
+            "splits": {lv.label: t.splits(lv) for lv in HUGE_LEVELS},
+            "merges": {lv.label: t.merges(lv) for lv in HUGE_LEVELS},
             "stage2_bytes": dict(snap.stage2_bytes),
             "host_map_bytes": dict(snap.host_map_bytes),
-            "conversions": {"ok": m["conversions.ok"], "eagain": m["conversions.eagain"]},
+            "conversions": {"ok": m["conversions_ok"], "eagain": m["conversion_eagain"]},
             "userspace_exits": self.counters["userspace_exit"],
             "guest_faults": m["guest_faults"],
             "zaps": m["zaps"],
-            "tlb_flushes": m["tlb_flushes"],
+            "tlb_flushes": m["tlb_flush_remote"],
             "tracking": dict(snap.tracking),
             "vmemmap_bytes": snap.vmemmap_bytes,
             "vmemmap_peak_bytes": self.target.vmemmap_peak_bytes(),
@@ -196,10 +199,7 @@ class Engine:
     def _price_context(self) -> ctr.PriceContext:
         if self._ctx is None:
             t = self.target
-            self._ctx = ctr.PriceContext(
-                staged=t.backend.policy.staged, tdx_huge=t.tdx_huge(), no_direct_map=self.sc.no_direct_map,
-                huge_block_pages=t.huge_block_pages(),
-            )
+            self._ctx = ctr.PriceContext(no_direct_map=t.no_direct_map, huge_block_pages=t.huge_block_pages())
         return self._ctx
 
     def _close_span(self) -> None:
@@ -229,17 +229,16 @@ class Engine:
         if t.file is None:
             empty = dict.fromkeys(LEVELS, 0)
             return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0, 0)
-        m = t.metrics
-        live = {s: m[f"splits.{s}"] - m[f"merges.{s}"] for s in ("1G", "2M")}
-        filemap = filemap_xarray_bytes(live["1G"], live["2M"], self._price_context().staged)
+        live = {lv: t.splits(lv) - t.merges(lv) for lv in HUGE_LEVELS}
+        filemap = filemap_xarray_bytes(live[Level.PG_1G], live[Level.PG_2M], t.backend.policy.staged)
         return Snapshot(t.stage2_bytes(), t.host_map_bytes(), t.tracking(self.sc.attr_store == "maple"),
                         t.vmemmap_bytes(), t.shared_bytes(), filemap)
 
     def _sample(self, label: str) -> None:
-        m = self.target.metrics
+        t = self.target
         self.samples.append(Sample(
-            label, self.phase, round(self._clock, 9), self.target.stage2_bytes(),
-            {s: m[f"splits.{s}"] for s in SIZES[1:]}, {s: m[f"merges.{s}"] for s in SIZES[1:]},
+            label, self.phase, round(self._clock, 9), t.stage2_bytes(),
+            {lv.label: t.splits(lv) for lv in HUGE_LEVELS}, {lv.label: t.merges(lv) for lv in HUGE_LEVELS},
         ))
 
     # -- handlers: timeline --------------------------------------------------------------------------
@@ -333,10 +332,10 @@ class Engine:
         if self.target.mapping is None:  # no gmem mmap: the VMM writes its own shared backing
             c["host_fault_4k"] += ev.touched_pages
             return
-        done = self.target.host_touch(ev.start, ev.end, ev.stride)
-        for lv, n in done.faults.items():
-            c[f"host_fault_{lv.lower()}"] += n
-        c["host_sigbus"] += done.refused
+        faults, refused = self.target.host_touch(ev.start, ev.end, ev.stride)
+        for lv, n in faults.items():
+            c[f"host_fault_{lv.key}"] += n
+        c["host_sigbus"] += refused
 
     def _on_Populate(self, ev: Populate) -> None:
         """Rows 20 (SNP LAUNCH_UPDATE, incl. its RMPUPDATE), 19/19a (TDX PAGE.ADD, MR.EXTEND), 34 (GUP)."""
@@ -344,10 +343,9 @@ class Engine:
         self._enter(SERIAL)
         c = self.counters
         m = self.target.metrics
-        before = {name: m[f"arch.{name}"] for name in ("rmpupdate_4k", "tdx_demote")}
+        before = m["rmpupdate_4k"]
         n = ev.pages if ev.rom else self.target.populate(ev.start, ev.end, ev.in_place)
-        for name, value in before.items():
-            c[f"{name}_in_populate"] += m[f"arch.{name}"] - value
+        c["rmpupdate_4k_in_populate"] += m["rmpupdate_4k"] - before
         if self.sc.arch == "snp":
             c["snp_launch_update_4k"] += n
         elif self.sc.arch == "tdx":

@@ -7,19 +7,21 @@ what that costs depends on the model's state at run time:
 * **PVALIDATE at 2M** (rows 23/24): after the validated range is faulted in, each 2 MiB piece whose SNP RMP
   entry is 2M counts one ``pvalidate_2m``; a piece whose RMP entry is 4K counts one
   ``pvalidate_2m_fallback`` (1 failed + 512 x 4K). 4K PVALIDATEs count per page.
-* **TDX ACCEPT level** (§1.3): the accepted range is faulted in (EPT violation, TDH.MEM.PAGE.AUG); each
-  piece is then accepted at the largest of the guest's try levels the S-EPT leaf allows: 2M leaves (Yan
-  Zhao's RFC) give ``tdx_accept_2m`` per 2 MiB, 4K leaves (upstream) ``tdx_accept_4k`` per page (lazy,
-  eager and firmware accepts alike: the same TDCALL and EPT-violation path, row 16); a failed 2M try on a
-  4K leaf counts ``tdx_accept_2m_mismatch`` (unpriced: its cost is inside row 16's estimate).
+* **TDX ACCEPT** (§1.3, ``tdx_accept_memory``; linux-7.md §2): each call tries the guest's levels largest
+  first over its aligned pieces. The 2M-aligned middle faults with ``fault->max_level`` 2M: 2M S-EPT leaves
+  (Yan Zhao's v3) give ``tdx_accept_2m`` per 2 MiB; 4K leaves (upstream) a failed 2M try
+  (``tdx_accept_2m_mismatch``, inside row 16's estimate) and ``tdx_accept_4k`` per page. The unaligned head
+  and tail are accepted at 4K: the fault's max level is 4K, the 2M range gets GUEST_INHIBIT, and a 2M leaf
+  already there is demoted (the accept-level mismatch). Lazy, eager and firmware accepts alike (row 16).
 * **Fault pricing**: faults the guest takes inside a PVALIDATE or an ACCEPT are priced by rows 23 and 16
   (their estimates include the fault), counted as ``faults_in_*``; plain first touches by rows 14/15, or
   by row 32 (donation) on pKVM.
 
-:class:`FaultBatch` coalesces consecutive fault events of one kind over adjacent ranges into one range
-fault, flushed before any event that changes or reads model state. The level of a fault depends on the
-gfn and the state, never on the fault's extent, so this gives the same model state as faulting event by
-event (the tests check it against the per-page reference run).
+:class:`FaultBatch` coalesces consecutive touches and PVALIDATEs over adjacent ranges into one range fault,
+flushed before any event that changes or reads model state. The level of a fault depends on the gfn and
+the state, never on the fault's extent, so this gives the same model state as faulting event by event
+(the tests check it against the per-page reference run). ACCEPT calls fault one by one: their pieces'
+levels depend on where each call starts and ends.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..level import LEVELS, Level
+from ..model.metrics import per_level
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
-from .target import PMD_PAGES, Target
+from .target import Target
 
-LEVELS = ("4K", "2M", "1G")
+PMD = Level.PG_2M
 
 
 @dataclass
@@ -73,60 +77,72 @@ class FaultBatch:
         if not self.coalesce:
             self.flush()
 
+    def _faults(self) -> list[int]:
+        m = self.target.metrics
+        return [m[per_level("stage2_faults", lv)] for lv in LEVELS]
+
     def flush(self) -> bool:
         """Apply what is pending; False when nothing was."""
         pending, self.pending = self.pending, None
         if pending is None:
             return False
-        m = self.target.metrics
-        before = [m[f"stage2_faults.{lv}"] for lv in LEVELS]
-        for start, end in pending.ranges:
-            self.target.fault_range(start, end)
-        faults = {lv: m[f"stage2_faults.{lv}"] - b for lv, b in zip(LEVELS, before, strict=True)}
+        before = self._faults()
+        if pending.kind == "accept":
+            for start, end, levels in pending.claims:
+                self._accept(start, end, levels)
+        else:
+            for start, end in pending.ranges:
+                self.target.fault_range(start, end)
+        faults = {lv: n - b for lv, n, b in zip(LEVELS, self._faults(), before, strict=True)}
         c = self.counters
         if pending.kind == "touch":
             if self.pkvm:
-                c["pkvm_donate_4k"] += faults["4K"]
-                c["pkvm_donate_2m"] += faults["2M"] + faults["1G"]
+                c["pkvm_donate_4k"] += faults[Level.PG_4K]
+                c["pkvm_donate_2m"] += faults[Level.PG_2M] + faults[Level.PG_1G]
             else:
                 for lv in LEVELS:
-                    c[f"s2_map_{lv.lower()}"] += faults[lv]
+                    c[f"s2_map_{lv.key}"] += faults[lv]
             return True
         for lv in LEVELS:
-            c[f"faults_in_{pending.kind}_{lv.lower()}"] += faults[lv]
-        for start, end, claim in pending.claims:
-            if pending.kind == "pvalidate":
-                self.settle_pvalidate(start << PAGE_SHIFT, end << PAGE_SHIFT, claim)
-            else:
-                self.settle_accept(start << PAGE_SHIFT, end << PAGE_SHIFT, claim)
+            c[f"faults_in_{pending.kind}_{lv.key}"] += faults[lv]
+        if pending.kind == "pvalidate":
+            for start, end, size in pending.claims:
+                self.settle_pvalidate(start << PAGE_SHIFT, end << PAGE_SHIFT, size)
         return True
 
     def settle_pvalidate(self, start: int, end: int, page_size: int) -> None:
         """Rows 23/24: 2M PVALIDATEs succeed where the RMP entry is 2M, else fall back to 512 x 4K."""
         c = self.counters
-        if page_size < PMD_PAGES * PAGE_SIZE:
+        if page_size < PMD.bytes:
             c["pvalidate_4k"] += (end - start) // PAGE_SIZE
             return
-        pieces = (end - start) // (PMD_PAGES * PAGE_SIZE)
+        pieces = (end - start) // PMD.bytes
         good = self.target.rmp_2m_pieces(start, end)
         c["pvalidate_2m"] += good
         c["pvalidate_2m_fallback"] += pieces - good
-        c["pvalidate_4k"] += ((end - start) % (PMD_PAGES * PAGE_SIZE)) // PAGE_SIZE
+        c["pvalidate_4k"] += ((end - start) % PMD.bytes) // PAGE_SIZE
 
-    def settle_accept(self, start: int, end: int, try_levels: tuple[int, ...]) -> None:
-        """§1.3: each piece is accepted at the largest try level its S-EPT leaf allows."""
+    def _accept(self, start: int, end: int, try_levels: tuple[int, ...]) -> None:
+        """One ``tdx_accept_memory`` call over gfns ``[start, end)`` (see the module docstring)."""
         c = self.counters
-        small = "tdx_accept_4k"
-        try_2m = PMD_PAGES * PAGE_SIZE in try_levels
-        for s, e, level in self.target.leaf_runs(start, end):
+        t = self.target
+        lo, hi = (PMD.align_up(start), PMD.align_down(end)) if PMD.bytes in try_levels else (end, end)
+        if hi <= lo:
+            lo = hi = end
+        for a, b in ((start, lo), (hi, end)):  # 4K pieces: GUEST_INHIBIT, mismatch demotes a 2M leaf
+            if a < b:
+                t.accept_4k(a << PAGE_SHIFT, b << PAGE_SHIFT)
+                t.fault_range(a, b, max_level=Level.PG_4K)
+        if lo < hi:
+            t.fault_range(lo, hi, max_level=PMD)
+        for s, e, level in t.leaf_runs(start << PAGE_SHIFT, end << PAGE_SHIFT):
             if level == 0:
                 continue  # the fault failed: nothing to accept
-            lo, hi = s + (-s) % PMD_PAGES, e - e % PMD_PAGES
-            whole_2m = max(hi - lo, 0) // PMD_PAGES
-            if level >= 2 and try_2m:
+            mid_s, mid_e = max(s, lo), min(e, hi)
+            whole_2m = max(PMD.align_down(mid_e) - PMD.align_up(mid_s), 0) // PMD.pages
+            if level >= Level.PG_2M:
                 c["tdx_accept_2m"] += whole_2m
-                c[small] += (e - s) - whole_2m * PMD_PAGES
+                c["tdx_accept_4k"] += (e - s) - whole_2m * PMD.pages
             else:
-                if try_2m:
-                    c["tdx_accept_2m_mismatch"] += whole_2m
-                c[small] += e - s
+                c["tdx_accept_2m_mismatch"] += whole_2m
+                c["tdx_accept_4k"] += e - s

@@ -161,25 +161,25 @@ class RunResult:
         }
 
 
-def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None, exact: bool = False,
+def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None, reference: bool = False,
                  progress: Callable[[int], None] | None = None, coalesce: bool = True,
                  overrides: Sequence[str] = ()) -> RunResult:
-    """Run a validated scenario under ``policy`` (checked) with ``seed``. ``exact`` and ``coalesce=False``
-    select the slow reference paths the tests compare against (see :mod:`gmemlab.sim.engine`).
+    """Run a validated scenario under ``policy`` (checked) with ``seed``. ``reference`` (the per-page oracle,
+    :mod:`gmemlab.sim.reference`) and ``coalesce=False`` select the slow paths the tests compare against.
     ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON)."""
     policy = effective_policy(check_policy(policy), sc.merge)
-    engine = Engine(sc, policy, seed, costs, exact=exact, progress=progress, coalesce=coalesce).run()
+    engine = Engine(sc, policy, seed, costs, reference=reference, progress=progress, coalesce=coalesce).run()
     return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, dict(engine.segment_cpus),
                      engine.level_shares(), engine.costs, dict(engine.events), engine.samples, engine.wall_s,
                      tuple(overrides))
 
 
 def simulate(scenario: str, policy: str | None = None, overrides: Sequence[str] = (), seed: int = 0,
-             costs: CostTable | None = None, exact: bool = False,
+             costs: CostTable | None = None, reference: bool = False,
              progress: Callable[[int], None] | None = None, coalesce: bool = True) -> RunResult:
     """Load ``scenario`` (a built-in name or a file) with ``--set`` overrides and run it; the policy defaults
     to the scenario's own ``policy``."""
     if policy is not None:
         check_policy(policy)
     sc = load_scenario(scenario, overrides)
-    return run_scenario(sc, policy or sc.policy, seed, costs, exact, progress, coalesce, overrides)
+    return run_scenario(sc, policy or sc.policy, seed, costs, reference, progress, coalesce, overrides)
