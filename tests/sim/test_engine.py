@@ -135,8 +135,8 @@ def test_attr_init_xarray_vs_maple_cost():
     assert xarray.counters["attr_xarray_pages"] == (1 << 40) // PAGE_SIZE
     assert xarray.times.cpu_by_category["attr_store"].seconds == pytest.approx(31.7276, rel=1e-4)  # >= 26 s
     assert xarray.metrics["tracking"]["per_page_entries"] == (1 << 40) // PAGE_SIZE
-    assert maple.counters["attr_maple_calls"] == 1
-    assert maple.times.cpu_by_category["attr_store"].seconds == pytest.approx(5e-6)
+    assert maple.counters["attr_maple_calls"] == 2  # one per memslot: below and above 4 GiB (QEMU)
+    assert maple.times.cpu_by_category["attr_store"].seconds == pytest.approx(2 * 5e-6)
     assert maple.metrics["tracking"]["per_page_entries"] == 0
 
 

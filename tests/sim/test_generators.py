@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import pytest
@@ -229,9 +230,10 @@ def test_pkvm_swiotlb_is_16384_share_hypercalls():
     assert sum(d.size for d in donated[:2]) == 41 * MiB  # pvmfw + kernel/initrd/DT donated on first access
 
 
-def test_set_attr_is_one_ranged_event():
+def test_set_attr_is_one_ranged_event_per_memslot():
     stream = events("attr-init-1t")
-    assert [e for e in stream if isinstance(e, ev.SetAttr)] == [ev.SetAttr(0, TiB, private=True)]
+    assert [e for e in stream if isinstance(e, ev.SetAttr)] == [ev.SetAttr(0, 2 * GiB, private=True),
+                                                                 ev.SetAttr(2 * GiB, TiB, private=True)]
     assert len(stream) < 10
 
 
@@ -366,3 +368,13 @@ def test_memory_does_not_grow_with_guest_size():
     count_large, peak_large = peak("1TiB")
     assert count_large > 40 * count_small
     assert peak_large < 2 * peak_small + 64 * KiB
+
+
+def test_memslots_as_qemu_splits_them():
+    """QEMU: RAM below 4 GiB, then above it in slots of at most KVM_MEM_MAX_NR_PAGES host pages."""
+    from gmemlab.workload.derived import KVM_SLOT_MAX_BYTES, memslots
+    assert memslots(GiB) == [(0, GiB)]
+    slots = memslots(16 * TiB)
+    assert slots[0] == (0, 2 * GiB) and sum(s for _, s in slots) == 16 * TiB
+    assert len(slots) == 3 and slots[1][1] == KVM_SLOT_MAX_BYTES and slots[2][0] % (2 * MiB)  # not 2M-aligned
+    assert all(o + s == n for (o, s), (n, _) in itertools.pairwise(slots))

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator
 
 from ..errors import UsageError
 from ..uapi import PAGE_SIZE, PMD_SIZE
+from ..workload.derived import memslots
 from ..workload.events import (
     CreateGmem,
     Event,
@@ -156,9 +157,12 @@ class Lifecycle:
         yield PhaseMark(Phase.LAUNCH)
         yield CreateGmem(sc.guest_mem, sc.gmem_flags.init == "shared", sc.gmem_flags.mmap,
                          sc.backing.allocator, sc.backing.page, sc.no_direct_map)
-        yield SetMemoryRegion(slot=0, gpa=0, size=sc.guest_mem, gmem_offset=0)
-        if sc.set_attr_private:
-            yield SetAttr(0, sc.guest_mem, private=True)
+        slots = memslots(sc.guest_mem)
+        for i, (offset, size) in enumerate(slots):  # q35: below and above 4 GiB, <= 8 TiB each
+            yield SetMemoryRegion(slot=i, gpa=offset, size=size, gmem_offset=offset)
+        if sc.set_attr_private:  # QEMU kvm_set_phys_mem: per memslot
+            for offset, size in slots:
+                yield SetAttr(offset, offset + size, private=True)
         if sc.populate.prealloc:
             yield Falloc(0, sc.guest_mem)
         yield from self.populate()

@@ -113,8 +113,12 @@ def _map_like(vm: Kvm, slot: Memslot, probe: int, p: int, q: int, level: Level, 
     file = slot.gmem_file
     assert file is not None
     pmd = Level.PG_2M
-    if any(x % pmd.pages for x in (slot.base_gfn, slot.end_gfn, slot.gmem_pgoff)):
-        return p  # memslot head/tail and offset rules differ per 2 MiB
+    if (slot.base_gfn ^ slot.gmem_pgoff) % pmd.pages:
+        return p  # gfn vs guest_memfd offset misaligned: disallow_lpage for every 2 MiB
+    for edge in (slot.base_gfn, slot.end_gfn):  # the memslot's partial head/tail 2 MiB pages decide alone
+        if edge % pmd.pages and pmd.align_down(edge - (edge == slot.end_gfn)) < q and \
+                probe < pmd.align_down(edge - (edge == slot.end_gfn)) + pmd.pages:
+            return p
     if slot.flags & KVM_MEM_LOG_DIRTY_PAGES and level != Level.PG_4K:
         return p
     if level == Level.PG_2M:

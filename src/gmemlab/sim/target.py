@@ -81,7 +81,7 @@ class Target:
         self.file: GmemFile | None = None
         self.mapping: ModelHostMapping | None = None
         self.shared_backing: ModelHostMapping | None = None
-        self.slot: Memslot | None = None
+        self.slots: list[Memslot] = []
         self.pins: dict[tuple[int, int], list[ModelPin]] = {}
         self.no_direct_map = False
         self.fault_errors = 0
@@ -156,18 +156,20 @@ class Target:
 
     def shared_bytes(self) -> int:
         """Bytes of guest memory shared now (what VFIO pins with per-page shared tracking, linux-7 §3)."""
-        if self.file is None or self.slot is None:
+        if self.file is None or not self.slots:
             return 0
-        if self.slot.gmem_tracks_shareability:
+        if self.slots[0].gmem_tracks_shareability:
             sh = self.inode.shareability
             return sum(e - s for s, e, shared in sh.runs(0, self.inode.npages) if shared) << PAGE_SHIFT
         private = KVM_MEMORY_ATTRIBUTE_PRIVATE
-        g0, g1 = self.slot.base_gfn, self.slot.end_gfn
+        g0, g1 = self.slots[0].base_gfn, self.slots[-1].end_gfn
         return sum(e - s for s, e, v in self.vm.attributes.runs(g0, g1) if not v & private) << PAGE_SHIFT
 
-    def _index(self, gfn: int) -> int:
-        assert self.slot is not None
-        return gfn - self.slot.base_gfn + self.slot.gmem_pgoff
+    @staticmethod
+    def _index(gfn: int) -> int:
+        """The file index of ``gfn``: the simulated memslots map RAM offset ``x`` at gfn ``x`` (events carry
+        RAM offsets, :mod:`gmemlab.arch.layout`)."""
+        return gfn
 
     # -- launch ------------------------------------------------------------------------------------
     def create_gmem(self, ev: CreateGmem) -> None:
@@ -195,7 +197,9 @@ class Target:
             uaddr = self.shared_backing.address
         self.vm.set_user_memory_region2(ev.slot, KVM_MEM_GUEST_MEMFD, ev.gpa, ev.size, uaddr, self.file,
                                         ev.gmem_offset)
-        self.slot = self.vm.find_memslot(ev.gpa >> PAGE_SHIFT)
+        slot = self.vm.find_memslot(ev.gpa >> PAGE_SHIFT)
+        assert slot is not None and slot.base_gfn == slot.gmem_pgoff
+        self.slots.append(slot)
 
     # -- VMM ioctls -------------------------------------------------------------------------------
     def set_attr(self, start: int, end: int, private: bool) -> bool:

@@ -43,6 +43,23 @@ def q35_low_top(ram: int) -> int:
     return 2 * GiB if ram >= Q35_LOWMEM_SPLIT else ram
 
 
+KVM_SLOT_MAX_BYTES = ((1 << 31) - 1) * 4096  # QEMU: KVM_MEM_MAX_NR_PAGES pages, the host page mask
+
+
+def memslots(ram: int) -> list[tuple[int, int]]:
+    """QEMU's memslots for the RAM block, as ``(RAM offset, size)``: the part below 4 GiB, then the part
+    above 4 GiB split into slots of at most ``KVM_SLOT_MAX_BYTES`` (``kvm_set_phys_mem``: 8 TiB - 4 KiB, so
+    a slot boundary there is not huge-page aligned)."""
+    low = q35_low_top(ram)
+    out = [(0, low)]
+    pos = low
+    while pos < ram:
+        size = min(ram - pos, KVM_SLOT_MAX_BYTES)
+        out.append((pos, size))
+        pos += size
+    return out
+
+
 def memmap_size(ram: int) -> int:
     """The early memmap buffer: 64 B of struct page per 4 KiB page, 2 MiB-aligned (``sparse_buffer_init``)."""
     return -(-(ram // 4096 * STRUCT_PAGE) // PMD) * PMD
