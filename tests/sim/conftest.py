@@ -14,7 +14,7 @@ from gmemlab.workload.scenario import Scenario, load_scenario
 
 
 def events(name: str, sets: Sequence[str] = (), seed: int = 0) -> list[Event]:
-    return list(generate(load_scenario(name, sets), seed))
+    return list(ev.expand(generate(load_scenario(name, sets), seed)))
 
 
 def directed(stream: Sequence[Event], cls: type, to_shared: bool) -> list[Event]:

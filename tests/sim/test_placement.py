@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import random
 
+import pytest
+
+from gmemlab.arch.acceptance import Acceptance
+from gmemlab.uapi import PAGE_SIZE
 from gmemlab.workload import events as ev
 from gmemlab.workload.derived import q35_low_top
-from gmemlab.workload.units import GiB, KiB, MiB
+from gmemlab.workload.units import GiB, KiB, MiB, TiB
 
 from .conftest import directed, events
 
@@ -84,3 +89,34 @@ def test_tdx_has_no_ghcb_or_bss_and_accepts_in_firmware_on_every_vcpu():
     assert firmware.cpus == 16
     ranges = shared(stream)
     assert not [r for r in ranges if r[1] - r[0] == 4 * KiB]
+
+
+def _runs_expanded(acc, amount):
+    out = []
+    for start, end, times in acc.advance_runs(amount):
+        out += [(start + k * acc.chunk, end + k * acc.chunk) for k in range(times)]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_advance_runs_is_advance_call_by_call(seed):
+    """The lazy frontier's runs (counted from the range map) are exactly the calls one by one."""
+    rng = random.Random(seed)
+    ram = rng.choice([64, 130, 257, 1024]) * MiB + rng.choice([0, 4 * KiB, 2 * MiB])
+    chunk, unit = rng.choice([(4 * MiB, 2 * MiB), (4 * MiB, 4 * KiB), (8 * MiB, 2 * MiB), (4 * MiB, 4 * MiB)])
+    origin = rng.choice([0, 2 * MiB, 6 * MiB])
+    a, b = Acceptance(ram, chunk, unit, origin), Acceptance(ram, chunk, unit, origin)
+    for _ in range(rng.randrange(4)):  # out-of-order acceptances (memblock, shared regions)
+        s = rng.randrange(0, ram // PAGE_SIZE) * PAGE_SIZE
+        e = min(ram, s + rng.choice([4 * KiB, 2 * MiB, 5 * MiB, 33 * MiB]))
+        assert list(a.accept(s, e)) == list(b.accept(s, e))
+    for step in (rng.randrange(ram // 3), ram):
+        amount = a.accepted + step
+        assert _runs_expanded(a, amount) == list(b.advance(amount))
+        assert (a.accepted, a.frontier, a.unaccepted()) == (b.accepted, b.frontier, b.unaccepted())
+
+
+def test_advance_runs_counts_instead_of_walking():
+    acc = Acceptance(64 * TiB, 4 * MiB, 2 * MiB, 2 * GiB)
+    runs = list(acc.advance_runs(64 * TiB))
+    assert len(runs) <= 4 and acc.unaccepted() == 2 * GiB  # the firmware's part below the origin is left

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
+from gmemlab.sim.engine import Engine
 from gmemlab.sim.run import simulate
+from gmemlab.workload.scenario import load_scenario
 
 # (scenario, overrides): every built-in at a size the per-page run affords, and the variants that take
 # other paths (backing sizes, TDX 2M, no mmap, order-0 folios, TDP capped at 4K, staged splits).
@@ -29,6 +31,11 @@ CASES = [
     ("non-coco-mmap-64g", ["guest_mem=256MiB", "runtime_s=5", "backing.page=2MiB"]),
     ("non-coco-mmap-64g", ["guest_mem=1GiB", "runtime_s=5", "guest_touch.fraction_of_mem=0.25"]),
     ("attr-init-1t", ["guest_mem=1GiB"]),
+    # runs of identical calls (Repeat) where the shortcut does not apply: conversions that do work, 4K units
+    ("snp-lazy-accept-64g", ["guest_mem=1GiB", "runtime_s=3", "set_attr_private=false"]),
+    ("snp-lazy-accept-64g", ["guest_mem=1GiB", "runtime_s=3", "accept.unit=4KiB"]),
+    ("tdx-boot-64g", ["guest_mem=3GiB", "runtime_s=3", "accept.firmware=all"]),
+    ("snp-eager-accept-64g", ["guest_mem=6GiB", "runtime_s=3", "accept.firmware=all"]),
 ]
 
 
@@ -39,6 +46,19 @@ def test_range_path_matches_the_per_page_reference(name, sets, policy):
     slow = simulate(name, policy, sets, reference=True, coalesce=False)
     assert fast.counters == slow.counters
     assert fast.metrics == slow.metrics
+
+
+@pytest.mark.parametrize("name", ["snp-lazy-accept-64g", "tdx-boot-64g", "snp-eager-accept-64g"])
+def test_runs_of_calls_taken_at_once_match_the_reference(name):
+    """Runs of identical calls (Repeat) applied at once, against the reference applying them call by call."""
+    sets = ["guest_mem=4GiB", "runtime_s=3", "accept.accepted_eventually=all"]
+    fast = Engine(load_scenario(name, sets), "eager").run()
+    assert fast.bulk_runs > 0
+    slow = Engine(load_scenario(name, sets), "eager", reference=True, coalesce=False).run()
+    assert slow.bulk_runs == 0
+    assert fast.counters == slow.counters and fast.events == slow.events
+    assert fast.model_metrics() == slow.model_metrics()
+    assert dict(fast.target.metrics) == dict(slow.target.metrics)
 
 
 @pytest.mark.parametrize("policy", ["eager+staged", "deferred+direct", "eager+merge-never"])

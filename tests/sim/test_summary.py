@@ -13,7 +13,8 @@ def test_msr_exits_in_describe_match_the_stream():
     sc = load_scenario("snp-lazy-accept-64g", ["guest_mem=4GiB", "runtime_s=0"])
     rows = {c.quantity: c.value for c in derived_counts(sc)}
     msr = sum(int(rows[f"{name}: MSR-protocol exits"]) for name in ("bss_decrypted", "percpu_decrypted", "ghcb"))
-    single = [e for e in generate(sc, 5) if isinstance(e, ev.Psc) and e.entries == 1 and e.runs[0].size == 4096]
+    stream = ev.expand(generate(sc, 5))
+    single = [e for e in stream if isinstance(e, ev.Psc) and e.entries == 1 and e.runs[0].size == 4096]
     assert msr == 512 + 16 + 16
     assert len(single) >= msr  # plus GHCB-protocol single-page conversions (OVMF's GHCBs, runtime buffers)
 

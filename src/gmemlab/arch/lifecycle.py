@@ -53,6 +53,7 @@ from ..workload.events import (
     SetMemoryRegion,
     Tick,
     Unpin,
+    repeated,
 )
 from ..workload.scenario import Scenario, SharedRegion
 from ..workload.units import GiB, KiB, MiB, format_size
@@ -112,6 +113,14 @@ class Lifecycle:
         for start, end in chunks:
             yield from self.guest.accept(start, end)
 
+    def _accept_runs(self, runs: Iterable[tuple[int, int, int]]) -> Iterator[Event]:
+        """Lazy steps (:meth:`Acceptance.advance_runs`): a run of identical calls as one :class:`Repeat`."""
+        guest, stride = self.guest, self.acceptance.chunk
+        for start, end, times in runs:
+            def call(d: int, s: int = start, e: int = end) -> Iterator[Event]:
+                return guest.accept(s + d, e + d)
+            yield from repeated(call, times, stride)
+
     def accepted_total(self) -> int:
         return self.sc.guest_mem - self.acceptance.unaccepted() if self.acceptance.enabled else 0
 
@@ -119,7 +128,7 @@ class Lifecycle:
         """Lazy steps until ``total`` bytes of RAM are accepted."""
         need = total - self.accepted_total()
         if need > 0:
-            yield from self._accept(self.acceptance.advance(self.acceptance.accepted + need))
+            yield from self._accept_runs(self.acceptance.advance_runs(self.acceptance.accepted + need))
 
     def _ram_offset(self, gpa: int, size: int) -> int | None:
         """The RAM offset of a payload GPA (q35: GPA 4 GiB is offset ``low_top``), None for the flash."""
@@ -227,12 +236,12 @@ class Lifecycle:
             for region in self._regions(when):
                 yield from self.shared_region(region)
         if sc.accept.mode == "lazy":  # smp_init: every allocation accepts a block until the watermarks (A8)
-            yield from self._accept(self.acceptance.advance(self.acceptance.accepted + plan.storm))
+            yield from self._accept_runs(self.acceptance.advance_runs(self.acceptance.accepted + plan.storm))
         for when in ("postcore_initcall", "device_initcall", "late"):
             for region in self._regions(when):
                 yield from self.shared_region(region)
         if sc.accept.mode == "lazy":  # what the boot allocates, plus the promo watermark kept accepted (A7)
-            yield from self._accept(self.acceptance.advance(self.acceptance.accepted + plan.boot))
+            yield from self._accept_runs(self.acceptance.advance_runs(self.acceptance.accepted + plan.boot))
         if self.bss_decrypted is not None:  # free_initmem -> mem_encrypt_free_decrypted_mem
             start, end = self.bss_decrypted
             used = BSS_DECRYPTED_USED

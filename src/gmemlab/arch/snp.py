@@ -17,11 +17,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from ..uapi import PAGE_SIZE, PMD_SIZE
 from ..workload.derived import OVMF_PSC_MAX_ENTRIES, PSC_MAX_ENTRIES
-from ..workload.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate
+from ..workload.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate, repeated
 from .base import GuestArch
 
 
@@ -66,20 +66,33 @@ class SnpGuest(GuestArch):
             yield HcMapGpa(run.start, run.end)
             yield from self.vmm.convert(run.start, run.end, to_shared)
 
+    def _descriptor(self, runs: tuple[PscRun, ...], to_shared: bool) -> Iterator[Event]:
+        """One PSC VMGEXIT and what follows it (rescind before sharing, validate after privatizing)."""
+        if to_shared:
+            yield from self._pvalidate(runs, validate=False)
+        yield Psc(runs)
+        yield from self._exits(runs, to_shared)
+        if not to_shared:
+            yield from self._pvalidate(runs, validate=True)
+
     def _change(self, start: int, end: int, to_shared: bool, msr: bool = False,
                 max_entries: int = PSC_MAX_ENTRIES) -> Iterator[Event]:
-        if msr:
-            descriptors: Iterable[tuple[PscRun, ...]] = (
-                (PscRun(a, a + PAGE_SIZE, PAGE_SIZE),) for a in range(start, end, PAGE_SIZE))
-        else:
-            descriptors = psc_descriptors(start, end, self.sc.accept.psc_entry_size >= PMD_SIZE, max_entries)
-        for runs in descriptors:
-            if to_shared:
-                yield from self._pvalidate(runs, validate=False)
-            yield Psc(runs)
-            yield from self._exits(runs, to_shared)
-            if not to_shared:
-                yield from self._pvalidate(runs, validate=True)
+        if msr:  # one 4K page per VMGEXIT
+            pages = (end - start) // PAGE_SIZE
+            yield from repeated(lambda d: self._descriptor((PscRun(start + d, start + d + PAGE_SIZE, PAGE_SIZE),),
+                                                           to_shared), pages, PAGE_SIZE)
+            return
+        use_2m = self.sc.accept.psc_entry_size >= PMD_SIZE
+        entry = PMD_SIZE if use_2m else PAGE_SIZE
+        full = max_entries * entry  # a descriptor of max_entries entries: the same call every `full` bytes
+        if start % entry == 0 and end - start >= 2 * full:
+            n = (end - start) // full
+            yield from repeated(lambda d: self._descriptor((PscRun(start + d, start + d + full, entry),), to_shared),
+                                n, full)
+            start += n * full
+        if start < end:
+            for runs in psc_descriptors(start, end, use_2m, max_entries):
+                yield from self._descriptor(runs, to_shared)
 
     def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
         # OVMF MemEncryptSevSnpPreValidateSystemRam: PSC of up to 253 entries, 2M where aligned (F2)

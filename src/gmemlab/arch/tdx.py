@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..uapi import PAGE_SIZE, PMD_SIZE
-from ..workload.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa
+from ..workload.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa, repeated
 from .base import GuestArch
 
 FIRMWARE_CHUNK = 32 << 20  # OvmfPkg TdxHelperLib ACCEPT_CHUNK_SIZE
@@ -31,15 +31,23 @@ class TdxGuest(GuestArch):
 
     def _map_gpa(self, start: int, end: int, to_shared: bool) -> Iterator[Event]:
         yield MapGpa(start, end)
-        step = self.sc.arch_limits.map_gpa_chunk
-        for piece in range(start, end, step):
-            yield HcMapGpa(piece, min(piece + step, end))
-            yield from self.vmm.convert(piece, min(piece + step, end), to_shared)
+        step = self.sc.arch_limits.map_gpa_chunk  # KVM exits to userspace per 2 MiB piece
+        n = (end - start) // step
+        yield from repeated(lambda d: self._map_gpa_piece(start + d, start + d + step, to_shared), n, step)
+        if start + n * step < end:
+            yield from self._map_gpa_piece(start + n * step, end, to_shared)
+
+    def _map_gpa_piece(self, start: int, end: int, to_shared: bool) -> Iterator[Event]:
+        yield HcMapGpa(start, end)
+        yield from self.vmm.convert(start, end, to_shared)
 
     def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
         # OVMF SEC: 32 MiB chunks over the vCPUs, TDCALL ACCEPT at PcdTdxAcceptPageSize (2M) then 4K (F4, F5)
-        for piece in range(start, end, FIRMWARE_CHUNK):
-            yield Accept(piece, min(piece + FIRMWARE_CHUNK, end), FIRMWARE_TRY_LEVELS)
+        n = (end - start) // FIRMWARE_CHUNK
+        yield from repeated(lambda d: (Accept(start + d, start + d + FIRMWARE_CHUNK, FIRMWARE_TRY_LEVELS),), n,
+                            FIRMWARE_CHUNK)
+        if start + n * FIRMWARE_CHUNK < end:
+            yield Accept(start + n * FIRMWARE_CHUNK, end, FIRMWARE_TRY_LEVELS)
 
     def accept(self, start: int, end: int) -> Iterator[Event]:
         yield Accept(start, end, self.sc.accept.guest_try_levels)

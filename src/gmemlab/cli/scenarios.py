@@ -35,7 +35,7 @@ from ..errors import UsageError
 from ..output import atomic_write, check_output
 from ..sim.run import params
 from ..sim.summary import derived_counts
-from ..workload.events import format_event
+from ..workload.events import format_event, tally
 from ..workload.scenario import Scenario, builtin_names, load_scenario
 from ..workload.schema import Portion
 from ..workload.units import format_level, format_size
@@ -120,11 +120,8 @@ def describe(console: Console, sc: Scenario, as_json: bool = False, overrides: S
 
 def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
     by_type: Counter[str] = Counter()
-    exits = 0
     for i, event in enumerate(generate(sc, seed)):
-        name = type(event).__name__
-        by_type[name] += 1
-        exits += name == "HcMapGpa"
+        by_type.update(tally((event,)))
         if i < limit:
             console.print(f"{i:>6}  {format_event(event)}", highlight=False, markup=False)
     table = Table(title=escape(f"{sc.name}: events by type (seed {seed})"))
@@ -134,7 +131,7 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
         table.add_row(name, f"{count:,}")
     table.add_row("total", f"{sum(by_type.values()):,}", style="bold")
     console.print(table)
-    console.print(f"userspace exits: {exits:,}", highlight=False)
+    console.print(f"userspace exits: {by_type['HcMapGpa']:,}", highlight=False)
 
 
 def export(name: str, out: Path | None, force: bool) -> None:

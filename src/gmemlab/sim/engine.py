@@ -34,7 +34,7 @@ from typing import Any
 
 from ..arch import generate
 from ..level import HUGE_LEVELS, Level
-from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE
+from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT
 from ..workload.events import (
     Accept,
     CreateGmem,
@@ -54,6 +54,7 @@ from ..workload.events import (
     Psc,
     Punch,
     Pvalidate,
+    Repeat,
     SetAttr,
     SetMemoryRegion,
     Share,
@@ -111,6 +112,7 @@ class Engine:
         self.seed = seed
         self.costs = costs or CostTable()
         self.target = ReferenceTarget(sc, policy) if reference else Target(sc, policy)
+        self.reference = reference
         self.progress = progress
         self.counters: Counter[str] = Counter()  # what the model does not count
         self.events: Counter[str] = Counter()
@@ -120,6 +122,7 @@ class Engine:
         self.segment_cpus: dict[str, int] = {}  # vCPUs sharing each segment's parallel work
         self.phase = Phase.LAUNCH.value
         self.wall_s = 0.0
+        self.coalesce = coalesce
         self.faults = FaultBatch(self.target, self.counters, pkvm=sc.arch == "pkvm", coalesce=coalesce)
         self._ctx: ctr.PriceContext | None = None
         self._lane = SERIAL
@@ -132,23 +135,17 @@ class Engine:
             cls: getattr(self, f"_on_{cls.__name__}")
             for cls in (PhaseMark, Tick, CreateGmem, SetMemoryRegion, SetAttr, GmemConvert, Falloc, Punch,
                         HostWrite, Populate, LaunchFinish, Pin, Unpin, GuestFault, HcMapGpa, Psc,
-                        Pvalidate, Accept, MapGpa, Share, Unshare, MmioGuardMap)
+                        Pvalidate, Accept, MapGpa, Share, Unshare, MmioGuardMap, Repeat)
         }
+        self._n = 0
+        self.bulk_runs = 0  # Repeat runs applied at once (_on_Repeat)
 
     # -- driving ----------------------------------------------------------------------------------
     def run(self, stream: Iterable[Event] | None = None) -> Engine:
         """Apply every event (the scenario's generated stream unless ``stream`` is given)."""
         t0 = time.perf_counter()
-        handlers = self._handlers
-        events = self.events
-        n = 0
         for event in generate(self.sc, self.seed) if stream is None else stream:
-            cls = type(event)
-            events[cls.__name__] += 1
-            handlers[cls](event)
-            n += 1
-            if self.progress is not None and not n % PROGRESS_EVERY:
-                self.progress(n)
+            self._dispatch(event)
         self._flush()
         self._close_span()
         if self.phase == Phase.RUNTIME:
@@ -159,9 +156,18 @@ class Engine:
             self.snapshot = self._take_snapshot()
         self._sample("end")
         if self.progress is not None:
-            self.progress(n)
+            self.progress(self._n)
         self.wall_s = time.perf_counter() - t0
         return self
+
+    def _dispatch(self, event: Event) -> None:
+        cls = type(event)
+        if cls is not Repeat:  # a run counts the calls it stands for
+            self.events[cls.__name__] += 1
+            self._n += 1
+            if self.progress is not None and not self._n % PROGRESS_EVERY:
+                self.progress(self._n)
+        self._handlers[cls](event)
 
     # -- results ----------------------------------------------------------------------------------
     def level_shares(self) -> dict[str, float]:
@@ -407,6 +413,79 @@ class Engine:
     def _on_Unshare(self, ev: Unshare) -> None:
         self._enter(PARALLEL)
         self.counters["pkvm_unshare_hvc"] += ev.hypercalls
+
+    def _on_Repeat(self, ev: Repeat) -> None:
+        """A run of identical calls (:class:`Repeat`). The first copy is applied event by event. The rest
+        at once where that is exact: every event either only counts (PSC VMGEXITs, exits, MapGPA, a
+        conversion or SET_ATTR that is a no-op over the whole run: the ``raw`` counters the first copy
+        added, taken ``times - 1`` more times) or is one kind of guest fault whose copies tile one range
+        (aligned so PVALIDATE pieces and ACCEPT calls settle the same over the union, ``faults``). Anything
+        else, and the reference run, applies every copy event by event."""
+        block = ev.block
+        kind = self._bulk_kind(ev)
+        if kind is None or ev.times == 1:
+            for k in range(ev.times):
+                for e in ev.copy(k):
+                    self._dispatch(e)
+            return
+        self._flush()
+        before = ctr.raw(self.target, self.counters)
+        for e in block:
+            self._dispatch(e)
+        delta = ctr.raw(self.target, self.counters) - before
+        rest = ev.times - 1
+        if any(("." in key and not key.startswith("m.")) or key == "fault_errors" for key in delta):
+            for k in range(1, ev.times):  # the first copy did more than count: no shortcut
+                for e in ev.copy(k):
+                    self._dispatch(e)
+            return
+        for key, n in delta.items():
+            if not key.startswith("m."):
+                self.counters[key] += n * rest
+        self.target.count({k[2:]: n for k, n in delta.items() if k.startswith("m.")}, rest)
+        self.bulk_runs += 1
+        for e in block:
+            self.events[type(e).__name__] += rest
+        self._n += rest * len(block)
+        span = rest * ev.stride
+        for e in block:
+            if isinstance(e, Pvalidate):
+                self.faults.add("pvalidate", e.end, e.end + span, e.page_size)
+            elif isinstance(e, Accept):
+                self.faults.add("accept", e.end, e.end + span, e.try_levels)
+            elif isinstance(e, GuestFault):
+                self.faults.add("touch", e.end, e.end + span)
+
+    def _bulk_kind(self, ev: Repeat) -> str | None:
+        """The one fault kind of a run that can be applied at once (``""``: none), None when it cannot."""
+        if self.reference or not self.coalesce:
+            return None
+        t, stride = self.target, ev.stride
+        union = ev.times * stride
+        kinds = set()
+        for e in ev.block:
+            if isinstance(e, (Psc, MapGpa)):
+                continue
+            if not isinstance(e, (HcMapGpa, GmemConvert, SetAttr, Pvalidate, Accept, GuestFault)) or e.size != stride:
+                return None  # copies must tile one range
+            if isinstance(e, GmemConvert):
+                if t.conversion_work(e.start, e.start + union, e.to_shared)[0]:
+                    return None
+            elif isinstance(e, SetAttr):
+                value = KVM_MEMORY_ATTRIBUTE_PRIVATE if e.private else 0
+                if not t.vm.attributes.all_equal(e.gfn_start, (e.start + union) >> PAGE_SHIFT, value):
+                    return None
+            elif isinstance(e, Pvalidate):
+                if not e.validate or e.start % e.page_size or stride % e.page_size:
+                    return None
+                kinds.add("pvalidate")
+            elif isinstance(e, Accept):
+                if e.start % Level.PG_2M.bytes or stride % Level.PG_2M.bytes:
+                    return None  # 4K heads and tails would sit at the joins
+                kinds.add("accept")
+            elif isinstance(e, GuestFault):
+                kinds.add("touch")
+        return kinds.pop() if len(kinds) == 1 else ("" if not kinds else None)
 
     def _on_MmioGuardMap(self, ev: MmioGuardMap) -> None:
         self._enter(PARALLEL)

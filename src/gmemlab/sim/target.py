@@ -92,6 +92,12 @@ class Target:
         """The model's metrics sink (keys: the cost model's counters, :mod:`gmemlab.model.metrics`)."""
         return self.backend.counters.counters
 
+    def count(self, delta: Mapping[str, int], times: int = 1) -> None:
+        """Add ``times`` x ``delta`` to the model's metrics sink: what ``times`` more copies of calls that only
+        counted did (:meth:`gmemlab.sim.engine.Engine._on_Repeat`)."""
+        for key, n in delta.items():
+            self.backend.counters.add(key, n * times)
+
     @property
     def inode(self) -> GmemInode:
         assert self.file is not None, "CREATE_GMEM has not run"

@@ -2,8 +2,8 @@
 
 Every event carries **ranges, never per-page lists** (DESIGN.md principle 3): a 4 MiB accept is one
 :class:`Accept`, a 64 MiB pKVM share is one :class:`Share` standing for 16,384 hypercalls. Ranges are
-guest-physical byte addresses ``[start, end)``, page aligned. The simulated VM has one memslot (slot 0)
-mapping GPA ``[0, guest_mem)`` to guest_memfd offset ``[0, guest_mem)``, so a GPA is also a file offset;
+RAM offsets ``[start, end)``, page aligned: the simulated memslots (QEMU's, :func:`~gmemlab.workload.derived.memslots`)
+map RAM offset ``x`` at gfn ``x >> 12`` and guest_memfd offset ``x``, so an address is also a file offset;
 ranges at or above ``guest_mem`` are outside RAM (e.g. TDX's MMIO hole, §1.3). ``gfn_start``/``gfn_end``
 give the frame numbers.
 
@@ -14,11 +14,17 @@ Who decides what (the engine applies these to the model under a policy):
   mapping level a :class:`GuestFault` gets (§2.1), and whether a conversion fails with EAGAIN (§3.4).
 * An exit event (:class:`HcMapGpa`) only records the trip to userspace; the VMM's reaction follows as
   explicit events (:class:`GmemConvert`, or :class:`SetAttr` plus :class:`Punch`).
+
+A regular run of identical calls (lazy acceptance's 4 MiB steps, OVMF's 32 MiB chunks, full PSC
+descriptors) is one :class:`Repeat`, so the stream follows the number of irregularities, not the guest
+size; :func:`expand` gives the calls one by one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
@@ -292,17 +298,106 @@ class MmioGuardMap(PerGranule):
     """pKVM MMIO_GUARD_MAP of device pages: one hypercall per granule, not guest RAM (§1.4)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """``block`` ``times`` times in a row, the ``k``-th copy shifted by ``k * stride`` bytes (:func:`shift`):
+    one event for a regular run of identical calls. The engine may apply a run at once where that is
+    exact (:meth:`gmemlab.sim.engine.Engine._on_Repeat`); the reference run applies the copies one by one."""
+
+    block: tuple[Event, ...]
+    times: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if not self.block or self.times < 1 or self.stride <= 0 or self.stride % PAGE_SIZE:
+            raise ValueError(f"Repeat: bad run ({len(self.block)} events x {self.times}, stride {self.stride:#x})")
+
+    def copy(self, k: int) -> tuple[Event, ...]:
+        return shifted(self.block, k * self.stride)
+
+    @property
+    def count(self) -> int:
+        """How many events the run stands for."""
+        return self.times * sum(e.count if isinstance(e, Repeat) else 1 for e in self.block)
+
+
 Event = (
     PhaseMark | Tick | CreateGmem | SetMemoryRegion | SetAttr | GmemConvert | Falloc | Punch | HostWrite
     | Populate | LaunchFinish | Pin | Unpin | GuestFault | HcMapGpa | Psc | Pvalidate | Accept
-    | MapGpa | Share | Unshare | MmioGuardMap
+    | MapGpa | Share | Unshare | MmioGuardMap | Repeat
 )
+
+
+def shift(event: Event, delta: int) -> Event:
+    """``event`` moved by ``delta`` bytes (ranged events, PSC descriptors and runs of them only)."""
+    if isinstance(event, Range):
+        return replace(event, start=event.start + delta, end=event.end + delta)
+    if isinstance(event, Psc):
+        return Psc(tuple(replace(r, start=r.start + delta, end=r.end + delta) for r in event.runs))
+    if isinstance(event, Repeat):
+        return Repeat(shifted(event.block, delta), event.times, event.stride)
+    raise ValueError(f"{type(event).__name__} has no address to shift")
+
+
+def shifted(block: Iterable[Event], delta: int) -> tuple[Event, ...]:
+    return tuple(shift(e, delta) for e in block) if delta else tuple(block)
+
+
+def expand(stream: Iterable[Event]) -> Iterator[Event]:
+    """The stream with every :class:`Repeat` written out call by call."""
+    for event in stream:
+        if isinstance(event, Repeat):
+            for k in range(event.times):
+                yield from expand(event.copy(k))
+        else:
+            yield event
+
+
+def tally(stream: Iterable[Event]) -> Counter[str]:
+    """Events by type, a :class:`Repeat` counted as the calls it stands for (without writing them out)."""
+    out: Counter[str] = Counter()
+    for event in stream:
+        if isinstance(event, Repeat):
+            for name, n in tally(event.block).items():
+                out[name] += n * event.times
+        else:
+            out[type(event).__name__] += 1
+    return out
+
+
+def repeated(make: Callable[[int], Iterable[Event]], times: int, stride: int) -> Iterator[Event]:
+    """The events of ``make(k * stride)`` for ``k < times``: one :class:`Repeat` when the copies are shifts of
+    the first (checked on the second and the last; ``make`` must not depend on anything but its argument),
+    else one by one."""
+    if times <= 0:
+        return
+    first = tuple(make(0))
+    if times == 1 or not first:
+        yield from first
+        if times > 1:
+            for k in range(1, times):
+                yield from make(k * stride)
+        return
+    last = (times - 1) * stride
+    try:
+        regular = tuple(make(stride)) == shifted(first, stride) and tuple(make(last)) == shifted(first, last)
+    except ValueError:
+        regular = False
+    if regular:
+        yield Repeat(first, times, stride)
+        return
+    yield from first
+    for k in range(1, times):
+        yield from make(k * stride)
 
 _LEVEL_FIELDS = {"page_size", "granule", "want_size"}
 
 
 def format_event(event: Event) -> str:
     """One line: ``Pvalidate [0x40000000-0x40400000) 4MiB page_size=2M validate=True``."""
+    if isinstance(event, Repeat):
+        inner = "; ".join(format_event(e) for e in event.block)
+        return f"Repeat x{event.times:,} every {format_size(event.stride)}: {inner}"
     parts = [type(event).__name__]
     if isinstance(event, Range):
         parts.append(f"[{event.start:#x}-{event.end:#x}) {format_size(event.size)}")
