@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gmemlab.errors import UsageError
+from gmemlab.sim.run import simulate
 from gmemlab.workload.scenario import builtin_names, load_scenario
 from gmemlab.workload.units import GiB, MiB
 
@@ -129,8 +130,15 @@ def test_bad_set_values(override, reason):
 
 
 def test_cross_field_error_names_the_override():
-    message = error("dpdk-shared-buffers-64g", ["guest_mem=2GiB"])
-    assert "dpdk-shared-buffers-64g.toml (with --set guest_mem=2GiB): shared_regions.swiotlb.size:" in message
+    message = error("dpdk-shared-buffers-64g", ["guest_mem=2GiB", "shared_regions.virtio_ring.size=1GiB"])
+    assert ("dpdk-shared-buffers-64g.toml (with --set guest_mem=2GiB, --set shared_regions.virtio_ring.size=1GiB): "
+            "shared_regions.virtio_ring.size: 16 x 1GiB exceeds guest_mem 2GiB") in message
+
+
+def test_the_swiotlb_halves_until_it_fits():
+    """swiotlb_init_remap: a swiotlb= larger than what memblock finds is halved (the pool stays shared)."""
+    small = simulate("dpdk-shared-buffers-64g", "eager", ["guest_mem=1GiB", "runtime_s=1"])
+    assert 0 < small.metrics["shared_bytes"] < GiB // 2
 
 
 def test_unknown_scenario():

@@ -66,7 +66,9 @@ from .regions import Placer
 LOW_BIAS = 0.8
 BSS_DECRYPTED_USED = 12 * KiB  # boot_ghcb_page, hv_clock_boot, wall_clock stay shared (placement §2)
 TDX_FIRMWARE_CHUNK = 32 * MiB  # OVMF SEC ACCEPT_CHUNK_SIZE, strided over the vCPUs (placement F4)
-FIRMWARE_FLASH_TOP = 4 * GiB  # payload GPAs in [low_top, 4 GiB) are the flash, not RAM
+FIRMWARE_FLASH_TOP = 4 * GiB
+IO_TLB_SEGMENT = 128 * 2 * KiB  # IO_TLB_SEGSIZE slabs of 1 << IO_TLB_SHIFT bytes
+IO_TLB_MIN = 1 * MiB  # IO_TLB_MIN_SLABS  # payload GPAs in [low_top, 4 GiB) are the flash, not RAM
 
 
 class Lifecycle:
@@ -261,16 +263,27 @@ class Lifecycle:
                 start = self.layout.outside_ram(size, align)
                 yield from self.guest.map_device(start, start + size, region.granule)
                 continue
-            try:
-                start = self.placer.place(region, i, size, align)
-            except PlacementError as exc:
-                raise self._fail(f"shared_regions.{region.name}", f"cannot place {format_size(size)}: {exc}") from None
+            start, size, align = self._place(region, i, size, align)
             yield from self._accept(self.acceptance.accept(start, start + size))
             yield from self.guest.to_shared(start, start + size, msr=region.msr, granule=region.granule)
             if region.rule == "bss_decrypted" and self.bss_decrypted is None:
                 self.bss_decrypted = (start, start + size)
             if region.pool:
                 self.pool.append((start, start + size))
+
+    def _place(self, region: SharedRegion, index: int, size: int, align: int) -> tuple[int, int, int]:
+        """Instance ``index`` of ``region``: (start, size, align). The swiotlb halves until memblock finds
+        room, to a multiple of IO_TLB_SEGSIZE slabs and not below IO_TLB_MIN_SLABS (``swiotlb_init_remap``);
+        an alignment larger than the halved size follows it down (the largest power of two that fits)."""
+        while True:
+            try:
+                return self.placer.place(region, index, size, align), size, align
+            except PlacementError as exc:
+                if region.rule != "swiotlb" or size <= IO_TLB_MIN:
+                    raise self._fail(f"shared_regions.{region.name}",
+                                     f"cannot place {format_size(size)}: {exc}") from None
+                size = max(IO_TLB_MIN, -(-(size // 2) // IO_TLB_SEGMENT) * IO_TLB_SEGMENT)
+                align = min(align, 1 << (size.bit_length() - 1))
 
     def runtime(self) -> Iterator[Event]:
         sc = self.sc

@@ -37,6 +37,7 @@ from .layout import Layout, PlacementError, align_down
 
 SWIOTLB_GAP = 64 * MiB  # [assumed] OVMF ACPI/runtime/boot-services areas + initrd at the top of low RAM
 SWIOTLB_GAP_PAGES = 511  # [assumed] plus 0..511 pages: the swiotlb is 4 KiB- but not 2 MiB-aligned
+KERNEL_LOAD = 16 * MiB  # CONFIG_PHYSICAL_START, no KASLR
 KERNEL_BSS_DECRYPTED = 48 * MiB  # [assumed] 16 MiB load address + ~32 MiB of kernel text and data
 DMA_ZONE_TOP = 16 * MiB  # ZONE_DMA
 LOW_NORMAL_MIN = 64 * MiB  # [assumed] window of boot-time buddy allocations above 4 GiB
@@ -55,6 +56,9 @@ class Placer:
         self.acceptance = acceptance
         self.rng = rng
         self.slack = slack
+        # early_reserve_memory (arch/x86/kernel/setup.c): the kernel image, and the first 1 MiB of RAM
+        layout.reserve(0, 1 * MiB)
+        layout.reserve(KERNEL_LOAD, min(KERNEL_BSS_DECRYPTED, sc.guest_mem))
         self._top_block(sc.guest_mem)
         self._firmware_ghcb: int | None = None
 
