@@ -228,7 +228,7 @@ def events_json(sc: Scenario, limit: int, seed: int) -> None:
     by_type: Counter[str] = Counter()
     first: list[str] = []
     for i, event in enumerate(generate(sc, seed)):
-        by_type[type(event).__name__] += 1
+        by_type.update(tally((event,)))
         if i < limit:
             first.append(format_event(event))
     typer.echo(json.dumps({"name": sc.name, "seed": seed, "events": first, "by_type": dict(by_type),

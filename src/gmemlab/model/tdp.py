@@ -145,7 +145,7 @@ def _map_like(vm: Kvm, slot: Memslot, probe: int, p: int, q: int, level: Level, 
     vendor = vm.vendor
     n = q - p
     if level == Level.PG_4K:
-        forced = (folio == Level.PG_4K or Level(vm.config.tdp_max_level) == Level.PG_4K or max_level == Level.PG_4K
+        forced = (folio == Level.PG_4K or vm.config.tdp_max_level == Level.PG_4K or max_level == Level.PG_4K
                   or (is_private and vendor.private_max_level() == Level.PG_4K))
         if not forced or (is_private and not vendor.private_run(inode, p, ip, n, level)):
             return p

@@ -155,9 +155,7 @@ def write_tornado(result: Sensitivity, path: str, top: int = 12) -> Path:
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{result.title}: each assumed weight {lo_f:g}x-{hi_f:g}x, {a} vs {b}")
     try:
-        fig.savefig(target, format="png", dpi=90)
-    except OSError as exc:
-        raise UsageError(f"--plot {path}: {exc.strerror or exc}") from None
+        save_figure(fig, target, "--plot", dpi=90)  # the format follows the extension; atomic
     finally:
         plt.close(fig)
     return target
