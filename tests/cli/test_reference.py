@@ -21,7 +21,7 @@ def test_reference_doc_is_current() -> None:
 
 def test_reference_lists_every_key_settable_with_set() -> None:
     listed = {k.key for k in keys()}
-    for key in ("guest_mem", "accept.pre_watermark_storm.extra_fraction", "runtime_churn.size_dist",
+    for key in ("guest_mem", "accept.pre_watermark.per_vcpu", "runtime_churn.size_dist",
                 "shared_regions.NAME.size", "populate.ranges[N].gpa", "arch_limits.private_max_level"):
         assert key in listed
     for k in keys():
