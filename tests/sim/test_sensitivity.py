@@ -88,4 +88,4 @@ def test_cli_tables_json_plot_and_bad_input(tmp_path):
         (["--policy", "eager", "--policy", "deferred", "--plot", str(tmp_path)], "is a directory"),
     ):
         result = runner.invoke(app, ["sensitivity", "churn-pingpong", *args])
-        assert result.exit_code != 0 and message in str(result.exception or result.output), args
+        assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output, args
