@@ -134,7 +134,9 @@ def rss_text() -> str:
         import resource
 
         nbytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return f"{nbytes / (1 << 20):,.0f} MiB"
+    from ..workload.units import format_bytes
+
+    return format_bytes(nbytes)
 
 
 # --- the root command: one error style, exit status --------------------------------------------------------
@@ -154,7 +156,10 @@ def _given(args: Sequence[str], option: str) -> str | None:
 
 def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
     """A typer/click usage error as one line, with did-you-mean for a mistyped choice."""
-    from typer._click import exceptions as cx  # typer >= 0.26 vendors click
+    try:
+        from typer._click import exceptions as cx  # typer >= 0.26 vendors click
+    except ImportError:  # pragma: no cover - older typer on click
+        from click import exceptions as cx  # type: ignore[no-redef]
 
     ctx = getattr(exc, "ctx", None)
     where = ctx.command_path if ctx is not None else "gmemlab"
@@ -185,7 +190,14 @@ def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
 
 
 class GmemlabGroup(TyperGroup):
-    """The root command: maps every outcome to the exit status convention, with one error style."""
+    """The root command: maps every outcome to the exit status convention, with one error style; every
+    command's help ends with the exit status convention."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not getattr(cmd, "epilog", None):
+            cmd.epilog = EXIT_STATUS_HELP
+        return cmd
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:

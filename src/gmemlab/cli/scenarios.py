@@ -39,7 +39,7 @@ from ..workload.events import format_event, tally
 from ..workload.scenario import Scenario, builtin_names, load_scenario
 from ..workload.schema import Portion
 from ..workload.units import format_level, format_size
-from .common import Col, fit_table, unknown
+from .common import Col, GmemlabGroup, fit_table, unknown
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
 _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "map_gpa_chunk"}
@@ -153,8 +153,8 @@ def export(name: str, out: Path | None, force: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(help="Simulator scenarios: list, describe, inspect generated events, export a starting file.",
-                      invoke_without_command=True, no_args_is_help=False)
+    sub = typer.Typer(cls=GmemlabGroup, invoke_without_command=True, no_args_is_help=False,
+                      help="Simulator scenarios: list, describe, inspect generated events, export a starting file.")
 
     @sub.callback()
     def scenarios(ctx: typer.Context,

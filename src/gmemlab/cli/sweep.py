@@ -31,6 +31,7 @@ from ..sweep.executors import DaskExecutor, Executor, LocalExecutor
 from ..sweep.runner import Stats, run_tasks
 from ..sweep.spec import SweepSpec, builtin_names, load_sweep
 from ..sweep.tasks import expand
+from ..workload.units import format_bytes
 from .common import ExitCode
 
 
@@ -63,14 +64,6 @@ def _list(as_json: bool) -> None:
     for s in specs:
         table.add_row(escape(s.name), f"{s.runs:,}", escape(_axes_text(s)), escape(s.description))
     Console().print(table)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _summary(spec: SweepSpec, out: Path, stats: Stats, interrupted: bool, executor: str) -> dict[str, Any]:
@@ -158,9 +151,9 @@ def register(app: typer.Typer) -> None:
         else:
             s = outcome.stats
             line = (f"{spec.name}: {s.done:,} runs in {s.elapsed:.1f} s ({s.rate:.1f} runs/s), {s.failed:,} failed, "
-                    f"{s.skipped:,} already in the folder; {folder}: {_size(summary['bytes'])}")
+                    f"{s.skipped:,} already in the folder; {folder}: {format_bytes(summary['bytes'])}")
             if summary["bytes_per_run"]:
-                line += f" ({_size(summary['bytes_per_run'])} per run)"
+                line += f" ({format_bytes(summary['bytes_per_run'])} per run)"
             typer.echo(line)
             if s.failed:
                 typer.echo(f"errors: gmemlab results {folder} --sql \"SELECT error, count(*) AS runs FROM runs "

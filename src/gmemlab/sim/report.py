@@ -16,6 +16,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..workload.units import format_bytes
 from .costs import CATEGORIES
 from .run import RunResult
 from .timing import Figure
@@ -24,14 +25,8 @@ LEVELS = ("4K", "2M", "1G")
 
 
 def human_bytes(n: int) -> str:
-    """``1.50 GiB``, ``64.0 MiB``, ``4 KiB``, ``0``."""
-    if not n:
-        return "0"
-    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= factor:
-            value = n / factor
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
-    return f"{n} B"
+    """``1.50 GiB``, ``64 MiB``, ``4 KiB``, ``0`` (:func:`gmemlab.workload.units.format_bytes`)."""
+    return format_bytes(n)
 
 
 def human_seconds(s: float) -> str:

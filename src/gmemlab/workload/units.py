@@ -65,6 +65,19 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes}B"
 
 
+def format_bytes(n: float) -> str:
+    """An amount of memory as results print it (one way everywhere: tables, summaries, progress):
+    ``0``, ``512 B``, ``4 KiB``, ``1.50 GiB``, ``64 GiB`` (two decimals unless exact). Sizes a scenario file
+    writes are printed as it writes them (:func:`format_size`: ``64GiB``)."""
+    if not n:
+        return "0"
+    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= factor:
+            value = n / factor
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
 def format_level(page_size: int) -> str:
     """A mapping level as the kernel's comments write it: ``4K``, ``2M``, ``1G``."""
     return format_size(page_size).replace("iB", "")

@@ -1,0 +1,39 @@
+"""User strings reach the terminal as written: rich markup in names, descriptions and cost bases is escaped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gmemlab.cli import app
+
+runner = CliRunner()
+
+NAMES = ["[/]", "snp-test [v2]", "[bold red]loud[/]"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scenario_names_print_as_written(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(f'name = "{name}"\ndescription = "mine [draft]"\narch = "snp"\nguest_mem = "1GiB"\n'
+                    '[backing]\npage = "2M"\n')
+    costs = tmp_path / "costs.toml"
+    costs.write_text('[rows.6]\nbasis = "my [measured] basis [/]"\n')
+    for argv in (["scenarios", "describe", str(path)], ["run", str(path), "--costs", str(costs)],
+                 ["compare", str(path)]):
+        res = runner.invoke(app, argv, env={"COLUMNS": "200"})
+        assert res.exit_code == 0, (argv, res.output)
+        assert name in res.output, (argv, res.output)
+    res = runner.invoke(app, ["scenarios", "describe", str(path)], env={"COLUMNS": "200"})
+    assert "mine [draft]" in res.output
+
+
+def test_cost_basis_with_brackets_prints_as_written(tmp_path: Path) -> None:
+    costs = tmp_path / "costs.toml"
+    costs.write_text('[rows.3]\nbasis = "memset [v2] per page [/]"\n')
+    res = runner.invoke(app, ["run", "churn-pingpong", "--costs", str(costs)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "memset [v2] per page [/]" in res.output
+    assert "[work, 2 CPUs]" in res.output  # the boot segments' bounds, once eaten as markup
