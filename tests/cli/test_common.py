@@ -188,3 +188,14 @@ def test_typer_exit_codes_pass_through() -> None:
     from gmemlab.cli.common import run_main
 
     assert run_main(lambda: sub([], standalone_mode=False)) == 3
+
+
+def test_a_missing_optional_library_disables_one_command_only() -> None:
+    """hypothesis is a dev dependency: without it `gmemlab fuzz` says so in one line; the rest works."""
+    code = ("import sys\nsys.modules['hypothesis'] = None\nfrom gmemlab.cli import main\n"
+            "main(sys.argv[1:])\n")
+    proc = subprocess.run([sys.executable, "-c", code, "fuzz", "--backend", "model"], capture_output=True, text=True)
+    assert proc.returncode == ExitCode.USAGE and "needs the Python package 'hypothesis'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code, "profiles", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0 and '"profiles"' in proc.stdout

@@ -69,7 +69,22 @@ def _check_overrides() -> None:
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(app)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # an optional library missing: the other commands still work
+            _register_unavailable(name.rpartition(".")[2], exc)
+            continue
+        module.register(app)
+
+
+def _register_unavailable(command: str, exc: ModuleNotFoundError) -> None:
+    missing = exc.name or str(exc)
+
+    @app.command(command, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                 help=f"(unavailable: needs the Python package {missing!r})")
+    def unavailable(ctx: typer.Context) -> None:
+        raise UsageError(f"gmemlab {command} needs the Python package {missing!r}, which is not installed "
+                         f"(pip install {missing}, or pip install -e '.[dev]')")
 
 
 readable_help_types()
