@@ -44,7 +44,7 @@ vm-deps:
 test-vm: $(STAMP)
 	@if ! command -v qemu-system-x86_64 >/dev/null; then echo "test-vm: skipped: no qemu-system-x86_64"; \
 	elif ! kimg=$$($(BIN)/gmemlab debian-kernel); then echo "test-vm: skipped: no packaged kernel (see above)"; \
-	else $(BIN)/gmemlab vm --kernel "$$kimg" --timeout 900 -- $(BIN)/python -m pytest tests/kernel -rs -p no:cacheprovider; fi
+	else $(BIN)/gmemlab vm --kernel "$$kimg" --timeout 900 -- $(BIN)/python -m pytest tests/kernel tests/differential -rs -p no:cacheprovider; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
