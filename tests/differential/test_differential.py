@@ -13,6 +13,7 @@ from gmemlab.cli import app
 from gmemlab.conformance import cases_for, compare, run_case
 from gmemlab.conformance.fuzz import compare_sequence, fuzz, load_sequence
 
+
 def _kernel_profile() -> str:
     """The running kernel's profile (KernelBackend reads it from uname and /sys/module/kvm/parameters)."""
     from gmemlab.errors import UnsupportedByBackend
