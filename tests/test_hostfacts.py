@@ -73,3 +73,23 @@ def test_smm_address_space_only_for_vms_without_private_memory():
     no_smm = ModelBackend("linux-6.18", HostConfig.from_facts(_facts(system_caps={"MULTI_ADDRESS_SPACE": 0})))
     with pytest.raises(KvmError):
         no_smm.create_vm(0).set_user_memory_region2(1 | 1 << 16, 0, 1 << 20, 4 * P, anon.address)
+
+
+def test_kernel_built_without_ksm_refuses_its_madvise_advices(tmp_path):
+    """The lab 6.18.2 kernel has no CONFIG_KSM: MADV_[UN]MERGEABLE are EINVAL there (found by the lockstep fuzzer
+    inside it), and the facts say so through /sys/kernel/mm."""
+    from gmemlab.hostfacts import read_mm_features
+
+    (tmp_path / "transparent_hugepage").mkdir()
+    mm = read_mm_features(str(tmp_path))
+    assert mm == {"ksm": False, "transparent_hugepage": True}
+    facts = HostFacts("6.18.2", {}, {}, ("default",), 1, (0, 1 << 36), {}, mm)
+    assert HostFacts.from_json(facts.to_json()) == facts
+    kb = ModelBackend("linux-6.18", HostConfig.from_facts(facts))
+    m = kb.mmap_anonymous(4 * 4096)
+    for advice in (12, 13):
+        with pytest.raises(KvmError) as ei:
+            m.madvise(0, 4096, advice)
+        assert ei.value.errno == errno.EINVAL
+    m.madvise(0, 4096, 14)  # MADV_HUGEPAGE: THP is there
+    ModelBackend("linux-6.18", HostConfig.upstream()).mmap_anonymous(4096).madvise(0, 4096, 12)

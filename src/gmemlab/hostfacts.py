@@ -59,6 +59,8 @@ class HostFacts:
     numa_nodes: int
     gpa_window: tuple[int, int]
     module_params: dict[str, str] = field(default_factory=dict)  # "kvm.tdp_mmu" -> "Y"
+    # mm features the kernel was built with, where they change answers the model gives (read_mm_features)
+    mm_features: dict[str, bool] = field(default_factory=dict)
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -118,8 +120,9 @@ class HostFacts:
                 vm.close()
         release = os.uname().release if getattr(backend, "name", "") == "kernel" else f"model {backend.profile.name}"
         lo, hi = backend.guest_gpa_window()
+        mm = read_mm_features() if getattr(backend, "name", "") == "kernel" else {}
         return cls(release, system, per_vm, tuple(t.label for t in types), int(backend.nr_numa_nodes()),
-                   (int(lo), int(hi)), params)
+                   (int(lo), int(hi)), params, mm)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -134,9 +137,19 @@ class HostFacts:
                 vm_types=tuple(str(t) for t in data["vm_types"]), numa_nodes=int(data["numa_nodes"]),
                 gpa_window=(int(data["gpa_window"][0]), int(data["gpa_window"][1])),
                 module_params={str(k): str(v) for k, v in data.get("module_params", {}).items()},
+                mm_features={str(k): bool(v) for k, v in data.get("mm_features", {}).items()},
             )
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a host-facts JSON document: {type(exc).__name__}: {exc}") from None
+
+
+MM_FEATURES = {"ksm": "ksm", "transparent_hugepage": "transparent_hugepage"}  # name -> /sys/kernel/mm entry
+
+
+def read_mm_features(root: str = "/sys/kernel/mm") -> dict[str, bool]:
+    """Which of CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE the running kernel has: each makes its madvise
+    advices (MADV_[UN]MERGEABLE; MADV_[NO]HUGEPAGE, MADV_COLLAPSE) valid, else they are EINVAL."""
+    return {name: os.path.isdir(os.path.join(root, entry)) for name, entry in MM_FEATURES.items()}
 
 
 def read_module_params(root: str = "/sys/module") -> dict[str, str]:

@@ -135,3 +135,32 @@ def test_a_kernel_that_cannot_start_init_is_a_clear_error():
     assert "did not reach the command" in text or "QEMU exited" in text
     assert "console (last lines)" in text and "kept in" in text
     shutil.rmtree(text.rsplit("kept in ", 1)[1].strip(), ignore_errors=True)
+
+
+def test_files_left_in_the_results_share_are_collected(tmp_path, monkeypatch):
+    """fuzz --kernel saves a failing sequence in $GMEMLAB_VM_OUT (the host's files are read-only in the guest);
+    the host copies it to --save after the run, and removes the run directory after a clean run."""
+    import gmemlab.qemu as qemu
+    from gmemlab.cli.vm import run_in_vm_cli
+    from gmemlab.qemu.machine import VmResult
+
+    seen = {}
+
+    def fake_run(spec, argv, sink=None, env=None):  # type: ignore[no-untyped-def]
+        seen["keep"] = spec.keep
+        run_dir = tmp_path / f"run{len(seen)}"
+        run_dir.mkdir()
+        (run_dir / "found.json").write_text("[1]")
+        return VmResult(seen.get("status", 1), "done", "present", "overlay", "tcg", "6.18.2", 1.0, 2.0, str(run_dir))
+
+    monkeypatch.setattr(qemu, "run_in_vm", fake_run)
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(b"")
+    dest = tmp_path / "out" / "found.json"
+    dest.parent.mkdir()
+    assert run_in_vm_cli(kernel, ["true"], collect={"found.json": dest}) == 1
+    assert seen["keep"] and dest.read_text() == "[1]"
+    seen["status"] = 0
+    dest.unlink()
+    assert run_in_vm_cli(kernel, ["true"], collect={"found.json": dest}) == 0
+    assert dest.read_text() == "[1]" and not (tmp_path / "run2").exists()

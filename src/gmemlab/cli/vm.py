@@ -8,6 +8,7 @@ host facts.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -34,8 +35,10 @@ def _write(data: bytes) -> None:
 
 def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None, memory: int = 2048,
                   cpus: int = 1, numa_nodes: int = 2, accel: str = "auto", timeout: float = 1800.0,
-                  boot_timeout: float = 180.0, append: str = "", keep: bool = False) -> int:
-    """Run ``argv`` in ``kernel``; returns the exit status (3 when it never finished)."""
+                  boot_timeout: float = 180.0, append: str = "", keep: bool = False,
+                  collect: dict[str, Path] | None = None) -> int:
+    """Run ``argv`` in ``kernel``; returns the exit status (3 when it never finished). ``collect`` names files
+    the command may leave in ``$GMEMLAB_VM_OUT`` and where to copy them on this machine afterwards."""
     from ..qemu import VmSpec, run_in_vm
 
     if not 256 <= memory <= 1 << 20 or not 1 <= cpus <= 256 or not 1 <= numa_nodes <= 64:
@@ -45,6 +48,9 @@ def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None,
     boot_timeout = positive_seconds(boot_timeout, "--boot-timeout")
     if accel not in ("auto", "kvm", "tcg"):
         raise UsageError(f"--accel {accel!r} is not one of auto, kvm, tcg")
+    collect = collect or {}
+    spec_keep = keep
+    keep = keep or bool(collect)  # the results share must outlive the run until the files are copied
     spec = VmSpec(str(kernel), str(modules) if modules else None, memory, cpus, numa_nodes, accel, timeout,
                   boot_timeout, append, keep)
     color = sys.stdout.isatty()
@@ -63,15 +69,28 @@ def run_in_vm_cli(kernel: Path, argv: list[str], *, modules: Path | None = None,
         say("the guest's TSC frequency is 0: every KVM_RUN inside would spin (pass --append tsc_early_khz=...)")
     for note in result.notes:
         say(note)
+    for name, dest in collect.items():
+        produced = os.path.join(result.run_dir, name) if result.run_dir else ""
+        if produced and os.path.isfile(produced):
+            try:
+                shutil.copyfile(produced, dest)
+            except OSError as exc:
+                say(f"could not copy {name} to {dest}: {exc.strerror} (it stays in {result.run_dir})")
+    if collect and result.status == 0 and result.run_dir and not spec_keep:
+        shutil.rmtree(result.run_dir, ignore_errors=True)
+        result_dir = None
+    else:
+        result_dir = result.run_dir
     boot = f"{result.boot_seconds:.1f} s to the command, " if result.boot_seconds is not None else ""
     say(f"kernel {result.release} ({result.accel}, root {result.rootfs or '?'}): {boot}{result.seconds:.1f} s in "
-        f"all, exit status {result.status}" + (f"; logs kept in {result.run_dir}" if result.run_dir else ""))
+        f"all, exit status {result.status}" + (f"; logs kept in {result_dir}" if result_dir else ""))
     return 3 if result.status is None else result.status
 
 
-def run_gmemlab_in_vm(kernel: Path, args: list[str]) -> int:
+def run_gmemlab_in_vm(kernel: Path, args: list[str], collect: dict[str, Path] | None = None,
+                      timeout: float = 1800.0) -> int:
     """Run ``gmemlab ARGS`` (this installation, this working directory) inside ``kernel``."""
-    return run_in_vm_cli(kernel, [sys.executable, "-m", "gmemlab", *args])
+    return run_in_vm_cli(kernel, [sys.executable, "-m", "gmemlab", *args], collect=collect, timeout=timeout)
 
 
 def register(app: typer.Typer) -> None:

@@ -47,6 +47,8 @@ class HostConfig:
       merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
     * ``tdp_max_level``: ``max_huge_page_level`` (1G TDP pages, or 2M only), workloads 2.1 step 1.
     * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
+    * ``ksm``, ``thp``: CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE; without them madvise refuses their advices
+      (MADV_[UN]MERGEABLE; MADV_[NO]HUGEPAGE and MADV_COLLAPSE) with EINVAL (``madvise_behavior_valid``).
     * ``gmem_flag_toggle``: an existing guest_memfd memslot may be re-set without KVM_MEM_GUEST_MEMFD (a
       MOVE or FLAGS_ONLY change that leaves the file range bound to the freed slot), as kernels before upstream
       9935df5333aa do (:func:`gmem_flag_toggle_accepted`); False is current upstream: EINVAL.
@@ -76,6 +78,8 @@ class HostConfig:
     gmem_in_place_conversion: bool | None = None
     mmio_caching: bool = True
     gmem_flag_toggle: bool = False
+    ksm: bool = True
+    thp: bool = True
 
     def __post_init__(self) -> None:
         # Callers may say 1, 2 or 3 (the kernel's numbers); the model reads a Level.
@@ -108,6 +112,8 @@ class HostConfig:
             numa_nodes=facts.numa_nodes,
             mmio_caching=_param_bool(facts.module_params.get("kvm.mmio_caching")) is not False,
             gmem_flag_toggle=gmem_flag_toggle_accepted(facts.release_version),
+            ksm=facts.mm_features.get("ksm", True),
+            thp=facts.mm_features.get("transparent_hugepage", True),
         )
 
     @classmethod

@@ -114,8 +114,9 @@ class AddressSpace:
     Every mapping gets a reservation, as the kernel client makes one: ``MAPPING_GUARD`` bytes of PROT_NONE
     private anonymous memory (two guard VMAs) on each side (:mod:`gmemlab.backend`)."""
 
-    def __init__(self, numa_nodes: int = 1) -> None:
+    def __init__(self, numa_nodes: int = 1, refused_advices: frozenset[int] = frozenset()) -> None:
         self.numa_nodes = numa_nodes
+        self.refused_advices = refused_advices  # madvise advices this kernel was built without (EINVAL)
         self.vmas: list[ModelHostMapping] = []
         self._next = _MMAP_BASE
         self.invalidations = 0  # mmu_notifier invalidations so far (each host zap is one)

@@ -49,6 +49,7 @@ from .host import AddressSpace, ModelHostMapping
 from .hugetlb import HugetlbPool, HugetlbSubpool
 from .invariants import check as check_model_invariants
 from .kvm_host import Kvm
+from .madvise import refused_advices
 from .memfd import ModelMemfd
 from .memslot import (
     MemoryRegion,
@@ -87,7 +88,8 @@ class ModelBackend:
         self.counters = Metrics()
         self.hugetlb_pool = HugetlbPool(self.config.hugetlb_pool_pages)
         self.fdtable = FdTable()
-        self.address_space = AddressSpace(self.config.numa_nodes)
+        self.address_space = AddressSpace(self.config.numa_nodes,
+                                          refused_advices(self.config.ksm, self.config.thp))
         self.vms: list[ModelVm] = []
         self.fd = self.fdtable.install(self)
         self.closed = False

@@ -78,7 +78,20 @@ class Vma(Protocol):
 
 
 class Space(Protocol):
+    refused_advices: frozenset[int]  # advices of features the kernel lacks (config_refused_advices)
+
     def span(self, start: int, end: int) -> Iterator[tuple[Any, int, int]]: ...
+
+
+def refused_advices(ksm: bool, thp: bool) -> frozenset[int]:
+    """``madvise_behavior_valid``: MADV_[UN]MERGEABLE only with CONFIG_KSM, MADV_[NO]HUGEPAGE and MADV_COLLAPSE
+    only with CONFIG_TRANSPARENT_HUGEPAGE (the lab 6.18.2 kernel has no KSM)."""
+    out: set[int] = set()
+    if not ksm:
+        out |= {MADV_MERGEABLE, MADV_UNMERGEABLE}
+    if not thp:
+        out |= {MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE}
+    return frozenset(out)
 
 
 def page_align(length: int) -> int:
@@ -90,6 +103,8 @@ def do_madvise(space: Space, start: int, len_in: int, behavior: int) -> None:
     op = "madvise"
     if behavior not in VALID:
         raise KvmError(errno.EINVAL, op, f"advice {behavior} is not a madvise behaviour")
+    if behavior in space.refused_advices:
+        raise KvmError(errno.EINVAL, op, f"advice {behavior} needs a feature this kernel is built without")
     if start & (PAGE_SIZE - 1):
         raise KvmError(errno.EINVAL, op, f"start {start:#x} is not page aligned")
     length = page_align(len_in) % U64
