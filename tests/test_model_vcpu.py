@@ -160,3 +160,10 @@ def test_seeded_bugs_fail_the_cases(monkeypatch: pytest.MonkeyPatch, case, targe
     monkeypatch.setattr(target, replacement)
     result = run_case(_case(case), lambda p: ModelBackend(p), "model", "linux-6.18")
     assert result.status == "fail" and message in result.detail, result.detail
+
+
+def test_model_setfl_keeps_fasync_clear() -> None:
+    g = ModelBackend("linux-6.18", HostConfig.upstream()).create_vm(0).create_guest_memfd(P, 0)
+    before = g.fcntl(3)
+    g.fcntl(4, before | 0o20000 | 0o4000)  # FASYNC | O_NONBLOCK
+    assert g.fcntl(3) == before | 0o4000

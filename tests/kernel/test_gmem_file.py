@@ -308,3 +308,12 @@ def test_huge_sparse_file_rows_199_202(vm):
     m.write(0, b"end")
     assert m.read(0, 3) == b"end"
     g.fallocate(PUNCH, 0, (1 << 63) - P)
+
+
+def test_setfl_cannot_set_fasync_without_a_fasync_hook(vm):
+    """setfl(): FASYNC is not in SETFL_MASK; only f_op->fasync sets it and guest_memfd has none (the model
+    kept it until the lockstep fuzzer compared F_GETFL inside 6.18.2)."""
+    g = vm.create_guest_memfd(P, 0)
+    before = g.fcntl(3)
+    g.fcntl(4, before | os.O_ASYNC | os.O_NONBLOCK)
+    assert g.fcntl(3) == before | os.O_NONBLOCK

@@ -582,7 +582,8 @@ class GmemFile:
 
     def fcntl(self, cmd: int, arg: int = 0) -> int:
         """``do_fcntl`` for the integer commands: FD_CLOEXEC per fd, f_flags per open file (F_SETFL keeps
-        O_APPEND/O_NONBLOCK/O_NOATIME/FASYNC; O_DIRECT is EINVAL without FMODE_CAN_ODIRECT), no seals (not a
+        O_APPEND/O_NONBLOCK/O_NOATIME; FASYNC only through ->fasync, which guest_memfd lacks; O_DIRECT is EINVAL
+        without FMODE_CAN_ODIRECT), no seals (not a
         memfd), no pipe size (EBADF), F_NOTIFY needs a directory (ENOTDIR), no lease (F_UNLCK), no owner."""
         op = "fcntl"
         cmd = sint(cmd, "cmd", op, "int") & 0xFFFFFFFF
@@ -602,7 +603,9 @@ class GmemFile:
             flags = arg & 0xFFFFFFFF
             if flags & O_DIRECT:
                 raise KvmError(errno.EINVAL, op, "O_DIRECT: guest_memfd cannot do direct I/O")
-            mask = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME | FASYNC
+            # setfl(): SETFL_MASK has no FASYNC; only f_op->fasync sets it, and guest_memfd has none (found by
+            # the lockstep fuzzer inside 6.18.2: F_GETFL after F_SETFL(FASYNC) shows no FASYNC)
+            mask = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME
             self.f_flags = (flags & mask) | (self.f_flags & ~mask)
             return 0
         if cmd in (9, 11, 1025):  # F_GETOWN, F_GETSIG, F_GETLEASE
