@@ -93,3 +93,19 @@ def test_kernel_built_without_ksm_refuses_its_madvise_advices(tmp_path):
         assert ei.value.errno == errno.EINVAL
     m.madvise(0, 4096, 14)  # MADV_HUGEPAGE: THP is there
     ModelBackend("linux-6.18", HostConfig.upstream()).mmap_anonymous(4096).madvise(0, 4096, 12)
+
+
+def test_max_gpa_bits_is_the_host_maxphyaddr_only_with_tdp(tmp_path):
+    from gmemlab.hostfacts import read_phys_bits
+    from gmemlab.model.config import max_gpa_bits
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\naddress sizes\t: 40 bits physical, 57 bits virtual\n")
+    assert read_phys_bits(str(cpuinfo)) == 40 and read_phys_bits(str(tmp_path / "none")) == 0
+    tdp = HostFacts("6.18.2", {"PRE_FAULT_MEMORY": 1}, {}, ("default",), 1, (0, 1 << 36), phys_bits=40)
+    shadow = HostFacts("6.18.44", {"PRE_FAULT_MEMORY": 0}, {}, ("default",), 1, (0, 1 << 36), phys_bits=48)
+    assert (max_gpa_bits(tdp), max_gpa_bits(shadow)) == (40, 52)
+    vm = ModelBackend("linux-6.18", HostConfig.from_facts(tdp)).create_vm(0)
+    with pytest.raises(KvmError) as ei:
+        vm.set_user_memory_region(1, 0, 1 << 40, 4096, 0)
+    assert ei.value.errno == errno.EINVAL

@@ -61,6 +61,7 @@ class HostFacts:
     module_params: dict[str, str] = field(default_factory=dict)  # "kvm.tdp_mmu" -> "Y"
     # mm features the kernel was built with, where they change answers the model gives (read_mm_features)
     mm_features: dict[str, bool] = field(default_factory=dict)
+    phys_bits: int = 0  # the CPU's MAXPHYADDR as the kernel sees it (/proc/cpuinfo), 0 when unknown
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -120,9 +121,10 @@ class HostFacts:
                 vm.close()
         release = os.uname().release if getattr(backend, "name", "") == "kernel" else f"model {backend.profile.name}"
         lo, hi = backend.guest_gpa_window()
-        mm = read_mm_features() if getattr(backend, "name", "") == "kernel" else {}
+        kernel = getattr(backend, "name", "") == "kernel"
+        mm = read_mm_features() if kernel else {}
         return cls(release, system, per_vm, tuple(t.label for t in types), int(backend.nr_numa_nodes()),
-                   (int(lo), int(hi)), params, mm)
+                   (int(lo), int(hi)), params, mm, read_phys_bits() if kernel else 0)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -138,6 +140,7 @@ class HostFacts:
                 gpa_window=(int(data["gpa_window"][0]), int(data["gpa_window"][1])),
                 module_params={str(k): str(v) for k, v in data.get("module_params", {}).items()},
                 mm_features={str(k): bool(v) for k, v in data.get("mm_features", {}).items()},
+                phys_bits=int(data.get("phys_bits", 0)),
             )
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             raise ValueError(f"not a host-facts JSON document: {type(exc).__name__}: {exc}") from None
@@ -150,6 +153,19 @@ def read_mm_features(root: str = "/sys/kernel/mm") -> dict[str, bool]:
     """Which of CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE the running kernel has: each makes its madvise
     advices (MADV_[UN]MERGEABLE; MADV_[NO]HUGEPAGE, MADV_COLLAPSE) valid, else they are EINVAL."""
     return {name: os.path.isdir(os.path.join(root, entry)) for name, entry in MM_FEATURES.items()}
+
+
+def read_phys_bits(cpuinfo: str = "/proc/cpuinfo") -> int:
+    """The physical address width the kernel reports (``address sizes : N bits physical``), 0 if unreadable."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                found = re.match(r"address sizes\s*:\s*(\d+) bits physical", line)
+                if found:
+                    return int(found.group(1))
+    except OSError:
+        pass
+    return 0
 
 
 def read_module_params(root: str = "/sys/module") -> dict[str, str]:

@@ -153,3 +153,17 @@ def test_dropping_guest_memfd_flag_follows_the_release(kb, facts):
         assert exc.errno == errno.EINVAL
         accepted = False
     assert accepted is gmem_flag_toggle_accepted(facts.release_version), facts.release
+
+
+def test_memslots_end_below_the_hosts_maxphyaddr_with_tdp(kb, facts):
+    """kvm_mmu_max_gfn(): the host MAXPHYADDR with TDP (40 bits in the TCG lab VM), 52 under the shadow MMU;
+    the model takes it from the facts (HostConfig.max_gpa_bits)."""
+    from gmemlab.model import HostConfig
+
+    bits = HostConfig.from_facts(facts).max_gpa_bits
+    vm = kb.create_vm()
+    anon = kb.mmap_anonymous(P)
+    vm.set_user_memory_region(1, 0, (1 << bits) - P, P, anon.address)
+    with pytest.raises(KvmError) as ei:
+        vm.set_user_memory_region(2, 0, 1 << bits, P, anon.address)
+    assert ei.value.errno == errno.EINVAL

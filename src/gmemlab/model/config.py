@@ -32,7 +32,8 @@ class HostConfig:
     * ``pre_fault``: KVM_CAP_PRE_FAULT_MEMORY (TDP MMU only).
     * ``address_spaces``: memslot address spaces of VMs without private memory (2 with CONFIG_KVM_SMM, 1
       without; realkernel #229); VMs with private memory always have 1 (``kvm_arch_nr_memslot_as_ids``).
-    * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound; 52 under the shadow MMU.
+    * ``max_gpa_bits``: ``kvm_mmu_max_gfn()`` bound: the host's MAXPHYADDR with TDP (40 in the TCG lab VM),
+      52 under the shadow MMU (this machine).
     * ``hugetlb``: CONFIG_KVM_GMEM_HUGETLB (rfc-v2 only).
     * ``max_vcpus`` / ``max_vcpu_ids``: KVM_CAP_MAX_VCPUS and KVM_CAP_MAX_VCPU_ID (``kvm_vm_ioctl_create_vcpu``
       refuses ids at or above the latter, and vCPUs beyond the former, with EINVAL).
@@ -112,6 +113,7 @@ class HostConfig:
             numa_nodes=facts.numa_nodes,
             mmio_caching=_param_bool(facts.module_params.get("kvm.mmio_caching")) is not False,
             gmem_flag_toggle=gmem_flag_toggle_accepted(facts.release_version),
+            max_gpa_bits=max_gpa_bits(facts),
             ksm=facts.mm_features.get("ksm", True),
             thp=facts.mm_features.get("transparent_hugepage", True),
         )
@@ -140,6 +142,14 @@ def _param_bool(value: str | None) -> bool | None:
 # as unfixed. First sublevel with the fix per stable line; override an entry for a vendor kernel.
 GMEM_FLAG_TOGGLE_FIXED_IN: dict[tuple[int, int], int] = {(6, 18): 3}
 GMEM_FLAG_TOGGLE_FIXED_MAINLINE = (6, 19)
+
+
+def max_gpa_bits(facts: HostFacts) -> int:
+    """``kvm_mmu_max_gfn()``'s width: the host MAXPHYADDR when TDP is on (KVM_CAP_PRE_FAULT_MEMORY reads
+    ``tdp_enabled`` on x86), else 52; memslots ending above it are EINVAL (``kvm_arch_prepare_memory_region``)."""
+    if facts.cap(Cap.PRE_FAULT_MEMORY) and facts.phys_bits:
+        return facts.phys_bits
+    return 52
 
 
 def gmem_flag_toggle_accepted(version: tuple[int, int, int] | None) -> bool:
