@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -12,12 +13,12 @@ from rich.console import Console
 
 from .. import __version__
 from ..backend import Backend
-from ..conformance import CaseResult, Divergence, run_suite, summary
+from ..conformance import CaseResult, Divergence, Gap, coverage_gaps, run_suite, summary
 from ..conformance.runner import BackendFactory
 from ..errors import UnsupportedByBackend, UsageError
 from ..output import atomic_write, check_output
 from ..uapi import PROFILES
-from .common import Col, ExitCode, choices, fit_table, styled
+from .common import Col, ExitCode, choices, esc, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
@@ -107,9 +108,25 @@ def backends_for(choice: str, params: dict[str, bool] | None = None) -> dict[str
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
-def print_table(console: Console, results: list[CaseResult], divergences: list[Divergence], verbose: bool) -> None:
+def kernel_profile() -> str:
+    """The profile of the running kernel (read from it by the kernel backend); UsageError without /dev/kvm."""
+    from ..kernel import open_kernel_backend
+
+    try:
+        backend = open_kernel_backend()
+    except UnsupportedByBackend as exc:
+        raise UsageError(f"--backend both needs the kernel backend: {exc.what}") from None
+    try:
+        return backend.profile.name
+    finally:
+        backend.close()
+
+
+def print_table(console: Console, results: list[CaseResult], divergences: list[Divergence], verbose: bool,
+                gaps: list[Gap] | None = None) -> None:
     """One row per case; the backend and profile columns only when more than one ran (they go in the title
-    otherwise), so the table reads at 80 columns; case names are never split."""
+    otherwise), so the table reads at 80 columns; case names are never split. Divergences and coverage gaps
+    follow in tables of their own."""
     backends = sorted({r.backend for r in results})
     profiles = sorted({r.profile for r in results})
     title = "guest_memfd conformance"
@@ -129,22 +146,29 @@ def print_table(console: Console, results: list[CaseResult], divergences: list[D
                                  Col("kernel")],
                                 [(d.case, d.profile, d.index, d.model, d.kernel) for d in divergences],
                                 title="divergences (model vs kernel)"))
+    if gaps:
+        console.print(fit_table([Col("case", "id"), Col("profile", "id"), Col("skipped on", "id"), Col("why")],
+                                [(g.case, g.profile, g.skipped, g.reason) for g in gaps],
+                                title="coverage gaps (one backend skipped a case the other ran)"))
     counts = summary(results)
     console.print(
         f"[green]{counts['pass']} passed[/], [red]{counts['fail']} failed[/], "
         f"[yellow]{counts['skip']} skipped[/]" + (f", [bold red]{len(divergences)} divergences[/]" if
                                                    divergences else "")
+        + (f", [bold red]{len(gaps)} coverage gaps[/]" if gaps else "")
     )
 
 
-def junit_xml(results: list[CaseResult], divergences: list[Divergence]) -> bytes:
+def junit_xml(results: list[CaseResult], divergences: list[Divergence], gaps: list[Gap] | None = None) -> bytes:
     """JUnit XML for CI systems: one testsuite per (backend, profile), one testcase per case; a failed case is
-    a <failure>, a skipped one <skipped> with its reason, a divergence a <failure> on the kernel's case."""
+    a <failure>, a skipped one <skipped> with its reason, a divergence a <failure> on the kernel's case, a
+    coverage gap a <failure> on the side that skipped."""
     import xml.etree.ElementTree as ET
 
     diverged: dict[tuple[str, str], list[Divergence]] = {}
     for d in divergences:
         diverged.setdefault((d.case, d.profile), []).append(d)
+    gapped = {(g.case, g.profile, g.skipped) for g in gaps or []}
     root = ET.Element("testsuites", name="gmemlab conformance")
     suites: dict[tuple[str, str], ET.Element] = {}
     for r in results:
@@ -155,6 +179,8 @@ def junit_xml(results: list[CaseResult], divergences: list[Divergence]) -> bytes
                              time=f"{r.seconds:.6f}")
         if r.status == "fail":
             ET.SubElement(case, "failure", message=r.detail[:200]).text = r.detail
+        elif (r.name, r.profile, r.backend) in gapped:
+            ET.SubElement(case, "failure", message="coverage gap: the other backend ran it").text = r.detail
         elif r.status == "skip":
             ET.SubElement(case, "skipped", message=r.detail)
         elif r.backend == "kernel" and (r.name, r.profile) in diverged:
@@ -173,13 +199,17 @@ def junit_xml(results: list[CaseResult], divergences: list[Divergence]) -> bytes
     return data + b"\n"
 
 
-def print_ktap(results: list[CaseResult], divergences: list[Divergence]) -> None:
+def print_ktap(results: list[CaseResult], divergences: list[Divergence], gaps: list[Gap] | None = None) -> None:
     print("KTAP version 1")
     print(f"1..{len(results)}")
     diverged = {(d.case, d.profile) for d in divergences}
+    gapped = {(g.case, g.profile, g.skipped) for g in gaps or []}
     for i, r in enumerate(results, 1):
         name = f"{r.name}.{r.backend}.{r.profile}"
-        if r.status == "skip":
+        if (r.name, r.profile, r.backend) in gapped:
+            print(f"not ok {i} {name}")
+            print(f"# coverage gap: skipped here ({r.detail}), the other backend ran it")
+        elif r.status == "skip":
             print(f"ok {i} {name} # SKIP {r.detail}")
         elif r.status == "pass" and (r.name, r.profile) not in diverged:
             print(f"ok {i} {name}")
@@ -214,12 +244,18 @@ def register(app: typer.Typer) -> None:
         param: Annotated[list[str] | None, typer.Option(
             "--param", help="a module parameter of the modelled kernel, e.g. kvm.gmem_in_place_conversion=N "
                             "(model backend only; linux-7.4 runs with it on by default)")] = None,
+        allow_gaps: Annotated[bool, typer.Option("--allow-gaps", help="report coverage gaps (one backend skipped "
+                                                 "a case the other ran) without failing")] = False,
     ) -> None:
         """Run the guest_memfd selftest checklist (spec section 3).
 
-        Exit status: 0 every case that ran passed; 1 a case failed or the backends diverged; 2 bad input;
-        3 nothing ran (every case skipped). With --kernel IMAGE the cases run inside IMAGE booted under QEMU:
-        the kernel backend is its /dev/kvm and the model is configured from its host facts."""
+        With --backend both every case runs on the model and on this machine's kernel for the profile the kernel
+        is (the other profiles are not compared: listed as such), and every observation must agree; a case one
+        backend skips while the other runs it is a coverage gap and fails the run unless --allow-gaps.
+        With --kernel IMAGE the cases run inside IMAGE booted under QEMU: the kernel backend is its /dev/kvm and
+        the model is configured from its host facts.
+        Exit status: 0 every case that ran passed (and agreed, without gaps); 1 a case failed, the backends
+        diverged or a coverage gap; 2 bad input; 3 nothing ran (every case skipped); 4 internal error."""
         profile = str(profile)
         profiles = list(PROFILES) if profile == "all" else [profile]
         if as_json and tap:
@@ -230,28 +266,44 @@ def register(app: typer.Typer) -> None:
         vm_kernel = kernel_arg(kernel)
         if vm_kernel is not None:
             args = ["conformance", "--backend", backend.value, "--profile", profile]
-            args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose
+            args += ["--json"] * as_json + ["--tap"] * tap + ["--verbose"] * verbose + ["--allow-gaps"] * allow_gaps
             args += ["-k", select] if select else []
             args += [f"--param={p}" for p in param or []]
             args += [f"--junit={junit.resolve()}"] if junit is not None else []
             raise typer.Exit(run_gmemlab_in_vm(vm_kernel, args))
+        not_compared: list[str] = []
+        if backend == BackendChoice.both:
+            running = kernel_profile()
+            not_compared = [p for p in profiles if p != running]
+            profiles = [p for p in profiles if p == running]
+            if not profiles:
+                print(f"gmemlab: nothing to compare: the kernel under test is {running}, not "
+                      f"{', '.join(not_compared)}", file=sys.stderr)
+                raise typer.Exit(ExitCode.INCOMPLETE)
         results, divergences = run_suite(profiles, backends_for(backend.value, params), select)
         if not results:
             raise UsageError(f"-k {select!r}: no case name contains it")
+        gaps = coverage_gaps(results) if backend == BackendChoice.both else []
         if as_json:
             out: dict[str, Any] = {"gmemlab_version": __version__, "cases": [r.as_json() for r in results],
                                    "summary": summary(results)}
             if backend == BackendChoice.both:
                 out["divergences"] = [d.as_json() for d in divergences]
+                out["gaps"] = [g.as_json() for g in gaps]
+                out["not_compared"] = not_compared
             print(json.dumps(out, indent=2))
         elif tap:
-            print_ktap(results, divergences)
+            print_ktap(results, divergences, [] if allow_gaps else gaps)
         else:
-            print_table(Console(highlight=False), results, divergences, verbose)
+            console = Console(highlight=False)
+            print_table(console, results, divergences, verbose, gaps)
+            if not_compared:
+                console.print(f"not compared (the kernel under test is {esc(profiles[0])}): "
+                              f"{esc(', '.join(not_compared))}")
         if junit is not None:
-            atomic_write(junit, junit_xml(results, divergences), "--junit")
+            atomic_write(junit, junit_xml(results, divergences, [] if allow_gaps else gaps), "--junit")
         counts = summary(results)
-        if counts["fail"] or divergences:
+        if counts["fail"] or divergences or (gaps and not allow_gaps):
             raise typer.Exit(ExitCode.FAILED)
         if counts["pass"] == 0:
             raise typer.Exit(ExitCode.INCOMPLETE)

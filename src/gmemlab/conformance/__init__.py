@@ -2,7 +2,7 @@
 
 from .case import Case, Ctx
 from .cases import REGISTRY, cases_for
-from .runner import CaseResult, Divergence, compare, run_case, run_suite, summary
+from .runner import CaseResult, Divergence, Gap, compare, coverage_gaps, run_case, run_suite, summary
 
-__all__ = ["REGISTRY", "Case", "CaseResult", "Ctx", "Divergence", "cases_for", "compare", "run_case",
-           "run_suite", "summary"]
+__all__ = ["REGISTRY", "Case", "CaseResult", "Ctx", "Divergence", "Gap", "cases_for", "compare", "coverage_gaps",
+           "run_case", "run_suite", "summary"]

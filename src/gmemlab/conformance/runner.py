@@ -134,6 +134,32 @@ def compare(model: CaseResult, kernel: CaseResult) -> list[Divergence]:
     return out
 
 
+@dataclass
+class Gap:
+    """A case one backend ran while the other skipped it: a coverage gap, not an agreement."""
+
+    case: str
+    profile: str
+    skipped: str  # the backend that skipped
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"case": self.case, "profile": self.profile, "skipped": self.skipped, "reason": self.reason}
+
+
+def coverage_gaps(results: list[CaseResult]) -> list[Gap]:
+    """Cases of a two-backend run where exactly one backend skipped."""
+    by_case: dict[tuple[str, str], list[CaseResult]] = {}
+    for r in results:
+        by_case.setdefault((r.name, r.profile), []).append(r)
+    gaps = []
+    for (name, profile), runs in by_case.items():
+        skipped = [r for r in runs if r.status == "skip"]
+        if len(runs) == 2 and len(skipped) == 1:
+            gaps.append(Gap(name, profile, skipped[0].backend, skipped[0].detail))
+    return gaps
+
+
 def summary(results: list[CaseResult]) -> dict[str, int]:
     counts = {"pass": 0, "fail": 0, "skip": 0}
     for r in results:
