@@ -22,7 +22,7 @@ from .fuzz_ops import OPS, Op
 from .lockstep import BackendFactory, Finding, Lockstep, Stats, machine_for, replay
 
 DEFAULT_EXAMPLES = 200  # sequences per run of `gmemlab fuzz` unless --examples says otherwise
-DEFAULT_MAX_OPS = 30  # operations per sequence (hypothesis runs this many unless it shrinks)
+DEFAULT_MAX_OPS = 50  # operations per sequence (hypothesis runs this many unless it shrinks)
 FORMAT = "gmemlab-fuzz-sequence"
 
 
@@ -167,13 +167,15 @@ def load_sequence(text: str) -> list[Op]:
         if not isinstance(name, str) or name not in OPS:
             raise ValueError(f"operation {i}: unknown op {name!r} (known: {', '.join(OPS)})")
         kinds = OPS[name].kinds()
-        missing = set(kinds) - set(o)
+        missing = {k for k, f in kinds.items() if not f.optional} - set(o)
         if missing:
             raise ValueError(f"operation {i} ({name}): missing {', '.join(sorted(missing))}")
         extra = set(o) - set(kinds) - {"op"}
         if extra:
             raise ValueError(f"operation {i} ({name}): unknown field {', '.join(sorted(extra))}")
         for key, f in kinds.items():
+            if key not in o:
+                continue  # an optional field left out
             problem = _check_field(i, name, key, f.kind, o[key], f.choices)
             if problem:
                 raise ValueError(f"operation {i} ({name}): {problem}")

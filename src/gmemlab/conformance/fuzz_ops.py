@@ -72,6 +72,7 @@ class Field:
     strategy: st.SearchStrategy[Any]
     kind: str
     choices: tuple[str, ...] = ()
+    optional: bool = False  # may be absent from a saved sequence (then false): modifiers added later
 
 
 def ints(*values: int, lo: int | None = None, hi: int | None = None) -> Field:
@@ -89,11 +90,15 @@ def choice(*names: str) -> Field:
 
 
 def pages_or(lo: int, hi: int, *specials: int) -> Field:
-    """Half page multiples ``lo..hi`` pages (offsets and lengths that reach deep paths), half ``specials``."""
-    return Field(st.one_of(st.integers(lo, hi).map(lambda n: n * P), st.sampled_from(specials)), "int")
+    """Two thirds page multiples (half of them among the first 16 pages, where the usual mapping is, so
+    offsets and lengths reach deep paths), one third ``specials``."""
+    small = st.integers(lo, min(hi, lo + 16)).map(lambda n: n * P)
+    return Field(st.one_of(small, st.integers(lo, hi).map(lambda n: n * P), st.sampled_from(specials)), "int")
 
 
 BOOL = Field(st.booleans(), "bool")
+# how an offset is read (see :func:`at`): sequences saved before these existed replay with both false
+FLAG = Field(st.booleans(), "bool", optional=True)
 REF = Field(st.integers(0, 3), "ref")
 OPTREF = Field(st.one_of(st.none(), st.integers(0, 3)), "optref")
 
@@ -122,15 +127,24 @@ FAR_GPAS = (1 << 36, (1 << 36) + (1 << 21), 1 << 40, (1 << 52) - P, 1 << 52, (1 
 VCPU_IDS = ints(0, 1, 2, 3, 4, 4095, 4096, 5000, 1 << 31, 1 << 32, 1 << 40, -1, U64 - 1, U64, lo=0, hi=8)
 VM_TYPES_RAW = ints(-1, 2, 3, 4, 5, 31, 64, 1 << 32, 1 << 63, U64)
 # every madvise advice Linux defines, unknown ones and unrepresentable ones (HWPOISON/SOFT_OFFLINE excluded)
-ADVICES = ints(4, 9, *range(0, 27), 27, 64, 99, 102, 1000, -1, 1 << 31, 1 << 32)
+ADVICES = ints(4, 9, *range(0, 5), *range(8, 26), 102, 103, 5, 26, 99, -1, 1 << 32)
 PROTS = ints(3, 1, 0, 2, 4, 7, 8, -1)
 MAP_FLAGS = ints(1, 2, 3, 1 | 0x8000, 1 | 0x4000, 0, 1 << 32)  # SHARED, PRIVATE, VALIDATE, POPULATE, NORESERVE
-FALLOC_MODES = ints(FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, 0, FALLOC_FL_PUNCH_HOLE,
+FALLOC_MODES = ints(*[FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE] * 8, 0, FALLOC_FL_PUNCH_HOLE,
                     FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE, 0x8, 0x10, 0x20, 0x40,
-                    0x80, 0x100, 1 << 31, -1, 1 << 32, lo=0, hi=0x7F)
+                    0x80, 0x100, 0x7F, 1 << 31, -1, 1 << 32)
 MPOL_MODES = ints(0, 2, 3, 1, 4, 5, 6, 7, 9, 1 << 15 | 2, 1 << 13 | 3, -1, 1 << 32)
 NODEMASKS = ints(0, 1, 1, 2, 3, 1 << 63, (1 << 64) - 1, 1 << 64, 1 << 100)
 FILL_BYTES = ints(0xAA, 0, 1, 0xFF, -1, -128, 256, 300, -129)
+
+
+@dataclass
+class Child:
+    """A forked child of the VMM process and what it inherited: the mappings and VM fds open at fork time."""
+
+    process: Any
+    maps: list[Any]
+    vms: list[Any]
 
 
 @dataclass
@@ -146,9 +160,12 @@ class World:
     memfds: list[Any] = field(default_factory=list)
     vcpus_per_vm: dict[int, int] = field(default_factory=dict)
     pipes: list[Any] = field(default_factory=list)  # page references held by vmsplice'd pipes
+    children: list[Child] = field(default_factory=list)
+    hot: list[int] = field(default_factory=list)  # page offsets recent operations used (newest first)
 
     def items(self, kind: str) -> list[Any]:
-        return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus, "pipe": self.pipes}[kind]
+        return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus, "pipe": self.pipes,
+                "child": self.children}[kind]
 
     def pick(self, kind: str, ref: int) -> Any | None:
         items = self.items(kind)
@@ -168,6 +185,8 @@ class OpSpec:
     target: str | None
     fields: dict[str, Field]
     run: Callable[..., None]
+    weight: int = 1  # how many rules draw it: operations on memory get more of a sequence than queries
+    when: Callable[[World], bool] | None = None  # drawn only while this holds (besides its target existing)
 
     def strategy(self) -> st.SearchStrategy[Op]:
         parts: dict[str, st.SearchStrategy[Any]] = {"op": st.just(self.name)}
@@ -186,11 +205,12 @@ class OpSpec:
 OPS: dict[str, OpSpec] = {}
 
 
-def op(name: str, target: str | None = None, **fields: Field) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def op(name: str, target: str | None = None, weight: int = 1, when: Callable[[World], bool] | None = None,
+       **fields: Field) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register a handler as operation ``name`` (see the module docstring)."""
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
-        OPS[name] = OpSpec(name, target, fields, fn)
+        OPS[name] = OpSpec(name, target, fields, fn, weight, when)
         return fn
 
     return register
@@ -221,6 +241,21 @@ def setup_ops(depth: int, type: int, size: int, flags: int, slot_pages: int, uad
         {"op": "create_vcpu", "vm": 0, "id": 0},
     ]
     return steps[:depth]
+
+
+def at(w: World, o: Op, size: int) -> Any:
+    """The op's offset: counted from the start, or with ``from_end`` back from ``size`` (the file's or the
+    mapping's end), so ranges straddle ends as often as they start at 0. With ``hot`` it is instead the page of
+    a recent operation's offset (the page another call just touched, punched or protected), so chains of
+    operations on the same page are common. Every offset used joins the recent ones."""
+    offset = o["offset"]
+    if o.get("hot") and w.hot:
+        offset = w.hot[offset % len(w.hot) if isinstance(offset, int) else 0]
+    elif o.get("from_end") and isinstance(offset, int):
+        offset = size - offset
+    if isinstance(offset, int) and -(1 << 30) < offset < 1 << 30:
+        w.hot = [offset & ~(P - 1), *w.hot[:7]]
+    return offset
 
 
 def _cap_alloc(length: int, what: str) -> None:
@@ -273,7 +308,7 @@ def create_gmem(w: World, o: Op, vm: Any) -> None:
     w.gmems.append(vm.create_guest_memfd(o["size"], o["flags"]))
 
 
-@op("bind", target="vm", slot=SLOTS, gpa_page=GPA_PAGES, pages=PAGES, gmem=OPTREF, offset=OFFSETS,
+@op("bind", target="vm", weight=6, slot=SLOTS, gpa_page=GPA_PAGES, pages=PAGES, gmem=OPTREF, offset=OFFSETS,
     flags=SLOT_FLAGS, uaddr_map=OPTREF, far=BOOL)
 def bind(w: World, o: Op, vm: Any) -> None:
     """KVM_SET_USER_MEMORY_REGION2. ``gmem`` None passes fd -1; a ref past the open guest_memfds passes a
@@ -326,12 +361,14 @@ def close_vm(w: World, o: Op, vm: Any) -> None:
 
 
 # -- vCPUs -----------------------------------------------------------------------------------------------------
-@op("guest_read", target="vcpu", gpa_page=GPA_PAGES, offset=ints(0, 8, P - 8, P - 4), length=ints(8, 1, 16, 64))
+@op("guest_read", target="vcpu", weight=6,
+    gpa_page=GPA_PAGES, offset=ints(0, 8, P - 8, P - 4), length=ints(8, 1, 16, 64))
 def guest_read(w: World, o: Op, vcpu: Any) -> None:
     vcpu.read(w.gpa(o["gpa_page"]) + o["offset"], o["length"])
 
 
-@op("guest_write", target="vcpu", gpa_page=GPA_PAGES, offset=ints(0, 8, P - 8, P - 4), byte=ints(0x5A, 1, 0xFF))
+@op("guest_write", target="vcpu", weight=6,
+    gpa_page=GPA_PAGES, offset=ints(0, 8, P - 8, P - 4), byte=ints(0x5A, 1, 0xFF))
 def guest_write(w: World, o: Op, vcpu: Any) -> None:
     vcpu.write(w.gpa(o["gpa_page"]) + o["offset"], bytes([o["byte"]]) * 8)
 
@@ -343,7 +380,7 @@ def close_vcpu(w: World, o: Op, vcpu: Any) -> None:
 
 
 # -- guest_memfd files -----------------------------------------------------------------------------------------
-@op("mmap", target="gmem", offset=OFFSETS, pages=PAGES, prot=PROTS, flags=MAP_FLAGS,
+@op("mmap", target="gmem", weight=6, offset=OFFSETS, pages=PAGES, prot=PROTS, flags=MAP_FLAGS,
     huge=ints(0, 1 << 30, 1 << 40))
 def mmap(w: World, o: Op, g: Any) -> None:
     """mmap of the gmem: ``huge`` (when not 0) replaces the length, for mappings far larger than the file."""
@@ -355,12 +392,12 @@ def mmap(w: World, o: Op, g: Any) -> None:
     w.maps.append(g.mmap(length, o["offset"], o["prot"], o["flags"]))
 
 
-@op("fallocate", target="gmem", mode=FALLOC_MODES, offset=OFFSETS, length=LENGTHS)
+@op("fallocate", target="gmem", weight=6, from_end=FLAG, hot=FLAG, mode=FALLOC_MODES, offset=OFFSETS, length=LENGTHS)
 def fallocate(w: World, o: Op, g: Any) -> None:
     mode, length = o["mode"], o["length"]
     if isinstance(mode, int) and not mode & FALLOC_FL_PUNCH_HOLE:
         _cap_alloc(length, "fallocate")
-    g.fallocate(mode, o["offset"], length)
+    g.fallocate(mode, at(w, o, g.size), length)
 
 
 FILE_OPS: dict[str, Callable[[Any], Any]] = {
@@ -395,56 +432,60 @@ def close_gmem(w: World, o: Op, g: Any) -> None:
 
 
 # -- host mappings ---------------------------------------------------------------------------------------------
-@op("host_read", target="map", offset=OFFSETS, length=ints(1, 8, P, 2 * P, P + 1, 0))
+@op("host_read", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(1, 8, P, 2 * P, P + 1, 0))
 def host_read(w: World, o: Op, m: Any) -> None:
-    m.read(o["offset"], o["length"])
+    m.read(at(w, o, m.length), o["length"])
 
 
-@op("host_write", target="map", offset=OFFSETS, length=ints(1, 8, P, 2 * P, P + 1, 0), byte=ints(0xA5, 1, 0xFF))
+@op("host_write", target="map", weight=6,
+    offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(1, 8, P, 2 * P, P + 1, 0), byte=ints(0xA5, 1, 0xFF))
 def host_write(w: World, o: Op, m: Any) -> None:
-    m.write(o["offset"], bytes([o["byte"]]) * o["length"])
+    m.write(at(w, o, m.length), bytes([o["byte"]]) * o["length"])
 
 
-@op("host_fill", target="map", offset=OFFSETS, length=ints(1, P, 2 * P, 0), byte=FILL_BYTES)
+@op("host_fill", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG,
+    length=ints(1, P, 2 * P, 0), byte=FILL_BYTES)
 def host_fill(w: World, o: Op, m: Any) -> None:
-    m.fill(o["offset"], o["length"], o["byte"])
+    m.fill(at(w, o, m.length), o["length"], o["byte"])
 
 
-@op("madvise", target="map", offset=OFFSETS, length=LENGTHS, advice=ADVICES)
+@op("madvise", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, advice=ADVICES)
 def madvise(w: World, o: Op, m: Any) -> None:
     if o["advice"] in (22, 23):  # MADV_POPULATE_READ/WRITE fault pages in
         _cap_alloc(o["length"], "MADV_POPULATE")
-    m.madvise(o["offset"], o["length"], o["advice"])
+    m.madvise(at(w, o, m.length), o["length"], o["advice"])
 
 
-@op("mprotect", target="map", offset=OFFSETS, length=LENGTHS, prot=ints(1, 3, 0, 2, 4, 7, 8, 16, 0x01000000,
+@op("mprotect", target="map", weight=6,
+    offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, prot=ints(1, 3, 0, 2, 4, 7, 8, 16, 0x01000000,
                                                                         0x03000000, -1))
 def mprotect(w: World, o: Op, m: Any) -> None:
-    m.mprotect(o["offset"], o["length"], o["prot"])
+    m.mprotect(at(w, o, m.length), o["length"], o["prot"])
 
 
-@op("mlock", target="map", offset=OFFSETS, length=LENGTHS, flags=ints(0, 1, 2, -1))
+@op("mlock", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, flags=ints(0, 1, 2, -1))
 def mlock(w: World, o: Op, m: Any) -> None:
     """mlock2: faults the range in (unless MLOCK_ONFAULT), so its length is capped like an allocation."""
     if not (isinstance(o["flags"], int) and o["flags"] == 1):
         _cap_alloc(o["length"], "mlock")
-    m.mlock(o["offset"], o["length"], o["flags"])
+    m.mlock(at(w, o, m.length), o["length"], o["flags"])
 
 
-@op("munlock", target="map", offset=OFFSETS, length=LENGTHS)
+@op("munlock", target="map", offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS)
 def munlock(w: World, o: Op, m: Any) -> None:
-    m.munlock(o["offset"], o["length"])
+    m.munlock(at(w, o, m.length), o["length"])
 
 
-@op("mbind", target="map", offset=OFFSETS, length=LENGTHS, mode=MPOL_MODES, mask=NODEMASKS, flags=ints(0, 1, 2, 8))
+@op("mbind", target="map", offset=OFFSETS, from_end=FLAG, hot=FLAG,
+    length=LENGTHS, mode=MPOL_MODES, mask=NODEMASKS, flags=ints(0, 1, 2, 8))
 def mbind(w: World, o: Op, m: Any) -> None:
-    m.mbind(o["offset"], o["length"], o["mode"], o["mask"], o["flags"])
+    m.mbind(at(w, o, m.length), o["length"], o["mode"], o["mask"], o["flags"])
 
 
-@op("numa_query", target="map", offset=OFFSETS, pages=ints(1, 2, 4, 0))
+@op("numa_query", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, pages=ints(1, 2, 4, 0))
 def numa_query(w: World, o: Op, m: Any) -> None:
-    m.get_mempolicy(o["offset"])
-    m.page_nodes(o["offset"], o["pages"])
+    m.get_mempolicy(at(w, o, m.length))
+    m.page_nodes(at(w, o, m.length), o["pages"])
 
 
 @op("vmsplice", target="map", offset=ints(0, P, 2 * P, 15 * P, 16 * P, 64 * P, 1, -P), pages=ints(1, 2, 4))
@@ -487,9 +528,10 @@ def fchown(w: World, o: Op, g: Any) -> None:
     g.fchown(o["uid"], o["gid"])
 
 
-@op("fadvise", target="gmem", offset=OFFSETS, length=LENGTHS, advice=ints(4, 0, 1, 2, 3, 5, 6, -1, 1 << 31))
+@op("fadvise", target="gmem", from_end=FLAG, hot=FLAG,
+    offset=OFFSETS, length=LENGTHS, advice=ints(4, 0, 1, 2, 3, 5, 6, -1, 1 << 31))
 def fadvise(w: World, o: Op, g: Any) -> None:
-    g.fadvise(o["offset"], o["length"], o["advice"])
+    g.fadvise(at(w, o, g.size), o["length"], o["advice"])
 
 
 @op("flock", target="gmem", operation=ints(2 | 4, 1, 2, 8, 1 | 4, 8 | 4, 0, 3, 16, -1))
@@ -510,4 +552,48 @@ def fcntl(w: World, o: Op, g: Any) -> None:
 @op("dup", target="gmem")
 def dup(w: World, o: Op, g: Any) -> None:
     w.gmems.append(g.dup())
+
+
+# -- a forked child of the VMM process (at most two per sequence: each is a real process on the kernel side) --
+@op("fork", when=lambda w: len(w.children) < 2)
+def fork(w: World, o: Op) -> None:
+    """fork(): the child inherits the mappings and fds (guest_memfd files shared, VM ioctls EIO)."""
+    w.children.append(Child(w.system.fork(), list(w.maps), list(w.vms)))
+
+
+@op("child_write", target="child", weight=6,
+    map=REF, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(1, 8, P, 2 * P), byte=ints(0xC3, 1))
+def child_write(w: World, o: Op, child: Child) -> None:
+    """A store by the child through its copy of a mapping the parent had at fork (shared memory: the parent
+    sees it; private memory: copy on write; MADV_DONTFORK: not there)."""
+    if not child.maps:
+        raise NotRun("the child inherited no mapping")
+    copy = child.process.mapping(child.maps[o["map"] % len(child.maps)])
+    copy.write(at(w, o, copy.length), bytes([o["byte"]]) * o["length"])
+
+
+@op("child_read", target="child", map=REF, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(8, 1, P, 2 * P))
+def child_read(w: World, o: Op, child: Child) -> None:
+    if not child.maps:
+        raise NotRun("the child inherited no mapping")
+    copy = child.process.mapping(child.maps[o["map"] % len(child.maps)])
+    copy.read(at(w, o, copy.length), o["length"])
+
+
+@op("child_vm_ioctl", target="child", vm=REF, which=choice("check_extension", "create_gmem"))
+def child_vm_ioctl(w: World, o: Op, child: Child) -> None:
+    """A VM ioctl the child issues on an inherited VM fd: EIO (kvm->mm != current->mm, realkernel #80)."""
+    if not child.vms:
+        raise NotRun("the child inherited no VM fd")
+    vm = child.vms[o["vm"] % len(child.vms)]
+    if o["which"] == "check_extension":
+        child.process.check_extension(vm, int(Cap.GUEST_MEMFD_FLAGS))
+    else:
+        child.process.create_guest_memfd(vm, P, 3)
+
+
+@op("child_exit", target="child")
+def child_exit(w: World, o: Op, child: Child) -> None:
+    child.process.exit()
+    w.children.remove(child)
 

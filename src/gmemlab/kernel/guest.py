@@ -23,6 +23,7 @@ section 3). The setup below follows that recipe:
 
 from __future__ import annotations
 
+import functools
 import struct
 
 MIB = 1 << 20
@@ -117,6 +118,7 @@ def bounce_gpa(index: int) -> int:
     return BOUNCE_GPA + index * BOUNCE_SIZE
 
 
+@functools.cache
 def page_tables() -> list[tuple[int, bytes]]:
     """``(gpa, bytes)`` pieces of the identity map: PML4, PDPT and 64 PDs of 2 MiB pages."""
     pml4 = struct.pack("<Q", PDPT_GPA | PTE_P | PTE_RW | PTE_US)

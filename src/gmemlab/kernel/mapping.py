@@ -93,18 +93,30 @@ def cpu_touch(address: int, write: bool, value: bytes) -> str:
 Toucher = Callable[[int, bool, bytes], str]
 
 
-def _cpu_signal(address: int, write: bool, pid: int | None = None, touch: Toucher = cpu_touch) -> str:
-    """Touch ``address`` with the CPU in a forked child: the signal it dies of, or "ok".
+def vma_perms(address: int, pid: int | None = None) -> str | None:
+    """The permissions (``rwxs``/``rw-p``...) of the VMA holding ``address`` in ``/proc/PID/maps``, or None."""
+    with open(f"/proc/{'self' if pid is None else pid}/maps") as maps:
+        for line in maps:
+            span, perms = line.split(None, 2)[:2]
+            lo, _, hi = span.partition("-")
+            if int(lo, 16) <= address < int(hi, 16):
+                return perms
+    return None
 
-    A write is a real store (the kernel checks the VMA's write permission before any fault handler, so
-    reading first could die of the wrong signal). It stores the byte GUP reads there, or 0 when GUP cannot
-    read it (then the page is not writable either), so a store that unexpectedly succeeds changes nothing."""
-    value = b"\0"
-    if write:
-        data, fail = hostaccess.read(address, 1, pid)
-        if fail is None:
-            value = data
-    return touch(address, write, value)
+
+def _cpu_signal(address: int, write: bool, pid: int | None = None, touch: Toucher = cpu_touch) -> str:
+    """The signal a CPU access at ``address`` gets, where GUP just failed. Decided from the VMA's permissions
+    when they refuse the access (the CPU checks them before any fault handler: SIGSEGV, nothing touched);
+    otherwise a forked child makes the access (a store of 0: GUP's own store failed there, so the fault handler
+    refuses it too, and a refused fault changes nothing)."""
+    perms = vma_perms(address, pid)
+    if perms is None or (write and perms[1] != "w") or perms[:3] == "---":
+        return "SIGSEGV"
+    return touch(address, write, b"\0")
+
+
+def _no_cpu_read(address: int, length: int) -> bytes:
+    raise UnsupportedByBackend("a CPU read in a process that cannot be asked for one")
 
 
 class PipeRefs:
@@ -145,7 +157,9 @@ class KernelHostMapping:
         pid: int | None = None,
         resources: Resources | None = None,
         touch: Toucher = cpu_touch,
+        cpu_read: Callable[[int, int], bytes] = ctypes.string_at,
     ) -> None:
+        self._cpu_read = cpu_read  # a CPU read by the process owning this view, once proven safe
         self._resources = resources  # where pipes from vmsplice register, so close_all() closes them
         self.pid = pid  # None: this process; else a forked child of it that inherited the mapping
         self._touch = touch  # a CPU touch in the process that owns this view (for SIGBUS vs SIGSEGV)
@@ -204,8 +218,20 @@ class KernelHostMapping:
         if length == 0:
             return b""
         data, fail = hostaccess.read(self.address + offset, length, self.pid)
-        if fail is not None:
-            self._fail(fail, False)
+        while fail is not None:
+            # GUP reads only VM_READ pages; the CPU also reads exec-only and write-only ones (x86). Once a
+            # forked child's CPU read of such a page succeeded, this process reads it with the CPU itself (as
+            # the access it stands for would, faulting it into this process's page tables); then GUP goes on.
+            page = fail - fail % PAGE_SIZE
+            perms = vma_perms(page, self.pid)
+            if perms is None or perms[0] == "r" or _cpu_signal(page, False, self.pid, self._touch) != "ok":
+                self._fail(fail, False)
+            end = min(page + PAGE_SIZE, self.address + offset + length)
+            data += self._cpu_read(fail, end - fail)
+            if end == self.address + offset + length:
+                break
+            more, fail = hostaccess.read(end, self.address + offset + length - end, self.pid)
+            data += more
         return data
 
     def write(self, offset: int, data: bytes) -> None:
@@ -310,11 +336,13 @@ class KernelHostMapping:
         offset, _ = self._range("pagemap", offset, 1)
         return hostaccess.pte_present(self.address + offset, self.pid)
 
-    def inherited_by(self, pid: int, touch: Toucher) -> KernelHostMapping:
+    def inherited_by(self, pid: int, touch: Toucher,
+                     cpu_read: Callable[[int, int], bytes] | None = None) -> KernelHostMapping:
         """The same mapping as a forked child ``pid`` sees it (accesses go through its page tables, ``touch``
         makes a CPU access there); unmapping it is the child's business (it exits)."""
         child = KernelHostMapping(self.address, self.length, self.prot, self.file_offset, self.gmem_size,
-                                  self.gmem_flags, base=self.base, pid=pid, touch=touch)
+                                  self.gmem_flags, base=self.base, pid=pid, touch=touch,
+                                  cpu_read=cpu_read or _no_cpu_read)
         child.munmap = lambda: None  # type: ignore[method-assign]
         child.close = lambda: None  # type: ignore[method-assign]
         return child

@@ -65,6 +65,9 @@ def _serve(requests: int, replies: int) -> None:
             _, address, write, value = req
             _send(replies, cpu_touch(address, write, value))
             continue
+        if isinstance(req, tuple) and req[0] == "read":  # a CPU read here (a touch proved it safe)
+            _send(replies, ctypes.string_at(req[1], req[2]))
+            continue
         fd, number, arg = cast(tuple[int, int, bytes | int], req)
         if isinstance(arg, bytes):
             buf = ctypes.create_string_buffer(arg, len(arg))
@@ -102,7 +105,14 @@ class KernelProcess:
         """The child's view of a mapping the parent had when it forked."""
         if not isinstance(parent, KernelHostMapping):
             raise UnsupportedByBackend(f"{parent!r} is not a mapping of this backend")
-        return parent.inherited_by(self.pid, self._touch)
+        return parent.inherited_by(self.pid, self._touch, self._cpu_read)
+
+    def _cpu_read(self, address: int, length: int) -> bytes:
+        """``length`` bytes at ``address`` read by the child's CPU (faulting them into its page tables)."""
+        if self.exited:
+            raise KvmError(errno.ESRCH, "read", "the child has exited")
+        _send(self._req, ("read", address, length))
+        return cast(bytes, _recv(self._rep))
 
     def _touch(self, address: int, write: bool, value: bytes) -> str:
         """The signal a CPU access at ``address`` gets in the child (made by a grandchild of it)."""

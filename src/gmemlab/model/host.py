@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..backend import MAPPING_GUARD, PROT_READ, PROT_WRITE, check_reservation
+from ..backend import MAPPING_GUARD, PROT_EXEC, PROT_READ, PROT_WRITE, check_reservation
 from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
 from ..level import LEVELS, Level
 from ..rangemap import RangeMap
-from ..uapi import PAGE_SHIFT, PAGE_SIZE, c_signed, c_value
+from ..uapi import MPOL_DEFAULT, MPOL_MODE_FLAGS, PAGE_SHIFT, PAGE_SIZE, c_signed, c_value
 from . import numa
 from .args import as_bytes
 from .madvise import do_madvise
@@ -27,6 +27,7 @@ from .pagecache import PageCache
 
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
 USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
+MPOL_MF_STRICT = 1
 _MMAP_BASE = 0x1000_0000_0000  # 16 TiB: about 112 TiB of room below TASK_SIZE, as a process has
 
 
@@ -265,8 +266,9 @@ class ModelHostMapping:
         if page < 0 or page >= self.npages:
             raise HostSigsegv(offset, write, "address not mapped")
         prot = self.prots.load(page)
-        # x86 page tables cannot express write-only: PROT_WRITE implies readable.
-        if not prot & (PROT_READ | PROT_WRITE) or (write and not prot & PROT_WRITE):
+        # x86 page tables cannot express write-only or execute-only (without protection keys): PROT_WRITE and
+        # PROT_EXEC imply readable for the CPU.
+        if not prot & (PROT_READ | PROT_WRITE | PROT_EXEC) or (write and not prot & PROT_WRITE):
             raise HostSigsegv(offset, write, "access not permitted by the page's protection")
         if self.markers.load(page):
             raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
@@ -460,6 +462,25 @@ class ModelHostMapping:
                 inode.pagecache.shared_policy.set(vma.pgoff + first, vma.pgoff + last, policy)
             else:
                 vma.vma_policy.set(first, last, policy)
+        online = (1 << self.space.numa_nodes) - 1
+        if flags & MPOL_MF_STRICT and mode & ~MPOL_MODE_FLAGS != MPOL_DEFAULT and nodemask & online != online:
+            # queue_pages_range(): a present page on a node outside the caller's mask fails MPOL_MF_STRICT
+            # with EIO (the policy stays set); with MPOL_MF_MOVE* anonymous pages migrate, guest_memfd folios
+            # cannot (kvm_gmem_migrate_folio). A mask of every online node cannot be violated, so the walk over
+            # present pages (bounded by what was touched) happens only on multi-node hosts.
+            for vma, first, last in pieces:
+                assert vma is not None
+                for page in self._present_pages(vma, first, last):
+                    node = vma.file.inode.pagecache.node_of(vma.pgoff + page) if vma.file else numa.LOCAL_NODE
+                    if not nodemask >> node & 1 and not (flags & 0x6 and vma.file is None):
+                        raise KvmError(errno.EIO, op, f"MPOL_MF_STRICT: a page at offset {page << PAGE_SHIFT:#x} "
+                                       f"is on node {node}, outside the mask")
+
+    @staticmethod
+    def _present_pages(vma: ModelHostMapping, first: int, last: int) -> Iterator[int]:
+        for s, e, level in vma.ptes.runs(first, last):
+            if level:
+                yield from range(s, e)
 
     def get_mempolicy(self, offset: int) -> tuple[int, int]:
         """``get_mempolicy(MPOL_F_ADDR)`` at ``offset``: (mode, nodemask) of the VMA there (EFAULT: none)."""

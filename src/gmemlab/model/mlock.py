@@ -69,7 +69,19 @@ def do_mprotect(space: Space, start: int, length: int, prot: int) -> None:
         wanted = prot & (PROT_READ | PROT_WRITE | PROT_EXEC)
         if wanted & ~_may(vma):
             raise KvmError(errno.EACCES, op, f"prot {prot:#x} exceeds what the mapping may have (noexec mount)")
+        populate = []
+        if not vma.shared and wanted & PROT_WRITE:
+            # mprotect_fixup(): a private VM_LOCKED VMA becoming writable is populated (COW now, not on access)
+            for s, e, locked in vma.locked.runs(first, last):
+                if locked == VM_LOCKED:  # not VM_LOCKONFAULT: populate_vma_page_range() does nothing then
+                    populate += [(ps, pe) for ps, pe, p in vma.prots.runs(s, e) if not p & PROT_WRITE]
         vma.prots.store(first, last, wanted)
+        for ps, pe in populate:
+            for page in range(ps, pe):
+                try:
+                    vma._fault(page, True, gup=True)
+                except (HostSigbus, HostSigsegv):
+                    break  # the result of populate_vma_page_range() is ignored
 
 
 def do_mlock(space: Space, start: int, length: int, flags: int) -> None:
