@@ -7,10 +7,10 @@ module defines ``CASES = CaseList()`` and is added to :data:`MODULES`.
 from __future__ import annotations
 
 from ..case import Case
-from . import execute, hugetlb, inplace, linux, memslot_change, prefault, private, rfc
+from . import execute, fuzzfound, hugetlb, inplace, linux, memslot_change, prefault, private, rfc
 
 # memslot_change last: on kernels before 6.18.3 its case leaves a freed memslot bound (a use-after-free)
-MODULES = (linux, private, inplace, prefault, execute, rfc, hugetlb, memslot_change)
+MODULES = (linux, private, inplace, prefault, execute, fuzzfound, rfc, hugetlb, memslot_change)
 REGISTRY: tuple[Case, ...] = tuple(c for module in MODULES for c in module.CASES)
 
 
