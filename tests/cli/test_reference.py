@@ -26,6 +26,8 @@ def test_reference_lists_every_key_settable_with_set() -> None:
         assert key in listed
     for k in keys():
         assert k.type and k.default, k
+    undocumented = [k.key for k in keys() if not k.meaning]
+    assert not undocumented, f"give these keys option(..., doc=...) in workload/scenario.py: {undocumented}"
 
 
 def test_export_writes_a_starting_file_that_loads(tmp_path: Path) -> None:

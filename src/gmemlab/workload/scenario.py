@@ -55,7 +55,8 @@ LOCATIONS = ("rule", "low", "top", "low_normal", "scattered")
 class Backing:
     """Folio allocator behind the guest_memfd (§3.1; pKVM THP blocks §1.4)."""
 
-    allocator: str = option(Choice(("hugetlb", "buddy", "buddy_thp")), "hugetlb")
+    allocator: str = option(Choice(("hugetlb", "buddy", "buddy_thp")), "hugetlb",
+                            doc="folio allocator: HugeTLB pool, buddy 4K pages, or buddy THP 2M blocks (pKVM)")
     page: int = option(Level(), GiB, doc="folio size: 4K (buddy), 2M (THP or HugeTLB), 1G (HugeTLB)")
 
 
@@ -63,18 +64,20 @@ class Backing:
 class GmemFlags:
     """KVM_CREATE_GUEST_MEMFD flags (§0): MMAP, and INIT_SHARED (``shared``) or private by default."""
 
-    mmap: bool = option(Bool(), True)
-    init: str = option(Choice(("shared", "private")), "private")
+    mmap: bool = option(Bool(), True, doc="GUEST_MEMFD_FLAG_MMAP: the VMM may mmap the file (host faults)")
+    init: str = option(Choice(("shared", "private")), "private",
+                       doc="initial state of the file: INIT_SHARED (non-CoCo, mmap populate) or private")
 
 
 @dataclass(frozen=True)
 class PopulateRange:
     """One payload range loaded before the guest runs (§5.2 from the amd/sev-utils#17 trace)."""
 
-    size: int = option(PAGE)
-    name: str = option(Text(), "")
+    size: int = option(PAGE, doc="bytes loaded (firmware, kernel, initrd, ...)")
+    name: str = option(Text(), "", doc="a label for messages and the event stream")
     gpa: int | None = option(AMOUNT, None, doc="placed top-down in RAM when absent or outside RAM")
-    type: str = option(Choice(("normal", "zero", "secrets", "cpuid")), "normal")
+    type: str = option(Choice(("normal", "zero", "secrets", "cpuid")), "normal",
+                       doc="SNP launch page type (SNP_PAGE_TYPE_*); other arches ignore it")
     measure: bool = option(Bool(), False, doc="TDX: TDH.MR.EXTEND x16 per 4K page")
 
 
@@ -83,11 +86,13 @@ class PopulateSpec:
     """How the VMM loads the payload (§1.2 (a) kvm_gmem_populate vs (b) mmap in place; §1.1; §1.4)."""
 
     method: str = option(
-        Choice(("none", "gmem_populate", "mmap_inplace", "vmm_write", "vmm_write_then_donate")), "none"
+        Choice(("none", "gmem_populate", "mmap_inplace", "vmm_write", "vmm_write_then_donate")), "none",
+        doc="gmem_populate: kvm_gmem_populate copies in; mmap_inplace: write through the gmem mapping while "
+        "shared, then convert; vmm_write: plain host write; vmm_write_then_donate: shared, written, converted",
     )
     prealloc: bool = option(Bool(), False, doc="FALLOC the whole file first (§1.2 Vishal's recipe)")
     ranges: tuple[PopulateRange, ...] = option(ArrayOf(PopulateRange), ())
-    vmsa_per_vcpu: int = option(Number(integer=True, min=0), 0)
+    vmsa_per_vcpu: int = option(Number(integer=True, min=0), 0, doc="SNP: VMSA pages launched per vCPU")
     convert_rest_to_private: str = option(
         Choice(("late", "never")), "late", doc="mmap_inplace on a shared file: convert RAM private before launch"
     )
@@ -108,7 +113,9 @@ class PreWatermark:
 class AcceptSpec:
     """Guest memory acceptance (§1.2, §1.3; placement.md §1): lazy in ``chunk`` (4 MiB) steps, eager, or none."""
 
-    mode: str = option(Choice(("lazy", "eager", "none")), "none")
+    mode: str = option(Choice(("lazy", "eager", "none")), "none",
+                       doc="lazy: accepted as the guest allocates; eager: all at boot (accept_memory=eager); "
+                       "none: no acceptance (arch none, pkvm)")
     firmware: str = option(Choice(("below_4g", "all")), "below_4g",
                            doc="what the firmware accepts: OVMF all RAM below 4 GiB, eager TDVF/stage0 all")
     unit: int = option(PAGE, 2 * MiB, doc="EFI unaccepted bitmap unit (accept_memory rounds to it, + 1 guard)")
@@ -164,8 +171,10 @@ class Churn:
 
     pattern: str = option(Choice(("dma_coherent", "pingpong")), "dma_coherent",
                           doc="dma_coherent: alloc (to shared) + free (to private); pingpong: one 4K page")
-    rate_per_s: float = option(Number(min=0.0), 0.0)
-    size_dist: tuple[tuple[int, float], ...] = option(SizeDist(), ((PAGE_SIZE, 1.0),))
+    rate_per_s: float = option(Number(min=0.0), 0.0, doc="conversions (each a to-shared and a to-private) "
+                               "per simulated second of runtime_s")
+    size_dist: tuple[tuple[int, float], ...] = option(SizeDist(), ((PAGE_SIZE, 1.0),),
+                                                      doc="size of each conversion: size = probability")
     locality: str = option(Choice(("accepted_normal", "low_memory_biased", "uniform")), "accepted_normal",
                            doc="accepted_normal: the accepted part of ZONE_NORMAL (placement §2.1); "
                            "low_memory_biased: 80% below 4 GiB; uniform: all RAM")
@@ -177,12 +186,13 @@ class Churn:
 class GuestTouch:
     """First touches of guest memory outside acceptance (§5.1 ``guest_touch``; pKVM donation §1.4)."""
 
-    fraction_of_mem: float = option(Number(min=0.0, max=1.0), 0.0)
+    fraction_of_mem: float = option(Number(min=0.0, max=1.0), 0.0,
+                                    doc="part of guest memory the guest touches at runtime (faults it in)")
 
 
 @dataclass(frozen=True)
 class Pins:
-    longterm: bool = option(Bool(), False)
+    longterm: bool = option(Bool(), False, doc="FOLL_LONGTERM pins (VFIO/iommufd DMA): they block conversion")
     fraction: float = option(Number(min=0.0, max=1.0), 0.0, doc="fraction of pool pages pinned")
 
 
@@ -190,10 +200,13 @@ class Pins:
 class HostAccess:
     """Host userspace access to shared memory (§5.1 scattered_4k; §1.5 DPDK pool)."""
 
-    pattern: str = option(Choice(("none", "scattered_4k", "pool")), "none")
+    pattern: str = option(Choice(("none", "scattered_4k", "pool")), "none",
+                          doc="scattered_4k: host DMA to 4K pages anywhere (non-CoCo virtio); pool: host maps "
+                          "the shared pool regions (DPDK)")
     touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
                                      doc="scattered_4k: of all pages; pool: of the pool")
-    wants_mapping: int = option(Level(), PAGE_SIZE)
+    wants_mapping: int = option(Level(), PAGE_SIZE, doc="the host page size the accesses would like (THP/HugeTLB "
+                                "mapping of shared memory)")
     pins: Pins = field(default_factory=Pins, metadata=nested(Pins))
 
 
@@ -201,7 +214,7 @@ class HostAccess:
 class ArchLimits:
     """Hardware and KVM limits the model enforces (§2.1 2c, §1.3 TDX huge pages); read by the engine."""
 
-    private_max_level: int = option(Level(), GiB)
+    private_max_level: int = option(Level(), GiB, doc="largest stage-2 leaf for private memory (TDX upstream: 4K)")
     map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)")
 
 
@@ -209,19 +222,23 @@ class ArchLimits:
 class Scenario:
     """One validated scenario (§5). ``source`` is where it was read from, for messages."""
 
-    name: str = option(Text(), "")
-    description: str = option(Text(), "")
-    arch: str = option(Choice(ARCHES), "none")
-    guest_mem: int = option(Size(min=2 * MiB, multiple_of=2 * MiB), 64 * GiB)
-    vcpus: int = option(Number(integer=True, min=1, max=4096), 16)
+    name: str = option(Text(), "", doc="default: the file name without .toml")
+    description: str = option(Text(), "", doc="one line, shown by gmemlab scenarios")
+    arch: str = option(Choice(ARCHES), "none", doc="the guest's confidential-computing architecture (none: "
+                       "ordinary VM on guest_memfd)")
+    guest_mem: int = option(Size(min=2 * MiB, multiple_of=2 * MiB), 64 * GiB, doc="guest RAM (one guest_memfd)")
+    vcpus: int = option(Number(integer=True, min=1, max=4096), 16, doc="vCPUs (boot work runs on them in parallel)")
     policy: str = option(Choice(("eager", "deferred")), "eager", doc="split policy under test (§2.3)")
-    merge: str = option(Choice(("eager", "lazy", "never")), "eager")
+    merge: str = option(Choice(("eager", "lazy", "never")), "eager",
+                        doc="when split huge folios merge back: eager (when all private again), lazy (at "
+                        "truncate: deferred), never")
     attr_store: str = option(Choice(("xarray", "maple")), "xarray", doc="VM attribute store (§0)")
     set_attr_private: bool = option(Bool(), False, doc="VMM sets the whole slot private at creation (QEMU)")
     zero_on_convert: bool = option(Bool(), True, doc="false for pKVM (§1.4)")
-    no_direct_map: bool = option(Bool(), False)
+    no_direct_map: bool = option(Bool(), False, doc="GUEST_MEMFD_FLAG_NO_DIRECT_MAP: folios leave the kernel's "
+                                 "direct map (secret hiding)")
     runtime_s: int = option(Number(integer=True, min=0), 60, doc="simulated runtime seconds")
-    teardown: bool = option(Bool(), True)
+    teardown: bool = option(Bool(), True, doc="close and truncate the file at the end (counted in the totals)")
     backing: Backing = field(default_factory=Backing, metadata=nested(Backing))
     gmem_flags: GmemFlags = field(default_factory=GmemFlags, metadata=nested(GmemFlags))
     populate: PopulateSpec = field(default_factory=PopulateSpec, metadata=nested(PopulateSpec))
@@ -231,7 +248,8 @@ class Scenario:
     guest_touch: GuestTouch = field(default_factory=GuestTouch, metadata=nested(GuestTouch))
     host_access: HostAccess = field(default_factory=HostAccess, metadata=nested(HostAccess))
     arch_limits: ArchLimits = field(default_factory=ArchLimits, metadata=nested(ArchLimits))
-    expect: tuple[tuple[str, str], ...] = option(StrMap(), ())
+    expect: tuple[tuple[str, str], ...] = option(StrMap(), (), doc="policy = what workloads.md expects it to show "
+                                                 "(text, shown by describe)")
     source: str = ""
 
     # --- resolved values ---------------------------------------------------------------------------
