@@ -70,8 +70,8 @@ def test_plot_writes_a_png(tmp_path):
     ("args", "message"),
     [
         (["run", "snp-lazy-acept-64g"], "did you mean 'snp-lazy-accept-64g'"),
-        (["run", "snp-lazy-accept-64g", "--policy", "lazy"], "unknown policy"),
-        (["compare", "snp-lazy-accept-64g", "--policy", "eager", "--policy", "nope"], "unknown policy"),
+        (["run", "snp-lazy-accept-64g", "--policy", "lazy"], "is not one of: eager"),
+        (["compare", "snp-lazy-accept-64g", "--policy", "eager", "--policy", "nope"], "is not one of: eager"),
         (["run", "snp-lazy-accept-64g", "--set", "guest_mem=64GB"], "did you mean GiB"),
         (["run", "snp-lazy-accept-64g", "--set", "acept.mode=eager"], "unknown key"),
         (["run", "snp-lazy-accept-64g", "--set", "vcpus"], "expected KEY=VALUE"),

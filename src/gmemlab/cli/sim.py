@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -33,10 +34,14 @@ from ..sim import plot, report
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..workload.scenario import load_scenario
-from .common import ExitCode, esc, positive_seconds
+from .common import ExitCode, choices, esc, positive_seconds
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
-POLICY_HELP = f"guest_memfd split/merge policy ({', '.join(POLICIES)})."
+POLICY_HELP = "guest_memfd split/merge policy (docs/hugepages.md)."
+if TYPE_CHECKING:
+    PolicyChoice = str
+else:  # an enum at run time: typer shows, completes and checks the choices (with did-you-mean)
+    PolicyChoice = choices("PolicyChoice", POLICIES)
 TIME_LIMIT_HELP = "Stop after SECONDS (exit status 3, incomplete); a progress bar shows on a terminal."
 PLOT_HELP = "Write a plot to this file: .png, .svg or .pdf (the extension picks the format)."
 SEED_HELP = "Seed of the generator's random choices (0 to 2^64-1)."
@@ -128,7 +133,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
-        policy: str | None = typer.Option(None, "--policy", help=POLICY_HELP + " Default: the scenario's."),
+        policy: PolicyChoice | None = typer.Option(None, "--policy", help=POLICY_HELP + " Default: the scenario's."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
@@ -137,14 +142,15 @@ def register(app: typer.Typer) -> None:
         plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under one policy: metrics, modelled time by category, cost rows."""
-        results = _run_all(scenario, [policy] if policy else [], set_, seed, costs, plot_path, show_progress=True,
+        results = _run_all(scenario, [str(policy)] if policy else [], set_, seed, costs, plot_path, show_progress=True,
                            time_limit=time_limit)
         _print(results, as_json, plot_path, listed=False)
 
     @app.command("compare")
     def compare_cmd(
         scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
-        policy: list[str] = typer.Option([], "--policy", help=POLICY_HELP + " Repeat; default eager, deferred."),
+        policy: list[PolicyChoice] = typer.Option([], "--policy",
+                                                  help=POLICY_HELP + " Repeat; default eager, deferred."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help=COSTS_HELP),
@@ -153,7 +159,7 @@ def register(app: typer.Typer) -> None:
         plot_path: str | None = typer.Option(None, "--plot", help=PLOT_HELP),
     ) -> None:
         """Simulate a scenario under several policies and show them side by side."""
-        policies = list(policy) or [p for p in ("eager", "deferred") if p in POLICIES]
+        policies = [str(p) for p in policy] or [p for p in ("eager", "deferred") if p in POLICIES]
         if len(set(policies)) != len(policies):
             raise UsageError(f"--policy: given more than once: {', '.join(policies)}")
         results = _run_all(scenario, policies, set_, seed, costs, plot_path, show_progress=True,

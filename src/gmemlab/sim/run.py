@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from ..checks import U64_MAX, check_int
 from ..errors import UsageError
 from ..model.policy import POLICIES
 from ..workload.scenario import Scenario, load_scenario
@@ -166,7 +167,12 @@ def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | No
                  overrides: Sequence[str] = ()) -> RunResult:
     """Run a validated scenario under ``policy`` (checked) with ``seed``. ``reference`` (the per-page oracle,
     :mod:`gmemlab.sim.reference`) and ``coalesce=False`` select the slow paths the tests compare against.
-    ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON)."""
+    ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON). The seed is
+    an integer from 0 to 2^64 - 1 (as ``--seed``)."""
+    try:
+        seed = check_int(seed, 0, U64_MAX)
+    except ValueError as exc:
+        raise UsageError(f"seed: {exc}") from None
     policy = effective_policy(check_policy(policy), sc.merge)
     engine = Engine(sc, policy, seed, costs, reference=reference, progress=progress, coalesce=coalesce).run()
     return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, dict(engine.segment_cpus),
