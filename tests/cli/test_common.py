@@ -199,3 +199,14 @@ def test_a_missing_optional_library_disables_one_command_only() -> None:
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-c", code, "profiles", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0 and '"profiles"' in proc.stdout
+
+
+def test_a_reader_that_goes_away_means_incomplete_not_failure() -> None:
+    """`gmemlab ... | head -1`: no traceback, no 'failure' status (rich alone would exit 1)."""
+    proc = subprocess.Popen([sys.executable, "-m", "gmemlab", "scenarios", "events", "churn-pingpong", "--limit",
+                             "100000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "80"})
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == ExitCode.INCOMPLETE and b"Traceback" not in err, err

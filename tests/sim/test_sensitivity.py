@@ -83,7 +83,7 @@ def test_cli_tables_json_plot_and_bad_input(tmp_path):
     assert set(j["figures"]) == {"boot", "cpu", "dataplane"}
     for args, message in (
         (["--policy", "eager"], "exactly two"),
-        (["--policy", "eager", "--policy", "eagre"], "unknown policy"),
+        (["--policy", "eager", "--policy", "eagre"], "did you mean 'eager'"),
         (["--policy", "eager", "--policy", "deferred", "--min", "0"], "0 < min < max"),
         (["--policy", "eager", "--policy", "deferred", "--plot", str(tmp_path)], "is a directory"),
     ):

@@ -235,7 +235,7 @@ def run_main(call: Any, argv: Sequence[str] = ()) -> int:
     except KeyboardInterrupt:
         print("gmemlab: interrupted", file=sys.stderr)
         return ExitCode.INCOMPLETE
-    except BrokenPipeError:
+    except (BrokenPipeError, ReaderGone):
         # The reader went away (`gmemlab ... | head`): stop quietly; the output is incomplete.
         _silence_stdout()
         return ExitCode.INCOMPLETE
@@ -243,6 +243,17 @@ def run_main(call: Any, argv: Sequence[str] = ()) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else ExitCode.USAGE)
     except Exception as exc:
         return internal_error(exc, _command_name(argv))
+
+
+class ReaderGone(Exception):
+    """stdout's reader closed the pipe while rich was printing (rich would exit 1, the status of a failure)."""
+
+
+def _rich_broken_pipe(self: Console) -> None:
+    raise ReaderGone
+
+
+Console.on_broken_pipe = _rich_broken_pipe  # type: ignore[method-assign]
 
 
 def _silence_stdout() -> None:

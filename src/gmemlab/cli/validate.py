@@ -12,9 +12,11 @@ import json
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..sim.calibration import CHECKED, Row, validate
 from ..sim.costs import SOURCES, load_cost_table
+from .common import Col, ExitCode, fit_table, styled
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -34,19 +36,37 @@ def _status(row: Row) -> str:
 
 
 def table(rows: list[Row]) -> Table:
-    t = Table(title="gmemlab validate: published figures vs the simulator (calibration.md)",
-              caption="check: must be within 2x; input: the figure a weight or rule comes from (circular to check); "
-              "not reproducible: needs what the model lacks (see note)")
-    for col in ("id", "quantity", "published", "simulated", "ratio", "status", "source", "shares its source"):
-        t.add_column(col, overflow="fold")
+    cells = []
     for r in rows:
         f = r.figure
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
         style = "red" if r.ok is False else ("green" if r.ok else "dim")
         shared = ", ".join(f"row {x}" for x in r.shared_rows) or "-"
-        t.add_row(f.id, f.quantity, _fmt(f.published, f.unit), _fmt(r.simulated, f.unit), ratio, _status(r),
-                  f.source, shared, style=style)
-    return t
+        cells.append((f.id, f.quantity, _fmt(f.published, f.unit), _fmt(r.simulated, f.unit), ratio,
+                      styled(_status(r), style), f.source, shared))
+    return fit_table([Col("id", "id"), Col("quantity", ratio=2), Col("published", "num"), Col("simulated", "num"),
+                      Col("ratio", "num"), Col("status"), Col("source"), Col("shares its source")], cells,
+                     title="gmemlab validate: published figures vs the simulator (calibration.md)",
+                     caption="check: must be within 2x; input: the figure a weight or rule comes from (circular to "
+                     "check); not reproducible: needs what the model lacks (see note)")
+
+
+def print_blocks(console: Console, rows: list[Row]) -> None:
+    """Narrow terminals: one block per figure (its id beside it, the details indented under the quantity)."""
+    console.print("gmemlab validate: published figures vs the simulator (calibration.md); check: within 2x",
+                  style="bold")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for r in rows:
+        f = r.figure
+        ratio = "" if r.ratio is None else f", ratio {r.ratio:.2f}"
+        style = "red" if r.ok is False else ("green" if r.ok else "dim")
+        shared = ", ".join(f"row {x}" for x in r.shared_rows) or "no cost row"
+        grid.add_row(f.id, Text.assemble(
+            f.quantity, "\n", f"published {_fmt(f.published, f.unit)}, simulated {_fmt(r.simulated, f.unit)}"
+            f"{ratio}: ", (_status(r), style), f"; source {f.source} (shared by {shared})"))
+    console.print(grid)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,8 +81,11 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps([r.as_json() for r in rows], indent=2))
         else:
-            console = Console(width=max(Console().width, 160))
-            console.print(table(rows))
+            console = Console(highlight=False)
+            if console.width >= 140:
+                console.print(table(rows))
+            else:  # narrow terminals: one block per figure instead of eight squeezed columns
+                print_blocks(console, rows)
             if notes:
                 for r in rows:
                     setup = f" [{r.figure.setup}]" if r.figure.setup else ""
@@ -73,4 +96,4 @@ def register(app: typer.Typer) -> None:
         if failed:
             if not as_json:
                 Console(stderr=True).print(f"outside 2x: {', '.join(failed)}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
