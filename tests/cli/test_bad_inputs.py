@@ -151,6 +151,24 @@ def cases() -> list[Any]:
     add("run-unknown-option", ["run", "churn-pingpong", "--sed", "1"], "--sed")
     add("run-no-scenario", ["run"], "scenario")
 
+    # --- sensitivity, validate -------------------------------------------------------------------------------
+    two = ["--policy", "eager", "--policy", "deferred"]
+    for name, argv, needle in [
+        ("one-policy", ["churn-pingpong", "--policy", "eager"], "exactly two policies"),
+        ("policy", ["churn-pingpong", "--policy", "eager", "--policy", "defered"], "did you mean 'deferred'"),
+        ("min-nan", ["churn-pingpong", *two, "--min", "nan"], "--min nan"),
+        ("max-inf", ["churn-pingpong", *two, "--max", "inf"], "--max inf"),
+        ("min-above-max", ["churn-pingpong", *two, "--min", "5", "--max", "2"], "0 < min < max"),
+        ("top-0", ["churn-pingpong", *two, "--top", "0"], "--top"),
+        ("plot-empty", ["churn-pingpong", *two, "--plot", ""], "--plot ''"),
+        ("plot-ext", ["churn-pingpong", *two, "--plot", "out.jpeg"], "extension .jpeg"),
+        ("set-nan", ["churn-pingpong", *two, "--set", "runtime_churn.rate_per_s=nan"], "rate_per_s"),
+        ("scenario", ["churn-pingpog", *two], "did you mean 'churn-pingpong'"),
+    ]:
+        add(f"sensitivity-{name}", ["sensitivity", *argv], needle)
+    add("validate-costs-nan", ["validate", "--costs", "costs-nan.toml"], "rows.6.weight: must be a finite number")
+    add("validate-costs-missing", ["validate", "--costs", "missing.toml"], "missing.toml")
+
     # --- scenarios ----------------------------------------------------------------------------------------------
     add("scenarios-unknown-command", ["scenarios", "lst"], "'lst'")
     add("scenarios-describe-unknown", ["scenarios", "describe", "tdx-bot-64g"], "did you mean 'tdx-boot-64g'")
@@ -496,4 +514,4 @@ def test_enough_bad_inputs() -> None:
     commands = {c.values[0].argv[0] for c in CASES}
     assert len(CASES) + len(API_CASES) >= 100
     assert commands >= {"run", "compare", "scenarios", "races", "conformance", "oracle", "profiles", "fuzz", "vm",
-                        "sweep", "results"}
+                        "sweep", "results", "sensitivity", "validate"}
