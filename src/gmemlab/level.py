@@ -96,9 +96,3 @@ Level.PG_1G = Level._define(3, 18, "1G")
 
 LEVELS = (Level.PG_4K, Level.PG_2M, Level.PG_1G)  # smallest first
 HUGE_LEVELS = (Level.PG_1G, Level.PG_2M)  # largest first, the order a fault tries them in
-
-# Deprecated spellings kept for sim/target.py until the simulator moves to Level (NOTES.md); the model and
-# everything new use Level directly.
-LEVEL_4K, LEVEL_2M, LEVEL_1G = Level.PG_4K, Level.PG_2M, Level.PG_1G
-LEVEL_PAGES = {level: level.pages for level in LEVELS}
-LEVEL_NAMES = {level: level.label for level in LEVELS}

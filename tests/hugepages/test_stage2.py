@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gmemlab.level import LEVEL_1G, LEVEL_2M, LEVEL_4K
+from gmemlab.level import Level
 from gmemlab.model.mmu import disallow_lpage, kvm_mmu_max_mapping_level
 from gmemlab.uapi import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMORY_ATTRIBUTE_PRIVATE, VmType
 
@@ -17,7 +17,7 @@ def _levels(env) -> dict[str, int]:  # type: ignore[no-untyped-def]
 
 
 def test_hardware_cap_limits_to_2m() -> None:
-    e = make("eager", nblocks=1, init_private=True, tdp_max_level=LEVEL_2M)
+    e = make("eager", nblocks=1, init_private=True, tdp_max_level=Level.PG_2M)
     e.cpu.touch(GPA, G1)
     assert _levels(e) == {"4K": 0, "2M": G1, "1G": 0}
 
@@ -26,11 +26,11 @@ def test_memslot_head_and_tail_and_offset_misalignment() -> None:
     # A slot starting 2 MiB into a 1G-aligned gfn range: head and tail 1G pages are disallowed at 1G.
     e = make("eager", nblocks=2, init_private=True, gpa=GPA + M2)
     slot = e.vm.find_memslot((GPA + M2) >> 12)
-    assert disallow_lpage(e.vm, slot, (GPA + M2) >> 12, LEVEL_1G) is not None
+    assert disallow_lpage(e.vm, slot, (GPA + M2) >> 12, Level.PG_1G) is not None
     e.cpu.touch(GPA + M2, 2 * G1)
     # gfn and gmem offset misaligned modulo 1G (by 2M) -> the whole slot maps at most 2M
     assert _levels(e) == {"4K": 0, "2M": 2 * G1, "1G": 0}
-    assert "offset" in disallow_lpage(e.vm, slot, (GPA + G1) >> 12, LEVEL_1G)
+    assert "offset" in disallow_lpage(e.vm, slot, (GPA + G1) >> 12, Level.PG_1G)
 
 
 def test_mixed_vm_attributes_disallow_huge_leaves() -> None:
@@ -45,8 +45,8 @@ def test_mixed_vm_attributes_disallow_huge_leaves() -> None:
     vm.set_memory_attributes(GPA, G1, KVM_MEMORY_ATTRIBUTE_PRIVATE)
     vm.set_memory_attributes(GPA + 3 * M2, P, 0)
     slot = vm.find_memslot(GPA >> 12)
-    assert disallow_lpage(vm, slot, GPA >> 12, LEVEL_1G) == "mixed attributes"
-    assert disallow_lpage(vm, slot, GPA >> 12, LEVEL_2M) is None
+    assert disallow_lpage(vm, slot, GPA >> 12, Level.PG_1G) == "mixed attributes"
+    assert disallow_lpage(vm, slot, GPA >> 12, Level.PG_2M) is None
     cpu = vm.create_vcpu(0)
     cpu.touch(GPA, 3 * M2)  # the shared page itself has no host mapping to come from: skip it
     cpu.touch(GPA + 3 * M2 + P, G1 - 3 * M2 - P)
@@ -58,8 +58,8 @@ def test_dirty_logging_forces_4k() -> None:
     e = make("eager", nblocks=1, init_private=True)
     slot = e.vm.find_memslot(GPA >> 12)
     logged = replace(slot, flags=slot.flags | KVM_MEM_LOG_DIRTY_PAGES)
-    assert kvm_mmu_max_mapping_level(e.vm, slot, GPA >> 12, True, 18) == LEVEL_1G
-    assert kvm_mmu_max_mapping_level(e.vm, logged, GPA >> 12, True, 18) == LEVEL_4K
+    assert kvm_mmu_max_mapping_level(e.vm, slot, GPA >> 12, True, 18) == Level.PG_1G
+    assert kvm_mmu_max_mapping_level(e.vm, logged, GPA >> 12, True, 18) == Level.PG_4K
 
 
 def test_snp_caps_at_2m_and_rmp_history_sticks() -> None:

@@ -114,7 +114,7 @@ def test_swiotlb_is_1gib_for_a_64gib_guest(scenario_file):
         'mode = "eager"', 'mode = "none"')
     sc = parse_scenario(text, "t.toml")
     engine = Engine(sc, "eager").run()
-    shared = sum(e - s for s, e, v in engine.target.inode.shareability.runs(0, sc.guest_mem // PAGE_SIZE) if v)
+    shared = sum(e - s for s, e, v in engine.machine.inode.shareability.runs(0, sc.guest_mem // PAGE_SIZE) if v)
     assert shared * PAGE_SIZE == 1 * GiB
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from gmemlab.arch import generate
 from gmemlab.arch.snp import psc_descriptors
+from gmemlab.level import Level
 from gmemlab.workload import events as ev
 from gmemlab.workload.derived import swiotlb_default_size
 from gmemlab.workload.scenario import load_scenario
@@ -74,7 +75,7 @@ def test_tdx_64g_acceptance_covers_ram_once_in_linux_order():
     kernel = [e for i, e in accepts if i > boot]
     payload = [(p.start, p.end) for p in stream if isinstance(p, ev.Populate) and not p.rom]
     assert sum(e - s for s, e in payload) == 104 * KiB  # TDVF TEMP_MEM + TD_HOB in RAM
-    assert all(e.end <= 2 * GiB and e.size <= 32 * MiB and e.try_levels == (2 * MiB, 4 * KiB) for e in firmware)
+    assert all(e.end <= 2 * GiB and e.size <= 32 * MiB and e.try_levels == (Level.PG_2M, Level.PG_4K) for e in firmware)
     assert sum(e.size for e in firmware) == 2 * GiB - 104 * KiB
     top = kernel[0]
     assert (top.end, top.size) == (64 * GiB, 1064 * MiB)  # 1 GiB memmap + 16 x 512 KiB per-CPU + 32 MiB
@@ -320,7 +321,7 @@ def test_tdx_runtime_to_private_maps_then_accepts():
         nxt = stream[i + 1: i + 4]
         assert nxt[0] == ev.HcMapGpa(mapgpa.start, mapgpa.end)
         assert nxt[1] == ev.GmemConvert(mapgpa.start, mapgpa.end, False)
-        assert nxt[2] == ev.Accept(mapgpa.start, mapgpa.end, (GiB, 2 * MiB, 4 * KiB))
+        assert nxt[2] == ev.Accept(mapgpa.start, mapgpa.end, (Level.PG_1G, Level.PG_2M, Level.PG_4K))
 
 
 # --- determinism and scale -----------------------------------------------------------------------------

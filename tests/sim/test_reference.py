@@ -58,7 +58,7 @@ def test_runs_of_calls_taken_at_once_match_the_reference(name):
     assert slow.bulk_runs == 0
     assert fast.counters == slow.counters and fast.events == slow.events
     assert fast.model_metrics() == slow.model_metrics()
-    assert dict(fast.target.metrics) == dict(slow.target.metrics)
+    assert dict(fast.machine.metrics) == dict(slow.machine.metrics)
 
 
 @pytest.mark.parametrize("policy", ["eager+staged", "deferred+direct", "eager+merge-never"])

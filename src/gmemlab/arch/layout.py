@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from bisect import bisect_left
 
+from ..level import Level
 from ..uapi import PAGE_SIZE
 from ..workload.derived import q35_low_top
 
@@ -48,7 +49,7 @@ class Layout:
         self.low_top = q35_low_top(ram_end)
         self._starts: list[int] = []
         self._ends: list[int] = []
-        self._mmio_next = align_up(ram_end, 1 << 30)
+        self._mmio_next = align_up(ram_end, Level.PG_1G.bytes)
 
     def overlap(self, start: int, end: int) -> tuple[int, int] | None:
         """The reserved range with the highest start that overlaps ``[start, end)``, if any."""

@@ -35,7 +35,8 @@ import random
 from collections.abc import Iterable, Iterator
 
 from ..errors import UsageError
-from ..uapi import PAGE_SIZE, PMD_SIZE
+from ..level import Level
+from ..uapi import PAGE_SIZE
 from ..workload.derived import memslots
 from ..workload.events import (
     CreateGmem,
@@ -288,7 +289,7 @@ class Lifecycle:
     def runtime(self) -> Iterator[Event]:
         sc = self.sc
         yield PhaseMark(Phase.RUNTIME)
-        touched = align_down(int(sc.guest_touch.fraction_of_mem * sc.guest_mem), PMD_SIZE)
+        touched = align_down(int(sc.guest_touch.fraction_of_mem * sc.guest_mem), Level.PG_2M.bytes)
         if touched:
             yield GuestFault(0, touched)
         yield from self.host_pool_access()

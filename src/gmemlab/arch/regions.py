@@ -28,6 +28,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from ..level import Level
 from ..uapi import PAGE_SIZE
 from ..workload.derived import HASH_TABLES_MAX, PERCPU_UNIT, memmap_size
 from ..workload.scenario import Scenario, SharedRegion
@@ -43,6 +44,7 @@ DMA_ZONE_TOP = 16 * MiB  # ZONE_DMA
 LOW_NORMAL_MIN = 64 * MiB  # [assumed] window of boot-time buddy allocations above 4 GiB
 FIRMWARE_GHCB_STRIDE = 8 * KiB  # AmdSevEsInitialize: 2 pages per CPU, the first one shared
 GHCB_STRIDE = 12 * KiB  # sizeof(struct sev_es_runtime_data) rounded to pages
+PMD = Level.PG_2M.bytes  # memblock items of the top block are 2 MiB-aligned
 ATOMIC_POOL_ZONES = ("normal", "dma32", "dma")  # dma_atomic_pool_init: KERNEL, DMA32, DMA
 
 
@@ -69,13 +71,13 @@ class Placer:
         self.percpu_start = self.memmap_start - self.sc.vcpus * PERCPU_UNIT
         self.ghcb_top = self.percpu_start - min(mem // 1024, HASH_TABLES_MAX)
         ghcb_data = self.sc.vcpus * GHCB_STRIDE if self.sc.arch == "snp" else 0
-        self.top_block_start = align_down(self.ghcb_top - ghcb_data, 2 * MiB)
+        self.top_block_start = align_down(self.ghcb_top - ghcb_data, PMD)
 
     def reserve_top_block(self) -> tuple[int, int]:
         """``setup_arch``: memblock takes the memmap from the top of free RAM (below what the firmware
         reserved, in a small guest), the rest of the top block below it; returns the block's range."""
         size = memmap_size(self.sc.guest_mem)
-        start = self.layout.top_down(size, 2 * MiB, self.sc.guest_mem)
+        start = self.layout.top_down(size, PMD, self.sc.guest_mem)
         self._top_block(start + size)
         return self.top_block_start, self.memmap_end
 
@@ -169,7 +171,7 @@ def top_block_start(sc: Scenario) -> int:
     """Start of what memblock takes from the top of RAM by ``trap_init`` (placement §1.2 step 3)."""
     from ..workload.derived import memblock_top_block
 
-    return align_down(sc.guest_mem - memblock_top_block(sc.guest_mem, sc.vcpus, sc.arch == "snp"), 2 * MiB)
+    return align_down(sc.guest_mem - memblock_top_block(sc.guest_mem, sc.vcpus, sc.arch == "snp"), PMD)
 
 
 __all__ = ["PlacementError", "Placer", "top_block_start"]

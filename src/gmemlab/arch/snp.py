@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..uapi import PAGE_SIZE, PMD_SIZE
+from ..level import Level
+from ..uapi import PAGE_SIZE
 from ..workload.derived import OVMF_PSC_MAX_ENTRIES, PSC_MAX_ENTRIES
 from ..workload.events import Event, HcMapGpa, LaunchFinish, Psc, PscRun, Pvalidate, repeated
 from .base import GuestArch
+
+PMD_SIZE = Level.PG_2M.bytes
 
 
 def psc_descriptors(start: int, end: int, use_2m: bool = True,

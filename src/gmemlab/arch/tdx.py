@@ -14,17 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ..uapi import PAGE_SIZE, PMD_SIZE
+from ..level import Level
+from ..uapi import PAGE_SIZE
 from ..workload.events import Accept, Event, HcMapGpa, LaunchFinish, MapGpa, repeated
+from ..workload.scenario import Scenario
 from .base import GuestArch
 
 FIRMWARE_CHUNK = 32 << 20  # OvmfPkg TdxHelperLib ACCEPT_CHUNK_SIZE
-FIRMWARE_TRY_LEVELS = (PMD_SIZE, PAGE_SIZE)  # PcdTdxAcceptPageSize = 2 MiB, 4K for the remainder
+FIRMWARE_TRY_LEVELS = (Level.PG_2M, Level.PG_4K)  # PcdTdxAcceptPageSize = 2 MiB, 4K for the remainder
 
 
 class TdxGuest(GuestArch):
     name = "tdx"
     private_memory = True
+
+    def __init__(self, sc: Scenario) -> None:
+        super().__init__(sc)
+        self.try_levels = tuple(Level.of_size(size) for size in sc.accept.guest_try_levels)
 
     def launch_finish(self) -> Iterator[Event]:
         yield LaunchFinish(vmsa_pages=0)  # TDH.MR.FINALIZE; TDVPR pages are not guest_memfd
@@ -50,7 +56,7 @@ class TdxGuest(GuestArch):
             yield Accept(start + n * FIRMWARE_CHUNK, end, FIRMWARE_TRY_LEVELS)
 
     def accept(self, start: int, end: int) -> Iterator[Event]:
-        yield Accept(start, end, self.sc.accept.guest_try_levels)
+        yield Accept(start, end, self.try_levels)
 
     def to_shared(self, start: int, end: int, *, msr: bool = False, granule: int = PAGE_SIZE) -> Iterator[Event]:
         return self._map_gpa(start, end, to_shared=True)

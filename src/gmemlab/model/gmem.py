@@ -126,7 +126,6 @@ class GmemInode:
         self.pin_objs: list[ModelPin] = []
         self.files: list[GmemFile] = []
         self.mappings = FileMappings()  # i_mmap: the host mappings of this inode
-        self.stats = {"host_faults": 0}  # this inode's (sim/target.py reads it; everything else is in metrics)
         # HugeTLB backing (RFC v2): set by KVM_CREATE_GUEST_MEMFD with GUEST_MEMFD_FLAG_HUGETLB.
         self.huge: HugeGmem | None = None
         self.metrics = metrics if metrics is not None else Metrics()
@@ -155,7 +154,6 @@ class GmemInode:
     def _fault_user_mapping(self, index: int, vma: ModelHostMapping | None) -> tuple[int, int, Level] | None:
         if not self.shareability.is_shared(index):
             raise FaultRefused(f"file index {index:#x} is private (not host-faultable)")
-        self.stats["host_faults"] += 1
         if self.huge is not None:
             return self.huge.host_fault(index, vma)
         if self.pagecache.make_uptodate(index):
@@ -180,7 +178,6 @@ class GmemInode:
             zeroed = 0
         else:
             return False
-        self.stats["host_faults"] += points
         self.metrics.add("bytes_zeroed", zeroed * PAGE_SIZE)
         self.metrics.add(per_level("host_faults", Level.PG_4K), points)
         self.metrics.add(per_level("host_map_bytes", Level.PG_4K), points * PAGE_SIZE)

@@ -30,7 +30,6 @@ count). A counter nothing reads is not kept.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
 
 from ..level import HUGE_LEVELS, LEVELS, Level
 
@@ -107,47 +106,3 @@ class Metrics:
             "vmemmap_bytes": self.vmemmap_bytes,
             "vmemmap_peak_bytes": self.vmemmap_peak_bytes,
         }
-
-    # -- the names before the sink used the cost model's (sim/target.py and sim/engine.py still read them;
-    # NOTES.md). To be removed once the simulator reads the keys above.
-    @property
-    def c(self) -> LegacyCounters:
-        """A live view of the counters under their former names (``splits.1G``, ``arch.psmash``...)."""
-        return LegacyCounters(self)
-
-
-class LegacyCounters(Mapping[str, int]):
-    """The counters under the names used before the sink took the cost model's (read-only, live)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
-
-    def __getitem__(self, key: str) -> int:
-        m = self._m
-        kind, _, label = key.partition(".")
-        if kind in ("splits", "merges") and label in _LABELS:
-            big = _LABELS[label]
-            return m.splits(big) if kind == "splits" else m.merges(big)
-        return m.counters[_LEGACY_ADD.get(key, key)]
-
-    def __iter__(self) -> Iterator[str]:
-        names = [f"{kind}.{level.label}" for kind in ("splits", "merges") for level in HUGE_LEVELS]
-        return iter([*names, *_LEGACY_ADD, *_SAME])
-
-    def __len__(self) -> int:
-        return len(list(iter(self)))
-
-
-_LABELS = {level.label: level for level in HUGE_LEVELS}
-_SAME = ("guest_faults", "zaps", "bytes_zeroed", "arch_prepares", "split_eagain", "punch_eagain")
-SIZES = tuple(level.label for level in LEVELS)  # former name, still imported by sim/engine.py
-
-_LEGACY_ADD = {
-    **{f"{name}.{level.label}": per_level(name, level)
-       for name in ("stage2_faults", "stage2_bytes", "host_faults", "host_map_bytes") for level in LEVELS},
-    **{f"arch.{name}": name for name in ARCH_COUNTERS},
-    "conversions.ok": "conversions_ok",
-    "conversions.eagain": "conversion_eagain",
-    "leaves_zapped": "s2_zap_leaf",
-    "tlb_flushes": "tlb_flush_remote",
-}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..level import Level
 
 if TYPE_CHECKING:
-    from .target import Target
+    from .machine import Machine
 
 # Model counters a cost row prices as they are (same name in the sink and in the cost table).
 PRICED_AS_IS = (
@@ -35,15 +35,15 @@ class PriceContext:
     huge_block_pages: int  # pages per HugeTLB folio, 0 for order-0 files
 
 
-def raw(target: Target, engine: Counter[str]) -> Counter[str]:
+def raw(machine: Machine, engine: Counter[str]) -> Counter[str]:
     """Every counter of the run so far, flat (monotonic)."""
     out: Counter[str] = Counter(engine)
-    for key, value in target.metrics.items():
+    for key, value in machine.metrics.items():
         out["m." + key] = value
-    stats = target.pagecache_stats()
+    stats = machine.pagecache_stats()
     out["pc.folios_allocated"] = stats.get("folios_allocated", 0)
     out["pc.pages_zeroed"] = stats.get("pages_zeroed", 0)
-    out["fault_errors"] = target.fault_errors
+    out["fault_errors"] = machine.fault_errors
     return out
 
 

@@ -1,7 +1,7 @@
 """The simulator engine: apply a scenario's events to the model under a policy and count (workloads.md §1-§4).
 
 :class:`Engine` pulls the lazy event stream of :func:`gmemlab.arch.generate` and dispatches each event to
-one handler (``_on_<EventType>``). Handlers act on the model through :class:`gmemlab.sim.target.Target`
+one handler (``_on_<EventType>``). Handlers act on the model through :class:`gmemlab.sim.machine.Machine`
 (range operations, never a walk over 4 KiB pages) and count what the model does not (exits, PSC
 VMGEXITs, hypercalls); guest faults go through :class:`gmemlab.sim.faults.FaultBatch`, which also makes
 the PVALIDATE and ACCEPT decisions.
@@ -35,6 +35,7 @@ from typing import Any
 from ..arch import generate
 from ..level import HUGE_LEVELS, Level
 from ..uapi import KVM_MEMORY_ATTRIBUTE_PRIVATE, PAGE_SHIFT
+from ..workload.derived import TDX_MR_EXTEND_PER_PAGE
 from ..workload.events import (
     Accept,
     CreateGmem,
@@ -66,11 +67,10 @@ from ..workload.scenario import Scenario
 from . import counters as ctr
 from .costs import CostTable, filemap_xarray_bytes
 from .faults import FaultBatch
-from .reference import ReferenceTarget
-from .target import Target
-from .timing import BOOT_SEGMENTS, LEVELS, PARALLEL, SERIAL, Ledger, compute, new_ledger
+from .machine import Machine
+from .reference import ReferenceMachine
+from .timing import BOOT_SEGMENTS, LABELS, PARALLEL, SERIAL, Ledger, compute, new_ledger
 
-TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B (§1.3)
 PROGRESS_EVERY = 4096
 
 
@@ -111,7 +111,7 @@ class Engine:
         self.policy = policy
         self.seed = seed
         self.costs = costs or CostTable()
-        self.target = ReferenceTarget(sc, policy) if reference else Target(sc, policy)
+        self.machine = ReferenceMachine(sc, policy) if reference else Machine(sc, policy)
         self.reference = reference
         self.progress = progress
         self.counters: Counter[str] = Counter()  # what the model does not count
@@ -123,13 +123,13 @@ class Engine:
         self.phase = Phase.LAUNCH.value
         self.wall_s = 0.0
         self.coalesce = coalesce
-        self.faults = FaultBatch(self.target, self.counters, pkvm=sc.arch == "pkvm", coalesce=coalesce)
+        self.faults = FaultBatch(self.machine, self.counters, pkvm=sc.arch == "pkvm", coalesce=coalesce)
         self._ctx: ctr.PriceContext | None = None
         self._lane = SERIAL
         self._mark: Counter[str] = Counter()
         self._boot_wall = 0.0
         self._clock = 0.0  # simulated wall time: the boot critical path, then runtime seconds
-        self._ticks: dict[str, float] = dict.fromkeys(LEVELS, 0.0)  # stage-2 level shares summed over runtime seconds
+        self._ticks: dict[str, float] = dict.fromkeys(LABELS, 0.0)  # stage-2 level shares summed over runtime seconds
         self._nticks = 0
         self._handlers: dict[type, Callable[[Any], None]] = {
             cls: getattr(self, f"_on_{cls.__name__}")
@@ -174,14 +174,14 @@ class Engine:
         """Share of the guest's accesses per stage-2 level: the mix over the runtime seconds, or at the
         guest's stop when it has no runtime (§4.1; accesses spread like mapped bytes [assumed])."""
         if self._nticks:
-            return {lv: self._ticks[lv] / self._nticks for lv in LEVELS}
+            return {lv: self._ticks[lv] / self._nticks for lv in LABELS}
         snap = self.snapshot or self._take_snapshot()
         total = sum(snap.stage2_bytes.values())
-        return {lv: snap.stage2_bytes[lv] / total if total else 0.0 for lv in LEVELS}
+        return {lv: snap.stage2_bytes[lv] / total if total else 0.0 for lv in LABELS}
 
     def model_metrics(self) -> dict[str, Any]:
         """The metrics of DESIGN.md "Metrics a user expects" (the ``metrics`` object of ``--json``)."""
-        t = self.target
+        t = self.machine
         m = t.metrics
         snap = self.snapshot or self._take_snapshot()
         return {
@@ -196,7 +196,7 @@ class Engine:
             "tlb_flushes": m["tlb_flush_remote"],
             "tracking": dict(snap.tracking),
             "vmemmap_bytes": snap.vmemmap_bytes,
-            "vmemmap_peak_bytes": self.target.vmemmap_peak_bytes(),
+            "vmemmap_peak_bytes": self.machine.vmemmap_peak_bytes(),
             "filemap_xarray_bytes": snap.filemap_bytes,
             "shared_bytes": snap.shared_bytes,
         }
@@ -204,12 +204,12 @@ class Engine:
     # -- ledger -----------------------------------------------------------------------------------
     def _price_context(self) -> ctr.PriceContext:
         if self._ctx is None:
-            t = self.target
+            t = self.machine
             self._ctx = ctr.PriceContext(no_direct_map=t.no_direct_map, huge_block_pages=t.huge_block_pages())
         return self._ctx
 
     def _close_span(self) -> None:
-        now = ctr.raw(self.target, self.counters)
+        now = ctr.raw(self.machine, self.counters)
         delta = now - self._mark
         if delta:
             self.ledger[self.phase][self._lane].update(ctr.price(delta, self._price_context()))
@@ -231,9 +231,9 @@ class Engine:
         return compute(self.ledger, {}, self.costs, self.sc.vcpus, self.segment_cpus).boot.seconds
 
     def _take_snapshot(self) -> Snapshot:
-        t = self.target
+        t = self.machine
         if t.file is None:
-            empty = dict.fromkeys(LEVELS, 0)
+            empty = dict.fromkeys(LABELS, 0)
             return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0, 0)
         live = {lv: t.splits(lv) - t.merges(lv) for lv in HUGE_LEVELS}
         filemap = filemap_xarray_bytes(live[Level.PG_1G], live[Level.PG_2M], t.backend.policy.staged)
@@ -241,7 +241,7 @@ class Engine:
                         t.vmemmap_bytes(), t.shared_bytes(), filemap)
 
     def _sample(self, label: str) -> None:
-        t = self.target
+        t = self.machine
         self.samples.append(Sample(
             label, self.phase, round(self._clock, 9), t.stage2_bytes(),
             {lv.label: t.splits(lv) for lv in HUGE_LEVELS}, {lv.label: t.merges(lv) for lv in HUGE_LEVELS},
@@ -263,11 +263,11 @@ class Engine:
 
     def _on_Tick(self, ev: Tick) -> None:
         self._flush()
-        mapped = self.target.stage2_bytes()
+        mapped = self.machine.stage2_bytes()
         total = sum(mapped.values())
         if total:
             self._nticks += 1
-            for lv in LEVELS:
+            for lv in LABELS:
                 self._ticks[lv] += mapped[lv] / total
         self._clock = self._boot_wall + ev.second
         self._sample(f"t={ev.second}s")
@@ -276,16 +276,16 @@ class Engine:
     def _on_CreateGmem(self, ev: CreateGmem) -> None:
         self._flush()
         self._enter(SERIAL)
-        self.target.create_gmem(ev)
+        self.machine.create_gmem(ev)
 
     def _on_SetMemoryRegion(self, ev: SetMemoryRegion) -> None:
         self._flush()
         self._enter(SERIAL)
-        self.target.bind(ev)
+        self.machine.bind(ev)
 
     def _on_SetAttr(self, ev: SetAttr) -> None:
         """Row 12 (xarray: two passes per 4K page) or row 13 (one maple range store); no-op when unchanged."""
-        t = self.target
+        t = self.machine
         value = KVM_MEMORY_ATTRIBUTE_PRIVATE if ev.private else 0
         if t.vm.attributes.all_equal(ev.gfn_start, ev.gfn_end, value):
             self.counters["attr_noop_calls"] += 1
@@ -299,7 +299,7 @@ class Engine:
             self.counters["attr_xarray_pages"] += ev.pages
 
     def _on_GmemConvert(self, ev: GmemConvert) -> None:
-        t = self.target
+        t = self.machine
         work, pages = t.conversion_work(ev.start, ev.end, ev.to_shared)
         if not work:  # the range already has the value: the ioctl returns 0 at once (linux-7 §1.2 step 9)
             t.convert(ev.start, ev.end, ev.to_shared)
@@ -317,28 +317,28 @@ class Engine:
     def _on_Falloc(self, ev: Falloc) -> None:
         self._flush()
         self._enter(SERIAL)
-        self.target.fallocate(ev.start, ev.end)
+        self.machine.fallocate(ev.start, ev.end)
 
     def _count_sept_removals(self, start: int, end: int) -> None:
         """TDX: each private leaf the zap removes is BLOCK + TRACK + kick + REMOVE (row 18a)."""
         if self.sc.arch == "tdx":
-            self.counters["tdx_sept_remove"] += self.target.private_leaves(start, end)
+            self.counters["tdx_sept_remove"] += self.machine.private_leaves(start, end)
 
     def _on_Punch(self, ev: Punch) -> None:
         self._flush()
         self._enter(SERIAL)
         self._count_sept_removals(ev.start, ev.end)
-        if not self.target.punch(ev.start, ev.end):
+        if not self.machine.punch(ev.start, ev.end):
             self.counters["punch_eagain"] += 1
 
     def _on_HostWrite(self, ev: HostWrite) -> None:
         self._flush()
         self._enter(PARALLEL)
         c = self.counters
-        if self.target.mapping is None:  # no gmem mmap: the VMM writes its own shared backing
+        if self.machine.mapping is None:  # no gmem mmap: the VMM writes its own shared backing
             c["host_fault_4k"] += ev.touched_pages
             return
-        faults, refused = self.target.host_touch(ev.start, ev.end, ev.stride)
+        faults, refused = self.machine.host_touch(ev.start, ev.end, ev.stride)
         for lv, n in faults.items():
             c[f"host_fault_{lv.key}"] += n
         c["host_sigbus"] += refused
@@ -348,9 +348,9 @@ class Engine:
         self._flush()
         self._enter(SERIAL)
         c = self.counters
-        m = self.target.metrics
+        m = self.machine.metrics
         before = m["rmpupdate_4k"]
-        n = ev.pages if ev.rom else self.target.populate(ev.start, ev.end, ev.in_place)
+        n = ev.pages if ev.rom else self.machine.populate(ev.start, ev.end, ev.in_place)
         c["rmpupdate_4k_in_populate"] += m["rmpupdate_4k"] - before
         if self.sc.arch == "snp":
             c["snp_launch_update_4k"] += n
@@ -370,13 +370,13 @@ class Engine:
     def _on_Pin(self, ev: Pin) -> None:
         self._flush()
         self._enter(SERIAL)
-        if not self.target.pin(ev.start, ev.end):
+        if not self.machine.pin(ev.start, ev.end):
             self.counters["pin_failed"] += 1
 
     def _on_Unpin(self, ev: Unpin) -> None:
         self._flush()
         self._enter(SERIAL)
-        self.target.unpin(ev.start, ev.end)
+        self.machine.unpin(ev.start, ev.end)
 
     # -- handlers: guest and exits --------------------------------------------------------------------
     def _on_GuestFault(self, ev: GuestFault) -> None:
@@ -429,10 +429,10 @@ class Engine:
                     self._dispatch(e)
             return
         self._flush()
-        before = ctr.raw(self.target, self.counters)
+        before = ctr.raw(self.machine, self.counters)
         for e in block:
             self._dispatch(e)
-        delta = ctr.raw(self.target, self.counters) - before
+        delta = ctr.raw(self.machine, self.counters) - before
         rest = ev.times - 1
         if any(("." in key and not key.startswith("m.")) or key == "fault_errors" for key in delta):
             for k in range(1, ev.times):  # the first copy did more than count: no shortcut
@@ -442,7 +442,7 @@ class Engine:
         for key, n in delta.items():
             if not key.startswith("m."):
                 self.counters[key] += n * rest
-        self.target.count({k[2:]: n for k, n in delta.items() if k.startswith("m.")}, rest)
+        self.machine.count({k[2:]: n for k, n in delta.items() if k.startswith("m.")}, rest)
         self.bulk_runs += 1
         for e in block:
             self.events[type(e).__name__] += rest
@@ -460,7 +460,7 @@ class Engine:
         """The one fault kind of a run that can be applied at once (``""``: none), None when it cannot."""
         if self.reference or not self.coalesce:
             return None
-        t, stride = self.target, ev.stride
+        t, stride = self.machine, ev.stride
         union = ev.times * stride
         kinds = set()
         for e in ev.block:

@@ -33,7 +33,7 @@ from typing import Any
 from ..level import LEVELS, Level
 from ..model.metrics import per_level
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
-from .target import Target
+from .machine import Machine
 
 PMD = Level.PG_2M
 
@@ -58,8 +58,8 @@ class _Pending:
 class FaultBatch:
     """Pending guest faults of one kind (``touch``, ``pvalidate``, ``accept``), applied on :meth:`flush`."""
 
-    def __init__(self, target: Target, counters: Counter[str], pkvm: bool, coalesce: bool = True) -> None:
-        self.target = target
+    def __init__(self, machine: Machine, counters: Counter[str], pkvm: bool, coalesce: bool = True) -> None:
+        self.machine = machine
         self.counters = counters
         self.pkvm = pkvm
         self.coalesce = coalesce
@@ -78,7 +78,7 @@ class FaultBatch:
             self.flush()
 
     def _faults(self) -> list[int]:
-        m = self.target.metrics
+        m = self.machine.metrics
         return [m[per_level("stage2_faults", lv)] for lv in LEVELS]
 
     def flush(self) -> bool:
@@ -92,7 +92,7 @@ class FaultBatch:
                 self._accept(start, end, levels)
         else:
             for start, end in pending.ranges:
-                self.target.fault_range(start, end)
+                self.machine.fault_range(start, end)
         faults = {lv: n - b for lv, n, b in zip(LEVELS, self._faults(), before, strict=True)}
         c = self.counters
         if pending.kind == "touch":
@@ -117,16 +117,16 @@ class FaultBatch:
             c["pvalidate_4k"] += (end - start) // PAGE_SIZE
             return
         pieces = (end - start) // PMD.bytes
-        good = self.target.rmp_2m_pieces(start, end)
+        good = self.machine.rmp_2m_pieces(start, end)
         c["pvalidate_2m"] += good
         c["pvalidate_2m_fallback"] += pieces - good
         c["pvalidate_4k"] += ((end - start) % PMD.bytes) // PAGE_SIZE
 
-    def _accept(self, start: int, end: int, try_levels: tuple[int, ...]) -> None:
+    def _accept(self, start: int, end: int, try_levels: tuple[Level, ...]) -> None:
         """One ``tdx_accept_memory`` call over gfns ``[start, end)`` (see the module docstring)."""
         c = self.counters
-        t = self.target
-        lo, hi = (PMD.align_up(start), PMD.align_down(end)) if PMD.bytes in try_levels else (end, end)
+        t = self.machine
+        lo, hi = (PMD.align_up(start), PMD.align_down(end)) if PMD in try_levels else (end, end)
         if hi <= lo:
             lo = hi = end
         for a, b in ((start, lo), (hi, end)):  # 4K pieces: GUEST_INHIBIT, mismatch demotes a 2M leaf
@@ -136,7 +136,7 @@ class FaultBatch:
         if lo < hi:
             t.fault_range(lo, hi, max_level=PMD)
         for s, e, level in t.leaf_runs(start << PAGE_SHIFT, end << PAGE_SHIFT):
-            if level == 0:
+            if level is None:
                 continue  # the fault failed: nothing to accept
             mid_s, mid_e = max(s, lo), min(e, hi)
             whole_2m = max(PMD.align_down(mid_e) - PMD.align_up(mid_s), 0) // PMD.pages

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from ..level import HUGE_LEVELS, LEVELS, Level
 from ..output import PLOT_FORMATS, check_output, save_figure
 from .costs import CATEGORIES
 from .run import RunResult
 from .sensitivity import FIGURE_NAMES, FIGURES, Sensitivity
 
-LEVELS = ("4K", "2M", "1G")
-COLORS = {"4K": "#d62728", "2M": "#ff7f0e", "1G": "#2ca02c"}
+COLORS = {Level.PG_4K: "#d62728", Level.PG_2M: "#ff7f0e", Level.PG_1G: "#2ca02c"}
 
 
 def check_plot_path(path: str) -> Path:
@@ -26,13 +27,29 @@ def check_plot_path(path: str) -> Path:
     return check_output(path, "--plot", PLOT_FORMATS)[0]
 
 
-def write_plot(results: Sequence[RunResult], path: str) -> Path:
-    """Write the plot described in the module docstring; returns the path."""
-    target = check_plot_path(path)
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display), imported only when a plot is asked for."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, target: Path) -> Path:
+    """Write ``fig`` to ``target`` (the format follows the extension; atomic) and free it."""
+    try:
+        save_figure(fig, target, "--plot", dpi=90)
+    finally:
+        plt.close(fig)
+    return target
+
+
+def write_plot(results: Sequence[RunResult], path: str) -> Path:
+    """Write the plot described in the module docstring; returns the path."""
+    target = check_plot_path(path)
+    plt = _pyplot()
 
     n = len(results)
     fig = plt.figure(figsize=(14, 3.0 * n + 4.2), layout="constrained")
@@ -41,18 +58,18 @@ def write_plot(results: Sequence[RunResult], path: str) -> Path:
         samples = r.samples
         xs = [s.wall_s for s in samples]
         ax = fig.add_subplot(grid[i, :2])
-        ys = [[s.stage2_bytes[lv] / (1 << 30) for s in samples] for lv in LEVELS]
-        ax.stackplot(xs, *ys, labels=[f"{lv} leaves" for lv in LEVELS], colors=[COLORS[lv] for lv in LEVELS],
+        ys = [[s.stage2_bytes[lv.label] / Level.PG_1G.bytes for s in samples] for lv in LEVELS]
+        ax.stackplot(xs, *ys, labels=[f"{lv.label} leaves" for lv in LEVELS], colors=[COLORS[lv] for lv in LEVELS],
                      alpha=0.85, step="post")
         ax.set_title(f"{r.policy}: stage-2 mapped, by leaf level")
         ax.set_ylabel("GiB")
         ax.legend(loc="center left", fontsize=8)
         ax2 = fig.add_subplot(grid[i, 2])
         for kind, style in (("splits", "-"), ("merges", "--")):
-            for size in ("1G", "2M"):
-                values = [getattr(s, kind)[size] for s in samples]
+            for lv in HUGE_LEVELS:
+                values = [getattr(s, kind)[lv.label] for s in samples]
                 if any(values):
-                    ax2.plot(xs, values, style, label=f"{kind} {size}", drawstyle="steps-post")
+                    ax2.plot(xs, values, style, label=f"{kind} {lv.label}", drawstyle="steps-post")
         ax2.set_title(f"{r.policy}: folio splits and merges")
         ax2.set_ylabel("folios (cumulative)")
         if ax2.get_legend_handles_labels()[0]:
@@ -68,11 +85,7 @@ def write_plot(results: Sequence[RunResult], path: str) -> Path:
                               rotation=90, va="top", ha="left", color="dimgrey")
     _time_panels(fig, grid, n, results)
     fig.suptitle(f"{results[0].title} (seed {results[0].seed})")
-    try:
-        save_figure(fig, target, "--plot", dpi=90)  # the format follows the extension; atomic
-    finally:
-        plt.close(fig)
-    return target
+    return _save(plt, fig, target)
 
 
 def _time_panels(fig, grid, n: int, results: Sequence[RunResult]) -> None:  # type: ignore[no-untyped-def]
@@ -122,10 +135,7 @@ def write_tornado(result: Sensitivity, path: str, top: int = 12) -> Path:
     largest factor (log scale), widest swing on top; a weight that moves the ratio across 1 (the faster
     policy changes) is drawn red, with the factor where it flips."""
     target = check_plot_path(path)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     figs = [f for f in FIGURES if result.swings[f]]
     fig, axes = plt.subplots(1, len(figs), figsize=(6.2 * len(figs), 0.42 * top + 2.2), layout="constrained")
@@ -154,8 +164,4 @@ def write_tornado(result: Sensitivity, path: str, top: int = 12) -> Path:
         ax.set_title(f"{FIGURE_NAMES[name]}: {len(result.flips(name))} weight(s) flip it", fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{result.title}: each assumed weight {lo_f:g}x-{hi_f:g}x, {a} vs {b}")
-    try:
-        save_figure(fig, target, "--plot", dpi=90)  # the format follows the extension; atomic
-    finally:
-        plt.close(fig)
-    return target
+    return _save(plt, fig, target)

@@ -1,7 +1,7 @@
 """The per-page reference run: the independent oracle for the simulator's range path (simulator issue
 item 1).
 
-:class:`ReferenceTarget` replaces every range operation of :class:`~gmemlab.sim.target.Target` with the
+:class:`ReferenceMachine` replaces every range operation of :class:`~gmemlab.sim.machine.Machine` with the
 model's single-page paths: one :func:`~gmemlab.model.tdp.kvm_tdp_map` (or
 :func:`~gmemlab.model.page_fault.kvm_mmu_page_fault` for a classic slot's shared page) per unmapped page,
 one host fault (:meth:`~gmemlab.model.host.ModelHostMapping._fault`) per touched page, and SNP's 2M RMP
@@ -19,13 +19,13 @@ from ..model.page_fault import kvm_mmu_page_fault
 from ..model.tdp import kvm_tdp_map
 from ..model.vendor import RMP_2M, SnpRmp
 from ..uapi import PAGE_SHIFT
-from .target import Target
+from .machine import Machine
 
 PMD = Level.PG_2M
 
 
-class ReferenceTarget(Target):
-    """:class:`Target` with page-by-page faults (see the module docstring)."""
+class ReferenceMachine(Machine):
+    """:class:`Machine` with page-by-page faults (see the module docstring)."""
 
     def fault_range(self, start: int, end: int, max_level: Level = Level.PG_1G) -> None:
         vm = self.vm

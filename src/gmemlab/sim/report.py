@@ -16,12 +16,11 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..level import HUGE_LEVELS, LEVELS
 from ..workload.units import format_bytes
 from .costs import CATEGORIES
 from .run import RunResult
 from .timing import Figure
-
-LEVELS = ("4K", "2M", "1G")
 
 
 def human_bytes(n: int) -> str:
@@ -48,14 +47,10 @@ def with_share(fig: Figure, text: str | None = None) -> str:
 def _metric_rows(result: RunResult) -> list[tuple[str, str]]:
     m = result.metrics
     rows: list[tuple[str, str]] = []
-    for size in ("1G", "2M"):
-        rows.append((f"splits {size}", f"{m['splits'][size]:,}"))
-    for size in ("1G", "2M"):
-        rows.append((f"merges {size}", f"{m['merges'][size]:,}"))
-    for level in LEVELS:
-        rows.append((f"stage-2 mapped at {level}", human_bytes(m["stage2_bytes"][level])))
-    for level in LEVELS:
-        rows.append((f"host mapped at {level}", human_bytes(m["host_map_bytes"][level])))
+    for kind in ("splits", "merges"):
+        rows += [(f"{kind} {lv.label}", f"{m[kind][lv.label]:,}") for lv in HUGE_LEVELS]
+    for key, what in (("stage2_bytes", "stage-2"), ("host_map_bytes", "host")):
+        rows += [(f"{what} mapped at {lv.label}", human_bytes(m[key][lv.label])) for lv in LEVELS]
     rows += [
         ("shared memory", human_bytes(m["shared_bytes"])),
         ("conversions ok", f"{m['conversions']['ok']:,}"),
@@ -114,7 +109,8 @@ def time_table(results: Sequence[RunResult]) -> Table:
     table.add_row("data-plane overhead per s of guest work",
                   *(with_share(t.dataplane, f"{t.dataplane.seconds:.2%}") for t in times), style="bold")
     for lv in LEVELS:
-        table.add_row(f"  accesses on {lv} leaves", *(f"{t.level_shares.get(lv, 0.0):.1%}" for t in times))
+        table.add_row(f"  accesses on {lv.label} leaves",
+                      *(f"{t.level_shares.get(lv.label, 0.0):.1%}" for t in times))
     return table
 
 

@@ -33,14 +33,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..level import LEVELS
 from .costs import CATEGORIES, CostTable
 
 SERIAL, PARALLEL = "serial", "parallel"
 LANES = (SERIAL, PARALLEL)
 BOOT_SEGMENTS = ("launch", "firmware", "boot", "smp")
 PHASES = (*BOOT_SEGMENTS, "runtime", "teardown")
-LEVELS = ("4K", "2M", "1G")
-DATAPLANE_ROWS = {"4K": "41-4k", "2M": "41-2m", "1G": "41-1g"}
+LABELS = tuple(level.label for level in LEVELS)  # the level keys of results: "4K", "2M", "1G"
+DATAPLANE_ROWS = {level.label: f"41-{level.key}" for level in LEVELS}  # §4.1 rows
 
 Ledger = dict[str, dict[str, Counter[str]]]  # segment -> lane -> priced counters
 

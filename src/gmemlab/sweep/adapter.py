@@ -86,7 +86,7 @@ def _takes(name: str) -> bool:
 
 def profiles() -> tuple[str, ...]:
     """Model profiles the simulator can run a scenario under. Today it takes no profile and runs one
-    (``sim/target.py``'s ``PROFILE``); once ``run_scenario`` takes ``profile=``, every model profile."""
+    (``sim/machine.py``'s ``PROFILE``); once ``run_scenario`` takes ``profile=``, every model profile."""
     if _takes("profile"):
         from ..uapi import PROFILES
 
@@ -97,10 +97,10 @@ def profiles() -> tuple[str, ...]:
 def implicit_profile() -> str:
     """The profile the simulator uses when it takes none ("" if it does not say)."""
     try:
-        from ..sim import target
+        from ..sim import machine
     except ImportError:
         return ""
-    return str(getattr(target, "PROFILE", ""))
+    return str(getattr(machine, "PROFILE", ""))
 
 
 def profile_selectable() -> bool:

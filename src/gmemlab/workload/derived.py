@@ -10,15 +10,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..level import Level
 from .units import GiB, KiB, MiB
 
 SWIOTLB_PERCENT = 6  # mem_encrypt_setup_arch: 6% of guest memory [src arch/x86/mm/mem_encrypt.c]
 SWIOTLB_MIN = 64 * MiB  # IO_TLB_DEFAULT_SIZE
 SWIOTLB_MAX = 1 * GiB  # SZ_1G clamp
 SWIOTLB_ROUND = 256 * KiB  # swiotlb_adjust_size: IO_TLB_SEGSIZE (128) slabs of IO_TLB_SIZE (2 KiB)
+TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B per TDH.MR.EXTEND (§1.3)
 PSC_MAX_ENTRIES = 64  # VMGEXIT_PSC_MAX_ENTRY, guest side (§1.2)
 OVMF_PSC_MAX_ENTRIES = 253  # SNP_PAGE_STATE_MAX_ENTRY: the GHCB shared buffer, OVMF side (placement F2)
-PMD = 2 * MiB
+PMD = Level.PG_2M.bytes
 Q35_LOWMEM_SPLIT = 0xB000_0000  # pc_q35_init: RAM >= 2.75 GiB puts only 2 GiB below 4 GiB
 STRUCT_PAGE = 64  # sizeof(struct page) with SPARSEMEM_VMEMMAP (placement A4)
 PERCPU_UNIT = 512 * KiB  # [assumed] embedded first-chunk unit ("percpu: ... u524288", placement §2)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 
+from ..level import Level
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
 from .units import format_level, format_size
 
@@ -264,7 +265,7 @@ class Accept(Range):
     an EPT violation that KVM serves with TDH.MEM.PAGE.AUG.
     """
 
-    try_levels: tuple[int, ...]
+    try_levels: tuple[Level, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +413,7 @@ def format_event(event: Event) -> str:
         elif fld.name == "runs":
             text = "+".join(f"{run.entries}x{format_level(run.page_size)}" for run in value)
         elif fld.name == "try_levels":
-            text = ",".join(format_level(level) for level in value)
+            text = ",".join(level.label for level in value)
         elif isinstance(value, Phase):
             text = value.value
         else:

@@ -19,8 +19,8 @@ from .schema import (
     Bool,
     Choice,
     Count,
-    Level,
     Levels,
+    LevelSize,
     Nested,
     Number,
     Portion,
@@ -72,7 +72,7 @@ def type_text(spec: Spec) -> str:
         return 'integer >= 1, or "vcpus"'
     if isinstance(spec, Levels):
         return "list of levels (4K, 2M, 1G), largest first"
-    if isinstance(spec, Level):
+    if isinstance(spec, LevelSize):
         return "level: 4K, 2M or 1G"
     if isinstance(spec, SizeDist):
         return "table: size = probability (sum 1)"
@@ -91,7 +91,7 @@ def unit_text(name: str, spec: Spec) -> str:
     """The unit a value is in, where it has one."""
     if isinstance(spec, Size | Amount | SizeDist):
         return "bytes (B, KiB, MiB, GiB, TiB)"
-    if isinstance(spec, Level | Levels):
+    if isinstance(spec, LevelSize | Levels):
         return "page size"
     if isinstance(spec, Number):
         if name.endswith("_per_s"):
@@ -116,7 +116,7 @@ def default_text(value: Any, spec: Spec) -> str:
         return '"auto"' if isinstance(spec, Size) and spec.auto else "(none)"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(spec, Level):
+    if isinstance(spec, LevelSize):
         return format_level(value)
     if isinstance(spec, Levels):
         return "[" + ", ".join(f'"{format_level(v)}"' for v in value) + "]"

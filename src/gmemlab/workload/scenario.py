@@ -26,8 +26,8 @@ from .schema import (
     Bool,
     Choice,
     Count,
-    Level,
     Levels,
+    LevelSize,
     Number,
     Portion,
     Size,
@@ -57,7 +57,7 @@ class Backing:
 
     allocator: str = option(Choice(("hugetlb", "buddy", "buddy_thp")), "hugetlb",
                             doc="folio allocator: HugeTLB pool, buddy 4K pages, or buddy THP 2M blocks (pKVM)")
-    page: int = option(Level(), GiB, doc="folio size: 4K (buddy), 2M (THP or HugeTLB), 1G (HugeTLB)")
+    page: int = option(LevelSize(), GiB, doc="folio size: 4K (buddy), 2M (THP or HugeTLB), 1G (HugeTLB)")
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,8 @@ class AcceptSpec:
     used_at_boot: Portion = option(PORTION, Portion(size=512 * MiB),  # noqa: RUF009
                                    doc="page-allocator memory the boot uses [assumed]; + wmark_promo accepted")
     accepted_eventually: Portion = option(PORTION, ALL, doc="size, fraction of guest_mem or all")  # noqa: RUF009
-    psc_entry_size: int = option(Level(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
-    pvalidate_size: int = option(Level(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
+    psc_entry_size: int = option(LevelSize(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
+    pvalidate_size: int = option(LevelSize(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
     guest_try_levels: tuple[int, ...] = option(Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels")
     pre_watermark: PreWatermark = field(default_factory=PreWatermark, metadata=nested(PreWatermark))
 
@@ -205,7 +205,7 @@ class HostAccess:
                           "the shared pool regions (DPDK)")
     touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
                                      doc="scattered_4k: of all pages; pool: of the pool")
-    wants_mapping: int = option(Level(), PAGE_SIZE, doc="the host page size the accesses would like (THP/HugeTLB "
+    wants_mapping: int = option(LevelSize(), PAGE_SIZE, doc="the host page size the accesses would like (THP/HugeTLB "
                                 "mapping of shared memory)")
     pins: Pins = field(default_factory=Pins, metadata=nested(Pins))
 
@@ -214,7 +214,7 @@ class HostAccess:
 class ArchLimits:
     """Hardware and KVM limits the model enforces (§2.1 2c, §1.3 TDX huge pages); read by the engine."""
 
-    private_max_level: int = option(Level(), GiB, doc="largest stage-2 leaf for private memory (TDX upstream: 4K)")
+    private_max_level: int = option(LevelSize(), GiB, doc="largest stage-2 leaf for private memory (TDX upstream: 4K)")
     map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)")
 
 

@@ -17,10 +17,10 @@ from typing import Any, cast
 
 from ..checks import SIZE_MAX, check_number
 from ..errors import UsageError
+from ..level import Level
 from .units import format_size, parse_size
 
 AUTO = "auto"
-LEVELS = (1 << 12, 1 << 21, 1 << 30)  # 4K, 2M, 1G
 
 
 def fail(source: str, path: str, reason: str) -> UsageError:
@@ -190,19 +190,22 @@ class Levels(Spec):
     def parse(self, value: Any, path: str, source: str) -> tuple[int, ...]:
         if not isinstance(value, list) or not value:
             raise ValueError(f"expected a non-empty list of levels such as [\"2M\", \"4K\"], got {value!r}")
-        levels = tuple(Level().parse(item, path, source) for item in value)
+        levels = tuple(LevelSize().parse(item, path, source) for item in value)
         if list(levels) != sorted(set(levels), reverse=True):
             raise ValueError(f"levels must be distinct and largest first, got {value!r}")
         return levels
 
 
 @dataclass(frozen=True)
-class Level(Spec):
+class LevelSize(Spec):
+    """The size of a mapping level (:class:`gmemlab.level.Level`): ``"2M"`` -> 2 MiB."""
+
     def parse(self, value: Any, path: str, source: str) -> int:
         size = parse_size(value)
-        if size not in LEVELS:
-            raise ValueError(f"{value!r} is not a mapping level (4K, 2M or 1G)")
-        return size
+        try:
+            return Level.of_size(size).bytes
+        except ValueError:
+            raise ValueError(f"{value!r} is not a mapping level (4K, 2M or 1G)") from None
 
 
 @dataclass(frozen=True)

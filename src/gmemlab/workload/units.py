@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from ..level import Level
+
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
@@ -79,5 +81,9 @@ def format_bytes(n: float) -> str:
 
 
 def format_level(page_size: int) -> str:
-    """A mapping level as the kernel's comments write it: ``4K``, ``2M``, ``1G``."""
-    return format_size(page_size).replace("iB", "")
+    """The size of a mapping level as the kernel's comments write it (``4K``, ``2M``, ``1G``:
+    :attr:`gmemlab.level.Level.label`); any other size as ``16K``."""
+    try:
+        return Level.of_size(page_size).label
+    except ValueError:
+        return format_size(page_size).replace("iB", "")

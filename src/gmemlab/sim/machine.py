@@ -1,8 +1,12 @@
-"""The simulator's view of one VM on the model: the ioctls and accesses a scenario's events stand for.
+"""The simulated machine: one VM on the model and what its VMM holds of it (guest_memfd, memslots, the
+mmap, pins), driven by the scenario's events.
 
-:class:`Target` builds what a scenario's launch events ask for on a :class:`~gmemlab.model.ModelBackend` of
-the ``rfc-v2`` lineage (the HugeTLB + in-place conversion RFC the thread is about), with
-``HostConfig.gmem_policy`` set to the policy under test (:mod:`gmemlab.model.policy`, workloads.md §2.3):
+Not a fault engine: every decision (mapping levels, splits and merges, RMP and S-EPT levels, EAGAIN) is the
+model's. :class:`Machine` is the simulator's handle on it: it builds what a scenario's launch events ask for
+on a :class:`~gmemlab.model.ModelBackend` of the ``rfc-v2`` lineage (the HugeTLB + in-place conversion RFC
+the thread is about), with ``HostConfig.gmem_policy`` set to the policy under test
+(:mod:`gmemlab.model.policy`, workloads.md §2.3), and turns events into the model's ioctls and range
+operations:
 
 * VM type by arch: ``snp`` -> SNP (4), ``tdx`` -> TDX (5), ``none`` -> default (0), ``pkvm`` ->
   SW_PROTECTED (1, a VM with private memory and no vendor hooks: arm64 pKVM is not modelled, §1.4).
@@ -70,8 +74,8 @@ def host_config(sc: Scenario, policy: str) -> HostConfig:
     return HostConfig.upstream().with_(**changes)
 
 
-class Target:
-    """One simulated VM on the model (see the module docstring)."""
+class Machine:
+    """One simulated machine: a VM on the model and what the VMM holds of it (see the module docstring)."""
 
     def __init__(self, sc: Scenario, policy: str) -> None:
         self.sc = sc
@@ -311,9 +315,7 @@ class Target:
         if isinstance(vendor, Tdx):
             vendor.guest_accept_4k(start >> PAGE_SHIFT, end >> PAGE_SHIFT)
 
-    def leaf_runs(self, start: int, end: int) -> list[tuple[int, int, int]]:
-        """(gfn start, gfn end, level) of the stage-2 leaves over GPA ``[start, end)`` (0 = unmapped)."""
-        out = []
-        for s, e, spte in self.vm.stage2.sptes.runs(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
-            out.append((s, e, 0 if spte is None else int(spte.level)))
-        return out
+    def leaf_runs(self, start: int, end: int) -> list[tuple[int, int, Level | None]]:
+        """(gfn start, gfn end, level) of the stage-2 leaves over GPA ``[start, end)`` (None: unmapped)."""
+        return [(s, e, None if spte is None else spte.level)
+                for s, e, spte in self.vm.stage2.sptes.runs(start >> PAGE_SHIFT, end >> PAGE_SHIFT)]
