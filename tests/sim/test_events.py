@@ -9,8 +9,8 @@ import pytest
 from gmemlab.workload import events as ev
 from gmemlab.workload.units import GiB, MiB
 
-RANGED = [ev.SetAttr, ev.GmemConvert, ev.Falloc, ev.Punch, ev.HostWrite, ev.Populate, ev.Pin, ev.Unpin,
-          ev.GuestFault, ev.HcMapGpa, ev.PscRun, ev.Pvalidate, ev.Accept, ev.MapGpa, ev.Share,
+RANGED = [ev.SetAttr, ev.GmemConvert, ev.Falloc, ev.Punch, ev.HostWrite, ev.Populate, ev.PinUserPages,
+          ev.UnpinUserPages, ev.GuestFault, ev.HcMapGpa, ev.PscRun, ev.Pvalidate, ev.Accept, ev.MapGpa, ev.Share,
           ev.Unshare, ev.MmioGuardMap]
 
 

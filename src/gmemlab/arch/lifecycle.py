@@ -47,13 +47,13 @@ from ..workload.events import (
     HostWrite,
     Phase,
     PhaseMark,
-    Pin,
+    PinUserPages,
     Populate,
     Punch,
     SetAttr,
     SetMemoryRegion,
     Tick,
-    Unpin,
+    UnpinUserPages,
     repeated,
 )
 from ..workload.scenario import Scenario, SharedRegion
@@ -317,7 +317,7 @@ class Lifecycle:
         for start, end in self.pool:
             pinned = align_down(int((end - start) * access.pins.fraction), PAGE_SIZE)
             if pinned:
-                yield Pin(start, start + pinned, access.pins.longterm)
+                yield PinUserPages(start, start + pinned, access.pins.longterm)
                 self.pins.append((start, start + pinned))
             touched = align_down(int((end - start) * access.touched_fraction), PAGE_SIZE)
             if touched:
@@ -399,5 +399,5 @@ class Lifecycle:
     def teardown(self) -> Iterator[Event]:
         yield PhaseMark(Phase.TEARDOWN)
         for start, end in self.pins:
-            yield Unpin(start, end)
+            yield UnpinUserPages(start, end)
         yield Punch(0, self.sc.guest_mem)

@@ -50,7 +50,7 @@ from ..workload.events import (
     MmioGuardMap,
     Phase,
     PhaseMark,
-    Pin,
+    PinUserPages,
     Populate,
     Psc,
     Punch,
@@ -60,7 +60,7 @@ from ..workload.events import (
     SetMemoryRegion,
     Share,
     Tick,
-    Unpin,
+    UnpinUserPages,
     Unshare,
 )
 from ..workload.scenario import Scenario
@@ -134,7 +134,7 @@ class Engine:
         self._handlers: dict[type, Callable[[Any], None]] = {
             cls: getattr(self, f"_on_{cls.__name__}")
             for cls in (PhaseMark, Tick, CreateGmem, SetMemoryRegion, SetAttr, GmemConvert, Falloc, Punch,
-                        HostWrite, Populate, LaunchFinish, Pin, Unpin, GuestFault, HcMapGpa, Psc,
+                        HostWrite, Populate, LaunchFinish, PinUserPages, UnpinUserPages, GuestFault, HcMapGpa, Psc,
                         Pvalidate, Accept, MapGpa, Share, Unshare, MmioGuardMap, Repeat)
         }
         self._n = 0
@@ -367,13 +367,13 @@ class Engine:
             self._enter(SERIAL)
             self.counters["snp_launch_update_4k"] += ev.vmsa_pages
 
-    def _on_Pin(self, ev: Pin) -> None:
+    def _on_PinUserPages(self, ev: PinUserPages) -> None:
         self._flush()
         self._enter(SERIAL)
         if not self.machine.pin(ev.start, ev.end):
             self.counters["pin_failed"] += 1
 
-    def _on_Unpin(self, ev: Unpin) -> None:
+    def _on_UnpinUserPages(self, ev: UnpinUserPages) -> None:
         self._flush()
         self._enter(SERIAL)
         self.machine.unpin(ev.start, ev.end)

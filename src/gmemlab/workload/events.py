@@ -184,15 +184,16 @@ class LaunchFinish:
 
 
 @dataclass(frozen=True, slots=True)
-class Pin(Range):
-    """GUP pin on shared pages; ``longterm`` is FOLL_LONGTERM (VFIO, vhost, io_uring; §1.5, §3.5)."""
+class PinUserPages(Range):
+    """``pin_user_pages`` of shared pages through the guest_memfd mmap; ``longterm`` is FOLL_LONGTERM (VFIO,
+    vhost, io_uring; §1.5, §3.5)."""
 
     longterm: bool = True
 
 
 @dataclass(frozen=True, slots=True)
-class Unpin(Range):
-    """Drop the pins taken by a :class:`Pin` of the same range."""
+class UnpinUserPages(Range):
+    """``unpin_user_pages``: drop the pins taken by a :class:`PinUserPages` of the same range."""
 
 
 # --- guest side and exits --------------------------------------------------------------------------
@@ -324,7 +325,7 @@ class Repeat:
 
 Event = (
     PhaseMark | Tick | CreateGmem | SetMemoryRegion | SetAttr | GmemConvert | Falloc | Punch | HostWrite
-    | Populate | LaunchFinish | Pin | Unpin | GuestFault | HcMapGpa | Psc | Pvalidate | Accept
+    | Populate | LaunchFinish | PinUserPages | UnpinUserPages | GuestFault | HcMapGpa | Psc | Pvalidate | Accept
     | MapGpa | Share | Unshare | MmioGuardMap | Repeat
 )
 
