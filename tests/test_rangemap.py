@@ -118,6 +118,8 @@ def test_matches_model(target: int | None, ops: list[tuple[str, int, int, int]],
             want = sum(1 for i in range(max(start, 0), min(end, LIMIT)) if pred(model.d[i]))
             assert m.count(start, end, pred) == want
             assert m.any_match(start, end, pred) == (want > 0)
+            first = next((i for i in range(max(start, 0), min(end, LIMIT)) if pred(model.d[i])), None)
+            assert m.first_match(start, end, pred) == first
 
 
 @settings(max_examples=60, deadline=None)
@@ -210,6 +212,20 @@ TestRangeMapMachine.settings = settings(max_examples=80, stateful_step_count=40,
 
 
 # -- edge cases -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("limit", [1, 2, 3, 16, 17, 1 << 28, (1 << 64) - 1, 1 << 64, (1 << 64) + 1])
+def test_new_map_has_the_rebuilt_layout(limit: int) -> None:
+    """__init__ lays one run out directly (bench/convert.py); it must be exactly what _rebuild makes."""
+    m: RangeMap[str] = RangeMap(limit, "x")
+    rebuilt: RangeMap[str] = RangeMap(limit, "x")
+    rebuilt._rebuild([0], ["x"])
+    for slot in RangeMap.__slots__:
+        assert getattr(m, slot) == getattr(rebuilt, slot), slot
+    assert [type(x) for x in m._bs] == [type(x) for x in rebuilt._bs]
+    m.check()
+    assert m.first_match(0, limit, lambda v: v == "x") == 0 and m.first_match(0, limit, lambda v: v == "y") is None
+    assert m.differing(0, limit, "y") == [(0, limit)] and m.differing(0, limit, "x") == []
+
+
 def test_new_map_is_one_run() -> None:
     m = RangeMap(10, "private")
     m.check()

@@ -28,7 +28,9 @@ length (16 to 64 when runs are spread over the index space) and ``B`` the number
 
 * :meth:`load` -- O(log m).
 * :meth:`store` -- O(B + log m + k + m), amortised, and O(log m + m) when the range lies in one bucket.
-* :meth:`runs`, :meth:`differing`, :meth:`count` -- O(log m + runs reported + buckets crossed).
+* :meth:`runs`, :meth:`differing`, :meth:`count` -- O(log m + runs reported + buckets crossed);
+  :meth:`first_match` and :meth:`any_match` stop at the first match; they and :meth:`differing` are O(1)
+  while the map is one run.
 * :meth:`nr_runs` -- O(1).
 
 Since ``nb`` is O(r), every bound above is O(r) at worst and never depends on ``limit``. The bucket length
@@ -69,12 +71,13 @@ class RangeMap(Generic[V]):
         # instead of chasing pointers to int objects scattered over the heap (loads measured 35% faster).
         self._packed = limit <= 1 << 64  # every index fits an unsigned 64-bit item
         self._nruns = 1
-        self._shift = 0
-        self._bs: list[MutableSequence[int]] = []
-        self._bv: list[list[V]] = []
-        self._grow_at = 0
+        # One run: the layout _rebuild([0], [default]) makes (one bucket spanning every index), built directly
+        # because the model creates many maps per inode and VM and most stay one run (bench/convert.py).
+        self._shift = (limit - 1).bit_length()
+        self._bs: list[MutableSequence[int]] = [array("Q", (0,)) if self._packed else [0]]
+        self._bv: list[list[V]] = [[default]]
+        self._grow_at = _TARGET * _GROW
         self._shrink_at = 0
-        self._rebuild([0], [default])
 
     # -- layout ------------------------------------------------------------------------------
     def _rebuild(self, starts: list[int], values: list[V]) -> None:
@@ -176,6 +179,9 @@ class RangeMap(Generic[V]):
 
         Adjacent differing runs are merged into one range. O(log m + runs in range + buckets crossed).
         """
+        if self._nruns == 1:  # one run: no walk (a whole-file conversion of a file in one state)
+            start, end = max(start, 0), min(end, self.limit)
+            return [(start, end)] if start < end and self._bv[0][0] != target else []
         out: list[tuple[int, int]] = []
         for s, e, v in self.runs(start, end):
             if v != target:
@@ -194,7 +200,18 @@ class RangeMap(Generic[V]):
 
     def any_match(self, start: int, end: int, pred: Callable[[V], bool]) -> bool:
         """True if some index of ``[start, end)`` holds a value satisfying ``pred``. O(like :meth:`runs`)."""
-        return any(pred(v) for _, _, v in self.runs(start, end))
+        return self.first_match(start, end, pred) is not None
+
+    def first_match(self, start: int, end: int, pred: Callable[[V], bool]) -> int | None:
+        """First index of ``[start, end)`` whose value satisfies ``pred``, or None. O(like :meth:`runs`),
+        O(1) while the map is one run (e.g. an inode's pin counts when nothing is pinned)."""
+        if self._nruns == 1:
+            start, end = max(start, 0), min(end, self.limit)
+            return start if start < end and pred(self._bv[0][0]) else None
+        for s, _, v in self.runs(start, end):
+            if pred(v):
+                return s
+        return None
 
     def count(self, start: int, end: int, pred: Callable[[V], bool]) -> int:
         """Number of indices in ``[start, end)`` whose value satisfies ``pred``. O(like :meth:`runs`)."""

@@ -437,16 +437,19 @@ def as_loff(value: int) -> int:
 # C types of uAPI arguments and their widths in bits (x86-64 LP64).
 CTYPE_BITS = {"unsigned char": 8, "__u16": 16, "__u32": 32, "int": 32, "unsigned int": 32, "__u64": 64,
               "unsigned long": 64, "size_t": 64, "loff_t": 64, "off_t": 64, "long": 64}
+_CTYPE_RANGES = {ctype: (-(1 << (bits - 1)), 1 << bits) for ctype, bits in CTYPE_BITS.items()}  # [lo, hi)
 
 
 def c_value(value: object, ctype: str, name: str, op: str) -> int:
     """``value`` as the bit pattern a C argument of type ``ctype`` receives (two's complement for negative
     values, as a C caller's implicit conversion passes them). A value the type cannot hold, or that is not an
     integer, raises :class:`~gmemlab.errors.UnrepresentableArgument`: it is never truncated."""
-    bits = CTYPE_BITS[ctype]
-    if isinstance(value, bool) or not isinstance(value, int) or not -(1 << (bits - 1)) <= value < 1 << bits:
+    lo, hi = _CTYPE_RANGES[ctype]
+    if type(value) is int and 0 <= value < hi:  # the common case, already its own bit pattern
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value < hi:
         raise UnrepresentableArgument(op, name, value, ctype)
-    return value & ((1 << bits) - 1)
+    return value & (hi - 1)
 
 
 def c_signed(value: object, ctype: str, name: str, op: str) -> int:

@@ -11,13 +11,15 @@ nothing changes.
 from __future__ import annotations
 
 from ..errors import UnrepresentableArgument
-from ..uapi import c_signed, c_value
+from ..uapi import CTYPE_BITS, c_signed, c_value
 
 U64_MASK = (1 << 64) - 1
 
 
 def u64(value: object, name: str, op: str, ctype: str = "__u64") -> int:
     """``value`` as the u64 the kernel receives."""
+    if type(value) is int and 0 <= value <= U64_MASK and CTYPE_BITS[ctype] == 64:  # already its bit pattern
+        return value
     return c_value(value, ctype, name, op)
 
 

@@ -58,6 +58,12 @@ O_RDWR, O_APPEND, O_NONBLOCK, FASYNC, O_DIRECT, O_LARGEFILE, O_NOATIME = 0o2, 0o
     0o100000, 0o1000000
 
 _inode_numbers = itertools.count(45057)  # any distinct numbers do (realkernel #74)
+# kvm_gmem_invalidate_begin's filter -> its counter in the metrics sink
+_INVALIDATE_COUNTERS = {None: "gmem_invalidate_all", True: "gmem_invalidate_private", False: "gmem_invalidate_shared"}
+
+
+def _is_bound(slot: GmemSlot | None) -> bool:
+    return slot is not None
 
 
 class GmemKvm(Protocol):
@@ -121,14 +127,29 @@ class GmemInode:
             else WholeFileShareability(shared)
         )
         self.pins: RangeMap[int] = RangeMap(self.npages, 0)  # long-term (DMA) pins per index
-        self.refs: RangeMap[int] = RangeMap(self.npages, 0)  # other extra references (get_page, a pipe)
-        self.lru_batched: RangeMap[bool] = RangeMap(self.npages, False)  # a per-CPU LRU batch holds a reference
+        # Built at first use (properties below): most files never see a plain reference or an LRU batch.
+        self._refs: RangeMap[int] | None = None
+        self._lru_batched: RangeMap[bool] | None = None
         self.pin_objs: list[ModelPin] = []
         self.files: list[GmemFile] = []
         self.mappings = FileMappings()  # i_mmap: the host mappings of this inode
         # HugeTLB backing (RFC v2): set by KVM_CREATE_GUEST_MEMFD with GUEST_MEMFD_FLAG_HUGETLB.
         self.huge: HugeGmem | None = None
         self.metrics = metrics if metrics is not None else Metrics()
+
+    @property
+    def refs(self) -> RangeMap[int]:
+        """Extra references per index other than DMA pins (get_page, a pipe after vmsplice)."""
+        if self._refs is None:
+            self._refs = RangeMap(self.npages, 0)
+        return self._refs
+
+    @property
+    def lru_batched(self) -> RangeMap[bool]:
+        """Indices whose folio a per-CPU LRU batch holds a reference on (``folio_add_lru``)."""
+        if self._lru_batched is None:
+            self._lru_batched = RangeMap(self.npages, False)
+        return self._lru_batched
 
     @property
     def shared_policy_vm_ops(self) -> bool:
@@ -206,8 +227,10 @@ class GmemInode:
         page tables, every other VM loses both kinds (``kvm_gfn_range_filter_to_root_types``).
         """
         zapped = 0
-        self.metrics.add("gmem_invalidate_" + {None: "all", True: "private", False: "shared"}[private])
+        self.metrics.add(_INVALIDATE_COUNTERS[private])
         for file in self.files:
+            if file.bindings.first_match(start, end, _is_bound) is None:
+                continue  # no memslot of this file's VM covers the range (O(1) for an unbound file)
             use_filter = private if file.vm.vm_type == VmType.TDX else None
             for s, e, slot in file.bindings.runs(start, end):
                 if slot is None:
@@ -243,7 +266,8 @@ class GmemInode:
             for pin in self.pin_objs:
                 for s, e in pin.detach(start, end):
                     self._refmap(pin.kind).update(s, e, lambda n: n - 1)
-            self.lru_batched.store(start, end, False)  # the batch's reference leaves with the folio
+            if self._lru_batched is not None:
+                self._lru_batched.store(start, end, False)  # the batch's reference leaves with the folio
             freed = self.pagecache.truncate(start, end)
             self.arch_hook(self.hooks.reclaim, freed)  # .free_folio
             return freed
@@ -277,7 +301,8 @@ class GmemInode:
 
     def lru_add_drain(self) -> None:
         """``lru_add_drain_all``: every batched folio goes to its LRU list and the batch's reference is dropped."""
-        self.lru_batched.store(0, self.npages, False)
+        if self._lru_batched is not None:
+            self._lru_batched.store(0, self.npages, False)
         self.metrics.add("lru_drains")
 
     def first_unsafe_folio(self, start: int, end: int) -> tuple[int, str] | None:
@@ -286,15 +311,12 @@ class GmemInode:
 
         The host mappings were unmapped just before, under the exclusive invalidate_lock that every host
         fault needs shared, so "still mapped" cannot happen in the model (it is checked all the same)."""
-        if self.lru_batched.any_match(start, end, bool):
+        if self._lru_batched is not None and self._lru_batched.any_match(start, end, bool):
             self.lru_add_drain()  # one drain is tried
         found: list[tuple[int, str]] = []
-        for rmap, why in ((self.pins, "DMA-pinned (folio_maybe_dma_pinned)"),
-                          (self.refs, "holding extra references (refcount != nr_pages + 1)")):
-            for s, _, n in rmap.runs(start, end):
-                if n:
-                    found.append((s, why))
-                    break
+        first, why = self._first_extra_reference(start, end)
+        if first is not None:
+            found.append((first, why))
         for vma in self.mappings:
             for s, e in vma.mapped_file_runs():
                 if s < end and start < e:
@@ -309,8 +331,18 @@ class GmemInode:
         """
         if self.huge is not None:
             return self.huge.first_pinned_folio(start, end)
-        firsts = [s for rmap in (self.pins, self.refs) for s, _, n in rmap.runs(start, end) if n]
-        return min(firsts) if firsts else None
+        if self._refs is None:  # no plain reference was ever taken: the pins decide alone
+            return self.pins.first_match(start, end, bool)
+        return self._first_extra_reference(start, end)[0]
+
+    def _first_extra_reference(self, start: int, end: int) -> tuple[int | None, str]:
+        """The first index of ``[start, end)`` holding a DMA pin or another extra reference, and which.
+        One check over both counts (O(1) each while nothing in the file is pinned or referenced)."""
+        pinned = self.pins.first_match(start, end, bool)
+        ref = self._refs.first_match(start, end, bool) if self._refs is not None else None
+        if ref is not None and (pinned is None or ref < pinned):
+            return ref, "holding extra references (refcount != nr_pages + 1)"
+        return pinned, "DMA-pinned (folio_maybe_dma_pinned)"
 
     # -- kvm_gmem_get_pfn (spec 2.8) -------------------------------------------------------------------
     def kvm_gmem_get_pfn(self, index: int) -> int:

@@ -51,6 +51,11 @@ class ArchHooks:
     prepare_private_only: bool  # 7.4 calls make_private only for private indices
 
 
+# Profiles return one constant each: every new guest_memfd inode reads its hooks (bench/convert.py create).
+NO_HOOKS = ArchHooks(prepare=None, reclaim=None, make_shared=None, prepare_every_call=False,
+                     prepare_private_only=False)
+
+
 @dataclass(frozen=True)
 class Behaviour:
     """The profile-dependent rules of one lineage; subclasses fill them in or change them."""
@@ -125,8 +130,7 @@ class Behaviour:
 
     @property
     def hooks(self) -> ArchHooks:
-        return ArchHooks(prepare=None, reclaim=None, make_shared=None, prepare_every_call=False,
-                         prepare_private_only=False)
+        return NO_HOOKS
 
     # -- memory attributes ------------------------------------------------------------------------
     def in_place_conversion(self, config: HostConfig) -> bool:

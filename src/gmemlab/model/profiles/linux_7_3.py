@@ -24,6 +24,9 @@ from ..config import HostConfig
 from .base import ArchHooks, Change, PopulateRules
 from .linux_6_18 import Linux618
 
+HOOKS_7_0 = ArchHooks(prepare="arch_prepares", reclaim="arch_invalidate", make_shared=None, prepare_every_call=True,
+                      prepare_private_only=False)
+
 
 @dataclass(frozen=True)
 class Linux73(Linux618):
@@ -54,8 +57,7 @@ class Linux73(Linux618):
 
     @property
     def hooks(self) -> ArchHooks:
-        return ArchHooks(prepare="arch_prepares", reclaim="arch_invalidate", make_shared=None, prepare_every_call=True,
-                         prepare_private_only=False)
+        return HOOKS_7_0
 
     def gmem_flag_toggle(self, config: HostConfig) -> bool:
         return False

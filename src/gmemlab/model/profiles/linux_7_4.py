@@ -30,6 +30,9 @@ from ..config import HostConfig
 from .base import ArchHooks, Change, PopulateRules
 from .linux_7_3 import Linux73
 
+HOOKS_IN_PLACE = ArchHooks(prepare="make_private", reclaim="reclaim", make_shared="make_shared",
+                           prepare_every_call=True, prepare_private_only=True)
+
 # UNVERIFIED: the default of kvm.gmem_in_place_conversion. v8 (the recorded kernel): on exactly when the
 # per-VM attribute option (CONFIG_KVM_VM_MEMORY_ATTRIBUTES) is compiled out: realkernel-private.md 1/param
 # reads Y on B (option off) and N on Bv (option on). "auto" is that rule; "Y" and "N" force a value.
@@ -106,8 +109,7 @@ class Linux74(Linux73):
 
     @property
     def hooks(self) -> ArchHooks:
-        return ArchHooks(prepare="make_private", reclaim="reclaim", make_shared="make_shared",
-                         prepare_every_call=True, prepare_private_only=True)
+        return HOOKS_IN_PLACE
 
     @property
     def populate(self) -> PopulateRules:
