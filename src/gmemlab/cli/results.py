@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -23,11 +23,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
-from ..sweep import query
-from ..sweep.plot import plot as draw
+
+if TYPE_CHECKING:
+    from ..sweep import query
+
+# DuckDB and matplotlib load when the command runs, not when any gmemlab command (or a completion) starts.
 
 
 def _cell(value: Any) -> str:
+    from ..sweep import query
+
     if value is None:
         return ""
     if isinstance(value, float):
@@ -36,6 +41,8 @@ def _cell(value: Any) -> str:
 
 
 def _print_table(result: query.Result) -> None:
+    from ..sweep import query
+
     table = Table(show_lines=False)
     for name, typ in zip(result.columns, result.types, strict=True):
         table.add_column(escape(name), justify="right" if query.is_numeric(typ) else "left", overflow="fold")
@@ -81,6 +88,9 @@ def register(app: typer.Typer) -> None:
         where: str | None = typer.Option(None, "--where", help="Plot: keep the runs matching this SQL condition."),
     ) -> None:
         """Query and plot a sweep's results (DuckDB SQL; plots with mean and 95% interval over seeds)."""
+        from ..sweep import query
+        from ..sweep.plot import plot as draw
+
         if as_json and as_csv:
             raise UsageError("--json and --csv: choose one output format")
         if plot is None and any(v is not None for v in (x, y, hue, facet, where)):

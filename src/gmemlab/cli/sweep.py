@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -26,13 +26,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..errors import UsageError
-from ..sweep.dataset import Dataset
-from ..sweep.executors import DaskExecutor, Executor, LocalExecutor
-from ..sweep.runner import Stats, run_tasks
-from ..sweep.spec import SweepSpec, builtin_names, load_sweep
-from ..sweep.tasks import expand
 from ..workload.units import format_bytes
 from .common import ExitCode
+
+if TYPE_CHECKING:
+    from ..sweep.executors import Executor
+    from ..sweep.runner import Stats
+    from ..sweep.spec import SweepSpec
+
+# pyarrow, Dask and DuckDB load when a sweep runs, not when any gmemlab command (or a shell completion) starts.
 
 
 def default_workers() -> int:
@@ -40,6 +42,8 @@ def default_workers() -> int:
 
 
 def make_executor(workers: int | None, dask: bool, scheduler: str | None) -> Executor:
+    from ..sweep.executors import DaskExecutor, LocalExecutor
+
     if scheduler:
         return DaskExecutor(scheduler=scheduler, workers=workers)
     if dask:
@@ -53,6 +57,8 @@ def _axes_text(spec: SweepSpec) -> str:
 
 
 def _list(as_json: bool) -> None:
+    from ..sweep.spec import builtin_names, load_sweep
+
     specs = [load_sweep(name) for name in builtin_names()]
     if as_json:
         typer.echo(json.dumps([{"name": s.name, "runs": s.runs, "axes": _axes_text(s), "description": s.description}
@@ -67,6 +73,8 @@ def _list(as_json: bool) -> None:
 
 
 def _summary(spec: SweepSpec, out: Path, stats: Stats, interrupted: bool, executor: str) -> dict[str, Any]:
+    from ..sweep.dataset import Dataset
+
     size = Dataset(out).size_bytes()
     runs_in_folder = stats.skipped + stats.done
     return {
@@ -105,6 +113,11 @@ def register(app: typer.Typer) -> None:
             raise UsageError("give a SWEEP (a built-in name or a TOML file), or --list")
         if scheduler and dask:
             raise UsageError("--dask starts a local cluster, --scheduler uses a running one: give one of them")
+        from ..sweep.dataset import Dataset
+        from ..sweep.runner import run_tasks
+        from ..sweep.spec import load_sweep
+        from ..sweep.tasks import expand
+
         spec = load_sweep(sweep)
         tasks = expand(spec)
         folder = Path(out) if out else Path("results") / spec.name
