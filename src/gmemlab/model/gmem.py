@@ -592,10 +592,12 @@ class GmemFile:
         """``generic_fadvise``: the pseudo filesystem's bdi is noop, so the six advices are accepted and
         ignored; a negative length or any other advice is EINVAL."""
         op = "fadvise64"
-        sint(offset, "offset", op)
+        offset = sint(offset, "offset", op)
         length = sint(length, "len", op)
         advice = sint(advice, "advice", op, "int")
         self._check_fd(op)
+        if offset < 0 and self.inode.behaviour.fadvise_rejects_negative_offset:
+            raise KvmError(errno.EINVAL, op, f"offset {offset} is negative")
         if length < 0 or advice not in range(6):
             raise KvmError(errno.EINVAL, op, f"len {length} / advice {advice}: POSIX_FADV_* 0..5 and len >= 0")
 

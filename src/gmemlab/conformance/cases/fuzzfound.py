@@ -163,6 +163,20 @@ def fuzz_fcntl_and_flock(ctx: Ctx) -> None:
     ctx.expect_errno("EINVAL", g.fadvise, 0, 0, 6)
 
 
+@case("2.13")
+def fuzz_fadvise_negative_offset(ctx: Ctx) -> None:
+    """fadvise64 with a negative offset: ignored up to 6.18 (6.18.2, 6.18.44), EINVAL on 7.3.4 (found by the
+    lockstep fuzzer inside Debian 7.3.4; the same on a memfd, so a generic VFS check)."""
+    vm = ctx.vm(0)
+    g = ctx.expect_ok(vm.create_guest_memfd, 4 * P, 0)
+    for advice in (0, 3, 4):
+        if ctx.since("linux-7.3"):
+            ctx.expect_errno("EINVAL", g.fadvise, -17 * P, 16 * P, advice)
+        else:
+            ctx.expect_ok(g.fadvise, -17 * P, 16 * P, advice)
+    ctx.expect_ok(g.fadvise, 1 << 62, 1 << 62, 3)
+
+
 @case("2.7")
 def fuzz_second_mmio_read(ctx: Ctx) -> None:
     """Two guest reads of an unbacked GPA on one vCPU: two MMIO exits (the kernel client once answered the

@@ -106,6 +106,13 @@ class Behaviour:
         the VMA and the page cache allocates on the local node (realkernel-private.md finding 15)."""
         return False
 
+    @property
+    def fadvise_rejects_negative_offset(self) -> bool:
+        """``fadvise64`` with a negative offset: accepted (and ignored on the noop bdi) by 6.18.2 and 6.18.44,
+        EINVAL on 7.3.4 for guest_memfd and memfd alike, so a generic VFS check (measured: Debian 7.3.4 under
+        QEMU, tests/differential; the upstream commit is not identified)."""
+        return False
+
     # -- bindings (spec 2.6) -------------------------------------------------------------------
     @property
     def bind_overlap_errno(self) -> int:

@@ -45,6 +45,9 @@ class Linux73(Linux618):
                "linux-7.md 0 (7.2); spec 2.6, 5.1", ("bind_overlap_errno",)),
         Change("the binding offset is unsigned: offset + size past i_size is EINVAL even when it wraps (7.2)",
                "linux-7.md 0 (7.2); spec 5.2", ("bind_offset_signed",)),
+        Change("fadvise64 with a negative offset is EINVAL (any file; measured on Debian 7.3.4, accepted by "
+               "6.18.44; upstream commit not identified)", "measured: tests/differential in Debian 7.3.4",
+               ("fadvise_rejects_negative_offset",)),
     )
 
     @property
@@ -69,3 +72,7 @@ class Linux73(Linux618):
     @property
     def bind_offset_signed(self) -> bool:
         return False
+
+    @property
+    def fadvise_rejects_negative_offset(self) -> bool:
+        return True
