@@ -52,14 +52,9 @@ def validate(mode: int, nodemask: int, nr_nodes: int) -> Policy:
     node becomes ``MPOL_LOCAL``; ``MPOL_PREFERRED`` keeps only its first node. Mode flags are returned
     by ``get_mempolicy`` together with the mode.
     """
+    sanitize_mpol_flags(mode)
     flags = mode & MPOL_MODE_FLAGS
     base = mode & ~MPOL_MODE_FLAGS
-    if base >= MPOL_MAX or base < 0:
-        raise KvmError(errno.EINVAL, "mbind", f"mode {mode} is not a memory policy")
-    if flags & MPOL_F_STATIC_NODES and flags & MPOL_F_RELATIVE_NODES:
-        raise KvmError(errno.EINVAL, "mbind", "MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES exclude each other")
-    if flags & MPOL_F_NUMA_BALANCING and base not in (MPOL_BIND, MPOL_PREFERRED_MANY):
-        raise KvmError(errno.EINVAL, "mbind", "MPOL_F_NUMA_BALANCING needs MPOL_BIND or MPOL_PREFERRED_MANY")
     user_nodes = flags & (MPOL_F_STATIC_NODES | MPOL_F_RELATIVE_NODES)
     if base == MPOL_DEFAULT:
         if nodemask:

@@ -86,7 +86,8 @@ class PageCache:
         return todo
 
     def zero_range(self, start: int, end: int) -> None:
-        """``kvm_gmem_zero_range``: clear contents in place; folios stay (partial HugeTLB punch)."""
+        """``kvm_gmem_zero_range``: clear contents in place; folios stay (partial HugeTLB punch). Contents are
+        kept only for written pages, so this walks whichever is smaller: the written pages or the range."""
         if len(self.data) < end - start:
             for index in [i for i in self.data if start <= i < end]:
                 del self.data[index]
@@ -122,10 +123,5 @@ class PageCache:
             self.state.store(start, end, ABSENT)
             self.nr_allocated -= freed
             self.stats["folios_freed"] += freed
-            if len(self.data) < end - start:
-                for index in [i for i in self.data if start <= i < end]:
-                    del self.data[index]
-            else:
-                for index in range(start, end):
-                    self.data.pop(index, None)
+            self.zero_range(start, end)
         return freed
