@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,17 +160,52 @@ def test_did_you_mean_and_unknown() -> None:
     assert str(err).startswith("--profile 'linux-9': unknown profile") and "known: linux-6.18, rfc-v2" in str(err)
 
 
-def test_fit_table_fits_80_columns_and_never_splits_identifiers() -> None:
+def test_fit_table_fits_80_columns_and_drops_nothing() -> None:
+    """At 80 columns a 63-character name folds rather than push the status column out; wide enough, it is
+    whole; narrower still, it prints in parts, nothing dropped."""
     from rich.console import Console
 
     name = "test_conversions_should_fail_if_memory_has_elevated_refcount_1G"
-    table = fit_table([_col("case", "id"), _col("status", "id"), _col("detail")],
-                      [(name, "fail", "a long detail " * 12), ("[/]", "pass", None)])
-    console = Console(width=80, record=True)
-    console.print(table)
+    table = fit_table([_col("case", "id"), _col("§", "id"), _col("backend", "id"), _col("profile", "id"),
+                       _col("status", "id"), _col("detail")],
+                      [(name, "3.6", "kernel", "rfc-v2", "fail", "a long detail " * 12),
+                       ("[/]", "3.1", "model", "linux-6.18", "pass", None)])
+    for width, whole in ((80, False), (160, True)):
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(table)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width
+        assert re.search(r"case\s+§\s+backend\s+profile\s+status\s+detail", text), text
+        assert "fail" in text and "pass" in text and "[/]" in text and (name in text) == whole
+    narrow = Console(width=30, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    narrow.print(table)
+    text = narrow.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 30
+    for word in ("case", "§", "backend", "profile", "status", "detail", "fail", "pass", "kernel", "linux-6.18"):
+        assert word in text, word
+
+
+def test_a_wide_comparison_prints_in_parts() -> None:
+    """Many value columns (compare with every policy): the first column is repeated with as many of the
+    others as fit, so nothing is dropped."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from gmemlab.cli.common import fitted
+
+    table = Table(title="compare")
+    table.add_column("metric")
+    heads = ["eager", "eager+merge-never", "eager+staged", "eager+staged+merge-never", "deferred",
+             "deferred+direct"]
+    for h in heads:
+        table.add_column(h, justify="right")
+    table.add_row("splits 1G", *(f"{i},000,000" for i in range(6)))
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(fitted(table))
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert name in text and "[/]" in text
+    assert all(h in text for h in heads) and all(f"{i},000,000" in text for i in range(6))
+    assert text.count("splits 1G") >= 2
 
 
 def _col(header: str, kind: str = "text"):  # type: ignore[no-untyped-def]

@@ -336,43 +336,214 @@ def console(stderr: bool = False) -> Console:
 
 @dataclass(frozen=True)
 class Col:
-    """A table column. ``kind``: ``id`` (names, never split: the column is as wide as its longest value),
-    ``num`` (right-aligned, never split), ``text`` (wraps at spaces; only a word longer than the column folds)."""
+    """A table column. ``kind``: ``id`` (names: kept whole while the table fits, folded only when the other
+    columns would not fit otherwise), ``num`` (right-aligned, never split), ``text`` (wraps at spaces; only a word
+    longer than the column folds)."""
 
     header: str
     kind: str = "text"
     style: str | None = None
     ratio: int = 1  # text columns share the width left in proportion to this
+    justify: str = "left"  # of text columns (numbers are right-aligned)
+
+
+# Narrowest widths before a table gives up columns side by side and prints one block per row (FitTable).
+ID_FOLD_MIN = 16  # an identifier longer than this may fold down to this many characters
+TEXT_MIN = 10  # a text column wraps down to this many characters (or its header)
+TEXT_COMFORT = 30  # text wraps down to this before any identifier folds
+
+
+def _cell_width(cell: Text) -> int:
+    return max((Text(line).cell_len for line in cell.plain.split("\n")), default=0)
+
+
+def fit_widths(natural: Sequence[int], floors: Sequence[int], kinds: Sequence[str], budget: int) -> list[int] | None:
+    """Column widths summing to at most ``budget``: text columns wrap first (widest first) down to a comfortable
+    width, then text and long identifiers shrink together, widest first, down to their floors; ``None`` when
+    even the floors do not fit. Numbers and short identifiers (statuses, sections) never shrink."""
+    widths = list(natural)
+    excess = sum(widths) - budget
+    stages = ([(i, max(floors[i], min(natural[i], TEXT_COMFORT))) for i, k in enumerate(kinds) if k == "text"],
+              [(i, floors[i]) for i, k in enumerate(kinds) if k in ("text", "id")])
+    for stage in stages:
+        while excess > 0:
+            shrinkable = [i for i, floor in stage if widths[i] > floor]
+            if not shrinkable:
+                break
+            i = max(shrinkable, key=lambda j: widths[j])
+            widths[i] -= 1
+            excess -= 1
+    return widths if excess <= 0 else None
+
+
+class FitTable(Table):
+    """A table laid out for the width it is printed at: nothing is ever dropped or cut to nothing.
+
+    Rich squeezes a table wider than the console by shrinking every column evenly, down to nothing (a 63-character
+    case name used to push the status column of ``gmemlab conformance`` off an 80-column pipe). Here, when the
+    natural widths do not fit, text columns wrap first, then long identifiers fold; headers, numbers and short
+    identifiers (statuses) keep their width. When even that cannot fit, each row prints as a block of
+    ``header: value`` lines."""
+
+    def __init__(self, columns: Sequence[Col], data: list[list[Text]],
+                 row_meta: Sequence[tuple[str | None, bool]] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.kw = kw
+        self.cols = list(columns)
+        self.data = data
+        self.row_meta = list(row_meta) if row_meta is not None else [(None, False)] * len(data)
+        self.natural = [max([len(c.header), *(_cell_width(r[i]) for r in data)]) for i, c in enumerate(columns)]
+        self.floors: list[int] = []
+        for i, c in enumerate(columns):
+            if c.kind == "num" or (c.kind == "id" and self.natural[i] <= ID_FOLD_MIN):
+                self.floors.append(self.natural[i])
+            else:
+                least = ID_FOLD_MIN if c.kind == "id" else TEXT_MIN
+                self.floors.append(max(len(c.header), min(self.natural[i], least)))
+
+    def overhead(self, ncols: int) -> int:
+        """Width a table of ``ncols`` columns spends on padding, dividers and edges."""
+        _top, right, _bottom, left = self.padding
+        pad = ncols * (left + right) - (0 if self.pad_edge else left + right)
+        edges = (2 if self.box and self.show_edge else 0) + (ncols - 1 if self.box else 0)
+        return pad + edges
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        self._layout(None)
+        budget = options.max_width - self.overhead(len(self.cols))
+        if sum(self.natural) <= budget:
+            yield from super().__rich_console__(console, options)
+            return
+        widths = fit_widths(self.natural, self.floors, [c.kind for c in self.cols], budget)
+        if widths is not None:
+            self._layout(widths)
+            yield from super().__rich_console__(console, options)
+            return
+        parts = self._column_groups(options.max_width)
+        if parts is None:
+            yield from self._blocks(console, options)
+            return
+        # Too many columns side by side (a comparison of many policies): the first column (what each row is)
+        # repeated with as many of the others as fit, part after part.
+        for n, group in enumerate(parts):
+            kw = dict(self.kw, title=self.title if n == 0 else None,
+                      caption=self.caption if n == len(parts) - 1 else None)
+            yield FitTable([self.cols[i] for i in group], [[r[i] for i in group] for r in self.data], self.row_meta,
+                           **kw)
+
+    def _column_groups(self, max_width: int) -> list[list[int]] | None:
+        """The first column with as many following columns as fit beside it at their floors, repeatedly; None
+        when the first column and any one other do not fit (or there is only one)."""
+        if len(self.cols) < 3:
+            return None
+        groups: list[list[int]] = []
+        group = [0]
+        for i in range(1, len(self.cols)):
+            if sum(self.floors[j] for j in [*group, i]) + self.overhead(len(group) + 1) <= max_width:
+                group.append(i)
+                continue
+            if len(group) == 1:
+                return None
+            groups.append(group)
+            group = [0, i]
+            if sum(self.floors[j] for j in group) + self.overhead(2) > max_width:
+                return None
+        groups.append(group)
+        # As many parts as packing needs, with the columns spread evenly over them (more room for each).
+        rest = list(range(1, len(self.cols)))
+        size, extra = divmod(len(rest), len(groups))
+        even, start = [], 0
+        for n in range(len(groups)):
+            end = start + size + (1 if n < extra else 0)
+            even.append([0, *rest[start:end]])
+            start = end
+        fits = all(sum(self.floors[j] for j in g) + self.overhead(len(g)) <= max_width for g in even)
+        return even if fits else groups
+
+    def _layout(self, widths: list[int] | None) -> None:
+        """(Re)build the columns: natural widths (rich's own layout) or the given ones."""
+        self.columns = []
+        self.rows = []
+        if widths is None:
+            # Text columns share what the others leave by their ratios (rich applies ratios to expanded tables
+            # only); a table whose text is short is not stretched.
+            avg = [sum(r[i].cell_len for r in self.data) // max(len(self.data), 1) + 2 for i in range(len(self.cols))]
+            self.expand = any(c.kind == "text" for c in self.cols) and sum(avg) > 60
+        else:
+            self.expand = False
+        for i, c in enumerate(self.cols):
+            width = None if widths is None else widths[i]
+            if c.kind == "num":
+                self.add_column(c.header, justify="right", no_wrap=True, style=c.style, width=width)
+            elif c.kind == "id" and (width is None or width >= self.natural[i]):
+                self.add_column(c.header, no_wrap=True, overflow="fold", style=c.style, min_width=self.natural[i],
+                                width=width)
+            else:
+                self.add_column(c.header, overflow="fold", style=c.style, width=width, justify=c.justify,  # type: ignore[arg-type]
+                                ratio=c.ratio if widths is None and c.kind == "text" else None)
+        for r, (style, end_section) in zip(self.data, self.row_meta, strict=True):
+            self.add_row(*r, style=style, end_section=end_section)
+
+    def _blocks(self, console: Console, options: Any) -> Any:
+        """One block per row: ``header: value`` lines (values wrap under themselves), a blank line between."""
+        from rich.console import Group
+
+        if self.title:
+            yield Text.from_markup(str(self.title)) if isinstance(self.title, str) else self.title
+        label = max(len(c.header) for c in self.cols) + 2
+        blocks: list[Table | Text] = []
+        for n, r in enumerate(self.data):
+            grid = Table.grid()
+            grid.add_column(no_wrap=True, width=label)
+            grid.add_column(overflow="fold")
+            for c, cell in zip(self.cols, r, strict=True):
+                if cell.plain:
+                    grid.add_row(Text(f"{c.header}: "), cell)
+            blocks.append(grid)
+            if n < len(self.data) - 1:
+                blocks.append(Text(""))
+        yield Group(*blocks)
+        if self.caption:
+            yield Text.from_markup(str(self.caption)) if isinstance(self.caption, str) else self.caption
 
 
 def fit_table(columns: Sequence[Col], rows: Iterable[Sequence[object]], title: str | None = None,
               caption: str | None = None, drop_empty: bool = True) -> Table:
-    """A compact table (a rule under the header, no outer box) that fits narrow terminals: empty columns are
-    left out, identifiers and numbers keep their width and text columns take what is left.
+    """A compact table (a rule under the header, no outer box) that fits the width it is printed at (80 columns
+    readable, nothing dropped: :class:`FitTable`): empty columns are left out, identifiers and numbers keep their
+    width while they can and text columns take what is left.
 
     String cells, the title and the caption are escaped (they may hold user text); a cell that is a
     :class:`rich.text.Text` is kept as it is (gmemlab's own styling)."""
     data = [[Text("") if v is None else v if isinstance(v, Text) else Text(str(v)) for v in row] for row in rows]
     keep = [i for i, _c in enumerate(columns) if not drop_empty or not data or any(r[i].plain for r in data)]
-    table = Table(title=esc(title) if title else None, caption=esc(caption) if caption else None,
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), title_justify="left",
-                  caption_justify="left")
-    # Text columns share what the others leave by their ratios (rich applies ratios to expanded tables only);
-    # a table whose text is short is not stretched.
-    widths = [sum(r[i].cell_len for r in data) // max(len(data), 1) + 2 for i in keep]
-    table.expand = any(columns[i].kind == "text" for i in keep) and sum(widths) > 60
-    for i in keep:
-        c = columns[i]
-        if c.kind == "id":
-            widest = max([len(c.header), *(r[i].cell_len for r in data)])
-            table.add_column(c.header, no_wrap=True, overflow="fold", style=c.style, min_width=widest)
-        elif c.kind == "num":
-            table.add_column(c.header, justify="right", no_wrap=True, style=c.style)
-        else:
-            table.add_column(c.header, overflow="fold", style=c.style, ratio=c.ratio)
-    for r in data:
-        table.add_row(*(r[i] for i in keep))
-    return table
+    return FitTable([columns[i] for i in keep], [[r[i] for i in keep] for r in data],
+                    title=esc(title) if title else None, caption=esc(caption) if caption else None,
+                    box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), title_justify="left",
+                    caption_justify="left")
+
+
+def fitted(table: Table) -> Table:
+    """``table`` (a rich Table built elsewhere, e.g. by the simulator's report) as a :class:`FitTable` that
+    fits the width it is printed at: same title, caption, box, headers, cells, row styles and sections.
+    Right-aligned columns stay right-aligned and wrap at spaces; no-wrap left columns are identifiers."""
+    if isinstance(table, FitTable):
+        return table
+    cols = []
+    for c in table.columns:
+        header = c.header if isinstance(c.header, str) else getattr(c.header, "plain", str(c.header))
+        header = Text.from_markup(header).plain
+        kind = "id" if c.no_wrap and c.justify != "right" else "text"
+        cols.append(Col(header, kind, c.style if isinstance(c.style, str) else None, c.ratio or 1,
+                        "right" if c.justify == "right" else "left"))
+    cells = [list(c.cells) for c in table.columns]
+    data = [[cell if isinstance(cell, Text) else Text.from_markup(str(cell)) for cell in row]
+            for row in zip(*cells, strict=True)] if cells else []
+    meta = [(r.style if isinstance(r.style, str) else None, r.end_section) for r in table.rows]
+    return FitTable(cols, data, meta, title=table.title, caption=table.caption, box=table.box,
+                    show_edge=table.show_edge, pad_edge=table.pad_edge, padding=table.padding,
+                    show_lines=table.show_lines, title_justify=table.title_justify,
+                    caption_justify=table.caption_justify, header_style=table.header_style)
 
 
 def styled(text: object, style: str) -> Text:

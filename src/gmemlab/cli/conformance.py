@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from .. import __version__
 from ..backend import Backend
@@ -124,9 +125,10 @@ def kernel_profile() -> str:
 
 def print_table(console: Console, results: list[CaseResult], divergences: list[Divergence], verbose: bool,
                 gaps: list[Gap] | None = None) -> None:
-    """One row per case; the backend and profile columns only when more than one ran (they go in the title
-    otherwise), so the table reads at 80 columns; case names are never split. Divergences and coverage gaps
-    follow in tables of their own."""
+    """One row per case, the verdict first, then the section, backend and profile (those two only when more
+    than one ran: they go in the title otherwise), then the case name with its detail on the lines below it,
+    so the verdict reads at any width (80 columns piped) and names fold only when nothing else can give way.
+    Divergences and coverage gaps follow in tables of their own."""
     backends = sorted({r.backend for r in results})
     profiles = sorted({r.profile for r in results})
     title = "guest_memfd conformance"
@@ -137,10 +139,13 @@ def print_table(console: Console, results: list[CaseResult], divergences: list[D
     rows = []
     for r in results:
         detail = "" if r.status == "pass" and not verbose else r.detail
-        rows.append((r.name, r.section, r.backend if len(backends) > 1 else None,
-                     r.profile if len(profiles) > 1 else None, styled(r.status, STATUS_STYLE[r.status]), detail))
-    console.print(fit_table([Col("case", "id"), Col("§", "id"), Col("backend", "id"), Col("profile", "id"),
-                             Col("status", "id"), Col("detail")], rows, title=title))
+        case = Text(r.name)
+        if detail:
+            case.append("\n" + detail, style="dim")
+        rows.append((styled(r.status, STATUS_STYLE[r.status]), r.section, r.backend if len(backends) > 1 else None,
+                     r.profile if len(profiles) > 1 else None, case))
+    console.print(fit_table([Col("status", "id"), Col("§", "id"), Col("backend", "id"), Col("profile", "id"),
+                             Col("case (detail below)")], rows, title=title))
     if divergences:
         console.print(fit_table([Col("case", "id"), Col("profile", "id"), Col("call", "num"), Col("model"),
                                  Col("kernel")],

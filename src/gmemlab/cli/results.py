@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
+from .common import fitted
 
 if TYPE_CHECKING:
     from ..sweep import query
@@ -49,7 +50,7 @@ def _print_table(result: query.Result) -> None:
     for row in result.rows:
         table.add_row(*(escape(_cell(v)) for v in row))
     console = Console()
-    console.print(table)
+    console.print(fitted(table))
     console.print(f"{len(result.rows):,} rows", highlight=False)
 
 
@@ -64,7 +65,7 @@ def _print_overview(info: dict[str, Any]) -> None:
     for s in info["sweeps"]:
         med = "" if s["median_wall_s"] is None else f"{s['median_wall_s']:.3f}"
         table.add_row(escape(str(s["sweep"])), f"{s['runs']:,}", f"{s['ok']:,}", f"{s['failed']:,}", med)
-    console.print(table)
+    console.print(fitted(table))
     groups = ", ".join(f"{escape(k)} ({v})" for k, v in info["column_groups"].items())
     console.print(f"column groups: {groups}", highlight=False)
     for err in info["top_errors"]:

@@ -39,7 +39,7 @@ from ..workload.events import format_event, tally
 from ..workload.scenario import Scenario, builtin_names, load_scenario
 from ..workload.schema import Portion
 from ..workload.units import format_level, format_size
-from .common import Col, GmemlabGroup, fit_table, unknown
+from .common import Col, GmemlabGroup, fit_table, fitted, unknown
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
 _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "map_gpa_chunk"}
@@ -130,7 +130,7 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
     for name, count in sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0])):
         table.add_row(name, f"{count:,}")
     table.add_row("total", f"{sum(by_type.values()):,}", style="bold")
-    console.print(table)
+    console.print(fitted(table))
     console.print(f"userspace exits: {by_type['HcMapGpa']:,}", highlight=False)
 
 

@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
     @app.command("sensitivity")
     def sensitivity_cmd(
         scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
-        policy: list[PolicyChoice] = typer.Option([], "--policy", help="Two policies to compare (A, then B)."),
+        policy: list[PolicyChoice] = typer.Option([], "--policy", help="Two policies to compare (A, then B); "
+                                                  "default eager, deferred."),
         set_: list[str] = typer.Option([], "--set", help="Override a scenario parameter (repeatable)."),
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
         costs: str | None = typer.Option(None, "--costs", help="TOML file overriding cost-table rows."),
@@ -60,6 +61,8 @@ def register(app: typer.Typer) -> None:
                                              "or .pdf; after the results are printed)."),
     ) -> None:
         """Vary every assumed cost weight (0.1x-10x) and show which could flip the comparison of two policies."""
+        if not policy:
+            policy = [PolicyChoice("eager"), PolicyChoice("deferred")]  # as compare does
         if len(policy) != 2:
             raise UsageError(f"--policy: give exactly two policies to compare, got {len(policy)}")
         policy = [str(p) for p in policy]

@@ -34,7 +34,7 @@ from ..sim import plot, report
 from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..workload.scenario import load_scenario
-from .common import ExitCode, choices, esc, positive_seconds
+from .common import ExitCode, choices, esc, fitted, positive_seconds
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
 POLICY_HELP = "guest_memfd split/merge policy (docs/hugepages.md)."
@@ -117,10 +117,10 @@ def _print(results: list[RunResult], as_json: bool, plot_path: str | None, liste
     console = Console()
     for r in results:
         console.print(report.summary_line(r), highlight=False, markup=False)
-    console.print(report.metrics_table(results))
-    console.print(report.time_table(results))
+    console.print(fitted(report.metrics_table(results)))
+    console.print(fitted(report.time_table(results)))
     if len(results) == 1:
-        console.print(report.cost_rows_table(results[0]))
+        console.print(fitted(report.cost_rows_table(results[0])))
     unpriced = sorted({name for r in results for name in r.times.unpriced})
     if unpriced:
         console.print(f"counted, no cost row: {', '.join(unpriced)}", highlight=False, markup=False)

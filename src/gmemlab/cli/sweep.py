@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..workload.units import format_bytes
-from .common import ExitCode
+from .common import ExitCode, fitted
 
 if TYPE_CHECKING:
     from ..sweep.executors import Executor
@@ -69,7 +69,7 @@ def _list(as_json: bool) -> None:
         table.add_column(col, justify="right" if col == "runs" else "left")
     for s in specs:
         table.add_row(escape(s.name), f"{s.runs:,}", escape(_axes_text(s)), escape(s.description))
-    Console().print(table)
+    Console().print(fitted(table))
 
 
 def _summary(spec: SweepSpec, out: Path, stats: Stats, interrupted: bool, executor: str) -> dict[str, Any]:
