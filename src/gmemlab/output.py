@@ -5,7 +5,9 @@
   :class:`~gmemlab.errors.UsageError` naming the option and the file.
 * :func:`atomic_write` writes a temporary file beside the target and renames it over the target only once the
   whole content is written and flushed to disk: a full disk, a crash or Ctrl-C leaves the previous file as it
-  was (byte for byte) and no half-written file under the target's name.
+  was (byte for byte) and no half-written file under the target's name. A symbolic link stays a link (the file
+  it points to is replaced); a device, pipe or terminal (``--out /dev/stdout``) is written in place, never
+  replaced by a regular file.
 * :func:`save_figure` is the matplotlib case: the format follows the extension (``.png``, ``.svg``, ``.pdf``).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
@@ -35,6 +38,10 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Collection[
     target = Path(text)
     if target.is_dir():
         raise UsageError(f"{option} {text}: is a directory")
+    if _special(target):  # /dev/stdout, a pipe: written in place (atomic_file), nothing else to check
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"{option} {text}: not writable")
+        return target, target.suffix.lower().lstrip(".")
     ext = target.suffix.lower().lstrip(".")
     if formats is not None and ext not in formats:
         names = [f".{f}" for f in formats]
@@ -59,6 +66,17 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", option: str = ""
     An existing target's permission bits are kept. ``OSError`` while writing (a full disk) becomes a UsageError
     naming ``option`` and the file when ``option`` is given."""
     target = Path(path)
+    if _special(target):
+        # A device, a pipe or a terminal (--out /dev/stdout): there is no file to replace; renaming over it would
+        # put a regular file in place of the device node. Written in place.
+        try:
+            with open(target, mode, encoding=None if "b" in mode else "utf-8") as f:
+                yield f
+        except OSError as exc:
+            raise _failed(option, target, exc) from None
+        return
+    # A symbolic link stays a link: the file it points to is replaced.
+    target = Path(os.path.realpath(target)) if target.is_symlink() else target
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
@@ -78,6 +96,15 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "wb", option: str = ""
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _special(target: Path) -> bool:
+    """An existing path (after symbolic links) that is neither a regular file nor a folder."""
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _failed(option: str, target: Path, exc: OSError) -> Exception:

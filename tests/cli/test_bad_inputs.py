@@ -127,6 +127,11 @@ def cases() -> list[Any]:
     add("describe-file-nan", ["scenarios", "describe", "nan.toml"], "nan.toml")
     add("compare-file-huge", ["compare", "huge.toml", "--plot", "out.pdf"], "huge.toml")
     add("run-unknown-scenario", ["run", "snp-lazy-acept-64g"], "did you mean 'snp-lazy-accept-64g'")
+    add("run-scenario-folder", ["run", "."], ".: is a folder, not a scenario file")
+    add("run-scenario-device", ["run", os.devnull], f"{os.devnull}: is not a regular file")
+    add("compare-scenario-folder", ["compare", "."], "is a folder")
+    add("describe-scenario-folder", ["scenarios", "describe", "."], "is a folder")
+    add("sensitivity-scenario-folder", ["sensitivity", "."], "is a folder")
     add("run-markup-name", ["run", "[/]"], "[/]: no built-in scenario or file")
     for name, needle in [("costs-nan.toml", "rows.6.weight: must be a finite number"),
                          ("costs-inf.toml", "rows.6.per_vcpu: must be a finite number"),
@@ -218,9 +223,11 @@ def cases() -> list[Any]:
         ("junit-folder", ["--junit", "nowhere/r.xml", "-k", "test_file_size"], "does not exist"),
         ("junit-ext-ok-bad-profile", ["--junit", "report.xml", "--profile", "x"], "--profile 'x'"),
         ("kernel", ["--kernel", "no-such-bzImage"], "--kernel no-such-bzImage"),
+        ("kernel-folder", ["--kernel", "."], "--kernel .: is a folder"),
     ]:
         add(f"conformance-{name}", ["conformance", *argv], needle)
     add("oracle-column", ["oracle", "--column", "Q"], "--column 'Q'")
+    add("oracle-select", ["oracle", "--column", "A", "-k", "no-such-row"], "-k 'no-such-row': no row id")
     add("oracle-record", ["oracle", "--record", "record.md"], "no table rows")
     add("oracle-backend", ["oracle", "--backend", "x"], "--backend 'x'")
     add("profiles-name", ["profiles", "linux-7.3x"], "did you mean 'linux-7.3'")
@@ -250,6 +257,8 @@ def cases() -> list[Any]:
     # --- vm ----------------------------------------------------------------------------------------------------------
     for name, argv, needle in [
         ("kernel", ["--kernel", "no-such-bzImage", "--", "true"], "--kernel no-such-bzImage"),
+        ("kernel-folder", ["--kernel", ".", "--", "true"], "--kernel .: is a folder"),
+        ("kernel-device", ["--kernel", os.devnull, "--", "true"], "is not a regular file"),
         ("timeout-nan", ["--kernel", "proto.py", "--timeout", "nan", "--", "true"], "--timeout nan"),
         ("timeout-inf", ["--kernel", "proto.py", "--timeout", "inf", "--", "true"], "--timeout inf"),
         ("boot-timeout", ["--kernel", "proto.py", "--boot-timeout", "-3", "--", "true"], "--boot-timeout"),
@@ -274,6 +283,9 @@ def cases() -> list[Any]:
         ("list-and-name", ["--list", "guest-size"], "--list"),
         ("dask-and-scheduler", ["guest-size", "--dask", "--scheduler", "tcp://x:1"], "--scheduler"),
         ("nothing", [], "SWEEP"),
+        ("folder", ["."], ".: is a folder, not a sweep file"),
+        ("out-file", ["guest-size", "--out", "mine.toml"], "--out mine.toml: exists and is not a folder"),
+        ("workers-short", ["guest-size", "-j", "0"], "--workers '0'"),
     ]:
         add(f"sweep-{name}", ["sweep", *argv], needle)
     for name, argv, needle in [

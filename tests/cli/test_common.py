@@ -74,6 +74,35 @@ def test_atomic_write_keeps_permissions(tmp_path: Path) -> None:
     assert target.stat().st_mode & 0o777 == 0o640
 
 
+def test_atomic_write_keeps_links_pipes_and_devices(tmp_path: Path) -> None:
+    """A symbolic link stays a link (its file is replaced); a pipe or device (``--out /dev/stdout``) is written
+    in place: renaming over it put a regular file in place of the node (``--junit /dev/full`` as root replaced
+    the device)."""
+    import stat
+    import threading
+
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real.name)
+    atomic_write(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    assert check_output(fifo, "--out")[0] == fifo
+    atomic_write(fifo, "through the pipe", "--out")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    if os.path.exists("/dev/full"):
+        with pytest.raises(UsageError, match="--junit /dev/full: not written"):
+            atomic_write("/dev/full", "x", "--junit")
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
 @pytest.mark.parametrize(("name", "needle"), [
     ("", "empty file name"), ("  ", "empty file name"), ("plot.bmp", "extension .bmp"), ("plot", "no extension"),
     ("missing/plot.png", "does not exist"), (".", "is a directory"),

@@ -124,17 +124,25 @@ def test_simulator_tables_fit_80_columns(printed: list[Table]) -> None:
     assert len(re.findall(r"published .*, simulated .*: \S", text)) == len(figures)
 
 
-def test_sweep_results_tables_fit_80_columns(tmp_path: Path, printed: list[Table]) -> None:
-    study = tmp_path / "study.toml"
-    study.write_text('name = "tiny"\nseeds = 1\n[grid]\nscenario = ["churn-pingpong"]\n'
-                     'policy = ["eager", "deferred"]\nset.guest_mem = ["1GiB"]\nset.runtime_s = [1]\n')
+def test_results_tables_fit_80_columns(tmp_path: Path, printed: list[Table]) -> None:
+    """The results overview and a query (the folder made in-process without worker processes: the kernel
+    hygiene tests want no child process left)."""
+    from gmemlab.sweep.dataset import Dataset
+    from gmemlab.sweep.executors import SerialExecutor
+    from gmemlab.sweep.runner import run_tasks
+    from gmemlab.sweep.spec import parse_sweep
+    from gmemlab.sweep.tasks import expand
+
+    text = ('seeds = 1\n[grid]\nscenario = ["churn-pingpong"]\npolicy = ["eager", "deferred"]\n'
+            'set.guest_mem = ["1GiB"]\nset.runtime_s = [1]\n')
     out = tmp_path / "res"
-    check_tables(run80("sweep", str(study), "--out", str(out), "--workers", "1"), printed, required=False)
-    printed.clear()
+    with Dataset(out) as ds:
+        run_tasks(expand(parse_sweep(text, "tiny.toml", "tiny", None)), SerialExecutor(), dataset=ds)
     check_tables(run80("results", str(out)), printed)
     printed.clear()
     check_tables(run80("results", str(out), "--sql",
-                       "SELECT scenario, policy, seed, status, \"time.cpu.s\" FROM runs"), printed)
+                       "SELECT scenario, policy, seed, status, \"time.cpu.s\", \"metrics.guest_faults\", "
+                       "\"metrics.conversions.ok\", \"metrics.tracking.per_page_entries\" FROM runs"), printed)
 
 
 def test_the_check_can_fail() -> None:

@@ -178,7 +178,9 @@ def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
                        f"{did_you_mean(match['value'], known)}")
         else:
             message = message[:1].lower() + message[1:]
-            given = _given(args, str(hint)) if hint else None
+            opts = [*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ())] if param is not None else []
+            given = next((v for o in opts or ([str(hint)] if hint else []) if (v := _given(args, o)) is not None),
+                         None)
             if given is not None:
                 message = f"{given!r}: {message}"
         text = f"{hint} {message}" if hint else message

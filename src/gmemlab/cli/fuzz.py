@@ -14,7 +14,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -33,11 +33,18 @@ from ..conformance.fuzz_ops import OUT_OF_REACH
 from ..conformance.lockstep import Finding, Stats
 from ..errors import UnsupportedByBackend, UsageError
 from ..output import atomic_write, check_output
-from .common import ExitCode, internal_error, unknown
+from ..uapi import PROFILES
+from .common import ExitCode, choices, internal_error, unknown
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE, EXIT_NOTHING_RAN, EXIT_INTERNAL = (ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE,
                                                                   ExitCode.INCOMPLETE, ExitCode.INTERNAL)
+
+
+if TYPE_CHECKING:
+    FuzzProfile = str
+else:  # an enum at run time: typer shows, completes and checks the choices (did-you-mean from the root)
+    FuzzProfile = choices("FuzzProfile", PROFILES)
 
 
 class FuzzBackend(StrEnum):
@@ -47,7 +54,6 @@ class FuzzBackend(StrEnum):
 
 def _factories(backend: str, profile: str | None = None) -> tuple[Any, Any, str]:
     from ..model import HostConfig, ModelBackend
-    from ..uapi import PROFILES
 
     if profile is not None and profile not in PROFILES:
         raise unknown("profile", profile, list(PROFILES), "--profile")
@@ -127,9 +133,9 @@ def register(app: typer.Typer) -> None:
                                                  "the run; gaps are still reported")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="machine-readable report")] = False,
         kernel: Annotated[Path | None, typer.Option(help=f"run inside this kernel: {KERNEL_HELP}")] = None,
-        profile: Annotated[str | None, typer.Option(help="the model's profile: with --backend model any (default "
-                                                         "linux-6.18); with both it must be the kernel's, which "
-                                                         "is read from it")] = None,
+        profile: Annotated[FuzzProfile | None, typer.Option(
+            help="the model's profile: with --backend model any (default linux-6.18); with both it must be the "
+                 "kernel's, which is read from it")] = None,
     ) -> None:
         """Drive the model and the kernel in lockstep with hypothesis-generated operation sequences; any
         differing observation, exception inside a backend, broken model invariant or coverage gap fails, shrunk
@@ -139,7 +145,7 @@ def register(app: typer.Typer) -> None:
         Exit status: 0 nothing found, 1 found, 2 bad usage or replay file, 3 nothing ran, 4 internal error."""
         try:
             code = _command(backend.value, examples, seed, max_ops, replay, save, allow_gaps, as_json, kernel,
-                            profile)
+                            None if profile is None else str(profile))
         except UsageError as exc:
             print(f"gmemlab: error: {exc}", file=sys.stderr)
             code = EXIT_USAGE

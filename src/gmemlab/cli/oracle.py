@@ -17,7 +17,7 @@ from ..conformance.oracle.probe import Probe
 from ..conformance.oracle.recording import default_path, load
 from ..errors import UnsupportedByBackend, UsageError
 from ..model import HostConfig, ModelBackend
-from .common import Col, choices, fit_table, styled
+from .common import Col, ExitCode, choices, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 BAD = ("differs", "missing", "extra")
@@ -106,16 +106,20 @@ def register(app: typer.Typer) -> None:
         if recorded is None:
             rows = [{"row": r, "column": c, "produced": v} for c, cells in produced.items() for r, v in cells.items()
                     if not select or select in r]
+            if select and not rows:
+                raise UsageError(f"-k {select!r}: no row id contains it")
             print(json.dumps(rows, indent=2) if as_json else "\n".join(f"{x['column']:3} {x['row']}: "
                                                                          f"{x['produced']}" for x in rows))
             print("(no recording found: pass --record PATH to compare)")
             return
         verdicts = [v for v in compare(recorded, produced) if not select or select in v.row]
+        if select and not verdicts:
+            raise UsageError(f"-k {select!r}: no row id contains it")
         if as_json:
             print(json.dumps([v.__dict__ for v in verdicts], indent=2))
         else:
             _table(verdicts, verbose, backend.value)
-        raise typer.Exit(1 if any(v.status in BAD for v in verdicts) else 0)
+        raise typer.Exit(ExitCode.FAILED if any(v.status in BAD for v in verdicts) else ExitCode.OK)
 
 
 def _table(verdicts: list[Verdict], verbose: bool, where: str) -> None:

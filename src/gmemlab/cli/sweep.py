@@ -121,6 +121,8 @@ def register(app: typer.Typer) -> None:
         spec = load_sweep(sweep)
         tasks = expand(spec)
         folder = Path(out) if out else Path("results") / spec.name
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out {folder}: exists and is not a folder (results are a folder of Parquet files)")
         executor = make_executor(workers, dask, scheduler)
         err = Console(stderr=True)
         if dry_run:

@@ -117,8 +117,7 @@ def register(app: typer.Typer) -> None:
         machine (kept with --keep)."""
         if not command:
             raise UsageError("no command: gmemlab vm --kernel IMAGE -- CMD [ARGS...]")
-        if not kernel.is_file():
-            raise UsageError(f"--kernel {kernel}: no such file")
+        check_kernel_file(kernel)
         raise typer.Exit(run_in_vm_cli(kernel, command, modules=modules, memory=memory, cpus=cpus,
                                        numa_nodes=numa_nodes, accel=str(accel), timeout=timeout,
                                        boot_timeout=boot_timeout, append=append, keep=keep))
@@ -139,9 +138,15 @@ def register(app: typer.Typer) -> None:
         print(path)
 
 
+def check_kernel_file(value: Path) -> None:
+    if not value.is_file():
+        what = "is a folder" if value.is_dir() else "is not a regular file" if value.exists() else "no such file"
+        raise UsageError(f"--kernel {value}: {what} (expected a kernel image such as arch/x86/boot/bzImage)")
+
+
 def kernel_arg(value: Path | None) -> Path | None:
-    if value is not None and not value.is_file():
-        raise UsageError(f"--kernel {value}: no such file")
+    if value is not None:
+        check_kernel_file(value)
     if value is not None and os.environ.get("GMEMLAB_VM"):
         raise UsageError("--kernel inside a gmemlab VM: already running in a booted kernel")
     return value

@@ -109,6 +109,9 @@ def load_sweep(name_or_path: str) -> SweepSpec:
         res = resources.files("gmemlab") / "sweeps" / f"{name_or_path}.toml"
         return parse_sweep(res.read_text(encoding="utf-8"), f"built-in sweep {name_or_path}", name_or_path, None)
     path = Path(name_or_path)
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{name_or_path}: is {'a folder' if path.is_dir() else 'not a regular file'}, not a sweep "
+                         "file (a TOML file or a built-in name)")
     if not path.is_file():
         hint = close_match(name_or_path, builtin_names())
         raise UsageError(f"{name_or_path}: no built-in sweep or file by that name{hint}")

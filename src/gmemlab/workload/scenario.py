@@ -359,6 +359,9 @@ def _read(name_or_path: str) -> tuple[str, str, str]:
             return str(path), path.stem, path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise fail(str(path), "", f"cannot read: {exc}") from None
+    if path.exists():  # a folder, a device: say what it is rather than "no such file"
+        raise fail(name_or_path, "", f"is {'a folder' if path.is_dir() else 'not a regular file'}, not a scenario "
+                   "file (a TOML file or a built-in name)")
     hint = did_you_mean(name_or_path, builtin_names())
     raise fail(name_or_path, "", f"no built-in scenario or file by that name{hint}")
 
