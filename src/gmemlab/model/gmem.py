@@ -16,6 +16,7 @@ kvm_memory_slot``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 from typing import Protocol, cast
@@ -43,6 +44,7 @@ from .gmem_huge import HugeGmem
 from .host import AddressSpace, FileMappings, ModelHostMapping, ModelPin
 from .locking import RwSem
 from .metrics import Metrics, per_level
+from .mlock import mm_populate
 from .pagecache import UPTODATE, PageCache
 from .profiles import Behaviour
 from .shareability import RangeShareability, Shareability, WholeFileShareability
@@ -741,7 +743,13 @@ class GmemFile:
             raise KvmError(errno.EINVAL, op, f"HugeTLB guest_memfd: length {a.length:#x} and offset {a.offset:#x} "
                            f"must be multiples of the huge page size {huge.hpage_size:#x} "
                            "(kvm_gmem_get_unmapped_area)")
-        return ModelHostMapping(self.address_space, a.length, a.prot, self, a.offset >> PAGE_SHIFT)
+        mapping = ModelHostMapping(self.address_space, a.length, a.prot, self, a.offset >> PAGE_SHIFT)
+        if a.populate:
+            # do_mmap() -> mm_populate(): read faults over the new VMA (shared), errors ignored: the faults
+            # stop at the first refused page (past EOF, a private index)
+            with contextlib.suppress(KvmError):
+                mm_populate(self.address_space, mapping.address, mapping.address + mapping.mapped_length)
+        return mapping
 
     # -- conversion ioctls (RFC v2, spec 2.14) -------------------------------------------------------------
     def convert(self, offset: int, size: int, to_shared: bool, error_offset: int = 0) -> None:

@@ -588,9 +588,14 @@ class ModelHostMapping:
         return self.file.inode.pin(self.pgoff + first, self.pgoff + max(last, first), kind="ref")
 
     def pte_present(self, offset: int) -> bool:
-        """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63)."""
-        page = offset >> PAGE_SHIFT
-        return not self.unmapped and 0 <= page < self.npages and self.held(page) is not None
+        """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63): any page of the
+        reservation (the guards too: a guard made accessible and touched has PTEs), looked up in the address
+        space as pagemap reads the page tables; outside the reservation OutsideReservation, as the client."""
+        offset, _ = check_reservation("pagemap", offset, 1, self.mapped_length)
+        start = (self.address + offset) & ~(PAGE_SIZE - 1)
+        for vma, first, _ in self.space.span(start, start + PAGE_SIZE):
+            return vma is not None and not vma.unmapped and vma.held(first) is not None
+        return False
 
     def munmap(self) -> None:
         """``munmap``; like the kernel client, PROT_NONE private memory takes the mapping's place in its

@@ -64,6 +64,9 @@ def vfs_fallocate(op: str, mode: object, offset: object, length: object) -> tupl
     return mode, offset, length
 
 
+MAP_POPULATE, MAP_NONBLOCK = 0x8000, 0x10000
+
+
 @dataclass(frozen=True)
 class MmapArgs:
     """The mmap syscall's arguments after ``do_mmap()``'s generic checks."""
@@ -72,6 +75,7 @@ class MmapArgs:
     offset: int
     prot: int
     sharing: int  # flags & MAP_SHARED_VALIDATE: MAP_SHARED, MAP_PRIVATE or MAP_SHARED_VALIDATE
+    populate: bool = False  # MAP_POPULATE without MAP_NONBLOCK: do_mmap() then calls mm_populate()
 
 
 def do_mmap(op: str, length: object, offset: object, prot: object, flags: object) -> MmapArgs:
@@ -96,4 +100,4 @@ def do_mmap(op: str, length: object, offset: object, prot: object, flags: object
         raise KvmError(errno.EINVAL, op, "flags must contain MAP_SHARED or MAP_PRIVATE")
     if prot & PROT_EXEC:
         raise KvmError(errno.EPERM, op, "the guest_memfd mount is noexec (PROT_EXEC refused)")
-    return MmapArgs(length, offset, prot, sharing)
+    return MmapArgs(length, offset, prot, sharing, flags & (MAP_POPULATE | MAP_NONBLOCK) == MAP_POPULATE)
