@@ -23,6 +23,9 @@ from .lockstep import BackendFactory, Finding, Lockstep, Stats, machine_for, rep
 
 DEFAULT_EXAMPLES = 200  # sequences per run of `gmemlab fuzz` unless --examples says otherwise
 DEFAULT_MAX_OPS = 50  # operations per sequence (hypothesis runs this many unless it shrinks)
+# Examples per hypothesis run: a run's later examples are mostly mutations of its earlier ones (near-duplicate
+# setups and op mixes), so a budget is spent as many short runs, each from its own seed derived from the run's.
+ROUND = 20
 FORMAT = "gmemlab-fuzz-sequence"
 
 
@@ -60,18 +63,22 @@ def fuzz(left: BackendFactory, right: BackendFactory, examples: int = DEFAULT_EX
         if progress is not None:
             progress(stats.sequences)
 
-    machine = seed(seed_value)(machine_for(factory, on_start, ops))
-    config = settings(max_examples=examples, stateful_step_count=max_ops, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck), phases=(Phase.generate,),
-                      report_multiple_bugs=False, derandomize=False, verbosity=Verbosity.quiet, print_blob=False)
-    try:
-        run_state_machine_as_test(machine, settings=config)
-    except Finding:
-        pass
-    except BaseExceptionGroup as group:  # hypothesis's FlakyFailure: the finding did not reproduce
-        if not group.subgroup(Finding):
-            raise
-        report.flaky = True
+    machine = machine_for(factory, on_start, ops)
+    for first in range(0, examples, ROUND):
+        config = settings(max_examples=min(ROUND, examples - first), stateful_step_count=max_ops, deadline=None,
+                          database=None, suppress_health_check=list(HealthCheck), phases=(Phase.generate,),
+                          report_multiple_bugs=False, derandomize=False, verbosity=Verbosity.quiet,
+                          print_blob=False)
+        try:
+            run_state_machine_as_test(seed(seed_value << 32 | first // ROUND)(machine), settings=config)
+        except Finding:
+            pass
+        except BaseExceptionGroup as group:  # hypothesis's FlakyFailure: the finding did not reproduce
+            if not group.subgroup(Finding):
+                raise
+            report.flaky = True
+        if found:
+            break
     if found:
         # Hypothesis re-runs the shrunk example last: the last finding is the minimal one. Deleting steps of a
         # state machine whose refs pick objects by index is hard for its shrinker; finish by deleting
