@@ -161,7 +161,8 @@ class World:
     vcpus_per_vm: dict[int, int] = field(default_factory=dict)
     pipes: list[Any] = field(default_factory=list)  # page references held by vmsplice'd pipes
     children: list[Child] = field(default_factory=list)
-    hot: list[int] = field(default_factory=list)  # page offsets recent operations used (newest first)
+    hot: list[int] = field(default_factory=list)  # file offsets of pages recent operations used (newest first)
+    file_offsets: dict[int, int] = field(default_factory=dict)  # id(mapping) -> its offset in the file
 
     def items(self, kind: str) -> list[Any]:
         return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus, "pipe": self.pipes,
@@ -173,6 +174,10 @@ class World:
 
     def gpa(self, page: int) -> int:
         return self.gpa_base + page * P
+
+    def base(self, mapping: Any) -> int:
+        """Where ``mapping`` starts in its file (0 for anonymous memory and for far offsets)."""
+        return self.file_offsets.get(id(mapping), 0)
 
 
 class NotRun(Exception):
@@ -217,7 +222,8 @@ def op(name: str, target: str | None = None, weight: int = 1, when: Callable[[Wo
 
 
 def run_op(w: World, o: Op) -> bool:
-    """Apply operation ``o`` to one side; False when its target does not exist there (nothing ran)."""
+    """Apply operation ``o`` to one side; False when its target does not exist there (nothing ran). After an
+    operation on a file or a mapping, :func:`observe_hot` looks at the page it used."""
     spec = OPS[o["op"]]
     if spec.target is None:
         spec.run(w, o)
@@ -225,8 +231,25 @@ def run_op(w: World, o: Op) -> bool:
     target = w.pick(spec.target, o[spec.target])
     if target is None:
         return False
-    spec.run(w, o, target)
+    hot = w.hot
+    try:
+        spec.run(w, o, target)
+    finally:
+        if w.hot is not hot:  # the operation used a page (see at())
+            observe_hot(w)
     return True
+
+
+def observe_hot(w: World) -> None:
+    """Whether a host PTE maps the page the operation just used, in every mapping of the file offset
+    (``/proc/self/pagemap``, a pure query): a zap, populate or unmap that went wrong shows at once instead of
+    waiting for a later ``pte_present`` on the same page. It runs even when the operation failed (a failing
+    call may have done part of its work, e.g. MADV_REMOVE up to a guard)."""
+    page = w.hot[0]
+    for m in w.maps:
+        offset = page - w.base(m)
+        if 0 <= offset < m.length:
+            m.pte_present(offset)
 
 
 def setup_ops(depth: int, type: int, size: int, flags: int, slot_pages: int, uaddr: bool) -> list[Op]:
@@ -243,18 +266,20 @@ def setup_ops(depth: int, type: int, size: int, flags: int, slot_pages: int, uad
     return steps[:depth]
 
 
-def at(w: World, o: Op, size: int) -> Any:
+def at(w: World, o: Op, size: int, base: int = 0) -> Any:
     """The op's offset: counted from the start, or with ``from_end`` back from ``size`` (the file's or the
     mapping's end), so ranges straddle ends as often as they start at 0. With ``hot`` it is instead the page of
     a recent operation's offset (the page another call just touched, punched or protected), so chains of
-    operations on the same page are common. Every offset used joins the recent ones."""
+    operations on the same page are common. Every offset used joins the recent ones. Recent pages are file
+    offsets: ``base`` is where a mapping starts in its file (see :meth:`World.base`), so a page written through
+    one mapping is read through another mapping of the file at another offset, or punched with fallocate."""
     offset = o["offset"]
     if o.get("hot") and w.hot:
-        offset = w.hot[offset % len(w.hot) if isinstance(offset, int) else 0]
+        offset = w.hot[offset % len(w.hot) if isinstance(offset, int) else 0] - base
     elif o.get("from_end") and isinstance(offset, int):
         offset = size - offset
     if isinstance(offset, int) and -(1 << 30) < offset < 1 << 30:
-        w.hot = [offset & ~(P - 1), *w.hot[:7]]
+        w.hot = [(offset + base) & ~(P - 1), *w.hot[:7]]
     return offset
 
 
@@ -389,7 +414,10 @@ def mmap(w: World, o: Op, g: Any) -> None:
         _cap_alloc(length, "MAP_POPULATE")
     if isinstance(flags, int) and flags & 3 == 2 and o["prot"] & 2 and length > 1 << 30:
         raise NotRun("a private writable mapping above 1 GiB: overcommit accounting depends on the host's RAM")
-    w.maps.append(g.mmap(length, o["offset"], o["prot"], o["flags"]))
+    m = g.mmap(length, o["offset"], o["prot"], o["flags"])
+    if isinstance(o["offset"], int) and 0 < o["offset"] < 1 << 30:
+        w.file_offsets[id(m)] = o["offset"]
+    w.maps.append(m)
 
 
 @op("fallocate", target="gmem", weight=6, from_end=FLAG, hot=FLAG, mode=FALLOC_MODES, offset=OFFSETS, length=LENGTHS)
@@ -434,33 +462,33 @@ def close_gmem(w: World, o: Op, g: Any) -> None:
 # -- host mappings ---------------------------------------------------------------------------------------------
 @op("host_read", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(1, 8, P, 2 * P, P + 1, 0))
 def host_read(w: World, o: Op, m: Any) -> None:
-    m.read(at(w, o, m.length), o["length"])
+    m.read(at(w, o, m.length, w.base(m)), o["length"])
 
 
 @op("host_write", target="map", weight=6,
     offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(1, 8, P, 2 * P, P + 1, 0), byte=ints(0xA5, 1, 0xFF))
 def host_write(w: World, o: Op, m: Any) -> None:
-    m.write(at(w, o, m.length), bytes([o["byte"]]) * o["length"])
+    m.write(at(w, o, m.length, w.base(m)), bytes([o["byte"]]) * o["length"])
 
 
 @op("host_fill", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG,
     length=ints(1, P, 2 * P, 0), byte=FILL_BYTES)
 def host_fill(w: World, o: Op, m: Any) -> None:
-    m.fill(at(w, o, m.length), o["length"], o["byte"])
+    m.fill(at(w, o, m.length, w.base(m)), o["length"], o["byte"])
 
 
 @op("madvise", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, advice=ADVICES)
 def madvise(w: World, o: Op, m: Any) -> None:
     if o["advice"] in (22, 23):  # MADV_POPULATE_READ/WRITE fault pages in
         _cap_alloc(o["length"], "MADV_POPULATE")
-    m.madvise(at(w, o, m.length), o["length"], o["advice"])
+    m.madvise(at(w, o, m.length, w.base(m)), o["length"], o["advice"])
 
 
 @op("mprotect", target="map", weight=6,
     offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, prot=ints(1, 3, 0, 2, 4, 7, 8, 16, 0x01000000,
                                                                         0x03000000, -1))
 def mprotect(w: World, o: Op, m: Any) -> None:
-    m.mprotect(at(w, o, m.length), o["length"], o["prot"])
+    m.mprotect(at(w, o, m.length, w.base(m)), o["length"], o["prot"])
 
 
 @op("mlock", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS, flags=ints(0, 1, 2, -1))
@@ -468,24 +496,25 @@ def mlock(w: World, o: Op, m: Any) -> None:
     """mlock2: faults the range in (unless MLOCK_ONFAULT), so its length is capped like an allocation."""
     if not (isinstance(o["flags"], int) and o["flags"] == 1):
         _cap_alloc(o["length"], "mlock")
-    m.mlock(at(w, o, m.length), o["length"], o["flags"])
+    m.mlock(at(w, o, m.length, w.base(m)), o["length"], o["flags"])
 
 
 @op("munlock", target="map", offset=OFFSETS, from_end=FLAG, hot=FLAG, length=LENGTHS)
 def munlock(w: World, o: Op, m: Any) -> None:
-    m.munlock(at(w, o, m.length), o["length"])
+    m.munlock(at(w, o, m.length, w.base(m)), o["length"])
 
 
 @op("mbind", target="map", offset=OFFSETS, from_end=FLAG, hot=FLAG,
     length=LENGTHS, mode=MPOL_MODES, mask=NODEMASKS, flags=ints(0, 1, 2, 8))
 def mbind(w: World, o: Op, m: Any) -> None:
-    m.mbind(at(w, o, m.length), o["length"], o["mode"], o["mask"], o["flags"])
+    m.mbind(at(w, o, m.length, w.base(m)), o["length"], o["mode"], o["mask"], o["flags"])
 
 
 @op("numa_query", target="map", weight=6, offset=OFFSETS, from_end=FLAG, hot=FLAG, pages=ints(1, 2, 4, 0))
 def numa_query(w: World, o: Op, m: Any) -> None:
-    m.get_mempolicy(at(w, o, m.length))
-    m.page_nodes(at(w, o, m.length), o["pages"])
+    offset = at(w, o, m.length, w.base(m))
+    m.get_mempolicy(offset)
+    m.page_nodes(offset, o["pages"])
 
 
 @op("vmsplice", target="map", offset=ints(0, P, 2 * P, 15 * P, 16 * P, 64 * P, 1, -P), pages=ints(1, 2, 4))
@@ -500,10 +529,11 @@ def close_pipe(w: World, o: Op, pipe: Any) -> None:
     w.pipes.remove(pipe)
 
 
-@op("pte_present", target="map", offset=ints(0, P, 2 * P, 15 * P, 63 * P))
+@op("pte_present", target="map", weight=4, offset=OFFSETS, from_end=FLAG, hot=FLAG)
 def pte_present(w: World, o: Op, m: Any) -> None:
-    """Whether the host PTE of a page is present (/proc/self/pagemap), e.g. after a conversion."""
-    m.pte_present(o["offset"])
+    """Whether the host PTE of a page is present (/proc/self/pagemap): after a punch, a conversion, a
+    MADV_DONTNEED or a populate (often on the page a recent operation used)."""
+    m.pte_present(at(w, o, m.length, w.base(m)))
 
 
 @op("munmap", target="map")
@@ -540,16 +570,23 @@ def flock(w: World, o: Op, g: Any) -> None:
 
 
 # F_GETFD/F_SETFD/F_GETFL/F_SETFL/F_GETOWN/F_GETSIG/F_GETLEASE/F_NOTIFY/F_GETPIPE_SZ/F_ADD_SEALS/F_GET_SEALS/unknown
-FCNTL_CMDS = ints(1, 2, 3, 4, 9, 11, 1025, 1026, 1032, 1033, 1034, 9999, -1)
-FCNTL_ARGS = ints(0, 1, 0o4000, 0o2000, 0o40000, 0o1000000, 0o20000, 1 | 8, -1)  # FD_CLOEXEC, O_*, seals
+# (the per-fd F_GETFD/F_SETFD twice as often: dup()ed fds share the file's flags but not FD_CLOEXEC)
+F_GETFD, F_GETFL = 1, 3
+FCNTL_CMDS = ints(1, 2, 1, 2, 3, 4, 9, 11, 1025, 1026, 1032, 1033, 1034, 9999, -1)
+FCNTL_ARGS = ints(0, 1, 1, 0o4000, 0o2000, 0o40000, 0o1000000, 0o20000, 1 | 8, -1)  # FD_CLOEXEC, O_*, seals
 
 
-@op("fcntl", target="gmem", cmd=FCNTL_CMDS, arg=FCNTL_ARGS)
+@op("fcntl", target="gmem", weight=3, cmd=FCNTL_CMDS, arg=FCNTL_ARGS)
 def fcntl(w: World, o: Op, g: Any) -> None:
+    """fcntl; when it succeeds, F_GETFD and F_GETFL of every open guest_memfd fd are read back (pure queries),
+    so state that one fd's fcntl should not change on another (FD_CLOEXEC is per fd, O_* per file) shows."""
     g.fcntl(o["cmd"], o["arg"])
+    for fd in w.gmems:
+        fd.fcntl(F_GETFD)
+        fd.fcntl(F_GETFL)
 
 
-@op("dup", target="gmem")
+@op("dup", target="gmem", weight=2)
 def dup(w: World, o: Op, g: Any) -> None:
     w.gmems.append(g.dup())
 
@@ -568,16 +605,18 @@ def child_write(w: World, o: Op, child: Child) -> None:
     sees it; private memory: copy on write; MADV_DONTFORK: not there)."""
     if not child.maps:
         raise NotRun("the child inherited no mapping")
-    copy = child.process.mapping(child.maps[o["map"] % len(child.maps)])
-    copy.write(at(w, o, copy.length), bytes([o["byte"]]) * o["length"])
+    parent = child.maps[o["map"] % len(child.maps)]
+    copy = child.process.mapping(parent)
+    copy.write(at(w, o, copy.length, w.base(parent)), bytes([o["byte"]]) * o["length"])
 
 
 @op("child_read", target="child", map=REF, offset=OFFSETS, from_end=FLAG, hot=FLAG, length=ints(8, 1, P, 2 * P))
 def child_read(w: World, o: Op, child: Child) -> None:
     if not child.maps:
         raise NotRun("the child inherited no mapping")
-    copy = child.process.mapping(child.maps[o["map"] % len(child.maps)])
-    copy.read(at(w, o, copy.length), o["length"])
+    parent = child.maps[o["map"] % len(child.maps)]
+    copy = child.process.mapping(parent)
+    copy.read(at(w, o, copy.length, w.base(parent)), o["length"])
 
 
 @op("child_vm_ioctl", target="child", vm=REF, which=choice("check_extension", "create_gmem"))

@@ -275,7 +275,7 @@ def replay(left: BackendFactory, right: BackendFactory, ops: list[Op], allow_gap
 
 # How many rules each kind of target gets (hypothesis picks among rules evenly): most behaviour lies in what is
 # done to mappings and files, little in the system-wide calls.
-GROUP_WEIGHTS = {None: 1, "vm": 2, "gmem": 2, "map": 4, "vcpu": 1, "child": 1}
+GROUP_WEIGHTS = {None: 1, "vm": 2, "gmem": 3, "map": 4, "vcpu": 1, "child": 1}
 
 
 def _make_rule(target: str | None, specs: list[OpSpec], copy: int = 0) -> Callable[..., None]:
