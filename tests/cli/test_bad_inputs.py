@@ -227,6 +227,7 @@ def cases() -> list[Any]:
     ]:
         add(f"conformance-{name}", ["conformance", *argv], needle)
     add("oracle-column", ["oracle", "--column", "Q"], "--column 'Q'")
+    add("oracle-record-latin1", ["oracle", "--record", "latin1.toml"], "--record latin1.toml: not UTF-8 text")
     add("oracle-select", ["oracle", "--column", "A", "-k", "no-such-row"], "-k 'no-such-row': no row id")
     add("oracle-record", ["oracle", "--record", "record.md"], "no table rows")
     add("oracle-backend", ["oracle", "--backend", "x"], "--backend 'x'")

@@ -136,6 +136,17 @@ def test_version_and_help_show_the_exit_status() -> None:
     assert res.exit_code == 0 and "Exit status: 0 success" in res.output and "<bool>" not in res.output
 
 
+def test_help_paragraphs_are_reflowed() -> None:
+    """typer's rich help keeps every line break of a docstring and wraps again: hard-wrapped docstrings printed
+    half-empty lines. Sentences are joined; a line ending a sentence still ends its line."""
+    from gmemlab.cli.common import reflow
+
+    assert reflow("One line\n  and its end.\nA new line:\n  joined\n\nNext paragraph") == (
+        "One line and its end.\nA new line:\njoined\n\nNext paragraph")
+    res = CliRunner().invoke(app, ["conformance", "--help"], env={"COLUMNS": "200"})
+    assert "this machine's kernel for the profile the kernel is (the other profiles" in res.stdout
+
+
 def test_help_types_are_what_a_user_types() -> None:
     assert _readable_type("<bool>") is None
     assert _readable_type("<list[str]>") == "TEXT ..."

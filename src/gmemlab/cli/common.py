@@ -191,6 +191,21 @@ def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
     return f"{text.rstrip('.')}{help_hint}"
 
 
+def reflow(doc: str) -> str:
+    """A docstring's hard-wrapped lines joined into the sentences they belong to: typer's rich help keeps every
+    line break of the source and then wraps again at the terminal width, which left half-empty lines
+    ("for the profile the kernel" / "is (the other profiles ..."). A line that ends a sentence (``.``, ``:``)
+    still ends its line; blank lines still separate paragraphs."""
+    out: list[str] = []
+    for line in doc.strip().splitlines():
+        text = line.strip()
+        if out and text and out[-1] and not out[-1].endswith((".", ":")):
+            out[-1] += " " + text
+        else:
+            out.append(text)
+    return "\n".join(out)
+
+
 class GmemlabGroup(TyperGroup):
     """The root command: maps every outcome to the exit status convention, with one error style; every
     command's help ends with the exit status convention."""
@@ -199,6 +214,9 @@ class GmemlabGroup(TyperGroup):
         cmd = super().get_command(ctx, cmd_name)
         if cmd is not None and not getattr(cmd, "epilog", None):
             cmd.epilog = EXIT_STATUS_HELP
+        help_text = getattr(cmd, "help", None)
+        if cmd is not None and help_text:
+            cmd.help = reflow(help_text)
         return cmd
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]

@@ -94,6 +94,8 @@ def register(app: typer.Typer) -> None:
         path = record or default_path()
         try:
             recorded = load(path) if path is not None else None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--record {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         produced: dict[str, dict[str, str]] = {}

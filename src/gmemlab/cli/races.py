@@ -13,6 +13,7 @@ from ..checks import U64_MAX
 from ..errors import UsageError
 from ..races.explorer import Result, explore
 from ..races.mutation import mutation_check
+from ..races.properties import PROPERTIES
 from ..races.protocols import BUILTIN, THREADS_HELP, Protocol, Setup, get_protocol, parse_threads, sweep_configs
 from ..races.report import format_list, format_mutants, format_result
 from ..races.world import PRIVATE, SHARED
@@ -82,7 +83,7 @@ def races(
     if list_ or protocol is None:
         if any([threads, init, exhaustive, random_runs is not None, configs, mutations]):
             raise UsageError("races: name a PROTOCOL (see gmemlab races --list)")
-        typer.echo(format_list())
+        typer.echo(json.dumps(list_json(), indent=2) if as_json else format_list())
         return
     if exhaustive and random_runs is not None:
         raise UsageError("races: --exhaustive and --random are mutually exclusive")
@@ -148,6 +149,18 @@ class Search:
             return explore(setup, random_runs=self.random_runs, seed=self.seed, preemption_bound=self.preemptions,
                            max_states=self.max_states, progress=progress, time_limit=self.time_limit)
 
+
+
+def list_json() -> dict[str, object]:
+    """``races --list --json``: the protocols, paths and properties that --list prints."""
+    any_proto = next(iter(BUILTIN.values()))
+    return {
+        "protocols": [{"name": p.name, "declared_safe": p.declared_safe, "summary": p.summary, "spec": p.spec,
+                       "default": {"threads": p.default.threads, "init": p.default.init}}
+                      for p in BUILTIN.values()],
+        "paths": [{"name": name, "ranged": d.ranged, "doc": d.doc} for name, d in any_proto.paths.items()],
+        "properties": [{"name": prop.name, "text": prop.text} for prop in PROPERTIES],
+    }
 
 def register(app: typer.Typer) -> None:
     app.command("races", help=HELP)(races)

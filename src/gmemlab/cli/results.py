@@ -56,9 +56,12 @@ def _print_table(result: query.Result) -> None:
 
 def _print_overview(info: dict[str, Any]) -> None:
     console = Console()
-    per_run = f", {info['bytes_per_run']:.0f} bytes per run" if info["bytes_per_run"] else ""
-    console.print(f"{escape(info['folder'])}: {info['runs']:,} runs in {info['files']} files, "
-                  f"{info['bytes']:,} bytes{per_run}; {info['columns']} columns", highlight=False)
+    from ..workload.units import format_bytes  # one way to print sizes (as `gmemlab sweep` does)
+
+    per_run = f" ({format_bytes(info['bytes_per_run'])} per run)" if info["bytes_per_run"] else ""
+    files = f"{info['files']} file{'s' if info['files'] != 1 else ''}"
+    console.print(f"{escape(info['folder'])}: {info['runs']:,} runs in {files}, "
+                  f"{format_bytes(info['bytes'])}{per_run}; {info['columns']} columns", highlight=False)
     table = Table(title="Runs per sweep")
     for col in ("sweep", "runs", "ok", "failed", "median wall s"):
         table.add_column(col, justify="left" if col == "sweep" else "right")
