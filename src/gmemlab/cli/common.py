@@ -62,6 +62,11 @@ EXIT_STATUS_HELP = (
 )
 
 
+def versioned(result: dict[str, Any]) -> dict[str, Any]:
+    """A JSON result object with the version of gmemlab that produced it first (issue 13 item 7)."""
+    return {"gmemlab_version": __version__, **result}
+
+
 def error_line(message: str) -> str:
     """The one error style: ``gmemlab: error: ...`` on one line (newlines in a message are folded)."""
     text = " ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())

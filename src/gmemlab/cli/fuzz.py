@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import __version__
 from ..checks import U64_MAX
 from ..conformance.fuzz import (
     DEFAULT_EXAMPLES,
@@ -195,7 +196,8 @@ def _replay(left: Any, right: Any, ops: list[Any], label: str, names: tuple[str,
 
     f = replay(left, right, ops, allow_gaps, stats, names)
     if as_json:
-        print(json.dumps({"backends": label, "sequences": 1, "operations": stats.operations,
+        print(json.dumps({"gmemlab_version": __version__, "backends": label, "sequences": 1,
+                          "operations": stats.operations,
                           "findings": _finding_json(f, ops[: f.step + 1] if f else ops)}, indent=2))
     elif f is None:
         print(f"replayed {len(ops)} operations ({label}): no divergence ({stats.operations} ran on both sides)")
@@ -219,7 +221,8 @@ def _fuzz(left: Any, right: Any, label: str, names: tuple[str, str], examples: i
     f = report.finding
     saved = _save(save, report.ops, f, seed=seed, backends=label) if f is not None else ""
     if as_json:
-        print(json.dumps({"backends": label, "seed": seed, "sequences": report.sequences,
+        print(json.dumps({"gmemlab_version": __version__, "backends": label, "seed": seed,
+                          "sequences": report.sequences,
                           "operations": report.operations, "seconds": round(seconds, 1), "flaky": report.flaky,
                           "findings": _finding_json(f, report.ops), "saved": saved,
                           "stats": _stats_json(report.stats), "out_of_reach": OUT_OF_REACH}, indent=2))

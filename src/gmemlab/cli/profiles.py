@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ..model.profiles import BEHAVIOURS, GMEM_IN_PLACE_CONVERSION_DEFAULT, IN_PLACE_DEFAULT_ENV
 from ..uapi import CAP_GMEM_ATTRIBUTES_ENV, KVM_CAP_GUEST_MEMFD_MEMORY_ATTRIBUTES, PROFILES, lineage
-from .common import Col, fit_table, unknown
+from .common import Col, fit_table, unknown, versioned
 
 
 def unverified() -> list[dict[str, str]]:
@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
             raise unknown("profile", name, list(PROFILES))
         names = list(reversed(lineage(name))) if name else list(PROFILES)
         if as_json:
-            print(json.dumps({"profiles": [describe(n) for n in names], "unverified": unverified()}, indent=2))
+            print(json.dumps(versioned({"profiles": [describe(n) for n in names], "unverified": unverified()}),
+                             indent=2))
             return
         console = Console(highlight=False)
         for n in names:

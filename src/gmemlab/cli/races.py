@@ -17,7 +17,7 @@ from ..races.properties import PROPERTIES
 from ..races.protocols import BUILTIN, THREADS_HELP, Protocol, Setup, get_protocol, parse_threads, sweep_configs
 from ..races.report import format_list, format_mutants, format_result
 from ..races.world import PRIVATE, SHARED
-from .common import ExitCode, esc, positive_seconds, rss_text
+from .common import ExitCode, esc, positive_seconds, rss_text, versioned
 
 MAX_COUNT = 1 << 40  # states, schedules, preemptions: more than any run could reach
 
@@ -83,7 +83,7 @@ def races(
     if list_ or protocol is None:
         if any([threads, init, exhaustive, random_runs is not None, configs, mutations]):
             raise UsageError("races: name a PROTOCOL (see gmemlab races --list)")
-        typer.echo(json.dumps(list_json(), indent=2) if as_json else format_list())
+        typer.echo(json.dumps(versioned(list_json()), indent=2) if as_json else format_list())
         return
     if exhaustive and random_runs is not None:
         raise UsageError("races: --exhaustive and --random are mutually exclusive")
@@ -98,8 +98,8 @@ def races(
             raise UsageError("races: --mutations uses the documented configurations; drop --threads/--random")
         baseline, mutants = mutation_check(proto, chosen)
         if as_json:
-            typer.echo(json.dumps({"protocol": proto.name, "baseline": [r.as_dict() for r in baseline],
-                                   "mutants": [m.as_dict() for m in mutants]}, indent=2))
+            typer.echo(json.dumps(versioned({"protocol": proto.name, "baseline": [r.as_dict() for r in baseline],
+                                             "mutants": [m.as_dict() for m in mutants]}), indent=2))
         else:
             typer.echo(format_mutants(proto, baseline, mutants))
         return
@@ -115,7 +115,7 @@ def races(
         runs = [search.run(proto, spec, init or (default.init if threads is None else proto.default_init))]
     if as_json:
         payload = [r.as_dict() for r in runs]
-        typer.echo(json.dumps(payload[0] if len(payload) == 1 and not configs else payload, indent=2))
+        typer.echo(json.dumps(versioned(payload[0]) if len(payload) == 1 and not configs else payload, indent=2))
     else:
         typer.echo("\n\n".join(format_result(r, proto) for r in runs))
     if any(r.violation for r in runs):

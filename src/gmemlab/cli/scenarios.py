@@ -231,5 +231,6 @@ def events_json(sc: Scenario, limit: int, seed: int) -> None:
         by_type.update(tally((event,)))
         if i < limit:
             first.append(format_event(event))
-    typer.echo(json.dumps({"name": sc.name, "seed": seed, "events": first, "by_type": dict(by_type),
+    typer.echo(json.dumps({"gmemlab_version": __version__, "name": sc.name, "seed": seed, "events": first,
+                           "by_type": dict(by_type),
                            "total": sum(by_type.values())}, indent=2))

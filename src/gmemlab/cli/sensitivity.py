@@ -21,7 +21,7 @@ from ..sim.costs import load_cost_table
 from ..sim.run import check_policy
 from ..sim.sensitivity import FIGURE_NAMES, FIGURES, Sensitivity, sensitivity
 from ..workload.scenario import load_scenario
-from .common import Col, fit_table, styled
+from .common import Col, fit_table, styled, versioned
 from .sim import SEED_HELP, PolicyChoice
 
 
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         load_scenario(scenario, set_)  # one-line errors before any work
         result = sensitivity(scenario, policy, set_, seed, load_cost_table(costs) if costs else None, (low, high))
         if as_json:
-            typer.echo(json.dumps(result.as_json(), indent=2))
+            typer.echo(json.dumps(versioned(result.as_json()), indent=2))
             if plot_path is not None:
                 plot.write_tornado(result, plot_path, top)
             return

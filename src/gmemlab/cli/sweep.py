@@ -27,7 +27,7 @@ from rich.table import Table
 
 from ..errors import UsageError
 from ..workload.units import format_bytes
-from .common import ExitCode, fitted
+from .common import ExitCode, fitted, versioned
 
 if TYPE_CHECKING:
     from ..sweep.executors import Executor
@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
             todo = sum(t.input_hash not in present for t in tasks)
             info = {"sweep": spec.name, "runs": spec.runs, "axes": _axes_text(spec), "to_run": todo,
                     "already_in_folder": spec.runs - todo, "folder": str(folder), "executor": executor.name}
-            typer.echo(json.dumps(info, indent=2) if as_json else
+            typer.echo(json.dumps(versioned(info), indent=2) if as_json else
                        f"{spec.name}: {spec.runs:,} runs ({_axes_text(spec)}); {todo:,} to run, "
                        f"{spec.runs - todo:,} already in {folder}; executor: {executor.name}")
             return
@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
                 ds.consolidate(ds.batch_files())
         summary = _summary(spec, folder, outcome.stats, outcome.interrupted, executor.name)
         if as_json:
-            typer.echo(json.dumps(summary, indent=2))
+            typer.echo(json.dumps(versioned(summary), indent=2))
         else:
             s = outcome.stats
             line = (f"{spec.name}: {s.done:,} runs in {s.elapsed:.1f} s ({s.rate:.1f} runs/s), {s.failed:,} failed, "
