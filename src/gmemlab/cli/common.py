@@ -121,11 +121,11 @@ def choices(name: str, values: Iterable[str]) -> type[enum.StrEnum]:
 def positive_seconds(value: float, option: str) -> float:
     """A time limit: a finite number of seconds > 0 (``nan``/``inf`` parse as floats and are refused here)."""
     try:
-        check_number(value, min=0.0)
+        check_number(value)
     except ValueError as exc:
-        raise UsageError(f"{option} {value!r}: {exc}") from None
+        raise UsageError(f"{option} {value:g}: {exc}") from None
     if value <= 0:
-        raise UsageError(f"{option} {value!r}: must be more than 0 seconds")
+        raise UsageError(f"{option} {value:g}: must be more than 0 seconds")
     return value
 
 

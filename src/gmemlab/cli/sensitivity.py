@@ -22,6 +22,7 @@ from ..sim.run import check_policy
 from ..sim.sensitivity import FIGURE_NAMES, FIGURES, Sensitivity, sensitivity
 from ..workload.scenario import load_scenario
 from .common import Col, fit_table, styled, versioned
+from .scenarios import complete_scenario
 from .sim import SEED_HELP, PolicyChoice
 
 
@@ -47,7 +48,8 @@ def tables(result: Sensitivity, top: int) -> list[Table]:
 def register(app: typer.Typer) -> None:
     @app.command("sensitivity")
     def sensitivity_cmd(
-        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
+        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file.",
+                                       autocompletion=complete_scenario),
         policy: list[PolicyChoice] = typer.Option([], "--policy", help="Two policies to compare (A, then B); "
                                                   "default eager, deferred."),
         set_: list[str] = typer.Option([], "--set", help="Override a scenario parameter (repeatable)."),

@@ -35,6 +35,7 @@ from ..sim.costs import CostTable, load_cost_table
 from ..sim.run import RunResult, check_policy, run_scenario
 from ..workload.scenario import load_scenario
 from .common import ExitCode, choices, esc, fitted, positive_seconds
+from .scenarios import complete_scenario
 
 SET_HELP = "Override a scenario parameter with a dotted key, e.g. guest_mem=1GiB, accept.mode=eager (repeatable)."
 POLICY_HELP = "guest_memfd split/merge policy (docs/hugepages.md)."
@@ -132,7 +133,8 @@ def _print(results: list[RunResult], as_json: bool, plot_path: str | None, liste
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
+        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file.",
+                                       autocompletion=complete_scenario),
         policy: PolicyChoice | None = typer.Option(None, "--policy", help=POLICY_HELP + " Default: the scenario's."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),
         seed: int = typer.Option(0, "--seed", min=0, max=U64_MAX, help=SEED_HELP),
@@ -148,7 +150,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("compare")
     def compare_cmd(
-        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file."),
+        scenario: str = typer.Argument(..., help="A built-in scenario name or a TOML file.",
+                                       autocompletion=complete_scenario),
         policy: list[PolicyChoice] = typer.Option([], "--policy",
                                                   help=POLICY_HELP + " Repeat; default eager, deferred."),
         set_: list[str] = typer.Option([], "--set", help=SET_HELP),

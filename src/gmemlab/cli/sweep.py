@@ -56,6 +56,13 @@ def _axes_text(spec: SweepSpec) -> str:
     return " x ".join([*parts, f"{len(spec.seeds)} seeds"])
 
 
+def _complete_sweep(incomplete: str) -> list[str]:
+    """Shell completion: built-in sweep names (files complete as files)."""
+    from ..sweep.spec import builtin_names
+
+    return [n for n in builtin_names() if n.startswith(incomplete)]
+
+
 def _list(as_json: bool) -> None:
     from ..sweep.spec import builtin_names, load_sweep
 
@@ -89,7 +96,8 @@ def _summary(spec: SweepSpec, out: Path, stats: Stats, interrupted: bool, execut
 def register(app: typer.Typer) -> None:
     @app.command("sweep")
     def sweep_cmd(
-        sweep: str | None = typer.Argument(None, help="A built-in sweep name (see --list) or a sweep TOML file."),
+        sweep: str | None = typer.Argument(None, help="A built-in sweep name (see --list) or a sweep TOML file.",
+                                           autocompletion=_complete_sweep),
         list_: bool = typer.Option(False, "--list", help="List the built-in sweeps and exit."),
         out: str | None = typer.Option(None, "--out", "-o", help="Results folder. Default: results/<sweep name>."),
         workers: int | None = typer.Option(None, "--workers", "-j", min=1, max=4096,
