@@ -37,3 +37,22 @@ def test_cost_basis_with_brackets_prints_as_written(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "memset [v2] per page [/]" in res.output
     assert "[work, 2 CPUs]" in res.output  # the boot segments' bounds, once eaten as markup
+
+
+@pytest.mark.parametrize("width", ["200", "30"])
+def test_query_column_names_print_as_written(tmp_path: Path, width: str) -> None:
+    """A results column named like markup, at a width that fits and one that prints in blocks."""
+    from gmemlab.sweep.dataset import Dataset
+    from gmemlab.sweep.executors import SerialExecutor
+    from gmemlab.sweep.runner import run_tasks
+    from gmemlab.sweep.spec import parse_sweep
+    from gmemlab.sweep.tasks import expand
+
+    text = 'seeds = 1\n[fixed]\nscenario = "churn-pingpong"\nset.guest_mem = "1GiB"\nset.runtime_s = 1\n'
+    with Dataset(tmp_path) as ds:
+        run_tasks(expand(parse_sweep(text, "one.toml", "one", None)), SerialExecutor(), dataset=ds)
+    sql = 'SELECT 1 AS "[/]", \'[bold]x[/]\' AS "[v2] name", 3 AS "third column", 4 AS "fourth column"'
+    res = runner.invoke(app, ["results", str(tmp_path), "--sql", sql], env={"COLUMNS": width})
+    assert res.exit_code == 0, res.output
+    for text in ("[/]", "[bold]x[/]", "[v2] name"):
+        assert text in res.output, res.output

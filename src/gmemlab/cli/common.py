@@ -499,12 +499,12 @@ class FitTable(Table):
         for i, c in enumerate(self.cols):
             width = None if widths is None else widths[i]
             if c.kind == "num":
-                self.add_column(c.header, justify="right", no_wrap=True, style=c.style, width=width)
+                self.add_column(Text(c.header), justify="right", no_wrap=True, style=c.style, width=width)
             elif c.kind == "id" and (width is None or width >= self.natural[i]):
-                self.add_column(c.header, no_wrap=True, overflow="fold", style=c.style, min_width=self.natural[i],
+                self.add_column(Text(c.header), no_wrap=True, overflow="fold", style=c.style, min_width=self.natural[i],
                                 width=width)
             else:
-                self.add_column(c.header, overflow="fold", style=c.style, width=width, justify=c.justify,  # type: ignore[arg-type]
+                self.add_column(Text(c.header), overflow="fold", style=c.style, width=width, justify=c.justify,  # type: ignore[arg-type]
                                 ratio=c.ratio if widths is None and c.kind == "text" else None)
         for r, (style, end_section) in zip(self.data, self.row_meta, strict=True):
             self.add_row(*r, style=style, end_section=end_section)
