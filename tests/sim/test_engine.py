@@ -56,7 +56,7 @@ def test_every_builtin_runs_at_reduced_size(name, policy):
     m = j["metrics"]
     assert set(m) == {"splits", "merges", "stage2_bytes", "host_map_bytes", "conversions", "userspace_exits",
                       "guest_faults", "zaps", "tlb_flushes", "tracking", "vmemmap_bytes", "vmemmap_peak_bytes",
-                      "filemap_xarray_bytes", "shared_bytes"}
+                      "filemap_xarray_bytes", "shared_bytes", "attribute_changes", "copied_bytes", "footprint"}
     assert set(m["splits"]) == set(m["merges"]) == {"1G", "2M"}
     assert set(m["stage2_bytes"]) == set(m["host_map_bytes"]) == {"4K", "2M", "1G"}
     assert set(m["conversions"]) == {"ok", "eagain"}

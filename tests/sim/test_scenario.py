@@ -10,8 +10,8 @@ from gmemlab.workload.scenario import builtin_names, load_scenario
 from gmemlab.workload.units import GiB, MiB
 
 BUILTINS = ["attr-init-1t", "churn-pingpong", "dpdk-shared-buffers-64g", "non-coco-mmap-64g", "pkvm-android-1g",
-            "snp-16g-1g-reference", "snp-16g-2m-reference", "snp-eager-accept-64g", "snp-lazy-accept-64g",
-            "snp-mmap-populate-64g", "tdx-boot-64g"]
+            "snp-16g-1g-reference", "snp-16g-2m-reference", "snp-eager-accept-64g", "snp-inplace-launch-64g",
+            "snp-lazy-accept-64g", "snp-mmap-populate-64g", "tdx-boot-64g"]
 
 
 def test_builtins_shipped():

@@ -199,6 +199,10 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
          "per folio", "direct_map", "assumed", "semantics: Patrick Roy's series", "direct_map_remove"),
     _row("34", "kvm_gmem_populate source GUP per 4K", "~0.3 µs", 0.3, "per 4K", "populate", "assumed",
          "one get_user_pages_fast per page [src]; none for SNP ZERO pages (src = NULL)", "populate_gup_4k"),
+    _row("34c", "SNP kvm_gmem_populate source copy per 4K (sev_gmem_post_populate copies the source page)",
+         "~0.5 µs", 0.6, "per 4K", "populate", "derived", "from row 3: copying 4 KiB reads and writes 4 KiB, "
+         "priced as two 4 KiB memsets [assumed factor]; none for an in-place launch (NULL source, linux-7.md "
+         "1.3) or ZERO pages; TDX's PAGE.ADD copies inside row 19a", "populate_copy_4k", of=("3", 2)),
     _row("35", "Refcount spin during restructuring (transient refs)", "usually 0; rare small delay", 1,
          "per spin", "conversion", "assumed", "WARN_ONCE loop [src]; counted when a split or merge meets a "
          "short-term GUP pin (host_access.pins.longterm = false)", "refcount_spin"),

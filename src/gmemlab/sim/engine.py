@@ -67,6 +67,7 @@ from ..workload.scenario import Scenario
 from . import counters as ctr
 from .costs import CostTable, filemap_xarray_bytes
 from .faults import FaultBatch
+from .flow import Flow
 from .machine import Machine
 from .reference import ReferenceMachine
 from .timing import BOOT_SEGMENTS, LABELS, PARALLEL, SERIAL, Ledger, compute, new_ledger
@@ -99,6 +100,7 @@ class Snapshot:
     vmemmap_bytes: int
     shared_bytes: int
     filemap_bytes: int
+    footprint: dict[str, int]
 
 
 class Engine:
@@ -106,12 +108,16 @@ class Engine:
 
     def __init__(self, sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None,
                  reference: bool = False, progress: Callable[[int], None] | None = None,
-                 coalesce: bool = True) -> None:
+                 coalesce: bool = True, flow: Flow | None = None) -> None:
         self.sc = sc
         self.policy = policy
         self.seed = seed
         self.costs = costs or CostTable()
-        self.machine = ReferenceMachine(sc, policy) if reference else Machine(sc, policy)
+        self.machine = ReferenceMachine(sc, policy, flow) if reference else Machine(sc, policy, flow)
+        self.attr_changes = 0  # KVM_SET_MEMORY_ATTRIBUTES calls that changed something (per-VM conversions)
+        self.copied_pages = 0  # 4 KiB pages kvm_gmem_populate copied from a source (none when launched in place)
+        self.footprint_peak = 0  # host memory holding guest memory, highest at a sample (sim/flow.py)
+        self._shared_pages = 0  # resident pages of the per-VM flow's shared copy at the last span
         self.reference = reference
         self.progress = progress
         self.counters: Counter[str] = Counter()  # what the model does not count
@@ -199,6 +205,9 @@ class Engine:
             "vmemmap_peak_bytes": self.machine.vmemmap_peak_bytes(),
             "filemap_xarray_bytes": snap.filemap_bytes,
             "shared_bytes": snap.shared_bytes,
+            "attribute_changes": self.attr_changes,
+            "copied_bytes": self.copied_pages * Level.PG_4K.bytes,
+            "footprint": {**snap.footprint, "peak_bytes": max(self.footprint_peak, snap.footprint["total_bytes"])},
         }
 
     # -- ledger -----------------------------------------------------------------------------------
@@ -209,11 +218,24 @@ class Engine:
         return self._ctx
 
     def _close_span(self) -> None:
+        if self.machine.shared_copies:
+            self._count_shared_copy_growth()
         now = ctr.raw(self.machine, self.counters)
         delta = now - self._mark
         if delta:
             self.ledger[self.phase][self._lane].update(ctr.price(delta, self._price_context()))
         self._mark = now
+
+    def _count_shared_copy_growth(self) -> None:
+        """The per-VM flow's shared copy: anonymous pages that became resident since the last span (the VMM's
+        writes, the guest's shared faults through GUP on the HVA) were allocated and zero-filled like the
+        guest_memfd's (rows 1 and 3); discarded pages leave. The model does not count anonymous memory."""
+        shared = self.machine.footprint()["shared_copy_bytes"] >> PAGE_SHIFT
+        grown = shared - self._shared_pages
+        if grown > 0:
+            self.counters["folio_alloc_4k"] += grown
+            self.counters["zero_4k"] += grown
+        self._shared_pages = shared
 
     def _enter(self, lane: str) -> None:
         """The work that follows is in ``lane``: price what the previous lane did first."""
@@ -234,14 +256,15 @@ class Engine:
         t = self.machine
         if t.file is None:
             empty = dict.fromkeys(LABELS, 0)
-            return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0, 0)
+            return Snapshot(empty, dict(empty), {"ranges": 0, "per_page_entries": 0}, 0, 0, 0, t.footprint())
         live = {lv: t.splits(lv) - t.merges(lv) for lv in HUGE_LEVELS}
         filemap = filemap_xarray_bytes(live[Level.PG_1G], live[Level.PG_2M], t.backend.policy.staged)
         return Snapshot(t.stage2_bytes(), t.host_map_bytes(), t.tracking(self.sc.attr_store == "maple"),
-                        t.vmemmap_bytes(), t.shared_bytes(), filemap)
+                        t.vmemmap_bytes(), t.shared_bytes(), filemap, t.footprint())
 
     def _sample(self, label: str) -> None:
         t = self.machine
+        self.footprint_peak = max(self.footprint_peak, t.footprint()["total_bytes"])
         self.samples.append(Sample(
             label, self.phase, round(self._clock, 9), t.stage2_bytes(),
             {lv.label: t.splits(lv) for lv in HUGE_LEVELS}, {lv.label: t.merges(lv) for lv in HUGE_LEVELS},
@@ -293,6 +316,7 @@ class Engine:
         self._flush()
         self._enter(SERIAL)
         t.set_attr(ev.start, ev.end, ev.private)
+        self.attr_changes += 1
         if self.sc.attr_store == "maple":
             self.counters["attr_maple_calls"] += 1
         else:
@@ -335,8 +359,8 @@ class Engine:
         self._flush()
         self._enter(PARALLEL)
         c = self.counters
-        if self.machine.mapping is None:  # no gmem mmap: the VMM writes its own shared backing
-            c["host_fault_4k"] += ev.touched_pages
+        if self.machine.mapping is None:  # no gmem mmap: the VMM writes its shared copy (anonymous memory)
+            c["host_fault_4k"] += self.machine.write_shared_copy(ev.start, ev.end, ev.stride)
             return
         faults, refused = self.machine.host_touch(ev.start, ev.end, ev.stride)
         for lv, n in faults.items():
@@ -350,7 +374,10 @@ class Engine:
         c = self.counters
         m = self.machine.metrics
         before = m["rmpupdate_4k"]
-        n = ev.pages if ev.rom else self.machine.populate(ev.start, ev.end, ev.in_place)
+        source = not ev.in_place and ev.kind != "zero"  # SNP ZERO pages have no source (src = NULL)
+        if source and not ev.rom and self.machine.shared_copies:  # per VM: the VMM loads the image first
+            c["host_fault_4k"] += self.machine.write_shared_copy(ev.start, ev.end)
+        n = ev.pages if ev.rom else self.machine.populate(ev.start, ev.end, ev.in_place, source)
         c["rmpupdate_4k_in_populate"] += m["rmpupdate_4k"] - before
         if self.sc.arch == "snp":
             c["snp_launch_update_4k"] += n
@@ -358,8 +385,11 @@ class Engine:
             c["tdx_page_add"] += n
             if ev.measure:
                 c["tdx_mr_extend"] += n * TDX_MR_EXTEND_PER_PAGE
-        if not ev.in_place and ev.kind != "zero":
-            c["populate_gup_4k"] += n  # SNP ZERO pages have no source (snp_launch_update: src = NULL)
+        if source:
+            c["populate_gup_4k"] += n
+            self.copied_pages += n
+            if self.sc.arch == "snp":  # sev_gmem_post_populate copies; TDX's PAGE.ADD copies in row 19a
+                c["populate_copy_4k"] += n
         c["populate_failed_pages"] += ev.pages - n
 
     def _on_LaunchFinish(self, ev: LaunchFinish) -> None:

@@ -3,18 +3,23 @@ mmap, pins), driven by the scenario's events.
 
 Not a fault engine: every decision (mapping levels, splits and merges, RMP and S-EPT levels, EAGAIN) is the
 model's. :class:`Machine` is the simulator's handle on it: it builds what a scenario's launch events ask for
-on a :class:`~gmemlab.model.ModelBackend` of the ``rfc-v2`` lineage (the HugeTLB + in-place conversion RFC
-the thread is about), with ``HostConfig.gmem_policy`` set to the policy under test
-(:mod:`gmemlab.model.policy`, workloads.md §2.3), and turns events into the model's ioctls and range
-operations:
+on a :class:`~gmemlab.model.ModelBackend` of the run's profile (default ``rfc-v2``, the HugeTLB + in-place
+conversion RFC the thread is about; the Linux profiles in the run's flow, :mod:`gmemlab.sim.flow`), with
+``HostConfig.gmem_policy`` set to the policy under test (:mod:`gmemlab.model.policy`, workloads.md §2.3), and
+turns events into the model's ioctls and range operations:
 
 * VM type by arch: ``snp`` -> SNP (4), ``tdx`` -> TDX (5), ``none`` -> default (0), ``pkvm`` ->
   SW_PROTECTED (1, a VM with private memory and no vendor hooks: arm64 pKVM is not modelled, §1.4).
-* guest_memfd flags from :class:`~gmemlab.workload.events.CreateGmem`: MMAP -> SUPPORT_SHARED, private by
-  default -> INIT_PRIVATE, ``hugetlb`` 2M/1G -> HUGETLB + page-size log; ``buddy_thp`` (pKVM THP blocks)
+* guest_memfd flags from :class:`~gmemlab.workload.events.CreateGmem`: on the Linux profiles MMAP and
+  INIT_SHARED; on ``rfc-v2`` MMAP -> SUPPORT_SHARED, private by default -> INIT_PRIVATE,
+  ``hugetlb`` 2M/1G -> HUGETLB + page-size log; ``buddy_thp`` (pKVM THP blocks)
   is approximated by 2 MiB HugeTLB folios [assumed]; ``buddy`` gives order-0 folios (§0).
 * Arch limits (§5 ``arch_limits.private_max_level``) map onto ``HostConfig``: TDX 2M private mappings
   (Yan Zhao's v3) iff the limit is >= 2M; for ``none``/``pkvm`` the TDP level cap follows the limit.
+* Conversions: ``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd in the linux-7.4 in-place flow, the RFC's
+  ``KVM_GMEM_CONVERT_*`` on ``rfc-v2``, ``KVM_SET_MEMORY_ATTRIBUTES`` in the per-VM flow, which also keeps
+  the shared copy (anonymous memory at ``userspace_addr``): the VMM loads the launch image there, and a
+  conversion to private discards that range of it (QEMU ``ram_block_discard_range``, ``MADV_DONTNEED``).
 * Sizes follow the scenario: the HugeTLB pool holds the guest's folios (and the model's mmap places top-down
   like Linux), so every built-in scenario runs from 1 GiB to 64 TiB.
 
@@ -34,8 +39,9 @@ from ..errors import ConversionError, KvmError, VcpuExit
 from ..level import Level
 from ..model.config import HostConfig
 from ..model.gmem import GmemFile, GmemInode
-from ..model.host import ModelHostMapping, ModelPin
+from ..model.host import ModelHostMapping, ModelPin, Strided
 from ..model.kvm_main import ModelBackend, ModelVm
+from ..model.madvise import MADV_DONTNEED
 from ..model.memslot import Memslot
 from ..model.page_fault import touch_range
 from ..model.populate import kvm_gmem_populate
@@ -47,21 +53,25 @@ from ..uapi import (
     KVM_MEM_GUEST_MEMFD,
     KVM_MEMORY_ATTRIBUTE_PRIVATE,
     PAGE_SHIFT,
+    PAGE_SIZE,
+    GmemFlags618,
     GmemFlagsRfc2,
     VmType,
 )
 from ..workload.events import CreateGmem, SetMemoryRegion
 from ..workload.scenario import Scenario
+from .flow import DEFAULT_PROFILE, PER_VM, Flow
 
-PROFILE = "rfc-v2"
+PROFILE = DEFAULT_PROFILE  # a run's profile unless the scenario or --profile names one (sim/flow.py)
 VM_TYPES = {"none": VmType.DEFAULT, "snp": VmType.SNP, "tdx": VmType.TDX, "pkvm": VmType.SW_PROTECTED}
 
 
-def host_config(sc: Scenario, policy: str) -> HostConfig:
-    """``HostConfig.upstream()`` with the policy under test, the scenario's arch limits (§5) and a HugeTLB
-    pool holding every folio of the guest (the pool of ``upstream()`` is 4 TiB)."""
+def host_config(sc: Scenario, policy: str, flow: Flow | None = None) -> HostConfig:
+    """``HostConfig.upstream()`` with the policy under test, the scenario's arch limits (§5), a HugeTLB
+    pool holding every folio of the guest (the pool of ``upstream()`` is 4 TiB) and the flow's module
+    parameter (:meth:`gmemlab.sim.flow.Flow.host_config_changes`)."""
     limit = Level.of_size(sc.arch_limits.private_max_level)
-    changes: dict[str, object] = {"gmem_policy": policy}
+    changes: dict[str, object] = {"gmem_policy": policy, **(flow.host_config_changes() if flow else {})}
     if sc.arch == "tdx":
         changes["tdx_huge_private"] = limit >= Level.PG_2M
     elif sc.arch in ("none", "pkvm"):
@@ -77,14 +87,16 @@ def host_config(sc: Scenario, policy: str) -> HostConfig:
 class Machine:
     """One simulated machine: a VM on the model and what the VMM holds of it (see the module docstring)."""
 
-    def __init__(self, sc: Scenario, policy: str) -> None:
+    def __init__(self, sc: Scenario, policy: str, flow: Flow | None = None) -> None:
         self.sc = sc
-        self.backend = ModelBackend(PROFILE, host_config(sc, policy))
+        self.flow = flow or Flow(PROFILE, PER_VM if not sc.gmem_flags.mmap else "in-place", "")
+        self.backend = ModelBackend(self.flow.profile, host_config(sc, policy, flow))
         self.vm: ModelVm = self.backend.create_vm(int(VM_TYPES[sc.arch]))
         self.vcpu = self.vm.create_vcpu(0)
         self.file: GmemFile | None = None
         self.mapping: ModelHostMapping | None = None
         self.shared_backing: ModelHostMapping | None = None
+        self.shared_copies: list[tuple[int, ModelHostMapping]] = []  # (slot GPA, anonymous shared copy)
         self.slots: list[Memslot] = []
         self.pins: dict[tuple[int, int], list[ModelPin]] = {}
         self.no_direct_map = False
@@ -185,7 +197,10 @@ class Machine:
     def create_gmem(self, ev: CreateGmem) -> None:
         """KVM_CREATE_GUEST_MEMFD (+ mmap of the whole file when MMAP is asked for)."""
         flags = 0
-        if ev.mmap:
+        if self.flow.linux:  # merged flags (linux-7.md 0); INIT_SHARED for CoCo VMs only with 7.4's parameter on
+            if ev.mmap:
+                flags |= GmemFlags618.MMAP | (GmemFlags618.INIT_SHARED if ev.init_shared else 0)
+        elif ev.mmap:
             flags |= GmemFlagsRfc2.SUPPORT_SHARED
             if not ev.init_shared:
                 flags |= GmemFlagsRfc2.INIT_PRIVATE
@@ -204,6 +219,7 @@ class Machine:
             uaddr = self.mapping.address + ev.gmem_offset
         else:
             self.shared_backing = self.backend.mmap_anonymous(ev.size)
+            self.shared_copies.append((ev.gpa, self.shared_backing))
             uaddr = self.shared_backing.address
         self.vm.set_user_memory_region2(ev.slot, KVM_MEM_GUEST_MEMFD, ev.gpa, ev.size, uaddr, self.file,
                                         ev.gmem_offset)
@@ -218,7 +234,52 @@ class Machine:
         if self.vm.attributes.all_equal(start >> PAGE_SHIFT, end >> PAGE_SHIFT, value):
             return False
         self.vm.set_memory_attributes(start, end - start, value)
+        if private:
+            self.discard_shared_copy(start, end)
         return True
+
+    # -- the per-VM flow's shared copy (anonymous memory at userspace_addr) ------------------------------
+    def _copies(self, start: int, end: int) -> list[tuple[ModelHostMapping, int, int]]:
+        """(copy, first page, end page) of each shared copy overlapping GPA ``[start, end)``."""
+        out = []
+        for base, copy in self.shared_copies:
+            lo, hi = max(start, base), min(end, base + copy.length)
+            if lo < hi:
+                out.append((copy, (lo - base) >> PAGE_SHIFT, (hi - base) >> PAGE_SHIFT))
+        return out
+
+    def discard_shared_copy(self, start: int, end: int) -> None:
+        """QEMU ``kvm_convert_memory`` to private: ``ram_block_discard_range`` of the shared copy of GPA
+        ``[start, end)`` (``MADV_DONTNEED`` on the anonymous memory)."""
+        for copy, first, last in self._copies(start, end):
+            copy.madvise(first << PAGE_SHIFT, (last - first) << PAGE_SHIFT, MADV_DONTNEED)
+
+    def write_shared_copy(self, start: int, end: int, stride: int = 0) -> int:
+        """The VMM writes GPA ``[start, end)`` (every page, or one every ``stride`` bytes) in its shared copy;
+        returns the host faults taken (the pages become resident there)."""
+        faults = 0
+        for copy, first, last in self._copies(start, end):
+            done, _ = copy.touch(first, last, max(stride >> PAGE_SHIFT, 1))
+            faults += sum(done.values())
+        return faults
+
+    def footprint(self) -> dict[str, int]:
+        """Host memory holding guest memory now (O(runs)): the guest_memfd's folios and the per-VM flow's
+        shared copy, resident where the VMM wrote it or the guest mapped it shared (GUP on the HVA)."""
+        gmem = self.inode.pagecache.count_allocated() << PAGE_SHIFT if self.file is not None else 0
+        shared = 0
+        for base, copy in self.shared_copies:
+            g0 = base >> PAGE_SHIFT
+            guest = [(s - g0, e - g0) for s, e, spte in self.vm.stage2.sptes.runs(g0, g0 + (copy.length >> PAGE_SHIFT))
+                     if spte is not None and not spte.private]
+            runs, points = list(guest), 0
+            for s, e, v in copy.ptes.runs():
+                if isinstance(v, Strided):  # a scattered host write: its pages outside the guest's runs
+                    points += v.points(s, e) - sum(v.points(max(s, a), min(e, b)) for a, b in guest if a < e and b > s)
+                elif v is not None:
+                    runs.append((s, e))
+            shared += (_union_pages(runs) + points) << PAGE_SHIFT
+        return {"gmem_bytes": gmem, "shared_copy_bytes": shared, "total_bytes": gmem + shared}
 
     def conversion_work(self, start: int, end: int, to_shared: bool) -> tuple[int, int]:
         """(work items, pages) a conversion of GPA ``[start, end)`` would have ((0, 0): a no-op)."""
@@ -232,7 +293,11 @@ class Machine:
         """KVM_GMEM_CONVERT_SHARED/PRIVATE; False when refused with EAGAIN (elevated refcount, §3.4)."""
         assert self.file is not None
         try:
-            self.file.convert(start, end - start, to_shared)
+            if self.flow.attributes2:  # linux-7.4: the in-place series' ioctl on the guest_memfd (linux-7.md 1.2)
+                attributes = 0 if to_shared else KVM_MEMORY_ATTRIBUTE_PRIVATE
+                self.file.set_memory_attributes2(start, end - start, attributes)
+            else:
+                self.file.convert(start, end - start, to_shared)
         except ConversionError as exc:
             if exc.errno != errno.EAGAIN:
                 raise
@@ -254,11 +319,25 @@ class Machine:
             return False
         return True
 
-    def populate(self, start: int, end: int, in_place: bool) -> int:
+    def populate(self, start: int, end: int, in_place: bool, source: bool = True) -> int:
         """kvm_gmem_populate + the arch post_populate (§0, §1.2 step 4, §1.3): pages populated. In place
-        (§1.2 method b; linux-7.md §1.3 a NULL source) the payload is already in the folios."""
+        (§1.2 method b; linux-7.md §1.3 a NULL source) the payload is already in the folios: on the Linux
+        profiles the call passes a NULL source and the kernel's rule keeps the contents (7.4). In the per-VM
+        flow the source is the image the VMM loaded into the shared copy (``source``: not SNP ZERO pages),
+        read through it as GUP does."""
+        gfn, npages = start >> PAGE_SHIFT, (end - start) >> PAGE_SHIFT
+        src: bytes | None = None
+        src_addr: int | None = None
+        copies = self._copies(start, end) if self.flow.kind == PER_VM and source and not in_place else []
+        if copies:
+            copy, first, last = copies[0]
+            if last - first == npages:
+                src = copy.read(first << PAGE_SHIFT, npages * PAGE_SIZE)
+                src_addr = copy.address + (first << PAGE_SHIFT)
         try:
-            return kvm_gmem_populate(self.vm, start >> PAGE_SHIFT, None, (end - start) >> PAGE_SHIFT, in_place=in_place)
+            if self.flow.linux:
+                return kvm_gmem_populate(self.vm, gfn, src, npages, src_addr)
+            return kvm_gmem_populate(self.vm, gfn, None, npages, in_place=in_place)
         except KvmError:
             return 0
 
@@ -319,3 +398,16 @@ class Machine:
         """(gfn start, gfn end, level) of the stage-2 leaves over GPA ``[start, end)`` (None: unmapped)."""
         return [(s, e, None if spte is None else spte.level)
                 for s, e, spte in self.vm.stage2.sptes.runs(start >> PAGE_SHIFT, end >> PAGE_SHIFT)]
+
+
+def _union_pages(runs: list[tuple[int, int]]) -> int:
+    """Pages covered by the union of ``[start, end)`` runs."""
+    total, reach = 0, None
+    for s, e in sorted(runs):
+        if reach is None or s > reach:
+            total += e - s
+            reach = e
+        elif e > reach:
+            total += e - reach
+            reach = e
+    return total

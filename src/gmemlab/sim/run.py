@@ -6,10 +6,13 @@ the documented, stable result object (``gmemlab run --json``; the sweep flattens
 
     {"scenario": NAME, "title": "NAME (guest_mem=1TiB, ...)", "overrides": ["guest_mem=1TiB", ...],
      "policy", "seed", "params": {dotted.key: value},
+     "flow": {"profile", "kind": "in-place"|"per-vm"|"none", "ioctl", "gmem_in_place_conversion", "changes": [...]},
      "metrics": {"splits": {"1G", "2M"}, "merges": {"1G", "2M"}, "stage2_bytes": {"4K", "2M", "1G"},
                  "host_map_bytes": {"4K", "2M", "1G"}, "conversions": {"ok", "eagain"}, "userspace_exits",
                  "guest_faults", "zaps", "tlb_flushes", "tracking": {"ranges", "per_page_entries"},
-                 "vmemmap_bytes", "vmemmap_peak_bytes", "filemap_xarray_bytes", "shared_bytes"},
+                 "vmemmap_bytes", "vmemmap_peak_bytes", "filemap_xarray_bytes", "shared_bytes",
+                 "attribute_changes", "copied_bytes",
+                 "footprint": {"gmem_bytes", "shared_copy_bytes", "total_bytes", "peak_bytes"}},
      "time": {
        "boot_critical_path": {"s", "assumed_share",
                               "segments": [{"segment", "cpus", "serial_s", "work_s", "wall": {"s", "assumed_share"},
@@ -22,11 +25,17 @@ the documented, stable result object (``gmemlab run --json``; the sweep flattens
      "unpriced": [NAME], "events": {EVENT_TYPE: count},
      "series": [{"label", "phase", "wall_s", "stage2_bytes", "splits", "merges"}]}
 
-The three ``time`` results are never summed (:mod:`gmemlab.sim.timing`): boot critical path (wall time),
-CPU time by category, data-plane overhead per second of guest work; each ``assumed_share`` is the part of
-that figure priced by rows that are, or derive from, ``assumed`` weights. ``stage2_bytes``,
-``host_map_bytes``, ``tracking``, ``vmemmap_bytes`` and ``shared_bytes`` are taken when the guest stops
-(before teardown frees everything); counts are totals over the whole run, teardown included. The same
+``flow`` is how the VMM converts on the run's kernel profile (:mod:`gmemlab.sim.flow`; ``changes``: what
+that flow forced on the scenario; ``params`` are the scenario's after them, with the run's ``profile`` and
+``flow``). ``footprint`` is the host memory holding guest memory (guest_memfd folios, and the per-VM flow's
+resident anonymous shared copy) at guest stop, ``peak_bytes`` its highest at any sample; ``copied_bytes``
+what ``kvm_gmem_populate`` copied from a source (0 for an in-place launch); ``attribute_changes`` the
+``KVM_SET_MEMORY_ATTRIBUTES`` calls that changed something (the per-VM flow's conversions; ``conversions``
+counts the guest_memfd's). The three ``time`` results are never summed (:mod:`gmemlab.sim.timing`): boot
+critical path (wall time), CPU time by category, data-plane overhead per second of guest work; each
+``assumed_share`` is the part of that figure priced by rows that are, or derive from, ``assumed`` weights.
+``stage2_bytes``, ``host_map_bytes``, ``tracking``, ``vmemmap_bytes`` and ``shared_bytes`` are taken when the guest
+stops (before teardown frees everything); counts are totals over the whole run, teardown included. The same
 (scenario, overrides, policy, seed) always gives the same object; wall time is kept out of it (``wall_s``).
 """
 
@@ -45,6 +54,7 @@ from ..workload.scenario import Scenario, load_scenario
 from ..workload.schema import Portion, did_you_mean
 from .costs import CostTable
 from .engine import Engine, Sample
+from .flow import NO_PRIVATE, Flow, flow_for
 from .timing import Ledger, Times, compute, ledger_total
 
 
@@ -115,6 +125,7 @@ class RunResult:
     samples: list[Sample]
     wall_s: float
     overrides: tuple[str, ...] = field(default=())
+    flow: Flow = field(default=Flow("rfc-v2", NO_PRIVATE, ""))
 
     @cached_property
     def times(self) -> Times:
@@ -133,7 +144,13 @@ class RunResult:
     @property
     def title(self) -> str:
         """The scenario's name and every override, so a changed scenario never reads like the built-in."""
-        return f"{self.scenario.name} ({', '.join(self.overrides)})" if self.overrides else self.scenario.name
+        name = f"{self.scenario.name} ({', '.join(self.overrides)})" if self.overrides else self.scenario.name
+        return f"{name} on {self.flow.label}" if self.flow.linux or self.flow.changes else name
+
+    @property
+    def label(self) -> str:
+        """The run's column heading: its policy, with its kernel and flow when they are not rfc-v2's own."""
+        return f"{self.flow.label} {self.policy}" if self.flow.linux or self.flow.changes else self.policy
 
     def cost_rows(self) -> dict[str, dict[str, Any]]:
         t = self.times
@@ -147,7 +164,10 @@ class RunResult:
             "overrides": list(self.overrides),
             "policy": self.policy,
             "seed": self.seed,
-            "params": {**params(self.scenario), "policy": self.policy},  # the run's, not the file's default
+            # the run's policy, profile and flow, not the file's defaults
+            "params": {**params(self.scenario), "policy": self.policy, "profile": self.flow.profile,
+                       "flow": self.flow.kind},
+            "flow": self.flow.as_json(),
             "metrics": self.metrics,
             "time": self.times.as_json(),
             "cost_rows": self.cost_rows(),
@@ -164,8 +184,10 @@ class RunResult:
 
 def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | None = None, reference: bool = False,
                  progress: Callable[[int], None] | None = None, coalesce: bool = True,
-                 overrides: Sequence[str] = ()) -> RunResult:
-    """Run a validated scenario under ``policy`` (checked) with ``seed``. ``reference`` (the per-page oracle,
+                 overrides: Sequence[str] = (), profile: str | None = None, flow: str | None = None) -> RunResult:
+    """Run a validated scenario under ``policy`` (checked) with ``seed``, on the model of ``profile`` in
+    ``flow`` (defaults: the scenario's ``profile`` and ``flow`` keys; :func:`gmemlab.sim.flow.flow_for`,
+    a UsageError when that kernel cannot run that flow). ``reference`` (the per-page oracle,
     :mod:`gmemlab.sim.reference`) and ``coalesce=False`` select the slow paths the tests compare against.
     ``overrides`` are the ``--set`` texts the scenario was loaded with (named in titles and JSON). The seed is
     an integer from 0 to 2^64 - 1 (as ``--seed``)."""
@@ -174,18 +196,22 @@ def run_scenario(sc: Scenario, policy: str, seed: int = 0, costs: CostTable | No
     except ValueError as exc:
         raise UsageError(f"seed: {exc}") from None
     policy = effective_policy(check_policy(policy), sc.merge)
-    engine = Engine(sc, policy, seed, costs, reference=reference, progress=progress, coalesce=coalesce).run()
+    sc, run_flow = flow_for(sc, profile, flow)
+    engine = Engine(sc, policy, seed, costs, reference=reference, progress=progress, coalesce=coalesce,
+                    flow=run_flow).run()
     return RunResult(sc, policy, seed, engine.model_metrics(), engine.ledger, dict(engine.segment_cpus),
                      engine.level_shares(), engine.costs, dict(engine.events), engine.samples, engine.wall_s,
-                     tuple(overrides))
+                     tuple(overrides), run_flow)
 
 
 def simulate(scenario: str, policy: str | None = None, overrides: Sequence[str] = (), seed: int = 0,
              costs: CostTable | None = None, reference: bool = False,
-             progress: Callable[[int], None] | None = None, coalesce: bool = True) -> RunResult:
-    """Load ``scenario`` (a built-in name or a file) with ``--set`` overrides and run it; the policy defaults
-    to the scenario's own ``policy``."""
+             progress: Callable[[int], None] | None = None, coalesce: bool = True,
+             profile: str | None = None, flow: str | None = None) -> RunResult:
+    """Load ``scenario`` (a built-in name or a file) with ``--set`` overrides and run it; the policy, profile
+    and flow default to the scenario's own."""
     if policy is not None:
         check_policy(policy)
     sc = load_scenario(scenario, overrides)
-    return run_scenario(sc, policy or sc.policy, seed, costs, reference, progress, coalesce, overrides)
+    return run_scenario(sc, policy or sc.policy, seed, costs, reference, progress, coalesce, overrides, profile,
+                        flow)

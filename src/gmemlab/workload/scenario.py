@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..uapi import PAGE_SIZE
+from ..uapi import PAGE_SIZE, PROFILES
 from . import derived
 from .regions import RULES, RegionRule
 from .schema import (
@@ -234,6 +234,11 @@ class Scenario:
                         "truncate: deferred), never")
     attr_store: str = option(Choice(("xarray", "maple")), "xarray", doc="VM attribute store (§0)")
     set_attr_private: bool = option(Bool(), False, doc="VMM sets the whole slot private at creation (QEMU)")
+    profile: str = option(Choice(tuple(PROFILES)), "rfc-v2",
+                          doc="kernel profile the run models unless --profile names one (gmemlab profiles)")
+    flow: str = option(Choice(("auto", "in-place", "per-vm")), "auto",
+                       doc="how the VMM converts (--flow): in-place (one copy, KVM_SET_MEMORY_ATTRIBUTES2 or the "
+                       "RFC's ioctls), per-vm (two copies, KVM_SET_MEMORY_ATTRIBUTES + discard), auto: the kernel's")
     zero_on_convert: bool = option(Bool(), True, doc="false for pKVM (§1.4)")
     no_direct_map: bool = option(Bool(), False, doc="GUEST_MEMFD_FLAG_NO_DIRECT_MAP: folios leave the kernel's "
                                  "direct map (secret hiding)")
