@@ -5,7 +5,10 @@
 * :func:`time_table` -- the three time results (boot critical path, CPU time by category, data-plane
   overhead), never summed, each with the share that comes from ``assumed`` cost rows;
 * :func:`cost_rows_table` -- the cost rows a run used: weight, tag (and what a derived row is derived
-  from), count and CPU time, so every modelled second can be traced to a row of §4.
+  from), count and CPU time, so every modelled second can be traced to a row of §4;
+* :func:`flow_table` -- runs in different conversion flows or kernels (:mod:`gmemlab.sim.flow`) side by side:
+  host memory footprint, conversions, bytes copied, modelled time, and every cost row whose CPU time differs,
+  with its tag.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def metrics_table(results: Sequence[RunResult], title: str = "") -> Table:
                   caption="mapped and shared: at guest stop; counts: whole run")
     table.add_column("metric")
     for r in results:
-        table.add_column(escape(r.policy), justify="right")
+        table.add_column(escape(r.label), justify="right")
     columns = [_metric_rows(r) for r in results]
     for i, (name, _) in enumerate(columns[0]):
         table.add_row(name, *(col[i][1] for col in columns))
@@ -89,7 +92,7 @@ def time_table(results: Sequence[RunResult]) -> Table:
                   "assumed weights")
     table.add_column("result")
     for r in results:
-        table.add_column(escape(r.policy), justify="right")
+        table.add_column(escape(r.label), justify="right")
     times = [r.times for r in results]
     table.add_row("boot critical path (wall)", *(with_share(t.boot) for t in times), style="bold")
     for i, seg in enumerate(times[0].segments):
@@ -149,3 +152,47 @@ def summary_line(result: RunResult) -> str:
     events = sum(result.events.values())
     return (f"{result.title}: policy {result.policy}, seed {result.seed}, {events:,} events "
             f"simulated in {result.wall_s:.2f} s")
+
+
+def flow_table(results: Sequence[RunResult]) -> Table:
+    """Runs side by side by conversion flow (:mod:`gmemlab.sim.flow`): what each kernel and flow costs in host
+    memory, conversions, copies and modelled time, then the cost rows behind any difference in CPU time."""
+    table = Table(title=escape(f"Conversion flows side by side: {results[0].scenario.name} (seed {results[0].seed})"),
+                  caption="footprint: guest_memfd folios + the per-VM flow's resident anonymous shared copy; "
+                  "peak: highest at a phase mark or runtime second", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("", ratio=1, overflow="fold")
+    for r in results:
+        table.add_column(escape(r.label), justify="right", overflow="fold")
+    ms = [r.metrics for r in results]
+    rows: list[tuple[str, list[str]]] = [
+        ("conversion ioctl", [r.flow.ioctl or "none" for r in results]),
+        ("host memory peak", [human_bytes(m["footprint"]["peak_bytes"]) for m in ms]),
+        ("  at guest stop: guest_memfd", [human_bytes(m["footprint"]["gmem_bytes"]) for m in ms]),
+        ("  at guest stop: shared copy", [human_bytes(m["footprint"]["shared_copy_bytes"]) for m in ms]),
+        ("conversions (state changed)", [f"{m['conversions']['ok'] + m['attribute_changes']:,}" for m in ms]),
+        ("conversions refused (EAGAIN)", [f"{m['conversions']['eagain']:,}" for m in ms]),
+        ("bytes copied by kvm_gmem_populate", [human_bytes(m["copied_bytes"]) for m in ms]),
+    ]
+    for name, cells in rows:
+        table.add_row(escape(name), *(escape(c) for c in cells))
+    table.add_section()
+    times = [r.times for r in results]
+    table.add_row("boot critical path (wall)", *(with_share(t.boot) for t in times), style="bold")
+    table.add_row("CPU time, whole lifecycle", *(with_share(t.cpu) for t in times), style="bold")
+    costs = results[0].costs
+    used = sorted({rid for t in times for rid in t.cpu_by_row}, key=lambda rid: [r.id for r in costs.rows].index(rid))
+    differ = [rid for rid in used if len({round(t.cpu_by_row.get(rid, 0.0), 9) for t in times}) > 1]
+    if differ:
+        table.add_section()
+        table.add_row("[dim]cost rows whose CPU time differs (row, tag: operation)[/]", *("" for _ in results))
+    for rid in differ:
+        row = costs.row(rid)
+        tag = row.tag + (" (assumed)" if costs.is_assumed(row) and row.tag != "assumed" else "")
+        table.add_row(escape(f"  {rid} {tag}: {row.operation}"),
+                      *(human_seconds(t.cpu_by_row.get(rid, 0.0)) for t in times))
+    return table
+
+
+def flow_changes(results: Sequence[RunResult]) -> list[str]:
+    """One line per run whose flow changed the scenario: what it changed, and why."""
+    return [f"{r.label}: " + "; ".join(r.flow.changes) for r in results if r.flow.changes]
