@@ -26,8 +26,8 @@ the documented, stable result object (``gmemlab run --json``; the sweep flattens
      "series": [{"label", "phase", "wall_s", "stage2_bytes", "splits", "merges"}]}
 
 ``flow`` is how the VMM converts on the run's kernel profile (:mod:`gmemlab.sim.flow`; ``changes``: what
-that flow forced on the scenario; ``params`` are the scenario's after them, with the run's ``profile`` and
-``flow``). ``footprint`` is the host memory holding guest memory (guest_memfd folios, and the per-VM flow's
+that flow forced on the scenario; ``params`` are the scenario's after them, with the run's ``policy`` and
+``profile``). ``footprint`` is the host memory holding guest memory (guest_memfd folios, and the per-VM flow's
 resident anonymous shared copy) at guest stop, ``peak_bytes`` its highest at any sample; ``copied_bytes``
 what ``kvm_gmem_populate`` copied from a source (0 for an in-place launch); ``attribute_changes`` the
 ``KVM_SET_MEMORY_ATTRIBUTES`` calls that changed something (the per-VM flow's conversions; ``conversions``
@@ -164,9 +164,8 @@ class RunResult:
             "overrides": list(self.overrides),
             "policy": self.policy,
             "seed": self.seed,
-            # the run's policy, profile and flow, not the file's defaults
-            "params": {**params(self.scenario), "policy": self.policy, "profile": self.flow.profile,
-                       "flow": self.flow.kind},
+            # the run's policy and profile, not the file's defaults ("flow" below says what ran)
+            "params": {**params(self.scenario), "policy": self.policy, "profile": self.flow.profile},
             "flow": self.flow.as_json(),
             "metrics": self.metrics,
             "time": self.times.as_json(),
