@@ -126,6 +126,8 @@ def test_a_kernel_without_the_flow_is_refused(profile: str | None, flow: str | N
 def test_hugetlb_and_non_coco_are_refused_on_linux() -> None:
     with pytest.raises(UsageError, match="HugeTLB guest_memfd exists only in rfc-v2"):
         simulate("snp-lazy-accept-64g", overrides=SMALL, profile="linux-7.4")
+    with pytest.raises(UsageError, match=r"buddy_thp \(2MiB folios\): no merged or queued kernel"):
+        simulate("pkvm-android-1g", profile="linux-7.3")
     with pytest.raises(UsageError, match="arch = none has no private memory"):
         simulate("non-coco-mmap-64g", overrides=[*SMALL, "backing.allocator=buddy", "backing.page=4KiB"],
                  profile="linux-7.4", flow=IN_PLACE)
@@ -160,3 +162,13 @@ def test_cli_refuses_in_place_on_linux_7_3_in_one_line() -> None:
     assert res.returncode == 2 and not res.stdout
     assert "linux-7.3 has no in-place conversion" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("profile", "flow"), [("linux-7.3", None), ("linux-7.4", PER_VM)])
+def test_pkvm_has_no_per_vm_flow(profile: str, flow: str | None) -> None:
+    """pKVM shares through the guest_memfd (GmemConvert events): a per-VM run would hit ENOTTY inside."""
+    with pytest.raises(UsageError, match="pkvm guest shares and unshares through the guest_memfd in place"):
+        simulate("pkvm-android-1g", overrides=["backing.allocator=buddy", "backing.page=4KiB"], profile=profile,
+                 flow=flow)
+    r = simulate("pkvm-android-1g", overrides=["backing.allocator=buddy", "backing.page=4KiB"], profile="linux-7.4")
+    assert r.flow.attributes2 and r.metrics["conversions"]["ok"] > 0

@@ -147,9 +147,10 @@ def flow_for(sc: Scenario, profile: str | None = None, flow: str | None = None) 
     linux = profile != DEFAULT_PROFILE
     if linux and sc.backing.allocator != "buddy":
         raise UsageError(f"--profile {profile}: backing.allocator = {sc.backing.allocator} "
-                         f"({format_size(sc.backing.page)} folios) is in no merged or queued kernel (HugeTLB "
-                         "guest_memfd exists only in rfc-v2, linux-7.md 0); run it under --profile rfc-v2 or "
-                         "--set backing.allocator=buddy --set backing.page=4KiB")
+                         f"({format_size(sc.backing.page)} folios): no merged or queued kernel has large guest_memfd "
+                         "folios (HugeTLB guest_memfd exists only in rfc-v2, linux-7.md 0; upstream folios are "
+                         "order 0); run it under --profile rfc-v2 or --set backing.allocator=buddy "
+                         "--set backing.page=4KiB")
     if sc.arch not in COCO_ARCHES:
         if asked is not None:
             raise UsageError(f"--flow {asked}: arch = {sc.arch} has no private memory, so nothing converts; "
@@ -160,6 +161,13 @@ def flow_for(sc: Scenario, profile: str | None = None, flow: str | None = None) 
         raise UsageError(f"--flow {asked}: {profile} has no in-place conversion (KVM_SET_MEMORY_ATTRIBUTES2 on "
                          "the guest_memfd arrives with the in-place series in linux-7.4, linux-7.md 1); use "
                          "--profile linux-7.4, or --flow per-vm")
+    if sc.arch == "pkvm" and (asked == PER_VM or IN_PLACE not in offered or (asked is None and not linux
+                                                                                and not sc.gmem_flags.mmap)):
+        lacks = "" if IN_PLACE in offered else f" and {profile} has no in-place conversion"
+        raise UsageError(f"--flow per-vm: a pkvm guest shares and unshares through the guest_memfd in place "
+                         "(MEM_SHARE/MEM_UNSHARE, launch by write then donate, workloads.md 1.4), which the per-VM "
+                         f"attribute flow cannot express{lacks}; run it in place: --profile linux-7.4, or rfc-v2 "
+                         "with gmem_flags.mmap=true")
     if not linux and asked is None:  # rfc-v2 without a flow: the scenario decides, unchanged
         kind = IN_PLACE if sc.gmem_flags.mmap else PER_VM
         ioctl = "KVM_GMEM_CONVERT_SHARED/PRIVATE" if kind == IN_PLACE else "KVM_SET_MEMORY_ATTRIBUTES"
