@@ -172,3 +172,11 @@ def test_pkvm_has_no_per_vm_flow(profile: str, flow: str | None) -> None:
                  flow=flow)
     r = simulate("pkvm-android-1g", overrides=["backing.allocator=buddy", "backing.page=4KiB"], profile="linux-7.4")
     assert r.flow.attributes2 and r.metrics["conversions"]["ok"] > 0
+
+
+def test_an_explicit_flow_on_rfc_v2_is_named_in_titles_and_columns() -> None:
+    a = simulate("snp-mmap-populate-64g", overrides=SMALL, flow=IN_PLACE)
+    b = simulate("snp-mmap-populate-64g", overrides=SMALL, flow=PER_VM)
+    assert (a.flow.profile, b.flow.profile) == ("rfc-v2", "rfc-v2")  # the scenario's kernel has both flows
+    assert a.label == "rfc-v2 in-place eager" and b.label == "rfc-v2 per-vm eager"
+    assert a.title.endswith("on rfc-v2 in-place") and b.metrics["copied_bytes"] > 0 == a.metrics["copied_bytes"]

@@ -57,7 +57,8 @@ else:
     FlowChoice = choices("FlowChoice", FLOWS)
 PROFILE_HELP = "Kernel profile to model (gmemlab profiles). Default: the scenario's (profile key, else rfc-v2)."
 FLOW_HELP = ("How the VMM converts: in-place (one copy; KVM_SET_MEMORY_ATTRIBUTES2 on linux-7.4) or per-vm "
-             "(two copies; KVM_SET_MEMORY_ATTRIBUTES + discard, on linux-7.3 unless --profile). Default: the kernel's.")
+             "(two copies; KVM_SET_MEMORY_ATTRIBUTES + discard). Its kernel: --profile, else the scenario's "
+             "if it has the flow, else linux-7.4 (in-place) or linux-7.3 (per-vm). Default: the kernel's own.")
 TIME_LIMIT_HELP = "Stop after SECONDS (exit status 3, incomplete); a progress bar shows on a terminal."
 PLOT_HELP = "Write a plot to this file: .png, .svg or .pdf (the extension picks the format)."
 SEED_HELP = "Seed of the generator's random choices (0 to 2^64-1)."

@@ -66,6 +66,12 @@ class Flow:
     ioctl: str  # what a conversion calls ("" when nothing converts)
     in_place_param: bool | None = None  # kvm.gmem_in_place_conversion as the run sets it (linux-7.4 lineage)
     changes: tuple[str, ...] = ()  # scenario changes this flow forces, as "key=value (why)"
+    explicit: bool = False  # asked for (--flow or the scenario's flow key), not the kernel's default
+
+    @property
+    def named(self) -> bool:
+        """Titles and column headings name the kernel and flow: not the plain rfc-v2 run of old."""
+        return self.linux or self.explicit or bool(self.changes)
 
     @property
     def linux(self) -> bool:
@@ -176,11 +182,11 @@ def flow_for(sc: Scenario, profile: str | None = None, flow: str | None = None) 
     param = (kind == IN_PLACE) if linux and has_in_place(profile) else None
     if kind == IN_PLACE:
         ioctl = "KVM_SET_MEMORY_ATTRIBUTES2" if linux else "KVM_GMEM_CONVERT_SHARED/PRIVATE"
-        return _in_place(sc, profile, ioctl, param)
-    return _per_vm(sc, profile, param)
+        return _in_place(sc, profile, ioctl, param, asked is not None)
+    return _per_vm(sc, profile, param, asked is not None)
 
 
-def _in_place(sc: Scenario, profile: str, ioctl: str, param: bool | None) -> tuple[Scenario, Flow]:
+def _in_place(sc: Scenario, profile: str, ioctl: str, param: bool | None, explicit: bool) -> tuple[Scenario, Flow]:
     changes: list[str] = []
     gmem_flags, set_attr = sc.gmem_flags, sc.set_attr_private
     if not gmem_flags.mmap:
@@ -191,10 +197,10 @@ def _in_place(sc: Scenario, profile: str, ioctl: str, param: bool | None) -> tup
         changes.append(f"set_attr_private=false (no per-VM attributes with in-place conversion on; the file "
                        f"starts {gmem_flags.init})")
     sc = dataclasses.replace(sc, gmem_flags=gmem_flags, set_attr_private=set_attr)
-    return sc, Flow(profile, IN_PLACE, ioctl, param, tuple(changes))
+    return sc, Flow(profile, IN_PLACE, ioctl, param, tuple(changes), explicit)
 
 
-def _per_vm(sc: Scenario, profile: str, param: bool | None) -> tuple[Scenario, Flow]:
+def _per_vm(sc: Scenario, profile: str, param: bool | None, explicit: bool) -> tuple[Scenario, Flow]:
     changes: list[str] = []
     gmem_flags, populate, set_attr, store = sc.gmem_flags, sc.populate, sc.set_attr_private, sc.attr_store
     if gmem_flags.mmap:
@@ -215,4 +221,4 @@ def _per_vm(sc: Scenario, profile: str, param: bool | None) -> tuple[Scenario, F
         changes.append("populate.method=gmem_populate (the image is copied from the shared copy)")
     sc = dataclasses.replace(sc, gmem_flags=gmem_flags, populate=populate, set_attr_private=set_attr,
                              attr_store=store)
-    return sc, Flow(profile, PER_VM, "KVM_SET_MEMORY_ATTRIBUTES", param, tuple(changes))
+    return sc, Flow(profile, PER_VM, "KVM_SET_MEMORY_ATTRIBUTES", param, tuple(changes), explicit)

@@ -145,12 +145,12 @@ class RunResult:
     def title(self) -> str:
         """The scenario's name and every override, so a changed scenario never reads like the built-in."""
         name = f"{self.scenario.name} ({', '.join(self.overrides)})" if self.overrides else self.scenario.name
-        return f"{name} on {self.flow.label}" if self.flow.linux or self.flow.changes else name
+        return f"{name} on {self.flow.label}" if self.flow.named else name
 
     @property
     def label(self) -> str:
         """The run's column heading: its policy, with its kernel and flow when they are not rfc-v2's own."""
-        return f"{self.flow.label} {self.policy}" if self.flow.linux or self.flow.changes else self.policy
+        return f"{self.flow.label} {self.policy}" if self.flow.named else self.policy
 
     def cost_rows(self) -> dict[str, dict[str, Any]]:
         t = self.times
