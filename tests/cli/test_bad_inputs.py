@@ -219,6 +219,7 @@ def cases() -> list[Any]:
         ("param-value", ["--param", "kvm.gmem_in_place_conversion=maybe"], "Y or N"),
         ("json-tap", ["--json", "--tap"], "exclusive"),
         ("select", ["-k", "no-such-case"], "-k 'no-such-case'"),
+        ("profile-without-cases", ["--backend", "model", "--profile", "linux-7.4-v8"], "gmemlab oracle --column B"),
         ("junit-empty", ["--junit", "", "-k", "test_file_size"], "--junit"),
         ("junit-folder", ["--junit", "nowhere/r.xml", "-k", "test_file_size"], "does not exist"),
         ("junit-ext-ok-bad-profile", ["--junit", "report.xml", "--profile", "x"], "--profile 'x'"),
