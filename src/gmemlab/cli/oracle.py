@@ -80,10 +80,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Re-enact the recording probe of realkernel-private.md and compare every row id with the recorded cell.
 
-        Columns: A = 6.18.2 (SW_PROTECTED, per-VM attributes), B = 7.1.5 + in-place v8, B0 = B with
-        kvm.gmem_in_place_conversion=0, Bv = B with per-VM attributes. Rows outside the model's scope or pending
-        are listed with the reason. Exit status: 0 every row in scope reproduced; 1 a row differs (or is
-        missing or extra); 2 bad input."""
+        Columns: A = 6.18.2 (SW_PROTECTED, per-VM attributes); B = 7.1.5 + in-place v8;
+        B0 = B with kvm.gmem_in_place_conversion=0; Bv = B with per-VM attributes.
+        Rows outside the model's scope are listed with the reason.
+        Exit status: 0 every row in scope reproduced; 1 a row differs (or is missing or extra); 2 bad input."""
         requested = [str(c) for c in column or []]
         vm_kernel = kernel_arg(kernel)
         if vm_kernel is not None:
