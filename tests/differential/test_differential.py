@@ -83,6 +83,22 @@ REGRESSIONS = [
     # MAP_POPULATE maps the file's pages at mmap time (do_mmap -> mm_populate), up to EOF, read-only too
     [_VM, _GMEM, {**_MAP16, "offset": 6 * 4096, "prot": 1, "flags": 0x8001},
      {"op": "pte_present", "map": 0, "offset": 3 * 4096}, {"op": "pte_present", "map": 0, "offset": 10 * 4096}],
+    # vmsplice of a PROT_WRITE-only mapping is EFAULT: GUP reads need VM_READ (check_vma_flags), although the
+    # CPU could read the page
+    [_VM, _GMEM, {**_MAP16, "prot": 2}, {"op": "vmsplice", "map": 0, "offset": 0, "pages": 1}],
+    # vmsplice running past the mapping into its guard faults in the pages before the guard, then EFAULT
+    [_VM, _GMEM, {**_MAP16, "pages": 4}, {"op": "vmsplice", "map": 0, "offset": 1, "pages": 4},
+     {"op": "pte_present", "map": 0, "offset": 3 * 4096}],
+    # MADV_FREE leaves private anonymous pages mapped (they go only under memory reclaim)
+    [_VM, _GMEM, {**_MAP16, "pages": 4}, {"op": "mprotect", "map": 0, "offset": -4096, "length": 4096, "prot": 3},
+     {"op": "host_write", "map": 0, "offset": -4096, "length": 8, "byte": 1},
+     {"op": "madvise", "map": 0, "offset": -4096, "length": 4096, "advice": 8},
+     {"op": "pte_present", "map": 0, "offset": -4096}, {"op": "host_read", "map": 0, "offset": -4096, "length": 8}],
+    # move_pages says -EFAULT for a private anonymous page that was only read (the zero page), a node once written
+    [{"op": "mmap_anon", "pages": 1}, {"op": "mprotect", "map": 0, "offset": 4096, "length": 8192, "prot": 3},
+     {"op": "host_read", "map": 0, "offset": 4096, "length": 1},
+     {"op": "host_write", "map": 0, "offset": 8192, "length": 1, "byte": 1},
+     {"op": "numa_query", "map": 0, "offset": 4096, "pages": 2}],
 ]
 
 

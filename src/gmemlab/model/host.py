@@ -272,6 +272,10 @@ class ModelHostMapping:
             raise HostSigsegv(offset, write, "access not permitted by the page's protection")
         if self.markers.load(page):
             raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
+        if write and self.is_anonymous and page not in self.anon:
+            # a write fault on private anonymous memory allocates a page (a read fault maps the shared zero
+            # page, which move_pages reports as -EFAULT)
+            self.anon[page] = bytearray(PAGE_SIZE)
         if self.held(page):
             return
         span = None
@@ -504,7 +508,7 @@ class ModelHostMapping:
 
     def page_nodes(self, offset: int, npages: int) -> list[int]:
         """``move_pages(2)`` status query: each page's node, -ENOENT where no page is present, -EFAULT where
-        nothing is mapped."""
+        nothing is mapped or the zero page is."""
         npages = c_value(npages, "unsigned long", "count", "move_pages")
         offset, _ = check_reservation("move_pages", offset, npages * PAGE_SIZE, self.mapped_length)
         out = []
@@ -516,6 +520,8 @@ class ModelHostMapping:
                 out.append(-errno.EFAULT)
             elif not vma.held(page):
                 out.append(-errno.ENOENT)
+            elif vma.is_anonymous and page not in vma.anon:
+                out.append(-errno.EFAULT)  # only read: the zero page (do_pages_stat_array: is_zero_folio)
             elif vma.file is None:
                 out.append(numa.LOCAL_NODE)
             else:
@@ -576,9 +582,17 @@ class ModelHostMapping:
         pages are only faulted in: nothing in the model looks at their references."""
         offset, length = check_reservation("vmsplice", offset, length, self.mapped_length)
         first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if offset < 0 or last > self.npages or self.unmapped:
-            raise KvmError(errno.EFAULT, "vmsplice", f"[{offset:#x}, +{length:#x}) leaves the mapping")
+        if self.unmapped:
+            raise KvmError(errno.EFAULT, "vmsplice", "the mapping is unmapped")
+        # page by page, as GUP goes: the pages before a failing one are faulted in (the kernel client splices
+        # until vmsplice fails; the pipe's references go with it)
         for page in range(first, last):
+            if not 0 <= page < self.npages:
+                raise KvmError(errno.EFAULT, "vmsplice", f"[{offset:#x}, +{length:#x}) leaves the mapping")
+            if not self.prots.load(page) & PROT_READ:
+                # check_vma_flags(): a GUP read without FOLL_FORCE needs VM_READ, although the CPU could read
+                # a PROT_WRITE page (x86 has no write-only PTEs)
+                raise KvmError(errno.EFAULT, "vmsplice", f"page {page} of the mapping is not PROT_READ (GUP)")
             try:
                 self._fault(page, write=False, gup=True)
             except (HostSigbus, HostSigsegv) as exc:

@@ -151,9 +151,8 @@ def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None
             if behavior == MADV_FREE:
                 if not vma.is_anonymous:
                     raise KvmError(errno.EINVAL, op, "MADV_FREE works on private anonymous memory only")
-                vma.zap(s, e)  # lazily freed: the model drops the pages now
-                for page in [p for p in vma.anon if s <= p < e]:
-                    del vma.anon[page]
+                # lazily freed: the pages stay mapped with their data until memory reclaim takes them, which
+                # the model never does (nor, in practice, a host with free memory; the zero page is skipped)
             else:
                 vma.zap(s, e)
                 if vma.is_anonymous:
