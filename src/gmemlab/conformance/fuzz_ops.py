@@ -31,6 +31,14 @@ from typing import Any
 
 import hypothesis.strategies as st
 
+from ..errors import (
+    HostSigbus,
+    HostSigsegv,
+    KvmError,
+    OutsideReservation,
+    UnrepresentableArgument,
+    VcpuExit,
+)
 from ..uapi import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
@@ -46,6 +54,9 @@ from ..uapi import (
 P = PAGE_SIZE
 Op = dict[str, Any]
 ALLOC_CAP = 1 << 20  # bytes: the most real memory one operation may allocate on the kernel side
+# What a backend call may raise as the kernel's (or the client's) answer: the recorder has logged it as an
+# observation, so the sequence goes on (anything else raised inside a backend is a finding)
+OUTCOMES = (KvmError, HostSigbus, HostSigsegv, VcpuExit, UnrepresentableArgument, OutsideReservation)
 
 # What the fuzzer deliberately never draws, with the reason (printed by `gmemlab fuzz` and the README).
 OUT_OF_REACH = {
@@ -127,7 +138,9 @@ FAR_GPAS = (1 << 36, (1 << 36) + (1 << 21), 1 << 40, (1 << 52) - P, 1 << 52, (1 
 VCPU_IDS = ints(0, 1, 2, 3, 4, 4095, 4096, 5000, 1 << 31, 1 << 32, 1 << 40, -1, U64 - 1, U64, lo=0, hi=8)
 VM_TYPES_RAW = ints(-1, 2, 3, 4, 5, 31, 64, 1 << 32, 1 << 63, U64)
 # every madvise advice Linux defines, unknown ones and unrepresentable ones (HWPOISON/SOFT_OFFLINE excluded)
-ADVICES = ints(4, 9, *range(0, 5), *range(8, 26), 102, 103, 5, 26, 99, -1, 1 << 32)
+# (those that change what is mapped or allocated are drawn twice as often: DONTNEED, REMOVE, POPULATE_READ/WRITE,
+# DONTNEED_LOCKED, GUARD_INSTALL/REMOVE; the others only set VMA flags or are refused)
+ADVICES = ints(4, 9, *range(0, 5), *range(8, 26), 102, 103, 5, 26, 99, -1, 1 << 32, 4, 9, 22, 23, 24, 102, 103)
 PROTS = ints(3, 1, 0, 2, 4, 7, 8, -1)
 MAP_FLAGS = ints(1, 2, 3, 1 | 0x8000, 1 | 0x4000, 0, 1 << 32)  # SHARED, PRIVATE, VALIDATE, POPULATE, NORESERVE
 FALLOC_MODES = ints(*[FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE] * 8, 0, FALLOC_FL_PUNCH_HOLE,
@@ -234,22 +247,29 @@ def run_op(w: World, o: Op) -> bool:
     hot = w.hot
     try:
         spec.run(w, o, target)
-    finally:
-        if w.hot is not hot:  # the operation used a page (see at())
+    except OUTCOMES:
+        if w.hot is not hot:  # a failing call may have done part of its work (MADV_REMOVE up to a guard)
             observe_hot(w)
+        raise
+    if w.hot is not hot:  # the operation used a page (see at())
+        observe_hot(w)
     return True
 
 
 def observe_hot(w: World) -> None:
-    """Whether a host PTE maps the page the operation just used, in every mapping of the file offset
-    (``/proc/self/pagemap``, a pure query): a zap, populate or unmap that went wrong shows at once instead of
-    waiting for a later ``pte_present`` on the same page. It runs even when the operation failed (a failing
-    call may have done part of its work, e.g. MADV_REMOVE up to a guard)."""
+    """Look at the page the operation just used, in every mapping of its file offset: whether a host PTE maps
+    it (``/proc/self/pagemap``) and, where one does, the page's bytes through that mapping. Both are pure
+    (a present PTE takes no fault), so a zap, populate, unmap or write that went wrong shows at once, and so
+    does a mapping at another file offset that sees another page, instead of waiting for a later
+    ``pte_present`` or read of the same page through the same mapping."""
     page = w.hot[0]
     for m in w.maps:
         offset = page - w.base(m)
-        if 0 <= offset < m.length:
-            m.pte_present(offset)
+        if 0 <= offset < m.length and m.pte_present(offset):
+            try:
+                m.read(offset, P)
+            except OUTCOMES:  # e.g. SIGSEGV under PROT_NONE: logged by the recorder like any answer
+                continue
 
 
 def setup_ops(depth: int, type: int, size: int, flags: int, slot_pages: int, uaddr: bool) -> list[Op]:

@@ -30,20 +30,10 @@ from typing import Any, cast
 import hypothesis.strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ..errors import (
-    HostSigbus,
-    HostSigsegv,
-    KvmError,
-    OutsideReservation,
-    UnrepresentableArgument,
-    UnsupportedByBackend,
-    VcpuExit,
-)
-from .fuzz_ops import OPS, NotRun, Op, OpSpec, World, run_op, setup_ops
+from ..errors import UnsupportedByBackend
+from .fuzz_ops import OPS, OUTCOMES, NotRun, Op, OpSpec, World, run_op, setup_ops
 from .record import Observation, Recorder
 
-# What a backend call may raise as the kernel's (or the client's) answer: already an observation.
-OUTCOMES = (KvmError, HostSigbus, HostSigsegv, VcpuExit, UnrepresentableArgument, OutsideReservation)
 BackendFactory = Callable[[], Any]
 
 
