@@ -161,3 +161,23 @@ def test_cli_finding_exits_1_saves_and_replays(monkeypatch: pytest.MonkeyPatch, 
     assert "divergence" in res.output and "minimal sequence" in res.output and save.exists()
     res = CliRunner().invoke(app, ["fuzz", "--backend", "model", "--replay", str(save)])
     assert res.exit_code == 1 and "divergence" in res.output
+
+
+@pytest.mark.parametrize(("ksm", "thp"), [(True, True), (False, True), (False, False)])
+def test_madvise_case_follows_the_kernels_build(ksm: bool, thp: bool) -> None:
+    """fuzz_madvise_every_advice takes MADV_[UN]MERGEABLE / MADV_[NO]HUGEPAGE from the backend's mm features
+    (the lab 6.18.2 kernel has no CONFIG_KSM): it passes on a model of each build, and fails on a model that
+    answers as another build does."""
+    from gmemlab.conformance import cases_for, run_case
+
+    case = next(c for c in cases_for("linux-6.18") if c.name == "fuzz_madvise_every_advice")
+    built = HostConfig(ksm=ksm, thp=thp)
+    result = run_case(case, lambda p: ModelBackend(p, built), "model", "linux-6.18")
+    assert result.status == "pass", result.detail
+
+    class Lying(ModelBackend):  # claims the other build: the expectation changes, the answers do not
+        def mm_features(self) -> dict[str, bool]:
+            return {"ksm": not ksm, "transparent_hugepage": thp}
+
+    result = run_case(case, lambda p: Lying(p, built), "model", "linux-6.18")
+    assert result.status == "fail", result.detail

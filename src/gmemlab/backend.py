@@ -346,6 +346,11 @@ class Backend(Protocol):
         """Online NUMA nodes of the host."""
         ...
 
+    def mm_features(self) -> dict[str, bool]:
+        """Which mm features that change answers the kernel was built with: ``ksm`` (CONFIG_KSM: MADV_[UN]MERGEABLE)
+        and ``transparent_hugepage`` (MADV_[NO]HUGEPAGE, MADV_COLLAPSE); see :mod:`gmemlab.hostfacts`."""
+        ...
+
     def guest_gpa_window(self) -> tuple[int, int]:
         """``[lo, hi)``: GPAs where cases may place memslots that vCPUs can access."""
         ...

@@ -133,6 +133,12 @@ class KernelBackend:
 
         return read_module_params()
 
+    def mm_features(self) -> dict[str, bool]:
+        """CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE of the running kernel (/sys/kernel/mm)."""
+        from ..hostfacts import read_mm_features
+
+        return read_mm_features()
+
     def nr_numa_nodes(self) -> int:
         """Online NUMA nodes (/sys/devices/system/node/online, e.g. "0" or "0-1")."""
         try:

@@ -121,6 +121,10 @@ class ModelBackend:
     def nr_numa_nodes(self) -> int:
         return self.config.numa_nodes
 
+    def mm_features(self) -> dict[str, bool]:
+        """The modelled kernel's CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE (HostConfig.ksm / .thp)."""
+        return {"ksm": self.config.ksm, "transparent_hugepage": self.config.thp}
+
     def guest_gpa_window(self) -> tuple[int, int]:
         return self.config.gpa_window or (0, 1 << self.config.max_gpa_bits)
 

@@ -81,7 +81,8 @@ def fuzz_memslot_ids_and_address_spaces(ctx: Ctx) -> None:
 
 # madvise on two pages of a guest_memfd mapping (MMAP|INIT_SHARED), advice by advice, as this kernel answers:
 # 5-7, 26, 27, 99 and -1 are not advices; MADV_FREE needs private anonymous memory; MADV_WIPEONFORK too;
-# MADV_COLLAPSE does not apply to guest_memfd; the rest succeed (102/103: guard markers install and go).
+# MADV_COLLAPSE does not apply to guest_memfd; the rest succeed (102/103: guard markers install and go), except
+# MADV_[UN]MERGEABLE without CONFIG_KSM and MADV_[NO]HUGEPAGE without CONFIG_TRANSPARENT_HUGEPAGE (EINVAL).
 MADVISE_ANSWERS = {**{a: "ok" for a in (0, 1, 2, 3, 4, 9, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24,
                                         102, 103)},
                    **{a: "EINVAL" for a in (5, 6, 7, 8, 18, 25, 26, 27, 99, -1)}}
@@ -92,7 +93,14 @@ def fuzz_madvise_every_advice(ctx: Ctx) -> None:
     """Every madvise advice on a guest_memfd mapping: the model answers each as the kernel does (an unknown
     advice is EINVAL, not 'unsupported')."""
     _, _, m = _shared_mapping(ctx)
-    for advice, want in MADVISE_ANSWERS.items():
+    answers = dict(MADVISE_ANSWERS)
+    # madvise_behavior_valid(): these advices exist only in kernels built with their feature (host facts)
+    mm = ctx.system.mm_features()
+    for feature, advices in (("ksm", (12, 13)), ("transparent_hugepage", (14, 15))):
+        if not mm.get(feature, True):
+            answers.update(dict.fromkeys(advices, "EINVAL"))
+            ctx.notes.append(f"no {feature}: advices {advices} are EINVAL")
+    for advice, want in answers.items():
         if want == "ok":
             ctx.expect_ok(m.madvise, 0, 2 * P, advice)
         else:
