@@ -52,8 +52,11 @@ def map_in_reservation(length: int, prot: int, flags: int, fd: int, offset: int,
         raise UnsupportedByBackend("MAP_FIXED / MAP_FIXED_NOREPLACE: gmemlab places every mapping itself")
     pages = -(-length // PAGE_SIZE)
     total = pages * PAGE_SIZE + 2 * MAPPING_GUARD
+    # The mapping starts on a 2 MiB boundary (1 GiB from 1 GiB up), where the model places it: where a fault
+    # lands in its page table decides what the kernel maps around it (fault-around, huge pages).
+    align = 1 << 30 if length >= 1 << 30 else 1 << 21
     try:
-        base = libc.mmap(total, PROT_NONE, GUARD_FLAGS, reason="reservation for a mapping")
+        raw = libc.mmap(total + align, PROT_NONE, GUARD_FLAGS, reason="reservation for a mapping")
     except KvmError as exc:
         # No room for the reservation: the plain mmap gives its own answer (an error, nearly always).
         if exc.errno != errno.ENOMEM:
@@ -62,6 +65,11 @@ def map_in_reservation(length: int, prot: int, flags: int, fd: int, offset: int,
         libc.munmap(plain, length)
         raise UnsupportedByBackend(f"no room for a {MAPPING_GUARD:#x}-byte guard on each side of {length:#x} "
                                    "bytes") from None
+    base = ((raw + MAPPING_GUARD + align - 1) & ~(align - 1)) - MAPPING_GUARD
+    if base > raw:
+        libc.munmap(raw, base - raw)
+    if raw + align > base:
+        libc.munmap(base + total, raw + align - base)
     try:
         address = libc.mmap(length, prot, flags | libc.MAP_FIXED, fd, offset, addr=base + MAPPING_GUARD,
                             reason=reason)

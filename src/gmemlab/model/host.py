@@ -184,6 +184,10 @@ class Strided:
 Pte = Level | Strided | None  # a host PTE run: the mapping level, a strided set of 4 KiB PTEs, or none
 
 
+FAULT_AROUND_PAGES = 16  # fault_around_bytes: 64 KiB by default (mm/memory.c)
+PTRS_PER_PTE = 512
+
+
 class ModelHostMapping:
     """One VMA: an ``mmap`` of a guest_memfd (``file`` set), of anonymous shared memory (``file`` None,
     ``shared``), or private anonymous PROT_NONE memory (the guards around every mapping, and what ``munmap``
@@ -212,6 +216,7 @@ class ModelHostMapping:
         self.locked: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
         self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
+        self.vm_flags: RangeMap[int] = RangeMap(max(self.npages, 1), 0)  # hint advices (madvise.VM_FLAG_ADVICES)
         self.ptes: RangeMap[Pte] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
         # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
         # the stage-2 leaves of memslots whose userspace_addr range it covers
@@ -278,6 +283,12 @@ class ModelHostMapping:
             self.anon[page] = bytearray(PAGE_SIZE)
         if self.held(page):
             return
+        if self.file is None and self.shared:
+            # shmem (MAP_SHARED|MAP_ANONYMOUS): any fault, a read too, puts a page in its page cache
+            # (shmem_fault, SGP_CACHE), and a read fault maps the cached pages around it
+            self.anon.setdefault(page, bytearray(PAGE_SIZE))
+            if not write:
+                self._fault_around(page)
         span = None
         if self.file is not None:
             try:
@@ -288,6 +299,30 @@ class ModelHostMapping:
             self.ptes.store(page, page + 1, Level.PG_4K)
         else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
             self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
+
+    def _vma_key(self, page: int) -> tuple[object, ...]:
+        """What splits VMAs in the kernel (mprotect, mlock, MADV_DONTFORK, hint advices, mbind): pages with
+        equal keys side by side are one VMA there."""
+        return (self.prots.load(page), self.locked.load(page), self.dontcopy.load(page), self.vm_flags.load(page),
+                self.vma_policy.get(page))
+
+    def _fault_around(self, page: int) -> None:
+        """``do_fault_around()`` -> ``filemap_map_pages()`` (shmem's ``->map_pages``): a read fault also maps
+        the pages already in the page cache among the ``FAULT_AROUND_PAGES`` from the fault's aligned block
+        (or from the VMA's start), within its VMA and page table. guest_memfd has no ``->map_pages``."""
+        key = self._vma_key(page)
+        start = page
+        while start > max(page - FAULT_AROUND_PAGES, 0) and self._vma_key(start - 1) == key:
+            start -= 1
+        end = page + 1
+        while end < min(page + FAULT_AROUND_PAGES, self.npages) and self._vma_key(end) == key:
+            end += 1
+        pte_off = ((self.address >> PAGE_SHIFT) + page) % PTRS_PER_PTE
+        first = page + max(pte_off & ~(FAULT_AROUND_PAGES - 1), pte_off - (page - start)) - pte_off
+        last = min(first + FAULT_AROUND_PAGES, page + PTRS_PER_PTE - pte_off, end)
+        for p in range(first, last):
+            if p in self.anon and not self.held(p) and not self.markers.load(p):  # filemap_map_pages: pte_none
+                self.ptes.store(p, p + 1, Level.PG_4K)
 
     def held(self, page: int) -> Level | None:
         """The level of the host PTE mapping ``page``, None when none does."""
@@ -565,6 +600,9 @@ class ModelHostMapping:
         for s, e, dont in self.dontcopy.runs():
             if dont:
                 child.prots.store(s, e, 0)
+        child.vm_flags = RangeMap(max(self.npages, 1), 0)
+        for s, e, flags in self.vm_flags.runs():
+            child.vm_flags.store(s, e, flags)
         child.markers = RangeMap(max(self.npages, 1), False)
         for s, e, marked in self.markers.runs():
             child.markers.store(s, e, marked)

@@ -51,6 +51,15 @@ FLAG_ONLY = frozenset({MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED,
                        MADV_KEEPONFORK, MADV_DONTDUMP, MADV_DODUMP, MADV_MERGEABLE, MADV_UNMERGEABLE,
                        MADV_HUGEPAGE, MADV_NOHUGEPAGE})
 U64 = 1 << 64
+# VMA flags the hint-only advices set and clear (madvise_update_vma splits the VMA where they change): read-ahead
+# hints VM_RAND_READ/VM_SEQ_READ, VM_DONTDUMP, VM_HUGEPAGE/VM_NOHUGEPAGE. (VM_MERGEABLE is never set on the
+# shared mappings whose VMA bounds the model needs: ksm_madvise skips VM_SHARED.)
+VM_RAND_READ, VM_SEQ_READ, VM_DONTDUMP, VM_HUGEPAGE, VM_NOHUGEPAGE = 1, 2, 4, 8, 16
+VM_FLAG_ADVICES = {
+    MADV_NORMAL: (0, VM_RAND_READ | VM_SEQ_READ), MADV_RANDOM: (VM_RAND_READ, VM_SEQ_READ),
+    MADV_SEQUENTIAL: (VM_SEQ_READ, VM_RAND_READ), MADV_DONTDUMP: (VM_DONTDUMP, 0), MADV_DODUMP: (0, VM_DONTDUMP),
+    MADV_HUGEPAGE: (VM_HUGEPAGE, VM_NOHUGEPAGE), MADV_NOHUGEPAGE: (VM_NOHUGEPAGE, VM_HUGEPAGE),
+}
 
 
 class Vma(Protocol):
@@ -64,6 +73,7 @@ class Vma(Protocol):
     markers: Any
     dontcopy: Any
     prots: Any
+    vm_flags: Any
     anon: dict[int, bytearray]
 
     @property
@@ -161,6 +171,11 @@ def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None
         elif behavior in (MADV_COLD, MADV_PAGEOUT):
             if locked:
                 raise KvmError(errno.EINVAL, op, "MADV_COLD/MADV_PAGEOUT on a locked VMA")
+            if behavior == MADV_PAGEOUT and vma.file is None and vma.has_file:
+                # shmem pages are evictable: reclaim_pages() unmaps them (try_to_unmap) before writing them
+                # out; they stay in the page cache with their data (no swap here, or back from swap). guest_memfd
+                # folios are unevictable and private anonymous pages have no swap to go to: both stay mapped.
+                vma.zap(s, e)
         elif behavior == MADV_GUARD_INSTALL:
             if locked:
                 raise KvmError(errno.EINVAL, op, "MADV_GUARD_INSTALL on a locked VMA")
@@ -176,6 +191,10 @@ def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None
         elif behavior == MADV_COLLAPSE:
             raise KvmError(errno.EINVAL, op, "MADV_COLLAPSE: not THP-eligible (guest_memfd folios are never "
                            "collapsed)")
+        elif behavior in VM_FLAG_ADVICES:
+            set_bits, clear_bits = VM_FLAG_ADVICES[behavior]
+            for fs, fe, flags in list(_runs(vma.vm_flags, s, e)):
+                vma.vm_flags.store(fs, fe, (flags | set_bits) & ~clear_bits)
         elif behavior not in FLAG_ONLY:  # pragma: no cover - VALID and the branches above agree
             raise UnsupportedByBackend(f"madvise advice {behavior} is not modelled")
 
