@@ -119,6 +119,19 @@ REGRESSIONS = [
     [_VM, _GMEM, _MAP16, {"op": "host_read", "map": 0, "offset": 4096, "length": 8},
      {"op": "madvise", "map": 0, "offset": 4096, "length": 4096, "advice": 21},
      {"op": "pte_present", "map": 0, "offset": 4096}],
+    # a clean shmem page (only read) leaves the page cache on MADV_PAGEOUT: fault-around no longer maps it; a
+    # dirty one stays; GUP (vmsplice, MADV_POPULATE_READ) faults around as a CPU read does
+    [{"op": "mmap_anon", "pages": 28}, {"op": "host_read", "map": 0, "offset": 49152, "length": 8},
+     {"op": "host_write", "map": 0, "offset": 53248, "length": 8, "byte": 1},
+     {"op": "madvise", "map": 0, "offset": 49152, "length": 8192, "advice": 21},
+     {"op": "vmsplice", "map": 0, "offset": 8192, "pages": 1}, {"op": "numa_query", "map": 0, "offset": 49152,
+                                                                "pages": 2},
+     {"op": "madvise", "map": 0, "offset": 0, "length": 65536, "advice": 4},
+     {"op": "madvise", "map": 0, "offset": 16384, "length": 4096, "advice": 22},
+     {"op": "numa_query", "map": 0, "offset": 49152, "pages": 2}],
+    # vmsplice runs on into a guard made readable (the reservation is one address space)
+    [{"op": "mmap_anon", "pages": 16}, {"op": "mprotect", "map": 0, "offset": 0, "length": 249856, "prot": 7},
+     {"op": "vmsplice", "map": 0, "offset": 61440, "pages": 4}],
 ]
 
 

@@ -221,7 +221,9 @@ class ModelHostMapping:
         # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
         # the stage-2 leaves of memslots whose userspace_addr range it covers
         self.invalidated: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
-        self.anon: dict[int, bytearray] = {}
+        # anonymous pages: private ones, or shmem's page cache (shared with children); a shmem page only
+        # faulted for reading is clean (immutable bytes), one written or write-faulted dirty (a bytearray)
+        self.anon: dict[int, bytes | bytearray] = {}
         self.vma_policy = numa.SharedPolicy(max(self.npages, 1))  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
         self.guards: tuple[ModelHostMapping, ...] = ()
@@ -281,14 +283,16 @@ class ModelHostMapping:
             # a write fault on private anonymous memory allocates a page (a read fault maps the shared zero
             # page, which move_pages reports as -EFAULT)
             self.anon[page] = bytearray(PAGE_SIZE)
+        shmem = self.file is None and self.shared
+        if shmem and write:
+            self._dirty(page)  # a write through the PTE (or GUP's FOLL_WRITE touch) dirties the folio
         if self.held(page):
             return
-        if self.file is None and self.shared:
-            # shmem (MAP_SHARED|MAP_ANONYMOUS): any fault, a read too, puts a page in its page cache
-            # (shmem_fault, SGP_CACHE), and a read fault maps the cached pages around it
-            self.anon.setdefault(page, bytearray(PAGE_SIZE))
-            if not write:
-                self._fault_around(page)
+        if shmem and not write:
+            # shmem (MAP_SHARED|MAP_ANONYMOUS): a read fault puts a clean page in its page cache too
+            # (shmem_fault, SGP_CACHE), and maps the cached pages around it
+            self.anon.setdefault(page, bytes(PAGE_SIZE))
+            self._fault_around(page)
         span = None
         if self.file is not None:
             try:
@@ -299,6 +303,13 @@ class ModelHostMapping:
             self.ptes.store(page, page + 1, Level.PG_4K)
         else:  # a PMD/PUD mapping of a whole HugeTLB folio (deferred policy, workloads 2.3)
             self.ptes.store(span[0] - self.pgoff, span[1] - self.pgoff, span[2])
+
+    def _dirty(self, page: int) -> bytearray:
+        """The anonymous page's writable buffer (a clean shmem page becomes dirty)."""
+        buf = self.anon.get(page)
+        if not isinstance(buf, bytearray):
+            buf = self.anon[page] = bytearray(PAGE_SIZE if buf is None else buf)
+        return buf
 
     def _vma_key(self, page: int) -> tuple[object, ...]:
         """What splits VMAs in the kernel (mprotect, mlock, MADV_DONTFORK, hint advices, mbind): pages with
@@ -405,7 +416,7 @@ class ModelHostMapping:
 
     def _write_page(self, page: int, in_page: int, data: bytes) -> None:
         if self.file is None:
-            buf = self.anon.setdefault(page, bytearray(PAGE_SIZE))
+            buf = self._dirty(page)
             buf[in_page : in_page + len(data)] = data
         else:
             self.file.inode.pagecache.write(self.pgoff + page, in_page, data)
@@ -620,24 +631,27 @@ class ModelHostMapping:
         pages are only faulted in: nothing in the model looks at their references."""
         offset, length = check_reservation("vmsplice", offset, length, self.mapped_length)
         first, last = offset >> PAGE_SHIFT, (offset + length + PAGE_SIZE - 1) >> PAGE_SHIFT
-        if self.unmapped:
-            raise KvmError(errno.EFAULT, "vmsplice", "the mapping is unmapped")
-        # page by page, as GUP goes: the pages before a failing one are faulted in (the kernel client splices
-        # until vmsplice fails; the pipe's references go with it)
+        # page by page through the address space, as GUP goes (a guard made readable is spliced too): the pages
+        # before a failing one are faulted in (the kernel client splices until vmsplice fails; the pipe's
+        # references go with it)
         for page in range(first, last):
-            if not 0 <= page < self.npages:
-                raise KvmError(errno.EFAULT, "vmsplice", f"[{offset:#x}, +{length:#x}) leaves the mapping")
-            if not self.prots.load(page) & PROT_READ:
+            addr = self.address + (page << PAGE_SHIFT)
+            vma = self.space.find(addr)
+            if vma is None:
+                raise KvmError(errno.EFAULT, "vmsplice", f"nothing mapped at page {page} of the mapping")
+            vpage = (addr - vma.address) >> PAGE_SHIFT
+            if not vma.prots.load(vpage) & PROT_READ:
                 # check_vma_flags(): a GUP read without FOLL_FORCE needs VM_READ, although the CPU could read
                 # a PROT_WRITE page (x86 has no write-only PTEs)
                 raise KvmError(errno.EFAULT, "vmsplice", f"page {page} of the mapping is not PROT_READ (GUP)")
             try:
-                self._fault(page, write=False, gup=True)
+                vma._fault(vpage, write=False, gup=True)
             except (HostSigbus, HostSigsegv) as exc:
                 raise KvmError(errno.EFAULT, "vmsplice", str(exc)) from None
-        if self.file is None:
-            return AnonymousPipe()
-        return self.file.inode.pin(self.pgoff + first, self.pgoff + max(last, first), kind="ref")
+        first, last = max(first, 0), min(last, self.npages)
+        if self.file is None or self.unmapped or first >= last:
+            return AnonymousPipe()  # references on anonymous pages only: nothing in the model looks at them
+        return self.file.inode.pin(self.pgoff + first, self.pgoff + last, kind="ref")
 
     def pte_present(self, offset: int) -> bool:
         """Whether a host PTE maps the page at ``offset`` (``/proc/self/pagemap`` bit 63): any page of the

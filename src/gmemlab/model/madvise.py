@@ -74,7 +74,7 @@ class Vma(Protocol):
     dontcopy: Any
     prots: Any
     vm_flags: Any
-    anon: dict[int, bytearray]
+    anon: dict[int, bytes | bytearray]
 
     @property
     def has_file(self) -> bool: ...
@@ -172,10 +172,12 @@ def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None
             if locked:
                 raise KvmError(errno.EINVAL, op, "MADV_COLD/MADV_PAGEOUT on a locked VMA")
             if behavior == MADV_PAGEOUT and vma.file is None and vma.has_file:
-                # shmem pages are evictable: reclaim_pages() unmaps them (try_to_unmap) before writing them
-                # out; they stay in the page cache with their data (no swap here, or back from swap). guest_memfd
-                # folios are unevictable and private anonymous pages have no swap to go to: both stay mapped.
+                # shmem pages are evictable: reclaim_pages() unmaps them (try_to_unmap); a clean one (only read)
+                # leaves the page cache, a dirty one stays (no swap here, or back from swap with its data).
+                # guest_memfd folios are unevictable and private anonymous pages have no swap: both stay mapped.
                 vma.zap(s, e)
+                for page in [p for p, buf in vma.anon.items() if s <= p < e and not isinstance(buf, bytearray)]:
+                    del vma.anon[page]
         elif behavior == MADV_GUARD_INSTALL:
             if locked:
                 raise KvmError(errno.EINVAL, op, "MADV_GUARD_INSTALL on a locked VMA")
