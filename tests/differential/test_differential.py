@@ -132,6 +132,12 @@ REGRESSIONS = [
     # vmsplice runs on into a guard made readable (the reservation is one address space)
     [{"op": "mmap_anon", "pages": 16}, {"op": "mprotect", "map": 0, "offset": 0, "length": 249856, "prot": 7},
      {"op": "vmsplice", "map": 0, "offset": 61440, "pages": 4}],
+    # a guest access through a classic slot's userspace_addr faults the page into the VMM's page tables (GUP)
+    [_VM, _GMEM, {**_MAP16, "pages": 4}, {"op": "create_vcpu", "vm": 0, "id": 0},
+     {"op": "bind", "vm": 0, "slot": 2, "flags": 1, "gpa_page": 23, "gmem": None, "uaddr_map": 0, "far": False,
+      "pages": 4, "offset": 0},
+     {"op": "guest_write", "vcpu": 0, "gpa_page": 23, "offset": 0, "byte": 1},
+     {"op": "numa_query", "map": 0, "offset": 0, "pages": 2}],
 ]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from ..errors import FaultRefused, GmemError, UnsupportedByBackend, VcpuExit
+from ..errors import GmemError, HostSigbus, HostSigsegv, UnsupportedByBackend, VcpuExit
 from ..level import Level
 from ..uapi import (
     KVM_EXIT_MEMORY_FAULT,
@@ -208,11 +208,12 @@ def _hva_fault(vm: Kvm, slot: Memslot, gfn: int, write: bool) -> HvaPage:
     if vma is None:
         raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"no host mapping at hva {hva:#x}")
     page = (hva - vma.address) >> PAGE_SHIFT
-    if vma.file is not None:
-        try:
-            vma.file.inode.fault_user_mapping(vma.pgoff + page, vma)
-        except FaultRefused as exc:
-            raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"GUP failed: {exc.reason}") from None
+    try:
+        # hva_to_pfn(): GUP faults the page into the VMM's page tables (its PTE is then present, as
+        # /proc/self/pagemap shows), with the VMA's protection and the file's answer
+        vma._fault(page, write, gup=True)
+    except (HostSigbus, HostSigsegv) as exc:
+        raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"GUP failed: {exc.reason}") from None
     if vm.stage2.lookup(gfn) is None:
         vm.stage2.map(gfn, 1, False)
     return HvaPage(vma, page)
