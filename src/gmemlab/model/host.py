@@ -640,9 +640,12 @@ class ModelHostMapping:
             if vma is None:
                 raise KvmError(errno.EFAULT, "vmsplice", f"nothing mapped at page {page} of the mapping")
             vpage = (addr - vma.address) >> PAGE_SHIFT
-            if not vma.prots.load(vpage) & PROT_READ:
-                # check_vma_flags(): a GUP read without FOLL_FORCE needs VM_READ, although the CPU could read
-                # a PROT_WRITE page (x86 has no write-only PTEs)
+            prot = vma.prots.load(vpage)
+            if prot and vma.held(vpage):
+                continue  # GUP-fast takes a present, readable PTE (x86: any but PROT_NONE) without the VMA checks
+            if not prot & PROT_READ:
+                # the slow path's check_vma_flags(): a GUP read without FOLL_FORCE needs VM_READ, although the
+                # CPU could read a PROT_WRITE page (x86 has no write-only PTEs)
                 raise KvmError(errno.EFAULT, "vmsplice", f"page {page} of the mapping is not PROT_READ (GUP)")
             try:
                 vma._fault(vpage, write=False, gup=True)
