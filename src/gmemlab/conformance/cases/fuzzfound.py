@@ -219,3 +219,45 @@ def fuzz_numa_calls_over_guards(ctx: Ctx) -> None:
     ctx.expect_ok(m.mbind, 0, P, 1 << 32, 0)
     ctx.expect_ok(m.mbind, 0, 0, 2, 0)
     ctx.expect_errno("EINVAL", m.mbind, 0, P, 2, 0)
+
+
+@case("2.4")
+def fuzz_vmsplice_gup_rules(ctx: Ctx) -> None:
+    """vmsplice (GUP, read): a PROT_WRITE-only page not yet mapped is EFAULT (check_vma_flags needs VM_READ),
+    one already mapped is spliced (GUP-fast looks at the PTE only, readable on x86); a range running into the
+    guard faults in the pages before it, then EFAULT."""
+    _, _, m = _shared_mapping(ctx)
+    m.fill(P, 1, 1)
+    ctx.expect_ok(m.mprotect, 0, 4 * P, 2)
+    ctx.expect_errno("EFAULT", m.vmsplice, 0, P)
+    ctx.expect_ok(m.vmsplice, P, P).unpin()
+    ctx.expect_ok(m.mprotect, 0, 4 * P, 3)
+    ctx.expect_errno("EFAULT", m.vmsplice, 2 * P + 1, 2 * P)
+    ctx.check(m.pte_present(3 * P), "page 3 faulted in before the guard refused")
+
+
+@case("2.4")
+def fuzz_anonymous_memory_corners(ctx: Ctx) -> None:
+    """Private anonymous memory (a guard made accessible): a page only read is the zero page (move_pages
+    -EFAULT), a written one has a node; MADV_FREE leaves it mapped with its data. Shared anonymous memory
+    (shmem): a read fault maps the cached pages of its 16-page block (fault-around), MADV_PAGEOUT unmaps them and
+    drops a clean one from the cache."""
+    anon = ctx.system.mmap_anonymous(32 * P)
+    ctx.expect_ok(anon.mprotect, -2 * P, 2 * P, 3)
+    anon.read(-2 * P, 1)
+    anon.fill(-P, 1, 7)
+    nodes = ctx.expect_ok(anon.page_nodes, -2 * P, 2)
+    ctx.check(nodes[0] == -14 and nodes[1] >= 0, f"move_pages of the zero page and a written page: {nodes}")
+    ctx.expect_ok(anon.madvise, -P, P, 8)
+    ctx.check(anon.pte_present(-P), "MADV_FREE left the page mapped")
+    ctx.expect_bytes(anon.read(-P, 1), b"\x07", "MADV_FREE kept the data")
+    anon.fill(P, 1, 1)  # dirty, in shmem's page cache
+    anon.read(2 * P, 1)  # clean, in the cache
+    ctx.expect_ok(anon.madvise, 0, 32 * P, 4)
+    anon.read(0, 1)
+    ctx.check(anon.pte_present(P) and anon.pte_present(2 * P), "fault-around maps the cached pages")
+    ctx.check(not anon.pte_present(16 * P), "but not past the 16-page block")
+    ctx.expect_ok(anon.madvise, 0, 32 * P, 21)
+    ctx.check(not anon.pte_present(P), "MADV_PAGEOUT unmaps shmem pages")
+    anon.read(0, 1)
+    ctx.check(anon.pte_present(P) and not anon.pte_present(2 * P), "the clean page left the cache, not the dirty")
