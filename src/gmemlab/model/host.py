@@ -356,7 +356,10 @@ class ModelHostMapping:
         while page < last:
             held = self.held(page)
             if held is not None:
-                nxt = held.align_down(self.pgoff + page) - self.pgoff + held.pages if held > Level.PG_4K else page + 1
+                if held > Level.PG_4K:
+                    nxt = held.align_down(self.pgoff + page) - self.pgoff + held.pages
+                else:
+                    nxt = self._held_4k_end(page, last, step)
                 page = self._next_point(first, step, nxt)
                 continue
             try:
@@ -372,6 +375,15 @@ class ModelHostMapping:
                 continue
             page = self._batch_4k(first, page, last, step, faults)
         return faults, refused
+
+    def _held_4k_end(self, page: int, last: int, step: int) -> int:
+        """Past the touched points from ``page`` on that 4 KiB PTEs already map: the end of the PTE run when it
+        maps every one of them (a plain 4K run, or a strided run whose points include ours), else the next
+        page. A second pass over a range the host already mapped costs its runs, not its pages."""
+        v = self.ptes.load(page)
+        if v is Level.PG_4K or (isinstance(v, Strided) and step % v.step == 0):
+            return next(self.ptes.runs(page, last))[1]
+        return page + 1
 
     def _batch_4k(self, first: int, page: int, last: int, step: int, faults: dict[Level, int]) -> int:
         """After a 4 KiB fault at ``page``: the rest of its 1 GiB, else 2 MiB, block in one step if the file
