@@ -288,7 +288,7 @@ def test_dpdk_pool_is_pinned_host_mapped_and_unpinned():
     assert len(pins) == 17 and all(p.longterm for p in pins)  # swiotlb + 16 rings
     swiotlb = max(pins, key=lambda p: p.size)
     assert swiotlb.size == 4 * GiB and swiotlb.start % GiB == 0
-    assert ev.HostWrite(swiotlb.start, swiotlb.end, want_size=GiB) in stream
+    assert ev.HostWrite(swiotlb.start, swiotlb.end) in stream
     assert [e for e in stream if isinstance(e, ev.UnpinUserPages)] == [ev.UnpinUserPages(p.start, p.end) for p in pins]
     # about half the runtime conversions land in a 1G folio holding pool pages
     pool_folios = {a // GiB for p in pins for a in range(p.start, p.end, GiB)} | {(p.end - 1) // GiB for p in pins}

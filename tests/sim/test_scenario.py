@@ -164,3 +164,25 @@ def test_pre_watermark_acceptance_grows_with_vcpus():
     assert storm.storm == 64 * MiB + 248 * 54 * MiB  # ~13.1 GiB: dstack #1220's "about 13 GiB"
     patched = load_scenario("tdx-boot-64g", ["vcpus=248", "accept.pre_watermark.per_vcpu=0"]).accept_plan()
     assert patched.storm == 64 * MiB
+
+
+@pytest.mark.parametrize(("name", "sets", "needle"), [
+    ("non-coco-mmap-64g", ["set_attr_private=true"], "set_attr_private: arch none has no private memory"),
+    ("snp-lazy-accept-64g", ["accept.psc_entry_size=1G"], "accept.psc_entry_size: SNP page sizes are 4K or 2M"),
+    ("snp-lazy-accept-64g", ["accept.pvalidate_size=1G"], "accept.pvalidate_size: SNP page sizes are 4K or 2M"),
+])
+def test_meaningless_combinations_are_refused(name, sets, needle):
+    """A value that could change nothing is an error naming the key (simulator issue item 2)."""
+    with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
+        load_scenario(name, sets)
+
+
+@pytest.mark.parametrize(("arch", "field", "needle"), [
+    ("tdx", 'type = "zero"', r"populate.ranges\[0\].type: SNP launch page types exist only on snp"),
+    ("snp", "measure = true", r"populate.ranges\[0\].measure: TDH.MR.EXTEND exists only on tdx"),
+])
+def test_launch_page_fields_of_one_arch(scenario_file, arch, field, needle):
+    path = scenario_file(f'arch = "{arch}"\n[populate]\nmethod = "gmem_populate"\n'
+                         f'[[populate.ranges]]\nsize = "4KiB"\n{field}\n')
+    with pytest.raises(UsageError, match=needle):
+        load_scenario(path)

@@ -321,7 +321,7 @@ class Lifecycle:
                 self.pins.append((start, start + pinned))
             touched = align_down(int((end - start) * access.touched_fraction), PAGE_SIZE)
             if touched:
-                yield HostWrite(start, start + touched, want_size=access.wants_mapping)
+                yield HostWrite(start, start + touched)
 
     def scattered_host_writes(self, second: int, seconds: int) -> Iterator[Event]:
         """``scattered_4k``: one 4K page every ``4K / touched_fraction`` bytes, this second's slice (§5.1)."""
@@ -335,7 +335,7 @@ class Lifecycle:
         hi = align_down(self.sc.guest_mem * (second + 1) // seconds, stride) + self.host_phase
         hi = min(hi, self.sc.guest_mem)
         if lo < hi:
-            yield HostWrite(lo, hi, stride=stride, want_size=access.wants_mapping)
+            yield HostWrite(lo, hi, stride=stride)
 
     def churn_site(self) -> Iterator[Iterator[Event]]:
         """Endless runtime conversions (§1.2 Runtime, §5.8 churn-pingpong), one flow per ``next()``."""

@@ -43,7 +43,7 @@ from .common import Col, GmemlabGroup, fit_table, fitted, unknown
 
 SET_HELP = "Override a parameter with a dotted key, e.g. guest_mem=1TiB, accept.mode=eager (repeatable)."
 _SIZE_KEYS = {"guest_mem", "size", "gpa", "unit", "chunk", "align", "granule", "map_gpa_chunk"}
-_LEVEL_KEYS = {"page", "psc_entry_size", "pvalidate_size", "private_max_level", "wants_mapping"}
+_LEVEL_KEYS = {"page", "psc_entry_size", "pvalidate_size", "private_max_level"}
 
 
 def _format(key: str, value: Any) -> str:

@@ -331,6 +331,7 @@ class Engine:
         self._flush()
         self._enter(SERIAL)
         self.counters["conversion_work_items"] += work
+        self.counters["refcount_spin"] += t.drop_transient_pins(ev.start, ev.end)
         if ev.to_shared:
             self._count_sept_removals(ev.start, ev.end)
         if t.convert(ev.start, ev.end, ev.to_shared) and self.sc.zero_on_convert:
@@ -352,6 +353,7 @@ class Engine:
         self._flush()
         self._enter(SERIAL)
         self._count_sept_removals(ev.start, ev.end)
+        self.counters["refcount_spin"] += self.machine.drop_transient_pins(ev.start, ev.end)
         if not self.machine.punch(ev.start, ev.end):
             self.counters["punch_eagain"] += 1
 
@@ -400,7 +402,7 @@ class Engine:
     def _on_PinUserPages(self, ev: PinUserPages) -> None:
         self._flush()
         self._enter(SERIAL)
-        if not self.machine.pin(ev.start, ev.end):
+        if not self.machine.pin(ev.start, ev.end, ev.longterm):
             self.counters["pin_failed"] += 1
 
     def _on_UnpinUserPages(self, ev: UnpinUserPages) -> None:

@@ -98,7 +98,7 @@ class Machine:
         self.shared_backing: ModelHostMapping | None = None
         self.shared_copies: list[tuple[int, ModelHostMapping]] = []  # (slot GPA, anonymous shared copy)
         self.slots: list[Memslot] = []
-        self.pins: dict[tuple[int, int], list[ModelPin]] = {}
+        self.pins: dict[tuple[int, int], list[tuple[ModelPin, bool]]] = {}  # (pin, longterm)
         self.no_direct_map = False
         self.fault_errors = 0
 
@@ -342,8 +342,10 @@ class Machine:
             return 0
 
     # -- pins ------------------------------------------------------------------------------------
-    def pin(self, start: int, end: int) -> bool:
-        """GUP(FOLL_LONGTERM) of ``[start, end)`` through the mmap: fault in, then raise refcounts."""
+    def pin(self, start: int, end: int, longterm: bool = True) -> bool:
+        """pin_user_pages of ``[start, end)`` through the mmap: fault in, then raise refcounts. ``longterm``
+        (FOLL_LONGTERM, VFIO/iommufd) pins stay until unpinned; short-term ones (O_DIRECT, vhost copies) last
+        one I/O (:meth:`drop_transient_pins`)."""
         if self.mapping is None:
             return False
         _, refused = self.host_touch(start, end)
@@ -351,13 +353,31 @@ class Machine:
             return False
         i0 = self._index(start >> PAGE_SHIFT)
         pin = self.inode.pin(i0, i0 + ((end - start) >> PAGE_SHIFT))
-        self.pins.setdefault((start, end), []).append(pin)
+        self.pins.setdefault((start, end), []).append((pin, longterm))
         return True
 
     def unpin(self, start: int, end: int) -> None:
         pins = self.pins.get((start, end))
         if pins:
-            pins.pop().unpin()
+            pins.pop()[0].unpin()
+
+    def drop_transient_pins(self, start: int, end: int) -> int:
+        """Short-term pins on the folios of ``[start, end)`` (whole backing folios: a split or merge there
+        meets their references) end before a conversion or punch proceeds: the restructuring waits for the
+        transient reference to go (row 35, a refcount spin per pin [assumed: each I/O completes]); long-term
+        pins stay and the operation fails with EAGAIN (row 36). Returns the pins dropped."""
+        if not self.pins:
+            return 0
+        page = self.sc.backing.page
+        lo, hi = start - start % page, -(-end // page) * page
+        dropped = 0
+        for (s, e), pins in self.pins.items():
+            if s < hi and lo < e:
+                for pin, longterm in [p for p in pins if not p[1]]:
+                    pin.unpin()
+                    pins.remove((pin, longterm))
+                    dropped += 1
+        return dropped
 
     # -- accesses ----------------------------------------------------------------------------------
     def host_touch(self, start: int, end: int, stride: int = 0) -> tuple[dict[Level, int], int]:

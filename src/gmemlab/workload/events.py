@@ -147,12 +147,12 @@ class HostWrite(Range):
     """The VMM or a host device writes guest memory through the guest_memfd mmap (host faults, §3.2).
 
     ``stride == 0``: every page of the range. ``stride > 0``: one 4K page every ``stride`` bytes starting
-    at ``start`` (a scattered pattern as one event, §5.1 ``scattered_4k``). ``want_size`` is the host
-    mapping size the consumer would like (DPDK wants 1G/2M, §1.5); the model decides what it gets.
+    at ``start`` (a scattered pattern as one event, §5.1 ``scattered_4k``). The host mapping level is the
+    kernel's (the gmem fault handler's, from the folio and its shareability), not the consumer's: a DPDK
+    that would like 1G/2M (§1.5) gets what ``host_map_bytes`` reports.
     """
 
     stride: int = 0
-    want_size: int = PAGE_SIZE
 
     @property
     def touched_pages(self) -> int:
@@ -163,7 +163,8 @@ class HostWrite(Range):
 class Populate(Range):
     """kvm_gmem_populate + arch post_populate, 4K at a time (§0, §1.2 SNP_LAUNCH_UPDATE, §1.3 PAGE.ADD).
 
-    ``kind``: normal/zero/secrets/cpuid (SNP page types; a ZERO page has no source to copy or pin).
+    ``kind``: normal or zero (SNP_PAGE_TYPE_ZERO has no source to copy or pin; every other SNP page type
+    copies one).
     ``measure``: TDX MR.EXTEND x16 per page. ``in_place``: the payload was written through the mmap first
     (§1.2 method b), no source buffer GUP. ``rom``: the range is the firmware flash (its own guest_memfd),
     not RAM: priced, but the RAM file is untouched.
@@ -392,7 +393,7 @@ def repeated(make: Callable[[int], Iterable[Event]], times: int, stride: int) ->
     for k in range(1, times):
         yield from make(k * stride)
 
-_LEVEL_FIELDS = {"page_size", "granule", "want_size"}
+_LEVEL_FIELDS = {"page_size", "granule"}
 
 
 def format_event(event: Event) -> str:

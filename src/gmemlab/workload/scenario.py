@@ -76,8 +76,9 @@ class PopulateRange:
     size: int = option(PAGE, doc="bytes loaded (firmware, kernel, initrd, ...)")
     name: str = option(Text(), "", doc="a label for messages and the event stream")
     gpa: int | None = option(AMOUNT, None, doc="placed top-down in RAM when absent or outside RAM")
-    type: str = option(Choice(("normal", "zero", "secrets", "cpuid")), "normal",
-                       doc="SNP launch page type (SNP_PAGE_TYPE_*); other arches ignore it")
+    type: str = option(Choice(("normal", "zero")), "normal",
+                       doc="SNP launch page type: zero (SNP_PAGE_TYPE_ZERO: no source to copy) or normal (every "
+                       "other type, SECRETS and CPUID too: a source is copied); snp only")
     measure: bool = option(Bool(), False, doc="TDX: TDH.MR.EXTEND x16 per 4K page")
 
 
@@ -205,8 +206,6 @@ class HostAccess:
                           "the shared pool regions (DPDK)")
     touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
                                      doc="scattered_4k: of all pages; pool: of the pool")
-    wants_mapping: int = option(LevelSize(), PAGE_SIZE, doc="the host page size the accesses would like (THP/HugeTLB "
-                                "mapping of shared memory)")
     pins: Pins = field(default_factory=Pins, metadata=nested(Pins))
 
 
@@ -315,6 +314,12 @@ def _check(sc: Scenario) -> list[tuple[str, str]]:
         problems.append(("accept.mode", f"arch {sc.arch} has no memory acceptance; use \"none\""))
     if sc.arch == "none" and sc.shared_regions:
         problems.append(("shared_regions", "arch none has no private memory to convert; leave it empty"))
+    if sc.arch == "none" and sc.set_attr_private:
+        problems.append(("set_attr_private", "arch none has no private memory (the VM type offers no "
+                         "KVM_MEMORY_ATTRIBUTE_PRIVATE); use false"))
+    for key in ("psc_entry_size", "pvalidate_size"):  # PSC entries and PVALIDATE have a 4K/2M size bit only
+        if getattr(acc, key) > 2 * MiB:
+            problems.append((f"accept.{key}", f"SNP page sizes are 4K or 2M, got {format_size(getattr(acc, key))}"))
     if sc.arch == "none" and sc.runtime_churn.rate_per_s:
         problems.append(("runtime_churn.rate_per_s", "arch none has no conversions; use 0"))
     for region in sc.shared_regions:
@@ -333,6 +338,11 @@ def _check(sc: Scenario) -> list[tuple[str, str]]:
                 region.rule != "swiotlb":  # the swiotlb halves until it fits (swiotlb_init_remap)
             problems.append((f"{path}.size", f"{sc.region_count(region)} x {format_size(sc.region_size(region))} "
                              f"exceeds guest_mem {format_size(sc.guest_mem)}"))
+    for i, rng in enumerate(sc.populate.ranges):
+        if rng.type != "normal" and sc.arch != "snp":
+            problems.append((f"populate.ranges[{i}].type", "SNP launch page types exist only on snp"))
+        if rng.measure and sc.arch != "tdx":
+            problems.append((f"populate.ranges[{i}].measure", "TDH.MR.EXTEND exists only on tdx"))
     payload = sum(rng.size for rng in sc.populate.ranges)
     if payload > sc.guest_mem // 2:
         problems.append(("populate.ranges", f"{format_size(payload)} of payload is more than half of "
