@@ -44,12 +44,12 @@ def one(case: str, policy: str) -> dict[str, object]:
     from gmemlab.workload.scenario import load_scenario
 
     scenario, sets = CASES[case]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = simulate(scenario, policy, sets)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     sc = load_scenario(scenario, sets)
     return {
-        "case": case, "policy": policy, "wall_s": round(wall, 3),
+        "case": case, "policy": policy, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
         "events": sum(result.events.values()), "accept_chunks": sc.accept_plan().chunks_total,
         "guest_mem": sc.guest_mem,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -92,7 +92,7 @@ def main() -> None:
     for policy in policies:
         a, b = by.get(("16g-equal", policy)), by.get(("16t-equal", policy))
         if a and b:
-            for what, key in (("wall", "wall_s"), ("peak RSS", "peak_rss_mib")):
+            for what, key in (("wall", "wall_s"), ("CPU", "cpu_s"), ("peak RSS", "peak_rss_mib")):
                 ratio = round(float(b[key]) / float(a[key]), 2)
                 derived.append({"what": f"16 TiB / 16 GiB {what}, equal events ({policy})", "value": ratio,
                                 "detail": f"{b[key]} vs {a[key]}; {a['events']:,} vs {b['events']:,} events",
@@ -116,12 +116,15 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from gmemlab.workload.units import format_size
+
     table = Table(title="gmemlab simulator benchmarks (fresh interpreter per run)")
-    for col in ("case", "policy", "guest", "chunks", "events", "wall s", "peak RSS MiB", "target", "ok"):
+    for col in ("case", "policy", "guest", "chunks", "events", "wall s", "CPU s", "peak RSS MiB", "target", "ok"):
         table.add_column(col, justify="left" if col in ("case", "policy", "target") else "right")
     for r in rows:
-        table.add_row(str(r["case"]), str(r["policy"]), f"{int(r['guest_mem']) >> 30} GiB",
-                      f"{r['accept_chunks']:,}", f"{r['events']:,}", f"{r['wall_s']}", f"{r['peak_rss_mib']}",
+        table.add_row(str(r["case"]), str(r["policy"]), format_size(int(r["guest_mem"])),
+                      f"{r['accept_chunks']:,}", f"{r['events']:,}", f"{r['wall_s']}", f"{r['cpu_s']}",
+                      f"{r['peak_rss_mib']}",
                       str(r["target"]), "yes" if r["ok"] else "NO")
     console = Console(width=160)
     console.print(table)
