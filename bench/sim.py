@@ -53,8 +53,8 @@ def one(case: str, policy: str) -> dict[str, object]:
         "events": sum(result.events.values()), "accept_chunks": sc.accept_plan().chunks_total,
         "guest_mem": sc.guest_mem,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "modelled_attr_store_s": result.metrics["modelled_time_s"]["attr_store"],
-        "modelled_total_s": round(result.modelled_total_s, 3),
+        "modelled_attr_store_s": result.times.cpu_by_category["attr_store"].seconds,
+        "modelled_cpu_s": round(result.times.cpu.seconds, 3),
         "splits_1g": result.metrics["splits"]["1G"],
     }
 
