@@ -220,6 +220,7 @@ def cases() -> list[Any]:
         ("json-tap", ["--json", "--tap"], "exclusive"),
         ("select", ["-k", "no-such-case"], "-k 'no-such-case'"),
         ("profile-without-cases", ["--backend", "model", "--profile", "linux-7.4-v8"], "gmemlab oracle --column B"),
+        ("select-typo", ["-k", "test_falocate"], "did you mean 'test_fallocate'"),
         ("junit-empty", ["--junit", "", "-k", "test_file_size"], "--junit"),
         ("junit-folder", ["--junit", "nowhere/r.xml", "-k", "test_file_size"], "does not exist"),
         ("junit-ext-ok-bad-profile", ["--junit", "report.xml", "--profile", "x"], "--profile 'x'"),

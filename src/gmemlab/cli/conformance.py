@@ -19,7 +19,7 @@ from ..conformance.runner import BackendFactory
 from ..errors import UnsupportedByBackend, UsageError
 from ..output import atomic_write, check_output
 from ..uapi import PROFILES
-from .common import Col, ExitCode, choices, esc, fit_table, styled
+from .common import Col, ExitCode, choices, did_you_mean, esc, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 
@@ -288,7 +288,10 @@ def register(app: typer.Typer) -> None:
         results, divergences = run_suite(profiles, backends_for(backend.value, params), select)
         if not results:
             if select:
-                raise UsageError(f"-k {select!r}: no case name contains it")
+                from ..conformance import REGISTRY
+
+                names = sorted({c.name for c in REGISTRY if any(p in c.profiles for p in profiles)})
+                raise UsageError(f"-k {select!r}: no case name contains it{did_you_mean(select, names)}")
             # linux-7.4-v8 is the recorded v8 kernel's variant: realkernel-private.md is its test (gmemlab oracle)
             raise UsageError(f"--profile {profile}: no conformance case is written for it; its recorded kernel's "
                              "rows are checked by 'gmemlab oracle --column B'")

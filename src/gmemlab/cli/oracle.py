@@ -17,7 +17,7 @@ from ..conformance.oracle.probe import Probe
 from ..conformance.oracle.recording import default_path, load
 from ..errors import UnsupportedByBackend, UsageError
 from ..model import HostConfig, ModelBackend
-from .common import Col, ExitCode, choices, fit_table, styled
+from .common import Col, ExitCode, choices, did_you_mean, fit_table, styled
 from .vm import KERNEL_HELP, kernel_arg, run_gmemlab_in_vm
 
 BAD = ("differs", "missing", "extra")
@@ -114,9 +114,11 @@ def register(app: typer.Typer) -> None:
                                                                          f"{x['produced']}" for x in rows))
             print("(no recording found: pass --record PATH to compare)")
             return
-        verdicts = [v for v in compare(recorded, produced) if not select or select in v.row]
+        every = compare(recorded, produced)
+        verdicts = [v for v in every if not select or select in v.row]
         if select and not verdicts:
-            raise UsageError(f"-k {select!r}: no row id contains it")
+            close = did_you_mean(select, sorted({v.row for v in every}))
+            raise UsageError(f"-k {select!r}: no row id contains it{close}")
         if as_json:
             print(json.dumps([v.__dict__ for v in verdicts], indent=2))
         else:
