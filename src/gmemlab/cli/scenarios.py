@@ -123,7 +123,7 @@ def show_events(console: Console, sc: Scenario, limit: int, seed: int) -> None:
     for i, event in enumerate(generate(sc, seed)):
         by_type.update(tally((event,)))
         if i < limit:
-            console.print(f"{i:>6}  {format_event(event)}", highlight=False, markup=False)
+            console.print(f"{i:>6}  {format_event(event)}", highlight=False, markup=False, soft_wrap=True)
     table = Table(title=escape(f"{sc.name}: events by type (seed {seed})"))
     table.add_column("event")
     table.add_column("count", justify="right")
