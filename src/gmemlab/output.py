@@ -53,6 +53,12 @@ def check_output(path: str | os.PathLike[str], option: str, formats: Collection[
         raise UsageError(f"{option} {text}: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{option} {text}: folder {str(parent)!r} is not writable")
+    try:  # what access() cannot tell (root, /proc, a full or read-only file system): try a file there
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{option} {text}: cannot write in folder {str(parent)!r}: {exc.strerror or exc}") from None
     if target.exists() and not os.access(target, os.W_OK):
         raise UsageError(f"{option} {text}: the file is not writable")
     return target, ext

@@ -142,7 +142,8 @@ def cases() -> list[Any]:
     for name, plot, needle in [("empty", "", "--plot '': an empty file name"),
                                ("bmp", "out.bmp", "extension .bmp"), ("noext", "out", "no extension"),
                                ("folder", ".", "is a directory"),
-                               ("missing-folder", "nowhere/out.png", "does not exist")]:
+                               ("missing-folder", "nowhere/out.png", "does not exist"),
+                               ("proc", "/proc/out.png", "cannot write in folder '/proc'")]:
         add(f"run-plot-{name}", ["run", "churn-pingpong", "--plot", plot], needle)
         add(f"compare-plot-{name}", ["compare", "churn-pingpong", "--plot", plot], needle)
     add("run-policy", ["run", "churn-pingpong", "--policy", "eagr", "--plot", "out.png"], "did you mean 'eager'")
