@@ -160,3 +160,19 @@ def test_the_check_can_fail() -> None:
     console.print(table)
     with pytest.raises(AssertionError, match="headers"):
         check_tables(console.export_text(), [table])
+
+
+@pytest.mark.parametrize("columns", ["20", "0"])
+def test_very_narrow_or_zero_width_loses_nothing(columns: str) -> None:
+    """At 20 columns a table prints one ``header: value`` paragraph per cell; ``COLUMNS=0`` (rich printed
+    nothing at all at width 0) falls back to the default width."""
+    res = runner.invoke(app, ["conformance", "--profile", "linux-6.18", "-k", "test_f"],
+                        env={"COLUMNS": columns, "NO_COLOR": "1"})
+    assert res.exit_code == 0, res.output
+    data = json.loads(runner.invoke(app, ["conformance", "--profile", "linux-6.18", "-k", "test_f",
+                                          "--json"]).stdout)
+    flat = re.sub(r"\s+", "", res.stdout)
+    assert all(case["name"] in flat for case in data["cases"])
+    for status, n in Counter(case["status"] for case in data["cases"]).items():
+        assert len(re.findall(rf"status:{status}", flat) if columns == "20" else
+                   re.findall(rf"(?<!\w){status}(?!\w)", res.stdout)) == n, status

@@ -237,6 +237,9 @@ class GmemlabGroup(TyperGroup):
 
 def run_main(call: Any, argv: Sequence[str] = ()) -> int:
     """Run the parsed command, returning the exit status of the convention."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.strip().isdigit() and int(columns) == 0:
+        del os.environ["COLUMNS"]  # rich would print every table and line at width 0: nothing at all
     try:
         result = call()
         if result == 130:  # typer turns Ctrl-C into Exit(130) and returns it; no command exits 130 itself
@@ -510,24 +513,16 @@ class FitTable(Table):
             self.add_row(*r, style=style, end_section=end_section)
 
     def _blocks(self, console: Console, options: Any) -> Any:
-        """One block per row: ``header: value`` lines (values wrap under themselves), a blank line between."""
-        from rich.console import Group
-
+        """One block per row: a ``header: value`` paragraph per cell (wrapping at any width, so nothing is
+        squeezed away), a blank line between rows."""
         if self.title:
             yield Text.from_markup(str(self.title)) if isinstance(self.title, str) else self.title
-        label = max(len(c.header) for c in self.cols) + 2
-        blocks: list[Table | Text] = []
         for n, r in enumerate(self.data):
-            grid = Table.grid()
-            grid.add_column(no_wrap=True, width=label)
-            grid.add_column(overflow="fold")
+            if n:
+                yield Text("")
             for c, cell in zip(self.cols, r, strict=True):
                 if cell.plain:
-                    grid.add_row(Text(f"{c.header}: "), cell)
-            blocks.append(grid)
-            if n < len(self.data) - 1:
-                blocks.append(Text(""))
-        yield Group(*blocks)
+                    yield Text.assemble(f"{c.header}: ", cell, overflow="fold")
         if self.caption:
             yield Text.from_markup(str(self.caption)) if isinstance(self.caption, str) else self.caption
 
