@@ -163,5 +163,6 @@ def list_json() -> dict[str, object]:
     }
 
 def register(app: typer.Typer) -> None:
-    app.command("races", help=HELP)(races)
+    app.command("races", help=HELP, short_help="Explore the interleavings of guest_memfd kernel paths under a "
+                "locking PROTOCOL and report the first violated property with a minimal interleaving.")(races)
 
