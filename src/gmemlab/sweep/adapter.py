@@ -32,6 +32,7 @@ from typing import Any
 from ..errors import UsageError
 from ..model.policy import POLICIES
 from ..sim import costs as sim_costs
+from ..sim import flow as sim_flow
 from ..sim import run as sim_run
 from ..workload import scenario as sim_scenario
 
@@ -231,7 +232,10 @@ def describe(ref: ScenarioRef, policy: str | None, profile: str,
     policy = policy or sc.policy
     sim_run.effective_policy(sim_run.check_policy(policy), sc.merge)
     _profile_kwargs(profile)
-    return flatten({**sim_run.params(sc), "policy": policy}, "params.")
+    # The kernel the run will use (the scenario's profile key when the sweep names none), refused here, at
+    # expansion, when it cannot run the scenario's flow, as the run itself would refuse it.
+    _, run_flow = sim_flow.flow_for(sc, profile or None)
+    return flatten({**sim_run.params(sc), "policy": policy, "profile": run_flow.profile}, "params.")
 
 
 def run_one(ref: ScenarioRef, policy: str, profile: str, seed: int, overrides: Sequence[tuple[str, Any]],

@@ -97,7 +97,7 @@ def make_task(scenario: adapter.ScenarioRef, policy: str | None, profile: str, s
             "scenario": scenario.name,
             "scenario_source": scenario.source or "built-in",
             "policy": policy_run,
-            "profile": profile or adapter.implicit_profile(),
+            "profile": profile or str(params["params.profile"]),  # the kernel the run uses
             "seed": None,
             **{f"set.{k}": label(v) for k, v in overrides},
             **extra,
