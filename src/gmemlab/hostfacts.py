@@ -152,7 +152,21 @@ MM_FEATURES = {"ksm": "ksm", "transparent_hugepage": "transparent_hugepage"}  # 
 def read_mm_features(root: str = "/sys/kernel/mm") -> dict[str, bool]:
     """Which of CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE the running kernel has: each makes its madvise
     advices (MADV_[UN]MERGEABLE; MADV_[NO]HUGEPAGE, MADV_COLLAPSE) valid, else they are EINVAL."""
-    return {name: os.path.isdir(os.path.join(root, entry)) for name, entry in MM_FEATURES.items()}
+    features = {name: os.path.isdir(os.path.join(root, entry)) for name, entry in MM_FEATURES.items()}
+    features["pkeys"] = read_pkeys()
+    return features
+
+
+def read_pkeys(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the kernel enabled memory protection keys (the ``ospke`` CPU flag: CPU PKU and
+    CONFIG_X86_INTEL_MEMORY_PROTECTION_KEYS). With them, memory mapped PROT_EXEC alone is execute-only: the
+    kernel gives it the execute-only pkey (``arch_override_mprotect_pkey``), so a data read faults. QEMU's
+    ``-cpu max`` has PKU; found by the lockstep fuzzer inside the lab 6.18.2 and Debian 7.3.4 VMs."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and "ospke" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def read_phys_bits(cpuinfo: str = "/proc/cpuinfo") -> int:

@@ -81,6 +81,7 @@ class HostConfig:
     gmem_flag_toggle: bool = False
     ksm: bool = True
     thp: bool = True
+    pkeys: bool = False  # protection keys enabled: PROT_EXEC alone is execute-only (hostfacts.read_pkeys)
 
     def __post_init__(self) -> None:
         # Callers may say 1, 2 or 3 (the kernel's numbers); the model reads a Level.
@@ -116,6 +117,7 @@ class HostConfig:
             max_gpa_bits=max_gpa_bits(facts),
             ksm=facts.mm_features.get("ksm", True),
             thp=facts.mm_features.get("transparent_hugepage", True),
+            pkeys=facts.mm_features.get("pkeys", False),
         )
 
     @classmethod

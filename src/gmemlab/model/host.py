@@ -115,9 +115,11 @@ class AddressSpace:
     Every mapping gets a reservation, as the kernel client makes one: ``MAPPING_GUARD`` bytes of PROT_NONE
     private anonymous memory (two guard VMAs) on each side (:mod:`gmemlab.backend`)."""
 
-    def __init__(self, numa_nodes: int = 1, refused_advices: frozenset[int] = frozenset()) -> None:
+    def __init__(self, numa_nodes: int = 1, refused_advices: frozenset[int] = frozenset(),
+                 pkeys: bool = False) -> None:
         self.numa_nodes = numa_nodes
         self.refused_advices = refused_advices  # madvise advices this kernel was built without (EINVAL)
+        self.pkeys = pkeys  # protection keys: PROT_EXEC alone is execute-only for data accesses
         self.vmas: list[ModelHostMapping] = []
         self._next = _MMAP_BASE
         self.invalidations = 0  # mmu_notifier invalidations so far (each host zap is one)
@@ -277,6 +279,9 @@ class ModelHostMapping:
         # PROT_EXEC imply readable for the CPU.
         if not prot & (PROT_READ | PROT_WRITE | PROT_EXEC) or (write and not prot & PROT_WRITE):
             raise HostSigsegv(offset, write, "access not permitted by the page's protection")
+        if prot & (PROT_READ | PROT_WRITE) == 0 and self.space.pkeys and not gup:
+            # with protection keys the kernel maps PROT_EXEC alone with the execute-only pkey: data reads fault
+            raise HostSigsegv(offset, write, "execute-only memory (the execute-only protection key)")
         if self.markers.load(page):
             raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
         if write and self.is_anonymous and page not in self.anon:

@@ -89,7 +89,7 @@ class ModelBackend:
         self.hugetlb_pool = HugetlbPool(self.config.hugetlb_pool_pages)
         self.fdtable = FdTable()
         self.address_space = AddressSpace(self.config.numa_nodes,
-                                          refused_advices(self.config.ksm, self.config.thp))
+                                          refused_advices(self.config.ksm, self.config.thp), self.config.pkeys)
         self.vms: list[ModelVm] = []
         self.fd = self.fdtable.install(self)
         self.closed = False
@@ -122,8 +122,9 @@ class ModelBackend:
         return self.config.numa_nodes
 
     def mm_features(self) -> dict[str, bool]:
-        """The modelled kernel's CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE (HostConfig.ksm / .thp)."""
-        return {"ksm": self.config.ksm, "transparent_hugepage": self.config.thp}
+        """The modelled kernel's CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE (HostConfig.ksm / .thp) and its
+        protection keys (HostConfig.pkeys)."""
+        return {"ksm": self.config.ksm, "transparent_hugepage": self.config.thp, "pkeys": self.config.pkeys}
 
     def guest_gpa_window(self) -> tuple[int, int]:
         return self.config.gpa_window or (0, 1 << self.config.max_gpa_bits)
