@@ -143,6 +143,12 @@ REGRESSIONS = [
       "pages": 4, "offset": 0},
      {"op": "guest_write", "vcpu": 0, "gpa_page": 23, "offset": 0, "byte": 1},
      {"op": "numa_query", "map": 0, "offset": 0, "pages": 2}],
+    # kernel client: a CPU access made in a forked child must see a MADV_DONTFORK page (SIGBUS here: gmem without
+    # INIT_SHARED), not the child's missing VMA (SIGSEGV)
+    [{"op": "create_vm", "type": 1}, {"op": "create_gmem", "vm": 0, "size": 65536, "flags": 1},
+     {"op": "mmap", "gmem": 0, "offset": 0, "pages": 16, "prot": 3, "flags": 1, "huge": 0},
+     {"offset": 40960, "hot": True, "advice": 10, "length": 4096, "from_end": False, "map": 1, "op": "madvise"},
+     {"from_end": False, "op": "host_write", "map": 3, "byte": 165, "hot": True, "length": 8192, "offset": 32768}],
 ]
 
 

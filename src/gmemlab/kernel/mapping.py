@@ -79,10 +79,36 @@ def map_in_reservation(length: int, prot: int, flags: int, fd: int, offset: int,
     return base, address
 
 
+MADV_DOFORK, MADV_DONTFORK = 11, 10
+
+
+def dontfork(address: int, smaps: str = "/proc/self/smaps") -> bool:
+    """Whether the VMA holding ``address`` is MADV_DONTFORK (``dc`` in its smaps VmFlags): a forked child
+    does not have it."""
+    inside = False
+    with open(smaps) as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                lo, _, hi = head.partition("-")
+                inside = int(lo, 16) <= address < int(hi, 16)
+            elif inside and head == "VmFlags:":
+                return "dc" in line.split()[1:]
+    return False
+
+
 def cpu_touch(address: int, write: bool, value: bytes) -> str:
     """Touch ``address`` with the CPU in a forked child of the calling process: the signal it dies of, or
-    "ok". A write stores ``value`` (one byte)."""
+    "ok". A write stores ``value`` (one byte). A MADV_DONTFORK page is made forkable for the fork and
+    DONTFORK again right after it in this process (else the child would not have it and get SIGSEGV where
+    this process gets SIGBUS or a read)."""
+    page = address & ~(PAGE_SIZE - 1)
+    undo = dontfork(address)
+    if undo:
+        libc.madvise(page, PAGE_SIZE, MADV_DOFORK, "forking a child to touch a MADV_DONTFORK page")
     pid = os.fork()
+    if pid and undo:
+        libc.madvise(page, PAGE_SIZE, MADV_DONTFORK, "restoring MADV_DONTFORK after the fork")
     if pid == 0:  # child: no Python-level handlers, die of the signal like a C program
         try:
             faulthandler.disable()
