@@ -37,3 +37,20 @@ def test_read_pkeys_needs_the_os_to_enable_them(tmp_path: Path) -> None:
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu pku sse\n")  # the CPU has them, the kernel did not enable
     assert not read_pkeys(str(cpuinfo))
     assert not read_pkeys(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("pkeys", [False, True])
+def test_mlock_of_execute_only_memory_fails_to_populate_with_protection_keys(pkeys: bool) -> None:
+    """GUP is a data access: with the execute-only pkey, mlock's populate fails (EFAULT -> ENOMEM), measured
+    inside QEMU -cpu max on 6.18.2; without pkeys FOLL_FORCE reads it and mlock succeeds."""
+    from gmemlab.errors import KvmError
+
+    backend = ModelBackend("linux-6.18", HostConfig.upstream().with_(pkeys=pkeys))
+    m = backend.mmap_anonymous(4 * P)
+    m.mprotect(P, P, PROT_EXEC)
+    if pkeys:
+        with pytest.raises(KvmError) as exc:
+            m.mlock(P, P, 0)
+        assert exc.value.errname == "ENOMEM"
+    else:
+        m.mlock(P, P, 0)

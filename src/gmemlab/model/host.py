@@ -279,9 +279,11 @@ class ModelHostMapping:
         # PROT_EXEC imply readable for the CPU.
         if not prot & (PROT_READ | PROT_WRITE | PROT_EXEC) or (write and not prot & PROT_WRITE):
             raise HostSigsegv(offset, write, "access not permitted by the page's protection")
-        if prot & (PROT_READ | PROT_WRITE) == 0 and self.space.pkeys and not gup:
-            # with protection keys the kernel maps PROT_EXEC alone with the execute-only pkey: data reads fault
-            raise HostSigsegv(offset, write, "execute-only memory (the execute-only protection key)")
+        if prot & (PROT_READ | PROT_WRITE) == 0 and self.space.pkeys:
+            # with protection keys the kernel maps PROT_EXEC alone with the execute-only pkey: data reads fault,
+            # GUP's too (check_vma_flags: arch_vma_access_permitted, GUP is a data access), so mlock's populate
+            # fails (EFAULT, reported as ENOMEM)
+            raise HostSigsegv(offset, write, "execute-only memory (its pkey denies data access, FOLL_FORCE too)")
         if self.markers.load(page):
             raise HostSigsegv(offset, write, "a guard marker (MADV_GUARD_INSTALL)")
         if write and self.is_anonymous and page not in self.anon:
