@@ -82,7 +82,7 @@ def test_kernel_built_without_ksm_refuses_its_madvise_advices(tmp_path):
 
     (tmp_path / "transparent_hugepage").mkdir()
     mm = read_mm_features(str(tmp_path))
-    assert mm == {"ksm": False, "transparent_hugepage": True}
+    assert mm == {"ksm": False, "transparent_hugepage": True, "pkeys": mm["pkeys"]}  # pkeys: /proc/cpuinfo
     facts = HostFacts("6.18.2", {}, {}, ("default",), 1, (0, 1 << 36), {}, mm)
     assert HostFacts.from_json(facts.to_json()) == facts
     kb = ModelBackend("linux-6.18", HostConfig.from_facts(facts))
