@@ -32,7 +32,7 @@ class ModelProcess:
 
     def __init__(self, parent_space: AddressSpace, inherited: Sequence[_Referenced]) -> None:
         self.pid = next(self._pids)
-        self.space = AddressSpace(parent_space.numa_nodes, parent_space.refused_advices)
+        self.space = AddressSpace(parent_space.numa_nodes, parent_space.refused_advices, parent_space.pkeys)
         self._copies = {id(vma): vma.fork_into(self.space) for vma in list(parent_space.vmas)}
         self._inherited = inherited
         for obj in inherited:
