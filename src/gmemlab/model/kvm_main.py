@@ -384,14 +384,21 @@ class ModelVm(Kvm):
             file = self._fget_gmem(op, gmem_arg)
             file.kvm_gmem_bind(slot, r.gmem_offset)
             slot.has_gmem = True
-        # kvm_arch_prepare_memory_region(): the slot must fit below kvm_mmu_max_gfn()
-        max_gpa_bits = self.config.max_gpa_bits
-        if base_gfn + npages - 1 > (1 << (max_gpa_bits - PAGE_SHIFT)) - 1:
+        try:
+            self._check_max_gfn(op, base_gfn, npages)
+        except KvmError:
             if slot.gmem_file is not None:
                 slot.gmem_file.kvm_gmem_unbind(slot)
-            raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
+            raise
         self.memslots[r.key] = slot
         self.kvm_swap_active_memslots(r.as_id)
+
+    def _check_max_gfn(self, op: str, base_gfn: int, npages: int) -> None:
+        """``kvm_arch_prepare_memory_region`` for KVM_MR_CREATE and KVM_MR_MOVE: the slot must end at or below
+        ``kvm_mmu_max_gfn()``."""
+        max_gpa_bits = self.config.max_gpa_bits
+        if base_gfn + npages - 1 > (1 << (max_gpa_bits - PAGE_SHIFT)) - 1:
+            raise KvmError(errno.EINVAL, op, f"GPA range ends above MAXPHYADDR (2^{max_gpa_bits})")
 
     def _move_memslot(self, op: str, r: MemoryRegion, old: Memslot) -> None:
         """``KVM_MR_MOVE`` / ``KVM_MR_FLAGS_ONLY``: a new GPA or dirty logging; the old leaves go."""
@@ -401,6 +408,7 @@ class ModelVm(Kvm):
             return
         if base_gfn != old.base_gfn:
             check_overlap(self.memslots, op, r.as_id, r.slot_id, base_gfn, r.npages)
+            self._check_max_gfn(op, base_gfn, r.npages)  # found by the lockstep fuzzer (seed 903)
             self.stage2.zap(old.base_gfn, old.end_gfn)  # KVM_MR_MOVE: kvm_arch_flush_shadow_memslot
         # KVM_MR_FLAGS_ONLY keeps the leaves (dirty logging only write-protects them, and the fast path restores W)
         self.kvm_swap_active_memslots(old.as_id)
