@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ..errors import HostSigbus, HostSigsegv, KvmError
-from ..level import Level
 from ..uapi import PAGE_SIZE
 
 VM_LOCKED, VM_LOCKONFAULT = 1, 2  # values of a VMA's per-page lock state
@@ -146,8 +145,7 @@ def mm_populate(space: Space, start: int, end: int) -> None:
                 except HostSigbus as exc:
                     raise KvmError(errno.EFAULT, "mlock2", str(exc)) from None
                 except HostSigsegv as exc:
-                    if "protection" in exc.reason:  # FOLL_FORCE reads what the protection hides
-                        vma.ptes.store(page, page + 1, Level.PG_4K)
-                        continue
+                    # PROT_NONE was refused above and a write fault is only asked of writable pages, so what
+                    # faults here is what FOLL_FORCE cannot override: an execute-only pkey or a guard marker
                     raise KvmError(errno.EFAULT, "mlock2", str(exc)) from None
 
