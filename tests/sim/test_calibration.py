@@ -1,4 +1,4 @@
-"""``gmemlab validate`` (simulator issue item 6; calibration.md): every published figure, every check within
+"""``gmemlab validate`` (simulator issue item 6; docs/calibration.md): every published figure, every check within
 2x, no weight taken from the figure it is checked against."""
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_every_builtin_runs_at_reduced_size(name, policy):
 
 
 def test_full_accept_64g_psc_exits_and_32768_2m_pvalidates(scenario_file):
-    """Worked by hand (§6 with placement.md §1): OVMF validates the 2 GiB below 4 GiB in PSCs of up to 253
+    """Worked by hand (§6 with docs/placement.md §1): OVMF validates the 2 GiB below 4 GiB in PSCs of up to 253
     2M entries (1,024 entries: 5 VMGEXITs, 5 exits); the kernel accepts the 1,066 MiB memblock top block
     (533 entries: 9 descriptors of 64) and then 4 MiB steps from 4 GiB, 1 PSC (2 x 2M) and 1 merged exit
     each, the first with its guard unit (6 MiB): (65,536 - 2,048 - 1,066 - 6) MiB / 4 MiB + 1 = 15,605.

@@ -64,7 +64,7 @@ def _assert_disjoint_cover(ranges, total):
 
 
 def test_tdx_64g_acceptance_covers_ram_once_in_linux_order():
-    """placement.md §1: OVMF accepts the RAM below 4 GiB (q35: 2 GiB) in 32 MiB chunks, 2M then 4K, except
+    """docs/placement.md §1: OVMF accepts the RAM below 4 GiB (q35: 2 GiB) in 32 MiB chunks, 2M then 4K, except
     the PAGE.ADD pages; the kernel accepts the memblock top block first, then 4 MiB steps upward from
     4 GiB (the first one takes the guard unit too); everything exactly once."""
     sc = load_scenario("tdx-boot-64g", [NO_CHURN])
@@ -112,7 +112,7 @@ def test_lazy_accept_boot_and_runtime_split():
     assert 1064 * MiB + plan.storm + plan.boot <= at_boot <= 1064 * MiB + plan.storm + plan.boot + 64 * MiB
     eager = events("snp-eager-accept-64g", [NO_CHURN, "guest_mem=4GiB"])
     smp, runtime = _phase_index(eager, ev.Phase.SMP), _phase_index(eager, ev.Phase.RUNTIME)
-    assert eager[smp].cpus == 16  # deferred struct-page init workers accept in parallel (placement A9)
+    assert eager[smp].cpus == 16  # deferred struct-page init workers accept in parallel (docs/placement.md A9)
     assert not any(isinstance(e, ev.Psc) and e.entries == 2 for e in eager[runtime:])
     assert len(directed(eager[smp:runtime], ev.Psc, to_shared=False)) > 400
 
@@ -125,7 +125,7 @@ def test_swiotlb_size_rule():
     assert swiotlb_default_size(1 * GiB) == 64 * MiB  # 61.44 MiB raised to the 64 MiB floor
     assert swiotlb_default_size(512 * MiB) == 64 * MiB
     assert swiotlb_default_size(1 * TiB) == GiB
-    # 6% of 16 GiB = 983 MiB, then a power of two (round_up_default_nslabs, placement §2): 1 GiB
+    # 6% of 16 GiB = 983 MiB, then a power of two (round_up_default_nslabs, docs/placement.md §2): 1 GiB
     assert swiotlb_default_size(16 * GiB) == GiB
     assert swiotlb_default_size(4 * GiB) == 256 * MiB  # "SWIOTLB bounce buffer size roundup to 256MB"
 

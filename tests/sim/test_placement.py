@@ -1,4 +1,4 @@
-"""Where the guest puts its shared pages and in which order it accepts memory (placement.md §0-§2)."""
+"""Where the guest puts its shared pages and in which order it accepts memory (docs/placement.md §0-§2)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_snp_shared_regions_where_linux_puts_them():
     rings = [r for r in ranges if r[1] - r[0] == 8 * KiB]
     assert len(rings) == 19 and all(2 * GiB <= r[0] < 3 * GiB for r in rings)  # within what is accepted
     # 1G folios holding shared pages: [0,1G) image and DMA pools, [1G,2G) swiotlb, [2G,3G) buddy items and
-    # the one under the memmap -- the handful Michael Roth counted for 16 GB (placement §2.1)
+    # the one under the memmap -- the handful Michael Roth counted for 16 GB (docs/placement.md §2.1)
     folios = {a // GiB for a, b in ranges} | {(b - 1) // GiB for a, b in ranges}
     assert folios == {0, 1, 2, 62}
 

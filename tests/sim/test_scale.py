@@ -20,7 +20,7 @@ from gmemlab.workload.units import GiB, TiB
 SLOW_AT_64T = {
     "non-coco-mmap-64g": "the scattered host pattern splits one 1G folio per touch: 65,536 folio splits at "
                          "64 TiB (149 s here) vs 64 at 64 GiB; equal events, not equal work",
-    "snp-mmap-populate-64g": "the memmap (RAM/64, 1 TiB at 64 TiB, placement A4) is accepted at boot and in an "
+    "snp-mmap-populate-64g": "the memmap (RAM/64, 1 TiB at 64 TiB, docs/placement.md A4) is accepted at boot and in an "
                              "INIT_SHARED file every 4 MiB accept is a conversion the engine cannot apply in bulk: "
                              "238,398 events (4,311 at 64 GiB), 341 s here",
 }

@@ -157,7 +157,7 @@ def test_acceptance_scales_with_guest_mem():
 
 
 def test_pre_watermark_acceptance_grows_with_vcpus():
-    """placement A8: 4 MiB per allocation before the watermarks, about 54 MiB per vCPU + 64 MiB [assumed]."""
+    """docs/placement.md A8: 4 MiB per allocation before the watermarks, about 54 MiB per vCPU + 64 MiB [assumed]."""
     base = load_scenario("tdx-boot-64g", ["guest_mem=32GiB"]).accept_plan()
     storm = load_scenario("tdx-boot-64g", ["guest_mem=32GiB", "vcpus=248"]).accept_plan()
     assert base.storm == 64 * MiB + 16 * 54 * MiB

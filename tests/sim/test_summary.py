@@ -22,7 +22,7 @@ def test_msr_exits_in_describe_match_the_stream():
 def test_section6_rows_in_describe():
     rows = {c.quantity: c.value for c in derived_counts(load_scenario("snp-lazy-accept-64g"))}
     assert rows["4K / 2M / 1G pages"] == "16,777,216 / 32,768 / 64"
-    assert rows["accepted by the firmware"] == "2GiB"  # q35 RAM below 4 GiB (OVMF, placement F1)
+    assert rows["accepted by the firmware"] == "2GiB"  # q35 RAM below 4 GiB (OVMF, docs/placement.md F1)
     assert rows["memblock top block (setup_arch)"] == "1066MiB"  # 1 GiB memmap + 8 MiB per-CPU + 32 MiB ...
     assert rows["lazy 4 MiB steps (total, about)"] == "15,872"
     assert rows["SNP accept: PSC VMGEXITs / userspace exits"] == "15,872 / 15,872"

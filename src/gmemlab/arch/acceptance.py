@@ -1,8 +1,8 @@
-"""Which guest memory is accepted, and in which order Linux accepts the rest (placement.md §1.2).
+"""Which guest memory is accepted, and in which order Linux accepts the rest (docs/placement.md §1.2).
 
 The EFI stub tracks unaccepted memory in a bitmap of ``unit`` (2 MiB, ``EFI_UNACCEPTED_UNIT_SIZE``)
 starting at the lowest unaccepted address, which under OVMF is the top of low RAM: the firmware accepted
-everything below it (placement F1/F4; ``drivers/firmware/efi/libstub/unaccepted_memory.c``). Then:
+everything below it (docs/placement.md F1/F4; ``drivers/firmware/efi/libstub/unaccepted_memory.c``). Then:
 
 * ``accept_memory(start, size)`` accepts every still-unaccepted unit touching ``[start, end)``, and **the
   next unit too when ``end`` is unit-aligned** (a guard for ``load_unaligned_zeropad``); each contiguous run
@@ -50,7 +50,7 @@ class Acceptance:
 
     def take(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         """The firmware's acceptance of ``[start, end)``: the runs not accepted yet, page granular (OVMF
-        accepts whole resource ranges, placement F1/F4); counted apart from the kernel's (``accepted``)."""
+        accepts whole resource ranges, docs/placement.md F1/F4); counted apart from the kernel's (``accepted``)."""
         if not self.enabled or start >= end:
             return
         for s, e in self._map.differing(start >> PAGE_SHIFT, min(end, self.ram_end) >> PAGE_SHIFT, True):
@@ -58,7 +58,7 @@ class Acceptance:
             yield s << PAGE_SHIFT, e << PAGE_SHIFT
 
     def accept(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """``accept_memory(start, end - start)``: the runs of units it accepts (placement A2)."""
+        """``accept_memory(start, end - start)``: the runs of units it accepts (docs/placement.md A2)."""
         if not self.enabled or start >= end:
             return
         lo = start - start % self.unit
@@ -85,7 +85,7 @@ class Acceptance:
         return self.ram_end >> PAGE_SHIFT
 
     def advance(self, amount: int) -> Iterator[tuple[int, int]]:
-        """Lazy acceptance (placement A6): take the lowest queued block until ``amount`` bytes in total
+        """Lazy acceptance (docs/placement.md A6): take the lowest queued block until ``amount`` bytes in total
         were accepted through this object; yields each ``arch_accept_memory()`` range."""
         if not self.enabled:
             return

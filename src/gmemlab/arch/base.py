@@ -35,7 +35,7 @@ class GuestArch:
         return iter(())
 
     def firmware_accept(self, start: int, end: int) -> Iterator[Event]:
-        """The firmware accepts (validates) ``[start, end)`` (placement F1-F5)."""
+        """The firmware accepts (validates) ``[start, end)`` (docs/placement.md F1-F5)."""
         return iter(())
 
     def accept(self, start: int, end: int) -> Iterator[Event]:

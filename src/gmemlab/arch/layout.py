@@ -1,4 +1,4 @@
-"""Guest-physical layout and reservations (placement.md §0, §2.1; workloads.md §6 geometry).
+"""Guest-physical layout and reservations (docs/placement.md §0, §2.1; workloads.md §6 geometry).
 
 **Addresses are RAM offsets.** QEMU's q35 machine puts ``low_top`` bytes of RAM below 4 GiB and the rest at
 4 GiB (``pc_q35_init``: ``low_top`` = 2 GiB once RAM is at least 2.75 GiB, else all of it). One guest_memfd

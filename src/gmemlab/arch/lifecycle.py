@@ -1,5 +1,5 @@
 """The generic guest lifecycle as an event flow: launch, firmware, boot, runtime, teardown (workloads.md §1;
-placement.md §1 for the order of acceptance, §2 for the shared regions).
+docs/placement.md §1 for the order of acceptance, §2 for the shared regions).
 
 :class:`Lifecycle` decides *when* and *where* things happen; the :class:`GuestArch` decides *how* (the
 architecture's event flow). Everything is a lazy generator: memory follows the number of allocations
@@ -13,7 +13,7 @@ Order (Linux v6.18 ``start_kernel``, OVMF; other arches skip what they lack):
   FALLOC if preallocating, the payload (kvm_gmem_populate, mmap in place, or plain VMM writes; payload in
   the firmware flash below 4 GiB is a separate guest_memfd and leaves RAM alone), launch finish.
 * **firmware**: pKVM's donation of the payload; the firmware's acceptance of all RAM below 4 GiB (OVMF:
-  SNP PEI on the boot vCPU, placement F1/F2; TDX SEC on every vCPU in 32 MiB chunks, F4), or of all RAM
+  SNP PEI on the boot vCPU, docs/placement.md F1/F2; TDX SEC on every vCPU in 32 MiB chunks, F4), or of all RAM
   (``accept.firmware = all``); the firmware's own shared pages (OVMF's GHCBs on SNP, TDX's MMIO hole).
 * **boot** (the kernel on the boot vCPU, through the initcalls): the regions in their kernel order
   (``.bss..decrypted`` at startup; the memblock top block accepted in ``setup_arch``; per-CPU decrypted
@@ -65,8 +65,8 @@ from .regions import Placer
 
 # Runtime DMA buffers with "low_memory_biased" locality land below 4 GiB this often [assumed].
 LOW_BIAS = 0.8
-BSS_DECRYPTED_USED = 12 * KiB  # boot_ghcb_page, hv_clock_boot, wall_clock stay shared (placement §2)
-TDX_FIRMWARE_CHUNK = 32 * MiB  # OVMF SEC ACCEPT_CHUNK_SIZE, strided over the vCPUs (placement F4)
+BSS_DECRYPTED_USED = 12 * KiB  # boot_ghcb_page, hv_clock_boot, wall_clock stay shared (docs/placement.md §2)
+TDX_FIRMWARE_CHUNK = 32 * MiB  # OVMF SEC ACCEPT_CHUNK_SIZE, strided over the vCPUs (docs/placement.md F4)
 FIRMWARE_FLASH_TOP = 4 * GiB
 IO_TLB_SEGMENT = 128 * 2 * KiB  # IO_TLB_SEGSIZE slabs of 1 << IO_TLB_SHIFT bytes
 IO_TLB_MIN = 1 * MiB  # IO_TLB_MIN_SLABS  # payload GPAs in [low_top, 4 GiB) are the flash, not RAM
@@ -184,7 +184,7 @@ class Lifecycle:
         """§1.2 (a) kvm_gmem_populate, (b) mmap in place; §1.1 VMM writes; §1.4 write then donate.
 
         Payload in RAM is validated/accepted by being populated (SNP_LAUNCH_UPDATE, TDH.MEM.PAGE.ADD), so the
-        firmware skips it (placement F2). Payload in the firmware flash (GPAs between the top of low RAM
+        firmware skips it (docs/placement.md F2). Payload in the firmware flash (GPAs between the top of low RAM
         and 4 GiB) lives in the flash's own guest_memfd: populated (and priced), not part of RAM.
         """
         pop = self.sc.populate
@@ -256,7 +256,7 @@ class Lifecycle:
         yield from self._accept_until(self.plan.total)
 
     def shared_region(self, region: SharedRegion) -> Iterator[Event]:
-        """Place each instance, accept its units (the allocation, A3), make it shared (placement §2)."""
+        """Place each instance, accept its units (the allocation, A3), make it shared (docs/placement.md §2)."""
         sc = self.sc
         size, align = sc.region_size(region), sc.region_align(region)
         for i in range(sc.region_count(region)):
@@ -359,7 +359,7 @@ class Lifecycle:
         """dma_alloc_coherent (naturally aligned, to shared) then dma_free_coherent (to private).
 
         The buddy allocator hands out memory it already accepted: ``accepted_normal`` buffers land in
-        ZONE_NORMAL below the acceptance frontier [assumed uniform there, placement §2.1], except next to the
+        ZONE_NORMAL below the acceptance frontier [assumed uniform there, docs/placement.md §2.1], except next to the
         pool (``neighbour_of_pool``); ``low_memory_biased`` and ``uniform`` are explicit alternatives.
         """
         churn, rng, where = self.sc.runtime_churn, self.rng_runtime, self.rng_where

@@ -1,4 +1,4 @@
-"""Where Linux and OVMF put the shared regions (placement.md §2, §2.1; sizes and timing in
+"""Where Linux and OVMF put the shared regions (docs/placement.md §2, §2.1; sizes and timing in
 :mod:`gmemlab.workload.regions`).
 
 :class:`Placer` answers "where is instance ``i`` of this region" for each rule, in RAM offsets
@@ -168,7 +168,7 @@ class Placer:
 
 
 def top_block_start(sc: Scenario) -> int:
-    """Start of what memblock takes from the top of RAM by ``trap_init`` (placement §1.2 step 3)."""
+    """Start of what memblock takes from the top of RAM by ``trap_init`` (docs/placement.md §1.2 step 3)."""
     from ..workload.derived import memblock_top_block
 
     return align_down(sc.guest_mem - memblock_top_block(sc.guest_mem, sc.vcpus, sc.arch == "snp"), PMD)

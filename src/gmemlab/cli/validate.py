@@ -46,14 +46,14 @@ def table(rows: list[Row]) -> Table:
                       styled(_status(r), style), f.source, shared))
     return fit_table([Col("id", "id"), Col("quantity", ratio=2), Col("published", "num"), Col("simulated", "num"),
                       Col("ratio", "num"), Col("status"), Col("source"), Col("shares its source")], cells,
-                     title="gmemlab validate: published figures vs the simulator (calibration.md)",
+                     title="gmemlab validate: published figures vs the simulator (docs/calibration.md)",
                      caption="check: must be within 2x; input: the figure a weight or rule comes from (circular to "
                      "check); not reproducible: needs what the model lacks (see note)")
 
 
 def print_blocks(console: Console, rows: list[Row]) -> None:
     """Narrow terminals: one block per figure (its id beside it, the details indented under the quantity)."""
-    console.print("gmemlab validate: published figures vs the simulator (calibration.md); check: within 2x",
+    console.print("gmemlab validate: published figures vs the simulator (docs/calibration.md); check: within 2x",
                   style="bold")
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, style="bold")

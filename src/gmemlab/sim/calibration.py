@@ -1,6 +1,6 @@
 """``gmemlab validate``: every published figure of workloads.md §5.8 and linux-7.md §4 next to the simulator's
 value (simulator issue item 6; the figures, what they measured and the weights they depend on are worked in
-calibration.md).
+docs/calibration.md).
 
 Each :class:`Published` figure has a status:
 
@@ -161,7 +161,7 @@ FIGURES: tuple[Published, ...] = (
               lambda runs: runs("attr-init-1t").times.cpu_by_category["attr_store"].seconds,
               "gmemlab run attr-init-1t"),
     Published("V2a", "2M HugeTLB folios split, 16 GB SNP boot", 622, "splits", "roth-16g", CHECK, (),
-              "weight-free: placement of the shared regions (placement.md §2) decides it; 16 vCPUs [assumed]",
+              "weight-free: placement of the shared regions (docs/placement.md §2) decides it; 16 vCPUs [assumed]",
               lambda runs: runs(REF_2M).metrics["splits"]["2M"], f"gmemlab run {REF_2M}"),
     Published("V2b", "split/merge time, 16 GB SNP boot, 2M HugeTLB (7% of 1,043,938,460 cycles)",
               0.07 * 1_043_938_460 / CYCLES_PER_US / 1e6, "s", "roth-16g", CHECK, ("7", "8"),
@@ -170,7 +170,7 @@ FIGURES: tuple[Published, ...] = (
     Published("V2c", "all conversion handling, 16 GB SNP boot (kvm_gmem_convert_execute_work)",
               1_043_938_460 / CYCLES_PER_US / 1e6, "s", "roth-16g", NOT_REPRODUCIBLE, ("7", "8", "10"),
               "needs the number of convert work items W (~0.87 M to give 7%), which nothing published or in the "
-              "boot flow explains (calibration.md V2c)"),
+              "boot flow explains (docs/calibration.md V2c)"),
     Published("V2d", "2M folios merged back during the boot", 30, "merges", "roth-16g", NOT_REPRODUCIBLE, (),
               "depends on which transient shares end during his run; no placement source predicts it",
               lambda runs: float(sum(_boot_phase_counter(runs(REF_2M), n) for n in ("merge_4k_2m",))),

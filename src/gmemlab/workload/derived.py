@@ -1,8 +1,8 @@
-"""Size rules and counts derived from a scenario's parameters (workloads.md §1.2, §1.3, §6; placement.md).
+"""Size rules and counts derived from a scenario's parameters (workloads.md §1.2, §1.3, §6; docs/placement.md).
 
 Pure arithmetic, no events: what ``gmemlab scenarios describe`` prints and what the generators use to size
 things, so both agree by construction. Each rule names the kernel (Linux v6.18), QEMU or OVMF code that
-decides it; tests check them against the numbers worked by hand in §6 and placement.md.
+decides it; tests check them against the numbers worked by hand in §6 and docs/placement.md.
 """
 
 from __future__ import annotations
@@ -19,19 +19,19 @@ SWIOTLB_MAX = 1 * GiB  # SZ_1G clamp
 SWIOTLB_ROUND = 256 * KiB  # swiotlb_adjust_size: IO_TLB_SEGSIZE (128) slabs of IO_TLB_SIZE (2 KiB)
 TDX_MR_EXTEND_PER_PAGE = 16  # TDX_EXTENDMR_CHUNKSIZE = 256 B per TDH.MR.EXTEND (§1.3)
 PSC_MAX_ENTRIES = 64  # VMGEXIT_PSC_MAX_ENTRY, guest side (§1.2)
-OVMF_PSC_MAX_ENTRIES = 253  # SNP_PAGE_STATE_MAX_ENTRY: the GHCB shared buffer, OVMF side (placement F2)
+OVMF_PSC_MAX_ENTRIES = 253  # SNP_PAGE_STATE_MAX_ENTRY: the GHCB shared buffer, OVMF side (docs/placement.md F2)
 PMD = Level.PG_2M.bytes
 Q35_LOWMEM_SPLIT = 0xB000_0000  # pc_q35_init: RAM >= 2.75 GiB puts only 2 GiB below 4 GiB
-STRUCT_PAGE = 64  # sizeof(struct page) with SPARSEMEM_VMEMMAP (placement A4)
-PERCPU_UNIT = 512 * KiB  # [assumed] embedded first-chunk unit ("percpu: ... u524288", placement §2)
-HASH_TABLES_MAX = 32 * MiB  # [assumed] early hash tables ~ RAM/1024, capped (placement §1.2 step 3)
-GHCB_STRIDE = 12 * KiB  # struct sev_es_runtime_data: GHCB + backup GHCB + flags, page aligned (placement §2)
+STRUCT_PAGE = 64  # sizeof(struct page) with SPARSEMEM_VMEMMAP (docs/placement.md A4)
+PERCPU_UNIT = 512 * KiB  # [assumed] embedded first-chunk unit ("percpu: ... u524288", docs/placement.md §2)
+HASH_TABLES_MAX = 32 * MiB  # [assumed] early hash tables ~ RAM/1024, capped (docs/placement.md §1.2 step 3)
+GHCB_STRIDE = 12 * KiB  # struct sev_es_runtime_data: GHCB + backup GHCB + flags, page aligned (docs/placement.md §2)
 ATOMIC_POOL_MAX = 4 * MiB  # kernel/dma/pool.c: MAX_ORDER_NR_PAGES
 ATOMIC_POOL_MIN = 128 * KiB
 
 
 def swiotlb_default_size(guest_mem: int) -> int:
-    """The default x86 CoCo swiotlb (placement §2): 6% of RAM clamped to [64 MiB, 1 GiB], aligned to a 256 KiB
+    """The default x86 CoCo swiotlb (docs/placement.md §2): 6% of RAM clamped to [64 MiB, 1 GiB], aligned to a 256 KiB
     segment (``mem_encrypt_setup_arch``, ``swiotlb_adjust_size``), then rounded up to a power of two because
     ``swiotlb_init_remap`` sets one area per possible CPU and ``round_up_default_nslabs`` makes nslabs a
     power of two: 16 GiB -> 1 GiB, 4 GiB -> 256 MiB."""
@@ -68,7 +68,7 @@ def memmap_size(ram: int) -> int:
 
 
 def memblock_top_block(ram: int, cpus: int, ghcb: bool) -> int:
-    """What memblock takes from the top of RAM during ``setup_arch`` .. ``trap_init`` (placement §1.2 step 3):
+    """What memblock takes from the top of RAM during ``setup_arch`` .. ``trap_init`` (docs/placement.md §1.2 step 3):
     the memmap, the per-CPU areas [assumed unit], the early hash tables [assumed] and, on SNP, the GHCB data."""
     size = memmap_size(ram) + cpus * PERCPU_UNIT + min(ram // 1024, HASH_TABLES_MAX)
     if ghcb:
@@ -84,7 +84,7 @@ def atomic_pool_size(ram: int) -> int:
 
 
 def wmark_promo(ram: int, zone: int) -> int:
-    """The promo watermark of a zone of ``zone`` bytes in a guest of ``ram`` bytes (placement A7).
+    """The promo watermark of a zone of ``zone`` bytes in a guest of ``ram`` bytes (docs/placement.md A7).
 
     ``min_free_kbytes = clamp(sqrt(16 * lowmem_kB), 128, 262144)``, raised to THP's recommended minimum
     (``set_recommended_min_free_kbytes``: 11 pageblocks per populated zone, two zones [assumed], at most 5% of
@@ -105,7 +105,7 @@ def ceil_div(a: int, b: int) -> int:
 
 @dataclass(frozen=True)
 class AcceptPlan:
-    """How much memory is accepted when (placement.md §1), in bytes of RAM.
+    """How much memory is accepted when (docs/placement.md §1), in bytes of RAM.
 
     ``firmware``: what the firmware accepts below it (OVMF: all RAM below 4 GiB; all of it with an eager
     firmware); ``storm``: what the boot vCPU accepts before the watermarks exist; ``boot``: what the page

@@ -1,11 +1,11 @@
-"""The shared (decrypted) regions a CoCo guest creates, as Linux and OVMF size and time them (placement.md §2).
+"""The shared (decrypted) regions a CoCo guest creates, as Linux and OVMF size and time them (docs/placement.md §2).
 
 A scenario's ``[shared_regions.NAME]`` table names a ``rule`` (by default its own name). The rule gives the
 size, the count, the alignment, the protocol that carries the private -> shared change and *when* in boot it
 happens; :mod:`gmemlab.arch.regions` gives *where*. Any of them can be overridden in the scenario (an explicit
 alternative); ``custom`` regions give everything themselves.
 
-Rules (Linux v6.18 and OVMF; confidence and details in placement.md):
+Rules (Linux v6.18 and OVMF; confidence and details in docs/placement.md):
 
 * ``swiotlb``: 6% of RAM clamped to [64 MiB, 1 GiB], 256 KiB-aligned, rounded up to a power of two
   (``mem_encrypt_setup_arch``, ``swiotlb_adjust_size``, ``round_up_default_nslabs``); shared in
@@ -18,11 +18,11 @@ Rules (Linux v6.18 and OVMF; confidence and details in placement.md):
 * ``percpu_decrypted`` (SNP): the ``.data..percpu..decrypted`` page of each CPU (``apf_reason``,
   ``steal_time``, ``kvm_apic_eoi``), shared with the MSR protocol in ``sev_map_percpu_data``.
 * ``firmware_ghcb`` (SNP): OVMF's per-CPU GHCB pages (``AmdSevEsInitialize``: 2 reserved pages per CPU, the
-  first shared), shared by the firmware and never made private again [placement F6b, M].
+  first shared), shared by the firmware and never made private again [docs/placement.md F6b, M].
 * ``atomic_pool``: the three DMA atomic pools (KERNEL, DMA32, DMA) of ``dma_atomic_pool_init``, each one
   naturally aligned block of 128 KiB per GiB of RAM within [128 KiB, 4 MiB], shared at postcore initcall.
 * ``virtio_ring``: one ``dma_alloc_coherent`` per virtqueue: a 256-entry split ring is order 1 (8 KiB);
-  virtio-blk-pci has one request queue per vCPU, so count = vCPUs + 3 [placement §2, M].
+  virtio-blk-pci has one request queue per vCPU, so count = vCPUs + 3 [docs/placement.md §2, M].
 * ``kvmclock``: ``kvmclock_init_mem`` decrypts ``(cpus - 64) x 64 B`` when there are more than 64 CPUs.
 * ``mmio_hole`` (TDX, not RAM): OVMF's MapGPA(shared) of the 32-bit PCI hole; QEMU ignores it.
 * ``mmio_guard`` (pKVM, not RAM): one MMIO_GUARD_MAP per device page.

@@ -101,7 +101,7 @@ class PopulateSpec:
 
 @dataclass(frozen=True)
 class PreWatermark:
-    """Acceptance before the zone watermarks exist (placement A8): until ``init_per_zone_wmark_min()`` (a
+    """Acceptance before the zone watermarks exist (docs/placement.md A8): until ``init_per_zone_wmark_min()`` (a
     postcore initcall) every allocation accepts a 4 MiB block, on the boot vCPU during SMP bring-up
     (``cond_accept_memory``). Amount [assumed]: ``fixed + per_vcpu x vCPUs``, from the one published point
     (dstack #1220: about 13 GiB at 248 vCPUs). ``per_vcpu = 0`` models dstack's patch that keeps a reserve."""
@@ -112,7 +112,7 @@ class PreWatermark:
 
 @dataclass(frozen=True)
 class AcceptSpec:
-    """Guest memory acceptance (§1.2, §1.3; placement.md §1): lazy in ``chunk`` (4 MiB) steps, eager, or none."""
+    """Guest memory acceptance (§1.2, §1.3; docs/placement.md §1): lazy in ``chunk`` (4 MiB) steps, eager, or none."""
 
     mode: str = option(Choice(("lazy", "eager", "none")), "none",
                        doc="lazy: accepted as the guest allocates; eager: all at boot (accept_memory=eager); "
@@ -133,7 +133,7 @@ class AcceptSpec:
 
 @dataclass(frozen=True)
 class SharedRegion:
-    """Memory the guest makes shared (§1.2-§1.4; placement.md §2): a Linux/OVMF ``rule`` and its overrides.
+    """Memory the guest makes shared (§1.2-§1.4; docs/placement.md §2): a Linux/OVMF ``rule`` and its overrides.
 
     ``size``, ``count``, ``align`` and ``protocol`` default to the rule's (:mod:`gmemlab.workload.regions`);
     ``location = "rule"`` places it where the kernel or firmware does (:mod:`gmemlab.arch.regions`), the
@@ -177,7 +177,7 @@ class Churn:
     size_dist: tuple[tuple[int, float], ...] = option(SizeDist(), ((PAGE_SIZE, 1.0),),
                                                       doc="size of each conversion: size = probability")
     locality: str = option(Choice(("accepted_normal", "low_memory_biased", "uniform")), "accepted_normal",
-                           doc="accepted_normal: the accepted part of ZONE_NORMAL (placement §2.1); "
+                           doc="accepted_normal: the accepted part of ZONE_NORMAL (docs/placement.md §2.1); "
                            "low_memory_biased: 80% below 4 GiB; uniform: all RAM")
     neighbour_of_pool: float = option(Number(min=0.0, max=1.0), 0.0,
                                       doc="probability a conversion lands in a folio holding pool pages")
@@ -279,7 +279,7 @@ class Scenario:
         return derived.q35_low_top(self.guest_mem)
 
     def accept_plan(self) -> derived.AcceptPlan:
-        """Acceptance amounts for this RAM (placement.md §1): scale with ``--set guest_mem=...``."""
+        """Acceptance amounts for this RAM (docs/placement.md §1): scale with ``--set guest_mem=...``."""
         acc = self.accept
         mem = self.guest_mem
         if acc.mode == "none":
