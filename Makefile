@@ -18,7 +18,6 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	mkdir -p build
 	$(BIN)/gmemlab compare snp-lazy-accept-64g --policy eager --policy deferred --plot build/snp-lazy-accept-64g.png
-	@echo "plot written to build/snp-lazy-accept-64g.png"
 
 # The selftest checklist on the model (add --backend both to compare with this machine's /dev/kvm).
 conformance: $(STAMP)

@@ -302,6 +302,7 @@ def cases() -> list[Any]:
         ("plot-no-y", ["{results}", "--plot", "out.png", "--x", "guest_mem"], "--y"),
         ("json-csv", ["{results}", "--sql", "SELECT 1", "--json", "--csv"], "--csv"),
         ("x-without-plot", ["{results}", "--x", "guest_mem"], "--plot"),
+        ("sql-as-argument", ["{results}", "SELECT 1"], "a query goes after --sql"),
     ]:
         add(f"results-{name}", ["results", *argv], needle)
 

@@ -159,6 +159,9 @@ def _given(args: Sequence[str], option: str) -> str | None:
     return None
 
 
+_SQL_RE = re.compile(r"\s*(select|with|describe|show|summarize|from|pivot)\b", re.IGNORECASE)
+
+
 def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
     """A typer/click usage error as one line, with did-you-mean for a mistyped choice."""
     try:
@@ -192,6 +195,11 @@ def _click_message(exc: typer.TyperException, args: Sequence[str] = ()) -> str:
     else:
         text = exc.format_message()
         text = text[:1].lower() + text[1:] if text[:2] != text[:2].upper() else text
+        if where.endswith(" results") and text.startswith("got unexpected extra argument"):
+            # `gmemlab results DIR "SELECT ..."`: the query is an option, not a second argument
+            extra = text.rpartition(" (")[2].rstrip(")")
+            if _SQL_RE.match(extra):
+                text += "; a query goes after --sql: gmemlab results DIR --sql \"SELECT ...\""
     help_hint = f" (see '{where} --help')" if ctx is not None else ""
     return f"{text.rstrip('.')}{help_hint}"
 
