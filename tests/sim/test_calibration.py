@@ -72,3 +72,52 @@ def test_validate_command_and_json():
     result = CliRunner().invoke(app, ["validate", "--json"])
     rows = json.loads(result.output)
     assert {"id", "published", "simulated", "ratio", "status", "ok", "source", "shared_source_rows"} <= set(rows[0])
+
+
+class _Recording:
+    """A :class:`Runs` stand-in that records every (scenario, overrides) a figure asks for."""
+
+    def __init__(self, runs):
+        self.runs, self.calls = runs, []
+        self.costs = runs.costs
+
+    def __call__(self, scenario, sets=(), policy="eager"):
+        self.calls.append((scenario, tuple(sets)))
+        return self.runs(scenario, sets, policy)
+
+
+def _said(setup: str) -> set[tuple[str, frozenset[str]]]:
+    """The runs a figure's ``setup`` line names: "gmemlab run SCENARIO --set A --set B [...]"."""
+    out = set()
+    for part in setup.split("gmemlab run ")[1:]:
+        words = [w.rstrip(",;") for w in part.replace("(", " ").split()]
+        sets = frozenset(words[i + 1] for i, w in enumerate(words) if w == "--set" and i + 1 < len(words))
+        out.add((words[0], sets))
+    return out
+
+
+def _check_setup_lines(figures):
+    from gmemlab.sim.calibration import Runs
+
+    runs = Runs()
+    for figure in figures:
+        if figure.simulate is None:
+            continue
+        rec = _Recording(runs)
+        figure.simulate(rec)
+        said = _said(figure.setup)
+        for scenario, sets in rec.calls:
+            assert (scenario, frozenset(sets)) in said, (
+                f"{figure.id}: ran {scenario} {list(sets)} but its setup line says {figure.setup!r}")
+
+
+def test_every_run_is_the_one_its_setup_line_names():
+    """A reader re-runs a figure from its setup line: it must name every run and override the figure uses
+    (figures that only read a weight run nothing)."""
+    _check_setup_lines(FIGURES)
+
+
+def test_a_setup_line_missing_an_override_is_caught():
+    v9 = next(f for f in FIGURES if f.id == "V9")
+    with pytest.raises(AssertionError, match="V9: ran tdx-boot-64g"):
+        _check_setup_lines([replace(v9, setup=v9.setup.replace(" --set runtime_s=0", ""))])

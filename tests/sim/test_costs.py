@@ -119,3 +119,13 @@ def test_bad_overrides(tmp_path, text, message):
 def test_missing_override_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read"):
         load_cost_table(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize("phase, running", [("launch", 0), ("firmware", 16), ("runtime", 16), ("teardown", 0)])
+def test_a_kick_reaches_only_the_vcpus_in_guest_mode(phase, running):
+    """A remote TLB flush IPIs the vCPUs in guest mode: none while the VMM builds the VM or when it is
+    destroyed (every vCPU file holds a reference to the VM), all of them in between."""
+    ledger = new_ledger()
+    ledger[phase]["serial"]["tlb_flush_remote"] = 1_000
+    t = compute(ledger, {}, CostTable(), vcpus=16)
+    assert t.cpu_by_phase[phase].seconds == pytest.approx(1_000 * (2 + 0.83 * running) / 1e6)

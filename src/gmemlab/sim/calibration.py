@@ -135,6 +135,8 @@ TDX_248 = ["guest_mem=32GiB", "vcpus=248", "runtime_s=0", "accept.accepted_event
            "accept.used_at_boot=0", "teardown=false"]
 
 
+NO_SWIOTLB = "shared_regions.swiotlb.size=4KiB"
+V9_SETS = ["guest_mem=8GiB", "accept.mode=eager", "accept.firmware=all", "runtime_s=0", "runtime_churn.rate_per_s=0"]
 V10_SETS = ["vcpus=1", "accept.firmware=all", "runtime_s=0", "runtime_churn.rate_per_s=0"]
 
 
@@ -151,7 +153,7 @@ def _v2b(runs: Runs) -> float:
 def _v4e(runs: Runs) -> float:
     """The swiotlb's marginal boot CPU time: the same TD with and without it."""
     with_pool = runs("tdx-boot-64g", TDX_248)
-    without = runs("tdx-boot-64g", [*TDX_248, "shared_regions.swiotlb.size=4KiB"])
+    without = runs("tdx-boot-64g", [*TDX_248, NO_SWIOTLB])
     return _boot_cpu_s(with_pool) - _boot_cpu_s(without)
 
 
@@ -199,7 +201,7 @@ FIGURES: tuple[Published, ...] = (
               "dstack-1220", INPUT, (),
               "the source of accept.pre_watermark.per_vcpu (54 MiB x 248 + 64 MiB)",
               lambda runs: runs("tdx-boot-64g", ["guest_mem=32GiB", "vcpus=248"]).scenario.accept_plan().storm
-              / (1 << 30)),
+              / (1 << 30), "gmemlab run tdx-boot-64g --set guest_mem=32GiB --set vcpus=248"),
     Published("V4d", "TDX 248 vCPUs, 32 GiB: time to init", 575.0, "s", "dstack-1220", NOT_REPRODUCIBLE, ("16",),
               "needs V4b's vCPU-dependent fault cost (575-680 s; 50 s with 64 vCPUs)"),
     Published("V4e", "1 GiB swiotlb made shared before SMP bring-up, 248 vCPUs (APs spinning in firmware)", 68.0,
@@ -207,8 +209,8 @@ FIGURES: tuple[Published, ...] = (
               "262,144 private S-EPT removals, each kicking every running vCPU (row 18a = row 27, per-vCPU term "
               "from Kravetz); the >200 s (ticking idle APs) and 6 s (halted APs) variants need vCPU run states "
               "the model does not track", _v4e,
-              "gmemlab run tdx-boot-64g " + " ".join(f"--set {s}" for s in TDX_248) + " (minus the same without "
-              "the swiotlb)"),
+              "gmemlab run tdx-boot-64g " + " ".join(f"--set {s}" for s in TDX_248) + ", minus gmemlab run "
+              "tdx-boot-64g " + " ".join(f"--set {s}" for s in [*TDX_248, NO_SWIOTLB]) + " (boot CPU time)"),
     Published("V5", "OpenHCL: 64 GiB accepted with 4K PVALIDATE", 57.0, "s", "openhcl-50", INPUT, ("23", "24"),
               "the source of row 23 (Hyper-V, and the 57 s includes per-4K mapping); not a check",
               lambda runs: 16_777_216 * runs.costs.cost("23") / 1e6),
@@ -229,10 +231,8 @@ FIGURES: tuple[Published, ...] = (
               "gmemlab run tdx-boot-64g --set runtime_s=0 --set accept.mode=none"),
     Published("V9", "asterinas: 8 GiB accepted (TDX, 4K)", 30.0, "s", "asterinas-1691", CHECK, ("16",),
               "row 16 from dstack #1220 (8 µs); host, vCPUs and page size of the published run unknown",
-              lambda runs: runs("tdx-boot-64g", ["guest_mem=8GiB", "accept.mode=eager", "accept.firmware=all",
-                                                 "runtime_s=0", "runtime_churn.rate_per_s=0"])
-              .times.cpu_by_category["accept"].seconds,
-              "gmemlab run tdx-boot-64g --set guest_mem=8GiB --set accept.mode=eager --set accept.firmware=all"),
+              lambda runs: runs("tdx-boot-64g", V9_SETS).times.cpu_by_category["accept"].seconds,
+              "gmemlab run tdx-boot-64g " + " ".join(f"--set {s}" for s in V9_SETS)),
     Published("V10", "eager-accept TDVF: a 64 GB TD does not reach BdsDxe in 90+ s", 90.0, "s", "kata-13535",
               BOUND, ("16",),
               "a lower bound (the reporter stopped watching at 90+ s); \"100% CPU in qemu\" says one vCPU did the "

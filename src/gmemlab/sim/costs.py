@@ -183,7 +183,7 @@ DEFAULT_ROWS: tuple[CostRow, ...] = (
     _row("27", "Remote TLB flush (kvm_flush_remote_tlbs) after a zap", "~2 µs + ~0.5-1.1 µs x running vCPUs", 2,
          "per flush", "tlb", "assumed", "base assumed; per vCPU: midpoint of 0.55-1.1 µs, Mike Kravetz's "
          "252-vCPU VM figures (140-280 µs per broadcast flush, docs/calibration.md §3) [a sanity source]",
-         "tlb_flush_remote", per_vcpu=0.83),
+         "tlb_flush_remote", per_vcpu=0.83, sources=("kravetz-hvo",)),
     _row("28", "Stage-2 zap of a range, per leaf SPTE", "~50-100 ns per leaf", 0.1, "per leaf", "tlb", "assumed",
          "", "s2_zap_leaf"),
     _row("29", "Host userspace fault on a gmem mmap (4K PTE)", "~0.5-1 µs + zero if new", 0.7, "per fault",

@@ -40,6 +40,7 @@ SERIAL, PARALLEL = "serial", "parallel"
 LANES = (SERIAL, PARALLEL)
 BOOT_SEGMENTS = ("launch", "firmware", "boot", "smp")
 PHASES = (*BOOT_SEGMENTS, "runtime", "teardown")
+NOT_RUNNING = ("launch", "teardown")  # phases in which no vCPU is in guest mode (running_vcpus)
 LABELS = tuple(level.label for level in LEVELS)  # the level keys of results: "4K", "2M", "1G"
 DATAPLANE_ROWS = {level.label: f"41-{level.key}" for level in LEVELS}  # §4.1 rows
 
@@ -116,6 +117,15 @@ class _Priced:
     assumed: float = 0.0
 
 
+def running_vcpus(phase: str, vcpus: int) -> int:
+    """vCPUs in guest mode during ``phase``, what a per-vCPU term (a kick or remote TLB flush IPIs only vCPUs
+    in guest mode: kvm_make_all_cpus_request) is multiplied by. None before the first KVM_RUN (``launch``: the
+    VMM builds and measures the VM) or at ``teardown`` (kvm_destroy_vm runs once the last reference is gone,
+    and every vCPU file holds one, so no vCPU can be running); all of them otherwise (in the firmware the
+    APs spin in their mailbox loop)."""
+    return 0 if phase in NOT_RUNNING else vcpus
+
+
 def _price(counters: Mapping[str, int], table: CostTable, vcpus: int, unpriced: set[str]) -> _Priced:
     """µs of ``cpu`` rows by category (and the assumed part), by row, in total."""
     pricing = table.pricing()
@@ -154,7 +164,7 @@ def compute(ledger: Ledger, level_shares: Mapping[str, float], table: CostTable,
         lanes = ledger.get(seg, {})
         per_lane = {}
         for lane in LANES:
-            priced = _price(lanes.get(lane, Counter()), table, vcpus, unpriced)
+            priced = _price(lanes.get(lane, Counter()), table, running_vcpus(seg, vcpus), unpriced)
             per_lane[lane] = (priced.total, priced.assumed)
             for cat, us in priced.by_cat.items():
                 cat_us[cat] += us
