@@ -28,6 +28,7 @@ from .pagecache import PageCache
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25
 USER_ADDR_LIMIT = (1 << 47) - PAGE_SIZE  # TASK_SIZE_MAX with 4-level paging
 MPOL_MF_STRICT = 1
+MPOL_MF_MOVE_ANY = 0x6  # MPOL_MF_MOVE | MPOL_MF_MOVE_ALL
 _MMAP_BASE = 0x1000_0000_0000  # 16 TiB: about 112 TiB of room below TASK_SIZE, as a process has
 
 
@@ -524,6 +525,17 @@ class ModelHostMapping:
         pieces = list(self.space.span(start, end))
         if any(vma is None for vma, _, _ in pieces):
             raise KvmError(errno.EFAULT, op, f"[{offset:#x}, +{length:#x}) is not all mapped")
+        online = (1 << self.space.numa_nodes) - 1
+        misplaced = None
+        if flags & MPOL_MF_STRICT and mode & ~MPOL_MODE_FLAGS != MPOL_DEFAULT and nodemask & online != online:
+            # queue_pages_range(): a present page on a node outside the caller's mask fails MPOL_MF_STRICT. A mask
+            # of every online node cannot be violated, so the walk over present pages (bounded by what was
+            # touched) happens only when the mask leaves a node out.
+            misplaced = self._misplaced_page(pieces, nodemask, flags)
+        if misplaced is not None and not flags & MPOL_MF_MOVE_ANY:
+            # MPOL_MF_STRICT alone (strictly_unmovable()): the walk stops at the first misplaced folio with -EIO
+            # and do_mbind() never reaches mbind_range(): no policy is set (found by the host fuzz run, seed 907)
+            raise self._strict_eio(misplaced)
         for vma, first, last in pieces:
             assert vma is not None  # no gaps: checked above
             inode = vma._policy_inode()
@@ -531,19 +543,27 @@ class ModelHostMapping:
                 inode.pagecache.shared_policy.set(vma.pgoff + first, vma.pgoff + last, policy)
             else:
                 vma.vma_policy.set(first, last, policy)
-        online = (1 << self.space.numa_nodes) - 1
-        if flags & MPOL_MF_STRICT and mode & ~MPOL_MODE_FLAGS != MPOL_DEFAULT and nodemask & online != online:
-            # queue_pages_range(): a present page on a node outside the caller's mask fails MPOL_MF_STRICT
-            # with EIO (the policy stays set); with MPOL_MF_MOVE* anonymous pages migrate, guest_memfd folios
-            # cannot (kvm_gmem_migrate_folio). A mask of every online node cannot be violated, so the walk over
-            # present pages (bounded by what was touched) happens only on multi-node hosts.
-            for vma, first, last in pieces:
-                assert vma is not None
-                for page in self._present_pages(vma, first, last):
-                    node = vma.file.inode.pagecache.node_of(vma.pgoff + page) if vma.file else numa.LOCAL_NODE
-                    if not nodemask >> node & 1 and not (flags & 0x6 and vma.file is None):
-                        raise KvmError(errno.EIO, op, f"MPOL_MF_STRICT: a page at offset {page << PAGE_SHIFT:#x} "
-                                       f"is on node {node}, outside the mask")
+        if misplaced is not None:
+            # with MPOL_MF_MOVE* a folio that cannot migrate (guest_memfd: kvm_gmem_migrate_folio) counts as
+            # failed: the policy is set and do_mbind() returns -EIO at the end
+            raise self._strict_eio(misplaced)
+
+    @staticmethod
+    def _strict_eio(page: int) -> KvmError:
+        return KvmError(errno.EIO, "mbind", f"MPOL_MF_STRICT: a page at offset {page << PAGE_SHIFT:#x} is on a "
+                        "node outside the mask")
+
+    def _misplaced_page(self, pieces: list[tuple[ModelHostMapping | None, int, int]], nodemask: int,
+                        flags: int) -> int | None:
+        """The first present page of ``pieces`` on a node outside ``nodemask`` that cannot move (queue_folio_required
+        with MPOL_MF_INVERT; anonymous pages migrate under MPOL_MF_MOVE*), or None."""
+        for vma, first, last in pieces:
+            assert vma is not None
+            for page in self._present_pages(vma, first, last):
+                node = vma.file.inode.pagecache.node_of(vma.pgoff + page) if vma.file else numa.LOCAL_NODE
+                if not nodemask >> node & 1 and not (flags & MPOL_MF_MOVE_ANY and vma.file is None):
+                    return page
+        return None
 
     @staticmethod
     def _present_pages(vma: ModelHostMapping, first: int, last: int) -> Iterator[int]:
