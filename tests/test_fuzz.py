@@ -181,3 +181,26 @@ def test_madvise_case_follows_the_kernels_build(ksm: bool, thp: bool) -> None:
 
     result = run_case(case, lambda p: Lying(p, built), "model", "linux-6.18")
     assert result.status == "fail", result.detail
+
+
+def test_a_recycled_id_does_not_inherit_a_file_offset():
+    """The world keeps each gmem mapping's file offset by id(mapping): an entry whose object is not the one
+    asked about (its id was reused after an munmap freed the old mapping) must not give its offset away (the
+    flaky divergence of host seed 911), and munmap drops the entry."""
+    from gmemlab.conformance.fuzz_ops import World, munmap
+
+    w = World(system=None, gpa_base=0)
+    old, new = object(), object()
+    w.file_offsets[id(new)] = (old, 253952)  # what a reused id looks like
+    assert w.base(new) == 0
+
+    class Mapping:
+        def munmap(self) -> None:
+            pass
+
+    m = Mapping()
+    w.maps.append(m)
+    w.file_offsets[id(m)] = (m, 4096)
+    assert w.base(m) == 4096
+    munmap(w, {"op": "munmap", "map": 0}, m)
+    assert id(m) not in w.file_offsets

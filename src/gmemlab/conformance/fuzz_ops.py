@@ -175,7 +175,11 @@ class World:
     pipes: list[Any] = field(default_factory=list)  # page references held by vmsplice'd pipes
     children: list[Child] = field(default_factory=list)
     hot: list[int] = field(default_factory=list)  # file offsets of pages recent operations used (newest first)
-    file_offsets: dict[int, int] = field(default_factory=dict)  # id(mapping) -> its offset in the file
+    # id(mapping) -> (the mapping, its offset in the file). The entry holds the mapping so its id cannot be
+    # reused while the entry exists: keyed by a bare id(), a new anonymous mapping allocated where an unmapped
+    # gmem mapping's object had been inherited its file offset on one side only (a flaky divergence after
+    # 10,398 host sequences, seed 911)
+    file_offsets: dict[int, tuple[Any, int]] = field(default_factory=dict)
 
     def items(self, kind: str) -> list[Any]:
         return {"vm": self.vms, "gmem": self.gmems, "map": self.maps, "vcpu": self.vcpus, "pipe": self.pipes,
@@ -190,7 +194,8 @@ class World:
 
     def base(self, mapping: Any) -> int:
         """Where ``mapping`` starts in its file (0 for anonymous memory and for far offsets)."""
-        return self.file_offsets.get(id(mapping), 0)
+        entry = self.file_offsets.get(id(mapping))
+        return entry[1] if entry is not None and entry[0] is mapping else 0
 
 
 class NotRun(Exception):
@@ -436,7 +441,7 @@ def mmap(w: World, o: Op, g: Any) -> None:
         raise NotRun("a private writable mapping above 1 GiB: overcommit accounting depends on the host's RAM")
     m = g.mmap(length, o["offset"], o["prot"], o["flags"])
     if isinstance(o["offset"], int) and 0 < o["offset"] < 1 << 30:
-        w.file_offsets[id(m)] = o["offset"]
+        w.file_offsets[id(m)] = (m, o["offset"])
     w.maps.append(m)
 
 
@@ -560,6 +565,7 @@ def pte_present(w: World, o: Op, m: Any) -> None:
 def munmap(w: World, o: Op, m: Any) -> None:
     m.munmap()
     w.maps.remove(m)
+    w.file_offsets.pop(id(m), None)
 
 
 # -- generic file and fd operations on a guest_memfd -------------------------------------------------------------
