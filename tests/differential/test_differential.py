@@ -163,6 +163,14 @@ REGRESSIONS = [
      {"mode": 1, "offset": 53248, "op": "mbind", "mask": 0, "hot": False, "length": 188416, "from_end": True,
       "flags": 1, "map": 3},
      {"from_end": False, "op": "numa_query", "hot": False, "offset": 86016, "map": 2, "pages": 2}],
+    # vmsplice of a PROT_WRITE-only anonymous page that a read fault mapped to the zero page: GUP-fast leaves
+    # the special PTE to the slow path, which needs VM_READ: EFAULT (found after 6,807 host sequences, seed 913)
+    [{"op": "create_vm", "type": 0},
+     {"op": "create_gmem", "vm": 0, "size": 65536, "flags": 3},
+     {"op": "mmap", "gmem": 0, "offset": 0, "pages": 16, "prot": 3, "flags": 1, "huge": 0},
+     {"offset": 61440, "length": 28672, "from_end": False, "op": "mprotect", "hot": True, "prot": 2, "map": 1},
+     {"length": 8192, "map": 1, "hot": True, "offset": 65536, "op": "host_read", "from_end": False},
+     {"offset": 65536, "op": "vmsplice", "pages": 1, "map": 0}],
 ]
 
 

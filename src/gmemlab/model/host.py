@@ -680,8 +680,12 @@ class ModelHostMapping:
                 raise KvmError(errno.EFAULT, "vmsplice", f"nothing mapped at page {page} of the mapping")
             vpage = (addr - vma.address) >> PAGE_SHIFT
             prot = vma.prots.load(vpage)
-            if prot and vma.held(vpage):
-                continue  # GUP-fast takes a present, readable PTE (x86: any but PROT_NONE) without the VMA checks
+            zero_page = vma.is_anonymous and vpage not in vma.anon  # a read fault mapped the shared zero page
+            if prot and vma.held(vpage) and not zero_page:
+                # GUP-fast takes a present, readable PTE (x86: any but PROT_NONE) without the VMA checks; not the
+                # zero page's: do_anonymous_page() maps it pte_mkspecial(), which GUP-fast leaves to the slow path
+                # (found by the host fuzz run after 6,807 sequences, seed 913)
+                continue
             if not prot & PROT_READ:
                 # the slow path's check_vma_flags(): a GUP read without FOLL_FORCE needs VM_READ, although the
                 # CPU could read a PROT_WRITE page (x86 has no write-only PTEs)

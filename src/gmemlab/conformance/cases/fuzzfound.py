@@ -275,3 +275,17 @@ def fuzz_mbind_strict_without_move(ctx: Ctx) -> None:
     ctx.check(ctx.expect_ok(anon.get_mempolicy, 2 * P) == (0, 0), "a failed MPOL_MF_STRICT mbind set no policy")
     ctx.expect_ok(anon.mbind, 0, 4 * P, 1, 0, 1 | 2)
     ctx.check(ctx.expect_ok(anon.get_mempolicy, 2 * P)[0] == 4, "MPOL_MF_MOVE migrates and sets MPOL_LOCAL")
+
+
+@case("2.4")
+def fuzz_vmsplice_of_the_zero_page(ctx: Ctx) -> None:
+    """vmsplice (GUP, read) of PROT_WRITE-only private anonymous memory (a guard made writable): a page a read
+    fault mapped to the shared zero page is EFAULT (its PTE is special, GUP-fast leaves it to the slow path,
+    which needs VM_READ); a written page is spliced by GUP-fast from its PTE."""
+    anon = ctx.system.mmap_anonymous(4 * P)  # shared anonymous memory; the guard before it is private
+    ctx.expect_ok(anon.mprotect, -2 * P, 2 * P, 2)
+    anon.read(-2 * P, 1)  # the zero page
+    anon.fill(-P, 1, 5)  # a page of its own
+    ctx.check(anon.pte_present(-2 * P) and anon.pte_present(-P), "both pages are mapped")
+    ctx.expect_errno("EFAULT", anon.vmsplice, -2 * P, P)
+    ctx.expect_ok(anon.vmsplice, -P, P).unpin()
