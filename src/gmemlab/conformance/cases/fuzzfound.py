@@ -267,7 +267,7 @@ def fuzz_anonymous_memory_corners(ctx: Ctx) -> None:
 def fuzz_mbind_strict_without_move(ctx: Ctx) -> None:
     """mbind(MPOL_MF_STRICT) with a present page outside the mask: alone it is EIO and sets no policy (the walk
     stops before mbind_range()); with MPOL_MF_MOVE the anonymous page migrates and the policy is set.
-    MPOL_PREFERRED with an empty mask is MPOL_LOCAL (4)."""
+    MPOL_PREFERRED with an empty mask is MPOL_LOCAL (4). The zero page is never misplaced."""
     anon = ctx.system.mmap_anonymous(4 * P)
     ctx.expect_ok(anon.mprotect, 0, 4 * P, 3)
     anon.fill(P, 1, 1)  # a present page: its node is in no empty mask
@@ -275,6 +275,10 @@ def fuzz_mbind_strict_without_move(ctx: Ctx) -> None:
     ctx.check(ctx.expect_ok(anon.get_mempolicy, 2 * P) == (0, 0), "a failed MPOL_MF_STRICT mbind set no policy")
     ctx.expect_ok(anon.mbind, 0, 4 * P, 1, 0, 1 | 2)
     ctx.check(ctx.expect_ok(anon.get_mempolicy, 2 * P)[0] == 4, "MPOL_MF_MOVE migrates and sets MPOL_LOCAL")
+    # the zero page has no folio to be misplaced (vm_normal_folio() is NULL): MPOL_MF_STRICT passes over it
+    ctx.expect_ok(anon.mprotect, -2 * P, 2 * P, 1)
+    anon.read(-2 * P, 1)
+    ctx.expect_ok(anon.mbind, -2 * P, P, 4, 0, 1)
 
 
 @case("2.4")
