@@ -179,6 +179,12 @@ REGRESSIONS = [
      {"length": 4096, "from_end": True, "offset": 24576, "map": 0, "hot": True, "op": "host_read"},
      {"from_end": False, "offset": 0, "mask": 0, "mode": 4, "length": 12288, "flags": 1, "hot": True, "op": "mbind",
       "map": 3}],
+    # vmsplice of shmem pages made PROT_EXEC-only on a host with protection keys: execute-only, so GUP-fast's
+    # pte_access_permitted() refuses them and the slow path needs VM_READ: EFAULT (host fuzz run, seed 919)
+    [{"pages": 2, "op": "mmap_anon"},
+     {"from_end": False, "op": "host_write", "length": 8192, "offset": 0, "hot": False, "map": 1, "byte": 1},
+     {"offset": 8192, "from_end": True, "map": 1, "length": 237568, "hot": True, "prot": 4, "op": "mprotect"},
+     {"map": 2, "offset": 0, "pages": 2, "op": "vmsplice"}],
 ]
 
 

@@ -685,7 +685,10 @@ class ModelHostMapping:
             vpage = (addr - vma.address) >> PAGE_SHIFT
             prot = vma.prots.load(vpage)
             zero_page = vma.is_anonymous and vpage not in vma.anon  # a read fault mapped the shared zero page
-            if prot and vma.held(vpage) and not zero_page:
+            # with protection keys PROT_EXEC alone is execute-only: pte_access_permitted() checks the pkey, so
+            # GUP-fast refuses the PTE and the slow path decides (found by the host fuzz run, seed 919)
+            exec_only = prot & (PROT_READ | PROT_WRITE) == 0 and self.space.pkeys
+            if prot and vma.held(vpage) and not zero_page and not exec_only:
                 # GUP-fast takes a present, readable PTE (x86: any but PROT_NONE) without the VMA checks; not the
                 # zero page's: do_anonymous_page() maps it pte_mkspecial(), which GUP-fast leaves to the slow path
                 # (found by the host fuzz run after 6,807 sequences, seed 913)
