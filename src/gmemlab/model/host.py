@@ -268,6 +268,12 @@ class ModelHostMapping:
         """``vma_is_anonymous()``: private anonymous memory (no vm_ops)."""
         return not self.has_file
 
+    def zero_page(self, page: int) -> bool:
+        """Whether a present ``page`` maps the shared zero page: private anonymous memory only ever read (a read
+        fault maps it with a special PTE, do_anonymous_page). Its PTE has no normal folio (vm_normal_folio() is
+        NULL), which move_pages, mbind's queueing and GUP-fast each treat apart."""
+        return self.is_anonymous and page not in self.anon
+
     # -- faults ----------------------------------------------------------------------------------
     def _fault(self, page: int, write: bool, gup: bool = False) -> None:
         """Make ``page`` accessible or raise: SIGSEGV (no VMA / prot / guard marker), SIGBUS (the file
@@ -560,10 +566,8 @@ class ModelHostMapping:
         for vma, first, last in pieces:
             assert vma is not None
             for page in self._present_pages(vma, first, last):
-                if vma.is_anonymous and page not in vma.anon:
-                    # the shared zero page: its special PTE has no normal folio (vm_normal_folio() is NULL), so
-                    # queue_folios_pte_range() skips it (found by the host fuzz run after 2,061 sequences, seed 917)
-                    continue
+                if vma.zero_page(page):
+                    continue  # queue_folios_pte_range() skips it (host fuzz run, seed 917)
                 node = vma.file.inode.pagecache.node_of(vma.pgoff + page) if vma.file else numa.LOCAL_NODE
                 if not nodemask >> node & 1 and not (flags & MPOL_MF_MOVE_ANY and vma.file is None):
                     return page
@@ -609,8 +613,8 @@ class ModelHostMapping:
                 out.append(-errno.EFAULT)
             elif not vma.held(page):
                 out.append(-errno.ENOENT)
-            elif vma.is_anonymous and page not in vma.anon:
-                out.append(-errno.EFAULT)  # only read: the zero page (do_pages_stat_array: is_zero_folio)
+            elif vma.zero_page(page):
+                out.append(-errno.EFAULT)  # do_pages_stat_array: is_zero_folio
             elif vma.file is None:
                 out.append(numa.LOCAL_NODE)
             else:
@@ -684,7 +688,7 @@ class ModelHostMapping:
                 raise KvmError(errno.EFAULT, "vmsplice", f"nothing mapped at page {page} of the mapping")
             vpage = (addr - vma.address) >> PAGE_SHIFT
             prot = vma.prots.load(vpage)
-            zero_page = vma.is_anonymous and vpage not in vma.anon  # a read fault mapped the shared zero page
+            zero_page = vma.zero_page(vpage)
             # with protection keys PROT_EXEC alone is execute-only: pte_access_permitted() checks the pkey, so
             # GUP-fast refuses the PTE and the slow path decides (found by the host fuzz run, seed 919)
             exec_only = prot & (PROT_READ | PROT_WRITE) == 0 and self.space.pkeys
