@@ -5,6 +5,7 @@ found on the way kept as regression sequences."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -185,6 +186,20 @@ REGRESSIONS = [
      {"from_end": False, "op": "host_write", "length": 8192, "offset": 0, "hot": False, "map": 1, "byte": 1},
      {"offset": 8192, "from_end": True, "map": 1, "length": 237568, "hot": True, "prot": 4, "op": "mprotect"},
      {"map": 2, "offset": 0, "pages": 2, "op": "vmsplice"}],
+    # MADV_PAGEOUT of shmem a forked child maps too: the kernel leaves the folio (mapcount 2) and its PTE
+    # (host fuzz run, seed 921; the run's 11-operation sequence is known_findings/seed921-pageout-shared-shmem.json)
+    [{"pages": 2, "op": "mmap_anon"},
+     {"op": "host_write", "map": 1, "offset": 0, "length": 8, "byte": 7, "hot": False, "from_end": False},
+     {"op": "fork"},
+     {"op": "child_read", "child": 0, "map": 1, "offset": 0, "length": 1, "hot": False, "from_end": False},
+     {"op": "madvise", "advice": 21, "map": 1, "offset": 0, "length": 4096, "hot": False, "from_end": False}],
+    # ... and a clean cached page only the child maps is not reclaimed by the parent's MADV_PAGEOUT (found while
+    # fixing seed 921): the parent's next read fault maps it around
+    [{"pages": 2, "op": "mmap_anon"}, {"op": "fork"},
+     {"op": "child_read", "child": 0, "map": 1, "offset": 0, "length": 1, "hot": False, "from_end": False},
+     {"op": "madvise", "advice": 21, "map": 1, "offset": 0, "length": 8192, "hot": False, "from_end": False},
+     {"op": "host_read", "map": 1, "offset": 4096, "length": 1, "hot": False, "from_end": False},
+     {"op": "madvise", "advice": 0, "map": 1, "offset": 0, "length": 4096, "hot": False, "from_end": False}],
 ]
 
 
@@ -192,6 +207,17 @@ REGRESSIONS = [
 def test_fuzz_regressions(factories, ops) -> None:  # type: ignore[no-untyped-def]
     model, kernel = factories
     found = compare_sequence(model, kernel, load_sequence(json.dumps(ops)))
+    assert found is None, f"{found}: {found.left} != {found.right}"
+
+
+KNOWN_FINDINGS = sorted((Path(__file__).parent / "known_findings").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", KNOWN_FINDINGS, ids=[p.stem for p in KNOWN_FINDINGS])
+def test_saved_fuzz_findings_replay_clean(factories, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole sequences host fuzz runs saved (as `gmemlab fuzz --replay` reads them), once their bug is fixed."""
+    model, kernel = factories
+    found = compare_sequence(model, kernel, load_sequence(path.read_text()))
     assert found is None, f"{found}: {found.left} != {found.right}"
 
 

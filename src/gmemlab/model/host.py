@@ -227,6 +227,9 @@ class ModelHostMapping:
         # anonymous pages: private ones, or shmem's page cache (shared with children); a shmem page only
         # faulted for reading is clean (immutable bytes), one written or write-faulted dirty (a bytearray)
         self.anon: dict[int, bytes | bytearray] = {}
+        # the VMAs that map these anonymous pages: this one, and for shmem every fork copy (the shmem inode's
+        # i_mmap), which decides whether a page is mapped by more than one process (MADV_PAGEOUT skips it)
+        self.sharers: set[ModelHostMapping] = {self}
         self.vma_policy = numa.SharedPolicy(max(self.npages, 1))  # the VMA's own policy (anon; gmem before U6.19)
         self.unmapped = False
         self.guards: tuple[ModelHostMapping, ...] = ()
@@ -273,6 +276,11 @@ class ModelHostMapping:
         fault maps it with a special PTE, do_anonymous_page). Its PTE has no normal folio (vm_normal_folio() is
         NULL), which move_pages, mbind's queueing and GUP-fast each treat apart."""
         return self.is_anonymous and page not in self.anon
+
+    def mapped_shared(self, page: int) -> bool:
+        """``folio_mapcount(folio) != 1`` for the anonymous page at ``page``: another VMA (a forked process's copy
+        of shared anonymous memory) has a PTE on the same page."""
+        return any(vma is not self and vma.held(page) is not None for vma in self.sharers)
 
     # -- faults ----------------------------------------------------------------------------------
     def _fault(self, page: int, write: bool, gup: bool = False) -> None:
@@ -665,6 +673,8 @@ class ModelHostMapping:
         for s, e, marked in self.markers.runs():
             child.markers.store(s, e, marked)
         child.anon = self.anon if self.shared else {k: bytearray(v) for k, v in self.anon.items()}
+        child.sharers = self.sharers if self.shared else set()
+        child.sharers.add(child)
         space.add(child)
         if self.file is not None:
             self.file.get_ref()
@@ -728,6 +738,7 @@ class ModelHostMapping:
         self.unmapped = True
         self.zap(0, self.npages)
         self.space.remove(self)
+        self.sharers.discard(self)
         ModelHostMapping(self.space, self.mapped_length, 0, shared=False, address=self.address, guard=True)
         if self.file is not None:
             self.file.inode.mappings.remove(self)

@@ -293,3 +293,27 @@ def fuzz_vmsplice_of_the_zero_page(ctx: Ctx) -> None:
     ctx.check(anon.pte_present(-2 * P) and anon.pte_present(-P), "both pages are mapped")
     ctx.expect_errno("EFAULT", anon.vmsplice, -2 * P, P)
     ctx.expect_ok(anon.vmsplice, -P, P).unpin()
+
+
+@case("2.4")
+def fuzz_pageout_of_shmem_a_child_maps(ctx: Ctx) -> None:
+    """MADV_PAGEOUT of shared anonymous memory (shmem) after fork: a page the child maps too is left alone
+    (madvise_cold_or_pageout_pte_range() skips folios mapped more than once), and a clean page in the cache
+    that only the child maps is not reclaimed (the walk finds folios through the caller's PTEs): the caller's
+    next read fault maps it around (host fuzz run, seed 921)."""
+    anon = ctx.system.mmap_anonymous(4 * P)
+    anon.fill(0, 1, 7)
+    child = ctx.system.fork()
+    try:
+        copy = child.mapping(anon)
+        ctx.expect_bytes(copy.read(0, 1), b"\x07", "the child sees the parent's page")
+        copy.read(2 * P, 1)  # clean, in the cache, mapped by the child only
+        ctx.expect_ok(anon.madvise, 0, 4 * P, 21)
+        ctx.check(anon.pte_present(0), "MADV_PAGEOUT leaves a page the child maps too")
+        anon.read(3 * P, 1)
+        ctx.check(anon.pte_present(2 * P), "a clean page only the child maps stays in the cache (fault-around)")
+        child.exit()
+        ctx.expect_ok(anon.madvise, 0, 4 * P, 21)
+        ctx.check(not anon.pte_present(0), "once the child is gone the page is the parent's alone: unmapped")
+    finally:
+        child.exit()
