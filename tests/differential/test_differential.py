@@ -200,6 +200,15 @@ REGRESSIONS = [
      {"op": "madvise", "advice": 21, "map": 1, "offset": 0, "length": 8192, "hot": False, "from_end": False},
      {"op": "host_read", "map": 1, "offset": 4096, "length": 1, "hot": False, "from_end": False},
      {"op": "madvise", "advice": 0, "map": 1, "offset": 0, "length": 4096, "hot": False, "from_end": False}],
+    # ... and MADV_REMOVE of shmem unmaps the page in every process that maps it (shmem_fallocate's
+    # unmap_mapping_range), so the parent's new page is its own and MADV_PAGEOUT unmaps it
+    [{"pages": 2, "op": "mmap_anon"},
+     {"op": "host_write", "map": 1, "offset": 0, "length": 8, "byte": 7, "hot": False, "from_end": False},
+     {"op": "fork"},
+     {"op": "child_read", "child": 0, "map": 1, "offset": 0, "length": 1, "hot": False, "from_end": False},
+     {"op": "madvise", "advice": 9, "map": 1, "offset": 0, "length": 4096, "hot": False, "from_end": False},
+     {"op": "host_read", "map": 1, "offset": 0, "length": 1, "hot": False, "from_end": False},
+     {"op": "madvise", "advice": 21, "map": 1, "offset": 0, "length": 4096, "hot": False, "from_end": False}],
 ]
 
 

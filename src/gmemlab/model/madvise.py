@@ -88,6 +88,9 @@ class Vma(Protocol):
 
     def mapped_shared(self, page: int) -> bool: ...
 
+    @property
+    def sharers(self) -> set[Any]: ...
+
     def _fault(self, page: int, write: bool, gup: bool = False) -> None: ...
 
 
@@ -219,7 +222,8 @@ def _remove(vma: Vma, first: int, last: int) -> None:
     """``madvise_remove``: punch the file under ``[first, last)`` (VM_SHARED|VM_MAYWRITE: our shared
     mappings are of files opened read-write, whatever their protection now)."""
     if vma.file is None:  # MAP_SHARED|MAP_ANONYMOUS: shmem_fallocate punches the shmem pages
-        vma.zap(first, last)
+        for sharer in list(vma.sharers):  # unmap_mapping_range(): every process that maps the shmem file
+            sharer.zap(first, last)
         for page in [p for p in vma.anon if first <= p < last]:
             del vma.anon[page]
         return

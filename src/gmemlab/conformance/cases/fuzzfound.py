@@ -312,8 +312,16 @@ def fuzz_pageout_of_shmem_a_child_maps(ctx: Ctx) -> None:
         ctx.check(anon.pte_present(0), "MADV_PAGEOUT leaves a page the child maps too")
         anon.read(3 * P, 1)
         ctx.check(anon.pte_present(2 * P), "a clean page only the child maps stays in the cache (fault-around)")
+        # MADV_REMOVE punches the shmem file: every process's PTEs go (unmap_mapping_range), the child's too
+        ctx.expect_ok(anon.madvise, 0, P, 9)
+        anon.read(0, 1)
+        ctx.expect_ok(anon.madvise, 0, P, 21)
+        ctx.check(not anon.pte_present(0), "after the punch the new page is the parent's alone: paged out")
+        ctx.expect_bytes(copy.read(0, 1), b"\x00", "the child sees the punched page")
+        copy.read(P, 1)
+        anon.read(P, 1)
         child.exit()
         ctx.expect_ok(anon.madvise, 0, 4 * P, 21)
-        ctx.check(not anon.pte_present(0), "once the child is gone the page is the parent's alone: unmapped")
+        ctx.check(not anon.pte_present(P), "once the child is gone the page is the parent's alone: unmapped")
     finally:
         child.exit()
