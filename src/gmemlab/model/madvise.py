@@ -11,7 +11,9 @@ first. Per VMA (``madvise_vma_behavior``):
   without a file (private anonymous memory such as the guards), EACCES without VM_SHARED|VM_MAYWRITE;
 * ``MADV_DONTNEED`` / ``MADV_DONTNEED_LOCKED`` zap the PTEs (EINVAL on a locked VMA, unless _LOCKED);
   ``MADV_FREE`` needs private anonymous memory (EINVAL otherwise);
-* ``MADV_COLD`` / ``MADV_PAGEOUT``: EINVAL on a locked VMA;
+* ``MADV_COLD`` / ``MADV_PAGEOUT``: EINVAL on a locked VMA; MADV_PAGEOUT reclaims shmem pages found through
+  the caller's PTEs that no other process maps (``madvise_cold_or_pageout_pte_range``), unmapping them (a clean
+  one leaves the page cache); guest_memfd folios are unevictable and private anonymous pages have no swap here;
 * ``MADV_GUARD_INSTALL`` puts guard markers (zapping the PTEs; EINVAL on a locked VMA),
   ``MADV_GUARD_REMOVE`` takes them away;
 * ``MADV_WIPEONFORK`` only for private anonymous memory; ``MADV_COLLAPSE`` collapses nothing here (guest_memfd
