@@ -60,6 +60,7 @@ INPUTS: dict[str, str | bytes] = {
     "sweep-bad.toml": 'name = "s"\n[grid\n',
     "sweep-key.toml": 'name = "s"\n[gird]\nscenario = ["churn-pingpong"]\n',
     "sweep-set.toml": 'name = "s"\n[grid]\nscenario = ["churn-pingpong"]\nset.vcpu = [1, 2]\n',
+    "sweep-arch.toml": 'name = "s"\n[grid]\nscenario = ["churn-pingpong"]\nset.arch_limits.map_gpa_chunk = ["64MiB"]\n',
     "sweep-inf.toml": 'name = "s"\n[grid]\nscenario = ["churn-pingpong"]\ncost."6".weight = [inf]\n',
     "replay-nan.json": '[{"op": "create_vm", "type": NaN}]',
     "replay-op.json": '[{"op": "dance"}]',
@@ -110,6 +111,10 @@ def cases() -> list[Any]:
         ("empty-key", "=1", "expected KEY=VALUE"),
         ("bad-choice", "accept.mode=eagr", "did you mean 'eager'"),
         ("inside-value", "vcpus.x=1", "vcpus"),
+        # a key of another arch (churn-pingpong is SNP), and a value SNP cannot have
+        ("tdx-only-key", 'accept.guest_try_levels=["4K"]', "accept.guest_try_levels: TDX-only: tdx_accept_memory"),
+        ("snp-1g-private", "arch_limits.private_max_level=1G", "SNP private mappings are at most 2M"),
+        ("level-not-auto", "arch_limits.private_max_level=Auto", "not a mapping level (4K, 2M or 1G, or \"auto\")"),
     ]
     for name, text, needle in sets:
         add(f"run-set-{name}", ["run", "churn-pingpong", "--set", text, "--plot", "out.png"], needle)
@@ -282,6 +287,7 @@ def cases() -> list[Any]:
         ("bad", ["sweep-bad.toml", "--dry-run"], "sweep-bad.toml"),
         ("key", ["sweep-key.toml", "--dry-run"], "gird"),
         ("set", ["sweep-set.toml", "--dry-run"], "vcpu"),
+        ("arch-key", ["sweep-arch.toml", "--dry-run"], "arch_limits.map_gpa_chunk: TDX-only"),
         ("workers-0", ["guest-size", "--workers", "0"], "--workers"),
         ("workers-huge", ["guest-size", "--workers", str(10**9)], "--workers"),
         ("list-and-name", ["--list", "guest-size"], "--list"),

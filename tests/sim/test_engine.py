@@ -128,6 +128,29 @@ def test_tdx_upstream_accepts_4k_and_rfc_accepts_2m(scenario_file):
     assert rfc["tdx_accept_2m"] == 1024 and "tdx_accept_4k" not in rfc
 
 
+def test_snp_private_mappings_follow_the_rmp_cap(scenario_file):
+    """§2.1 2c/8: SNP private NPT leaves are at most the RMP entry's level (sev_gmem_max_mapping_level). At 2M
+    (the kernel, no 1G RMP entries) sev_gmem_prepare assigns 2M entries and the guest's 2M PVALIDATEs succeed;
+    the 4K what-if assigns 4K entries only, so every 2M PVALIDATE falls back to 512 x 4K; 1G is refused."""
+    path = scenario_file(full_accept(guest_mem='"2GiB"'))
+    rmp_2m = simulate(path, "eager", ["arch_limits.private_max_level=2M"])
+    assert rmp_2m.counters["rmpupdate_2m"] > 0 and rmp_2m.counters["pvalidate_2m"] > 0
+    auto = simulate(path, "eager")  # auto is 2M on SNP: the same run
+    assert (auto.metrics, auto.counters, auto.times) == (rmp_2m.metrics, rmp_2m.counters, rmp_2m.times)
+    rmp_4k = simulate(path, "eager", ["arch_limits.private_max_level=4K"])
+    assert "rmpupdate_2m" not in rmp_4k.counters and "pvalidate_2m" not in rmp_4k.counters
+    assert rmp_4k.counters["pvalidate_2m_fallback"] == rmp_2m.counters["pvalidate_2m"]
+    # the same memory in 4K RMP entries, each taking its own 4K NPT fault under PVALIDATE
+    assert rmp_4k.counters["rmpupdate_4k"] == 512 * rmp_2m.counters["rmpupdate_2m"]
+    assert rmp_4k.counters["faults_in_pvalidate_4k"] == 512 * rmp_2m.counters["faults_in_pvalidate_2m"]
+    assert rmp_4k.level_shares["4K"] == 1.0 and rmp_2m.level_shares["2M"] == 1.0
+    slow, fast = rmp_4k.times, rmp_2m.times
+    assert slow.cpu_by_category["accept"].seconds > 10 * fast.cpu_by_category["accept"].seconds
+    assert slow.boot.seconds > fast.boot.seconds and slow.dataplane.seconds > fast.dataplane.seconds
+    with pytest.raises(UsageError, match=r"private_max_level: SNP private mappings are at most 2M"):
+        simulate(path, "eager", ["arch_limits.private_max_level=1G"])
+
+
 def test_attr_init_xarray_vs_maple_cost():
     """§4 rows 12/13, §5.8: 1 TiB SET_ATTR = 268,435,456 xarray stores (>= 26 s) vs one maple store."""
     xarray = simulate("attr-init-1t", "eager")

@@ -1,17 +1,29 @@
 """Every knob real (simulator issue item 2): each scenario key and each event field changes the result.
 
 For every leaf key of the scenario schema (:class:`gmemlab.workload.scenario.Scenario`, nested tables, each
-shared-region field, the fields of a payload range) the test flips the value of a built-in scenario and runs
-it: the result (metrics, the three times, counters, events, samples) must change, or the flipped scenario
-must be refused with a :class:`~gmemlab.errors.UsageError` (a meaningless combination). A key passes when
-some built-in scenario shows its effect, under the scenario's policy or the other one; a key with choices
-(``accept.mode``, a level, a bool) passes only when *every* value shows an effect somewhere. Labels (names,
-descriptions, ``expect``) are text for people and are the only keys exempt. No flip may end in anything but
-a result or a UsageError (no traceback).
+shared-region field, the fields of a payload range) the test flips the value of built-in scenarios and runs
+them: the result (metrics, the three times, counters, events, samples) must change, or the flipped scenario
+must be refused with a :class:`~gmemlab.errors.UsageError` (a meaningless combination). It does so per guest
+architecture: the schema declares the arches a key acts on (``option(arches=...)``, the ``arches`` column of
+``docs/scenario-reference.md``; every arch unless said), and
+
+* on each declared arch that has a built-in, a built-in of that arch must show the key's effect, under its
+  policy or the other one; a key with choices (``accept.mode``, a level, a bool) must show every value there,
+  each differing from every other value (two values with one result are both inert), except a value that
+  stands for another by design (:data:`ALIASES`: ``flow = "auto"``, a region's ``"rule"``);
+* on each other arch with a built-in that has the key, every value but the default must be refused, naming
+  the key (:func:`test_a_key_is_refused_on_arches_it_cannot_act_on`): a key of one arch is never silently inert
+  on another.
+
+A key inert in a built-in only because of that built-in's other settings (pins without pinned pages, a 1 GiB
+guest with no memory above 4 GiB) is flipped from a base with the setting that enables it (:data:`CONTEXT`,
+one entry per key and arch, with the reason). Labels (names, descriptions, ``expect``) are text for people and
+are the only keys exempt. No flip may end in anything but a result or a UsageError (no traceback).
 
 Runs use small bases (:data:`FAST`: a short runtime and a small accepted amount) so a flip costs a fraction
-of a second; ``GMEMLAB_KNOBS=all`` flips every key on every built-in and prints where each is inert (what the
-issue's closing note reports), instead of stopping at the first scenario that shows an effect.
+of a second; ``GMEMLAB_KNOBS=all`` flips every key on every built-in and prints where each is inert and, per
+key, the arches it is declared for and any where it is inert (what the issue's closing note reports), instead
+of stopping at the first built-in of each arch that shows every value (run it with ``--timeout 0``).
 
 Event fields: every field of every event type the generators emit is perturbed in a stream and replayed
 through the engine; the result must change (the engine reads it).
@@ -34,7 +46,7 @@ from gmemlab.sim.engine import Engine
 from gmemlab.sim.run import run_scenario
 from gmemlab.workload import events as ev
 from gmemlab.workload import schema as S
-from gmemlab.workload.scenario import Scenario, _check, builtin_names, load_scenario
+from gmemlab.workload.scenario import ACCEPTING, ARCHES, Scenario, _check, builtin_names, key_arches, load_scenario
 from gmemlab.workload.schema import ALL, Portion
 
 KB, MB, GB = 4096, 1 << 20, 1 << 30
@@ -44,10 +56,15 @@ CHEAP_FIRST = ["pkvm-android-1g", "attr-init-1t", "non-coco-mmap-64g", "snp-16g-
                "churn-pingpong", "dpdk-shared-buffers-64g", "snp-lazy-accept-64g", "snp-16g-2m-reference",
                "snp-eager-accept-64g", "snp-mmap-populate-64g"]
 ORDER = [n for n in CHEAP_FIRST if n in builtin_names()] + [n for n in builtin_names() if n not in CHEAP_FIRST]
-FAST = {name: ["runtime_s=2", "accept.accepted_eventually=0.05"] for name in ORDER}
+ARCH_OF = {name: load_scenario(name).arch for name in ORDER}
+FAST = {name: ["runtime_s=2"] + (["accept.accepted_eventually=0.05"] if ARCH_OF[name] in ACCEPTING else [])
+        for name in ORDER}
 FAST["attr-init-1t"] = []  # launch only (runtime_s = 0)
+FAST["non-coco-mmap-64g"].append("guest_mem=4GiB")  # it touches every page: 64 GiB of 4K faults cost 15-45 s a run
 RESULT_KEYS = ("metrics", "time", "counters", "counters_by_phase", "events", "series", "unpriced")
 EXHAUSTIVE = os.environ.get("GMEMLAB_KNOBS") == "all"
+if EXHAUSTIVE:  # a key's flips on every built-in take longer than pytest-timeout's 600 s
+    pytestmark = pytest.mark.timeout(0)
 
 
 # --- the schema's leaves ----------------------------------------------------------------------------
@@ -134,7 +151,10 @@ def alternatives(spec: S.Spec, value: Any) -> tuple[bool, list[Any]]:
 
 # --- running ----------------------------------------------------------------------------------------
 
-def outcome(sc: Scenario, policy: str) -> dict[str, Any] | str:
+Outcome = dict[str, Any] | str
+
+
+def outcome(sc: Scenario, policy: str) -> Outcome:
     """The run's result, or ``"refused: ..."`` for a scenario the schema or the run refuses."""
     problems = _check(sc)
     if problems:
@@ -146,32 +166,116 @@ def outcome(sc: Scenario, policy: str) -> dict[str, Any] | str:
     return {k: out[k] for k in RESULT_KEYS}
 
 
-_BASES: dict[tuple[str, str], tuple[Scenario, dict[str, Any] | str]] = {}
+# Keys that act on an arch only once another key enables them, and the built-ins of that arch leave it off (the
+# built-in's choice, not the arch's): runs for the key on that arch start from a base with these settings. A few
+# entries only make the runs affordable (said so).
+CONTEXT: dict[tuple[str, str], tuple[str, ...]] = {
+    ("host_access.pins.longterm", "tdx"): ("host_access.pins.fraction=0.5",),  # no pins, nothing long-term
+    # ... and pKVM's conversions never land in a folio holding pinned pool pages
+    ("host_access.pins.longterm", "pkvm"): ("host_access.pins.fraction=0.5", "runtime_churn.neighbour_of_pool=1.0"),
+    # a 1G cap is the 2M cap over 2 MiB THP folios; 1 GiB folios, all private but the first
+    ("arch_limits.private_max_level", "pkvm"): ("guest_mem=4GiB", "backing.allocator=hugetlb", "backing.page=1GiB"),
+    # the remaining RAM is converted only after an in-place launch into a shared file
+    ("populate.convert_rest_to_private", "tdx"): ("populate.method=mmap_inplace", "gmem_flags.init=shared"),
+    ("populate.convert_rest_to_private", "pkvm"): ("populate.method=mmap_inplace", "gmem_flags.init=shared"),
+    # a 1 GiB guest has no memory above 4 GiB, and 4K conversions into 2 MiB folios split one folio anywhere
+    ("runtime_churn.locality", "pkvm"): ("guest_mem=8GiB", "backing.allocator=hugetlb", "backing.page=1GiB",
+                                         "runtime_s=20"),
+    ("shared_regions.*.location", "pkvm"): ("guest_mem=8GiB",),  # below 4 GiB "low" and "top" are one place
+    # the built-in's payload overlaps the kernel image reserved at 16 MiB and is moved top-down whatever its GPA;
+    # elsewhere only where it starts in its folio shows (host and guest touches would allocate every folio)
+    ("populate.ranges[].gpa", "none"): ('populate.ranges=[{name = "kernel_initrd", gpa = 0x4100000, size = "32MiB"}]',
+                                        "backing.page=2MiB", "guest_touch.fraction_of_mem=0",
+                                        "host_access.touched_fraction=0"),
+    # the per-VM flow of a non-CoCo guest faults its anonymous copy one page at a time in the model (it took
+    # 24 GiB on the 64 GiB guest, a bug reported on its own): flip it on a small guest touching little
+    ("gmem_flags.mmap", "none"): ("guest_mem=2GiB", "guest_touch.fraction_of_mem=0.01"),
+    # cost only: host 4K touches scattered over all of a 64 GiB guest (a pool's touched_fraction = 1.0 read as a
+    # fraction of all pages) take 2-6 minutes a run
+    ("host_access.pattern", "snp"): ("guest_mem=4GiB",),
+    ("host_access.pattern", "tdx"): ("guest_mem=4GiB",),
+}
 
 
-def base(name: str, policy: str) -> tuple[Scenario, dict[str, Any] | str]:
-    if (name, policy) not in _BASES:
-        sc = load_scenario(name, FAST[name])
-        _BASES[name, policy] = sc, outcome(sc, policy)
-    return _BASES[name, policy]
+# Values that stand for another value by design: key -> (the value, what it stands for). Such a value may give the
+# result of the one it stands for; the key's other values must still differ from each other.
+ALIASES: dict[str, tuple[Any, str]] = {
+    "flow": ("auto", "the kernel's flow: in-place or per-vm"),
+    "shared_regions.*.protocol": ("rule", "the region rule's protocol: ghcb or msr"),
+    "shared_regions.*.location": ("rule", "where Linux or OVMF puts the region: one of the explicit places"),
+    "backing.allocator": ("buddy_thp", "pKVM's THP blocks, modelled as 2 MiB HugeTLB folios [assumed] (machine.py)"),
+}
 
 
-def acts(name: str, key: str, value: Any) -> str:
-    """``"changed"``, ``"refused: ..."`` or ``"same"``: flipping ``key`` to ``value`` in ``name``'s base,
-    under the scenario's policy, then (when that shows nothing) under the other one."""
-    sc0 = load_scenario(name, FAST[name])
-    result = "same"
-    if key == "policy":  # the policy a run takes when none is given: compare the two defaults
-        after = outcome(with_value(sc0, ["policy"], value), value)
-        return after if isinstance(after, str) else ("changed" if after != base(name, sc0.policy)[1] else "same")
-    for policy in dict.fromkeys((sc0.policy, "deferred" if sc0.policy == "eager" else "eager")):
-        sc, before = base(name, policy)
-        after = outcome(with_value(sc, key.split("."), value), policy)
-        if isinstance(after, str):
-            return after
-        if after != before:
-            return "changed"
-    return result
+def settings(name: str, gkey: str) -> tuple[str, ...]:
+    """The ``--set`` overrides of ``name``'s base when ``gkey`` is flipped: :data:`FAST` and the key's context."""
+    return (*FAST[name], *CONTEXT.get((gkey, ARCH_OF[name]), ()))
+
+
+_BASES: dict[tuple[str, tuple[str, ...], str], tuple[Scenario, Outcome]] = {}
+
+
+def base(name: str, policy: str, sets: tuple[str, ...] = ()) -> tuple[Scenario, Outcome]:
+    sets = sets or tuple(FAST[name])
+    if (name, sets, policy) not in _BASES:
+        sc = load_scenario(name, sets)
+        _BASES[name, sets, policy] = sc, outcome(sc, policy)
+    return _BASES[name, sets, policy]
+
+
+def other(policy: str) -> str:
+    return "deferred" if policy == "eager" else "eager"
+
+
+NO_ALIAS = object()
+
+
+def verdicts(name: str, sets: tuple[str, ...], key: str, value: Any, alts: list[Any], every: bool,
+             alias: Any = NO_ALIAS) -> dict[Any, str]:
+    """Flip ``key`` of ``name``'s base from ``value`` to each of ``alts``: per value, ``"acts"``, ``"refused:
+    ..."`` or ``"same as X"``. Results are compared under the scenario's policy, then (for what that shows
+    equal) under the other one. ``every`` (a key whose values are enumerated): each value, the base's too, must
+    differ from every other value that runs (two flips giving one result are both inert, even when both differ
+    from the base), but ``alias`` (:data:`ALIASES`) and ``"auto"`` (None: the arch's value, e.g.
+    ``arch_limits.private_max_level``) may equal another; otherwise a flip acts when it differs from the base."""
+    sc0 = load_scenario(name, sets)
+    cache: dict[tuple[int, str], Outcome] = {}
+
+    def result(i: int, policy: str) -> Outcome:
+        if key == "policy":  # the policy a run takes when none is given: the value is the policy run
+            policy = values[i]
+        if (i, policy) not in cache:
+            v = values[i]
+            if key == "policy":
+                cache[i, policy] = base(name, v, sets)[1] if v == value else outcome(with_value(sc0, ["policy"], v), v)
+            elif i == 0:
+                cache[i, policy] = base(name, policy, sets)[1]
+            else:
+                cache[i, policy] = outcome(with_value(base(name, policy, sets)[0], key.split("."), v), policy)
+        return cache[i, policy]
+
+    def same(i: int, j: int) -> bool:
+        return all(result(i, p) == result(j, p) for p in dict.fromkeys((sc0.policy, other(sc0.policy))))
+
+    values = [value, *alts]
+    out: dict[Any, str] = {}
+    for i in range(len(values)) if every else range(1, len(values)):
+        if values[i] is None or values[i] == alias:
+            out[values[i]] = "acts (an alias)"
+            continue
+        r = result(i, sc0.policy)
+        if isinstance(r, str):
+            out[values[i]] = r
+            if not every and not EXHAUSTIVE:
+                break
+            continue
+        peers = [j for j in range(len(values)) if j != i and values[j] is not None and values[j] != alias] \
+            if every else [0]
+        twin = next((j for j in peers if not isinstance(result(j, sc0.policy), str) and same(i, j)), None)
+        out[values[i]] = "acts" if twin is None else f"same as {values[twin]!r}"
+        if not every and twin is None and not EXHAUSTIVE:
+            break  # one flip of a number that acts is enough
+    return out
 
 
 def schema_keys() -> dict[str, tuple[S.Spec, str]]:
@@ -184,12 +288,15 @@ def schema_keys() -> dict[str, tuple[S.Spec, str]]:
     return out
 
 
-def concrete(name: str, gkey: str) -> list[tuple[str, Any]]:
+def concrete(name: str, gkey: str, sets: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
     """The scenario's keys behind a generic key, with their values (a region key: every region)."""
-    return [(k, v) for k, _, v in leaves(load_scenario(name, FAST[name])) if generic(k) == gkey]
+    return [(k, v) for k, _, v in leaves(load_scenario(name, sets or FAST[name])) if generic(k) == gkey]
 
 
 KEYS = schema_keys()
+# The arches each key acts on, as the schema declares them (option(arches=...), docs/scenario-reference.md):
+# elsewhere a scenario may only leave the key at its default.
+DECLARED = {k.replace(".NAME.", ".*.").replace("[N]", "[]"): arches for k, arches, _ in key_arches()}
 
 
 def values_of(spec: S.Spec) -> list[Any] | None:
@@ -203,32 +310,73 @@ def values_of(spec: S.Spec) -> list[Any] | None:
     return None
 
 
+def test_every_key_declares_its_arches():
+    assert set(KEYS) <= set(DECLARED), f"keys the schema walk does not name: {set(KEYS) - set(DECLARED)}"
+    for gkey, arches in DECLARED.items():
+        assert arches and set(arches) <= set(ARCHES), (gkey, arches)
+
+
 @pytest.mark.parametrize("gkey", sorted(KEYS))
 def test_every_key_changes_the_result(gkey):
-    """Each key changes the result of some built-in (each of its values, for keys with choices), or the flip
-    is refused as meaningless; never a traceback."""
+    """On every arch the key is declared to act on and that has a built-in, the key changes the result of a
+    built-in of that arch (each of its values, for keys with choices: each differs from the others), or the
+    flip is refused as meaningless there; never a traceback. A key inert on a whole arch fails here: it must be
+    made to act there or be declared for the other arches only (and then refused, next test)."""
     spec = KEYS[gkey][0]
-    wanted = values_of(spec)
-    acted: set[Any] = set()  # values shown to differ from another value of the key
-    tried: list[str] = []
+    wanted = set(values_of(spec) or ["any"])
+    arches = [a for a in DECLARED[gkey] if a in ARCH_OF.values()]
+    acted: dict[str, set[Any]] = {a: set() for a in arches}
+    tried: dict[str, list[str]] = {a: [] for a in arches}
     for name in ORDER:
-        for key, value in concrete(name, gkey):
-            _, alts = alternatives(spec, value)
-            verdicts = {a: acts(name, key, a) for a in alts}
-            tried += [f"{name}: {key} = {value!r} -> {a!r}: {v}" for a, v in verdicts.items()]
-            for a, verdict in verdicts.items():
-                if verdict != "same":
-                    acted.update((a, value) if wanted is not None else ("any",))
-            if EXHAUSTIVE and all(v == "same" for v in verdicts.values()):
-                print(f"inert: {name}: {key} = {value!r} (tried {', '.join(map(repr, alts))})")
-        if not EXHAUSTIVE and acted >= set(wanted or ["any"]):
-            return
-    assert tried, f"{gkey}: no built-in scenario has it"
-    if wanted is None:
-        assert acted, f"{gkey}: no flip changes any built-in's result:\n" + "\n".join(tried)
-    else:
-        dead = [v for v in wanted if v not in acted]
-        assert not dead, f"{gkey}: the values {dead} change nothing in any built-in:\n" + "\n".join(tried)
+        arch = ARCH_OF[name]
+        if arch not in acted or (not EXHAUSTIVE and acted[arch] >= wanted):
+            continue
+        sets = settings(name, gkey)
+        for key, value in concrete(name, gkey, sets):
+            if not EXHAUSTIVE and acted[arch] >= wanted:
+                break  # this arch is shown: the built-in's other regions need no runs
+            every, alts = alternatives(spec, value)
+            seen = verdicts(name, sets, key, value, alts, every, ALIASES.get(gkey, (NO_ALIAS,))[0])
+            tried[arch] += [f"{name}: {key} = {value!r} -> {v!r}: {verdict}" for v, verdict in seen.items()]
+            acted[arch].update(v if every else "any" for v, verdict in seen.items() if not verdict.startswith("same"))
+            if EXHAUSTIVE:
+                for v, verdict in seen.items():
+                    if verdict.startswith("same"):
+                        print(f"inert: {name} ({arch}): {key} = {v!r} ({verdict})")
+    assert any(tried.values()), f"{gkey}: no built-in scenario has it"
+    dead = {a: sorted(wanted - acted[a], key=repr) for a in arches if tried[a] and not acted[a] >= wanted}
+    untried = [a for a in arches if not tried[a]]
+    if EXHAUSTIVE:
+        print(f"arches: {gkey}: declared {', '.join(DECLARED[gkey])}; inert on {dead or 'none'}"
+              + (f"; no built-in of {', '.join(untried)} has it" if untried else ""))
+    assert not dead, (f"{gkey}: inert on arch {', '.join(dead)} (values {dead}): make it act there or declare "
+                      f"it for the other arches only (option(arches=...)):\n"
+                      + "\n".join(line for a in dead for line in tried[a]))
+
+
+def outsiders(gkey: str) -> list[str]:
+    """The first built-in of each arch the key is not declared for that has the key (a region key needs a
+    region: arch none has none)."""
+    out = []
+    for arch in sorted(set(ARCH_OF.values()) - set(DECLARED[gkey])):
+        out += [n for n in ORDER if ARCH_OF[n] == arch and concrete(n, gkey)][:1]
+    return out
+
+
+@pytest.mark.parametrize("gkey", sorted(k for k in KEYS if outsiders(k)))
+def test_a_key_is_refused_on_arches_it_cannot_act_on(gkey):
+    """On every arch outside the key's declared ones that has a built-in with the key, every value but the
+    default is refused, naming the key's path, in one line."""
+    spec = KEYS[gkey][0]
+    for name in outsiders(gkey):
+        arch = ARCH_OF[name]
+        key, value = concrete(name, gkey)[0]
+        for alt in alternatives(spec, value)[1]:
+            problems = _check(with_value(load_scenario(name, FAST[name]), key.split("."), alt))
+            assert problems, f"{name} (arch {arch}): {key} = {alt!r} is accepted but {gkey} is declared for " \
+                             f"{', '.join(DECLARED[gkey])} only"
+            path, reason = problems[0]
+            assert path == key and "\n" not in reason, (path, reason)
 
 
 # --- event fields -------------------------------------------------------------------------------------

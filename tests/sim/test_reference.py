@@ -21,6 +21,7 @@ CASES = [
     ("snp-mmap-populate-64g", ["guest_mem=1GiB", "runtime_s=5"]),
     ("snp-eager-accept-64g", ["guest_mem=1GiB", "runtime_s=5"]),
     ("snp-16g-2m-reference", ["guest_mem=4GiB"]),
+    ("snp-lazy-accept-64g", ["guest_mem=1GiB", "runtime_s=5", "arch_limits.private_max_level=4K"]),
     ("tdx-boot-64g", ["guest_mem=1GiB", "runtime_s=5"]),
     ("tdx-boot-64g", ["guest_mem=4GiB", "runtime_s=5", "arch_limits.private_max_level=2M"]),
     ("tdx-boot-64g", ["guest_mem=1GiB", "runtime_s=5", "gmem_flags.mmap=false"]),

@@ -46,12 +46,12 @@ def test_section5_parameters():
 
 def test_overrides():
     sc = load_scenario("snp-lazy-accept-64g", ["guest_mem=1TiB", "vcpus=32", "accept.mode=eager",
-                                               "gmem_flags.mmap=false", "shared_regions.swiotlb.align=2MiB",
-                                               'accept.guest_try_levels=["2M", "4K"]'])
+                                               "gmem_flags.mmap=false", "shared_regions.swiotlb.align=2MiB"])
     assert (sc.guest_mem, sc.vcpus, sc.accept.mode, sc.gmem_flags.mmap) == (1 << 40, 32, "eager", False)
     swiotlb = next(r for r in sc.shared_regions if r.name == "swiotlb")
     assert swiotlb.align == sc.region_align(swiotlb) == 2 * MiB
-    assert sc.accept.guest_try_levels == (2 * MiB, 4096)
+    tdx = load_scenario("tdx-boot-64g", ['accept.guest_try_levels=["2M", "4K"]'])
+    assert tdx.accept.guest_try_levels == (2 * MiB, 4096)
 
 
 def test_user_file(scenario_file):
@@ -170,6 +170,20 @@ def test_pre_watermark_acceptance_grows_with_vcpus():
     ("non-coco-mmap-64g", ["set_attr_private=true"], "set_attr_private: arch none has no private memory"),
     ("snp-lazy-accept-64g", ["accept.psc_entry_size=1G"], "accept.psc_entry_size: SNP page sizes are 4K or 2M"),
     ("snp-lazy-accept-64g", ["accept.pvalidate_size=1G"], "accept.pvalidate_size: SNP page sizes are 4K or 2M"),
+    # a value the arch cannot have, and keys of other arches (simulator issue item 2: every knob real)
+    ("snp-lazy-accept-64g", ["arch_limits.private_max_level=1G"], "private_max_level: SNP private mappings are at "
+     "most 2M: the RMP has no 1G entries"),
+    ("tdx-boot-64g", ["arch_limits.private_max_level=1G"], "private_max_level: TDX private leaves are 4K"),
+    ("snp-lazy-accept-64g", ['accept.guest_try_levels=["2M", "4K"]'], "accept.guest_try_levels: TDX-only: "
+     "tdx_accept_memory tries TDG.MEM.PAGE.ACCEPT at 1G, 2M, then 4K; SNP guests PVALIDATE"),
+    ("snp-lazy-accept-64g", ["arch_limits.map_gpa_chunk=64MiB"], "arch_limits.map_gpa_chunk: TDX-only"),
+    ("tdx-boot-64g", ["accept.pvalidate_size=4K"], "accept.pvalidate_size: SNP-only"),
+    ("tdx-boot-64g", ["populate.vmsa_per_vcpu=1"], "populate.vmsa_per_vcpu: SNP-only"),
+    ("tdx-boot-64g", ["shared_regions.swiotlb.granule=64KiB"], "shared_regions.swiotlb.granule: pKVM-only"),
+    ("tdx-boot-64g", ["shared_regions.swiotlb.protocol=ghcb"], "shared_regions.swiotlb.protocol: SNP-only"),
+    ("pkvm-android-1g", ["accept.chunk=8MiB"], "accept.chunk: SNP/TDX-only"),
+    ("non-coco-mmap-64g", ["vcpus=4"], "vcpus: SNP/TDX/pKVM-only"),
+    ("non-coco-mmap-64g", ["merge=never"], "merge: SNP/TDX/pKVM-only"),
 ])
 def test_meaningless_combinations_are_refused(name, sets, needle):
     """A value that could change nothing is an error naming the key (simulator issue item 2)."""

@@ -16,7 +16,7 @@ seeds = [3, 4]
 [fixed]
 set.runtime_s = 10
 [grid]
-scenario = ["non-coco-mmap-64g", "pkvm-android-1g"]
+scenario = ["snp-lazy-accept-64g", "pkvm-android-1g"]
 policy = ["eager", "deferred"]
 [[zip]]
 set.guest_mem = ["1GiB", "2GiB"]
@@ -30,7 +30,7 @@ def test_grid_zip_and_seeds_expand_in_file_order(sweep_file):
     tasks = expand(spec)
     assert len(tasks) == 16
     first = tasks[0].inputs
-    assert (first["scenario"], first["policy"], first["seed"]) == ("non-coco-mmap-64g", "eager", 3)
+    assert (first["scenario"], first["policy"], first["seed"]) == ("snp-lazy-accept-64g", "eager", 3)
     assert first["set.guest_mem"] == "1GiB" and first["set.vcpus"] == "2" and first["set.runtime_s"] == "10"
     assert first["params.guest_mem"] == 1 << 30 and first["params.vcpus"] == 2 and first["params.runtime_s"] == 10
     assert [t.inputs["seed"] for t in tasks[:2]] == [3, 4]  # seeds innermost

@@ -51,7 +51,7 @@ def _format(key: str, value: Any) -> str:
         j = value.as_json()
         return j if isinstance(j, str) else f"{j:g} of guest_mem" if isinstance(j, float) else format_size(j)
     if value is None:
-        return "auto" if key == "size" else "-"
+        return "auto" if key in ("size", "private_max_level") else "-"
     if isinstance(value, bool):
         return str(value).lower()
     if key in _SIZE_KEYS and isinstance(value, int):

@@ -48,6 +48,10 @@ class HostConfig:
       merged default, workloads 0); False keeps the RFC's shared default with INIT_PRIVATE.
     * ``tdp_max_level``: ``max_huge_page_level`` (1G TDP pages, or 2M only), workloads 2.1 step 1.
     * ``tdx_huge_private``: TDX private memory may map at 2M (the RFC); False = 4K (upstream).
+    * ``snp_rmp_max_level``: the largest RMP entry ``sev_gmem_prepare`` assigns to SNP private memory, hence
+      the largest private NPT leaf (``sev_gmem_max_mapping_level`` returns the RMP entry's level): 2M in the
+      kernel (the RMP has no 1G entries); 4K is a what-if where KVM assigns only 4K entries (what it does
+      for order-0 folios, ``is_large_rmp_possible``), so no 2M PVALIDATE succeeds.
     * ``ksm``, ``thp``: CONFIG_KSM and CONFIG_TRANSPARENT_HUGEPAGE; without them madvise refuses their advices
       (MADV_[UN]MERGEABLE; MADV_[NO]HUGEPAGE and MADV_COLLAPSE) with EINVAL (``madvise_behavior_valid``).
     * ``gmem_flag_toggle``: an existing guest_memfd memslot may be re-set without KVM_MEM_GUEST_MEMFD (a
@@ -76,6 +80,7 @@ class HostConfig:
     default_private: bool = False
     tdp_max_level: Level = Level.PG_1G
     tdx_huge_private: bool = True
+    snp_rmp_max_level: Level = Level.PG_2M
     gmem_in_place_conversion: bool | None = None
     mmio_caching: bool = True
     gmem_flag_toggle: bool = False
@@ -86,6 +91,7 @@ class HostConfig:
     def __post_init__(self) -> None:
         # Callers may say 1, 2 or 3 (the kernel's numbers); the model reads a Level.
         object.__setattr__(self, "tdp_max_level", Level(self.tdp_max_level))
+        object.__setattr__(self, "snp_rmp_max_level", Level(self.snp_rmp_max_level))
 
     @classmethod
     def upstream(cls) -> HostConfig:

@@ -5,8 +5,9 @@ gets the VM's stage-2 tables and the counters at creation, and the inode (its nu
 gfn ranges concerned on every call:
 
 * :class:`NoVendor` (default, SW_PROTECTED, SEV, SEV-ES VMs): no cap, no hooks.
-* :class:`SnpRmp` (SNP VMs): ``sev_private_max_mapping_level`` = the level of the RMP entry, at most 2M
-  (no 1G RMP entries). ``sev_gmem_prepare`` makes a 2M entry only when the folio is >= 2M and all 512
+* :class:`SnpRmp` (SNP VMs): ``sev_gmem_max_mapping_level`` (``sev_private_max_mapping_level`` before 6.18)
+  = the level of the RMP entry, at most 2M (no 1G RMP entries; ``HostConfig.snp_rmp_max_level`` 4K: a
+  what-if with 4K entries only). ``sev_gmem_prepare`` makes a 2M entry only when the folio is >= 2M and all 512
   entries of the aligned 2M are unassigned, otherwise 4K entries -- so the RMP level depends on history.
   An NPT mapping smaller than a 2M RMP entry triggers ``sev_handle_rmp_fault``: PSMASH (2M -> 512 x 4K)
   and ``kvm_zap_gfn_range`` of the 2M gfn range (step 8). ``sev_gmem_invalidate`` (to-shared conversion,
@@ -93,6 +94,7 @@ class SnpRmp(NoVendor):
     def __init__(self, stage2: Stage2, metrics: Metrics, config: HostConfig) -> None:
         super().__init__(stage2, metrics, config)
         self.rmp: dict[int, RangeMap[int]] = {}
+        self.max_level = min(config.snp_rmp_max_level, Level.PG_2M)  # no 1G RMP entries
 
     def table(self, inode: VendorInode) -> RangeMap[int]:
         rmp = self.rmp.get(inode.ino)
@@ -110,7 +112,7 @@ class SnpRmp(NoVendor):
 
     def private_level(self, inode: VendorInode, gfn: int, index: int, level: Level, folio_level: Level) -> Level:
         rmp = self.table(inode)
-        level = min(level, Level.PG_2M)  # SEV's max_level_for_order: no 1G RMP entries
+        level = min(level, self.max_level)  # SEV's max_level_for_order: no 1G RMP entries
         if level == Level.PG_2M:
             lo = PMD.align_down(index)
             runs = list(rmp.runs(lo, lo + PMD.pages))
@@ -135,7 +137,7 @@ class SnpRmp(NoVendor):
             self.private_run_4k(inode, g, index + (g - gfn), piece)
 
     def private_max_level(self) -> Level:
-        return Level.PG_2M  # no 1G RMP entries
+        return self.max_level
 
     def private_run(self, inode: VendorInode, gfn: int, index: int, n: int, level: Level) -> bool:
         rmp = self.table(inode)

@@ -14,8 +14,11 @@ turns events into the model's ioctls and range operations:
   INIT_SHARED; on ``rfc-v2`` MMAP -> SUPPORT_SHARED, private by default -> INIT_PRIVATE,
   ``hugetlb`` 2M/1G -> HUGETLB + page-size log; ``buddy_thp`` (pKVM THP blocks)
   is approximated by 2 MiB HugeTLB folios [assumed]; ``buddy`` gives order-0 folios (§0).
-* Arch limits (§5 ``arch_limits.private_max_level``) map onto ``HostConfig``: TDX 2M private mappings
-  (Yan Zhao's v3) iff the limit is >= 2M; for ``none``/``pkvm`` the TDP level cap follows the limit.
+* Arch limits (§5 ``arch_limits.private_max_level``, ``auto`` resolved per arch) map onto ``HostConfig``:
+  TDX 2M private mappings (Yan Zhao's v3) iff the limit is 2M; SNP's largest RMP entry
+  (``snp_rmp_max_level``: 2M, or the 4K what-if); for ``none``/``pkvm`` the TDP level cap
+  (``max_huge_page_level``) follows the limit. Values an arch cannot have (1G on SNP or TDX) are refused
+  when the scenario is read.
 * Conversions: ``KVM_SET_MEMORY_ATTRIBUTES2`` on the guest_memfd in the linux-7.4 in-place flow, the RFC's
   ``KVM_GMEM_CONVERT_*`` on ``rfc-v2``, ``KVM_SET_MEMORY_ATTRIBUTES`` in the per-VM flow, which also keeps
   the shared copy (anonymous memory at ``userspace_addr``): the VMM loads the launch image there, and a
@@ -70,10 +73,12 @@ def host_config(sc: Scenario, policy: str, flow: Flow | None = None) -> HostConf
     """``HostConfig.upstream()`` with the policy under test, the scenario's arch limits (§5), a HugeTLB
     pool holding every folio of the guest (the pool of ``upstream()`` is 4 TiB) and the flow's module
     parameter (:meth:`gmemlab.sim.flow.Flow.host_config_changes`)."""
-    limit = Level.of_size(sc.arch_limits.private_max_level)
+    limit = Level.of_size(sc.private_max_level)
     changes: dict[str, object] = {"gmem_policy": policy, **(flow.host_config_changes() if flow else {})}
     if sc.arch == "tdx":
         changes["tdx_huge_private"] = limit >= Level.PG_2M
+    elif sc.arch == "snp":
+        changes["snp_rmp_max_level"] = limit
     elif sc.arch in ("none", "pkvm"):
         changes["tdp_max_level"] = int(limit)
     page = sc.backing.page

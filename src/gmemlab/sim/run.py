@@ -106,6 +106,7 @@ def params(sc: Scenario) -> dict[str, Any]:
                 out[key] = value
 
     walk(sc, "")
+    out["arch_limits.private_max_level"] = sc.private_max_level  # "auto" as the arch's level
     return out
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from ..checks import SIZE_MAX
-from .scenario import Scenario
+from .scenario import ARCH_NAMES, ARCHES, Scenario, arch_rule
 from .schema import (
     Amount,
     ArrayOf,
@@ -73,7 +73,7 @@ def type_text(spec: Spec) -> str:
     if isinstance(spec, Levels):
         return "list of levels (4K, 2M, 1G), largest first"
     if isinstance(spec, LevelSize):
-        return "level: 4K, 2M or 1G"
+        return 'level: 4K, 2M or 1G, or "auto"' if spec.auto else "level: 4K, 2M or 1G"
     if isinstance(spec, SizeDist):
         return "table: size = probability (sum 1)"
     if isinstance(spec, StrMap):
@@ -113,7 +113,7 @@ def default_text(value: Any, spec: Spec) -> str:
         j = value.as_json()
         return f'"{j}"' if isinstance(j, str) else (f"{j:g}" if isinstance(j, float) else _size_text(j))
     if value is None:
-        return '"auto"' if isinstance(spec, Size) and spec.auto else "(none)"
+        return '"auto"' if isinstance(spec, Size | LevelSize) and spec.auto else "(none)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(spec, LevelSize):
@@ -138,9 +138,14 @@ class Key:
     unit: str
     default: str
     meaning: str
+    arches: str = "all"  # the guest architectures where the key acts; elsewhere only its default is accepted
 
 
-def keys(cls: type = Scenario, prefix: str = "") -> list[Key]:
+def arches_text(arches: tuple[str, ...]) -> str:
+    return "all" if set(arches) == set(ARCHES) else ", ".join(ARCH_NAMES[a] for a in arches)
+
+
+def keys(cls: type = Scenario, prefix: str = "", inherited: tuple[tuple[str, ...], str] | None = None) -> list[Key]:
     """Every settable key under ``cls``, in schema order."""
     out: list[Key] = []
     for fld in dataclasses.fields(cls):
@@ -149,8 +154,10 @@ def keys(cls: type = Scenario, prefix: str = "") -> list[Key]:
         spec: Spec = fld.metadata["spec"]
         key = prefix + fld.name
         doc = fld.metadata.get("doc", "") or ""
+        rule = arch_rule(fld, inherited)
+        where = arches_text(rule[0] if rule else ARCHES)
         if isinstance(spec, Nested):
-            out.extend(keys(spec.cls, key + "."))
+            out.extend(keys(spec.cls, key + ".", rule))
             continue
         if fld.default is not dataclasses.MISSING:
             default = fld.default
@@ -160,11 +167,11 @@ def keys(cls: type = Scenario, prefix: str = "") -> list[Key]:
             default = dataclasses.MISSING
         if not doc and isinstance(spec, ArrayOf | TableOf):
             doc = (spec.cls.__doc__ or "").split("\n")[0]
-        out.append(Key(key, type_text(spec), unit_text(fld.name, spec), default_text(default, spec), doc))
+        out.append(Key(key, type_text(spec), unit_text(fld.name, spec), default_text(default, spec), doc, where))
         if isinstance(spec, ArrayOf):
-            out.extend(keys(spec.cls, key + "[N]."))
+            out.extend(keys(spec.cls, key + "[N].", rule))
         elif isinstance(spec, TableOf):
-            out.extend(keys(spec.cls, key + ".NAME."))
+            out.extend(keys(spec.cls, key + ".NAME.", rule))
     return out
 
 
@@ -187,9 +194,14 @@ def markdown() -> str:
         "finite (no `nan`, `inf`); integers fit 64 bits. `NAME` stands for the name of an entry of a table of",
         "tables (`[shared_regions.swiotlb]`), `N` for the index of an array entry (`[[populate.ranges]]`).",
         "",
-        "| key | type | unit | default | meaning |",
-        "|---|---|---|---|---|",
+        "`arches` lists the guest architectures (`arch`) where a key acts; on the others the key has nothing to",
+        "act on (the hardware or guest code that has the choice exists only there), so a scenario of another arch",
+        "may only leave it at its default: any other value is refused with the reason.",
+        "",
+        "| key | type | unit | default | arches | meaning |",
+        "|---|---|---|---|---|---|",
     ]
     for k in keys():
-        lines.append(f"| `{k.key}` | {_cell(k.type)} | {_cell(k.unit)} | {_cell(k.default)} | {_cell(k.meaning)} |")
+        lines.append(f"| `{k.key}` | {_cell(k.type)} | {_cell(k.unit)} | {_cell(k.default)} | {_cell(k.arches)} "
+                     f"| {_cell(k.meaning)} |")
     return "\n".join(lines) + "\n"

@@ -9,8 +9,9 @@ A scenario is a built-in name (``src/gmemlab/scenarios/<name>.toml``) or a path 
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,7 @@ from .schema import (
     Count,
     Levels,
     LevelSize,
+    Nested,
     Number,
     Portion,
     Size,
@@ -45,6 +47,9 @@ from .schema import (
 from .units import GiB, MiB, format_size
 
 ARCHES = ("none", "snp", "tdx", "pkvm")
+ARCH_NAMES = {"none": "non-CoCo", "snp": "SNP", "tdx": "TDX", "pkvm": "pKVM"}
+CONVERTING = ("snp", "tdx", "pkvm")  # arches with private memory, hence conversions
+ACCEPTING = ("snp", "tdx")  # arches whose guests accept memory (EFI unaccepted memory)
 PAGE = Size(min=PAGE_SIZE, multiple_of=PAGE_SIZE)
 AMOUNT = Size(multiple_of=PAGE_SIZE)
 PORTION = Amount(multiple_of=PAGE_SIZE)
@@ -78,8 +83,10 @@ class PopulateRange:
     gpa: int | None = option(AMOUNT, None, doc="placed top-down in RAM when absent or outside RAM")
     type: str = option(Choice(("normal", "zero")), "normal",
                        doc="SNP launch page type: zero (SNP_PAGE_TYPE_ZERO: no source to copy) or normal (every "
-                       "other type, SECRETS and CPUID too: a source is copied); snp only")
-    measure: bool = option(Bool(), False, doc="TDX: TDH.MR.EXTEND x16 per 4K page")
+                       "other type, SECRETS and CPUID too: a source is copied)",
+                       arches=("snp",), why="SNP_LAUNCH_UPDATE page types are SEV-SNP's")
+    measure: bool = option(Bool(), False, doc="TDX: TDH.MR.EXTEND x16 per 4K page",
+                           arches=("tdx",), why="TDH.MR.EXTEND, KVM_TDX_MEASURE_MEMORY_REGION, is TDX's")
 
 
 @dataclass(frozen=True)
@@ -93,10 +100,12 @@ class PopulateSpec:
     )
     prealloc: bool = option(Bool(), False, doc="FALLOC the whole file first (§1.2 Vishal's recipe)")
     ranges: tuple[PopulateRange, ...] = option(ArrayOf(PopulateRange), ())
-    vmsa_per_vcpu: int = option(Number(integer=True, min=0), 0, doc="SNP: VMSA pages launched per vCPU")
+    vmsa_per_vcpu: int = option(Number(integer=True, min=0), 0, doc="SNP: VMSA pages launched per vCPU",
+                                arches=("snp",), why="snp_launch_update_vmsa encrypts each vCPU's VMSA into the "
+                                "launch; TDX's TDVPR pages are not guest memory")
     convert_rest_to_private: str = option(
-        Choice(("late", "never")), "late", doc="mmap_inplace on a shared file: convert RAM private before launch"
-    )
+        Choice(("late", "never")), "late", doc="mmap_inplace on a shared file: convert RAM private before launch",
+        arches=CONVERTING, why="a non-CoCo guest has no private memory to convert to")
 
 
 @dataclass(frozen=True)
@@ -125,9 +134,16 @@ class AcceptSpec:
     used_at_boot: Portion = option(PORTION, Portion(size=512 * MiB),  # noqa: RUF009
                                    doc="page-allocator memory the boot uses [assumed]; + wmark_promo accepted")
     accepted_eventually: Portion = option(PORTION, ALL, doc="size, fraction of guest_mem or all")  # noqa: RUF009
-    psc_entry_size: int = option(LevelSize(), 2 * MiB, doc="SNP: largest PSC entry the guest uses")
-    pvalidate_size: int = option(LevelSize(), 2 * MiB, doc="SNP: PVALIDATE size tried first")
-    guest_try_levels: tuple[int, ...] = option(Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels")
+    psc_entry_size: int = option(LevelSize(), 2 * MiB, doc="SNP: largest PSC entry the guest uses",
+                                 arches=("snp",), why="__set_pages_state builds SEV-SNP's GHCB page-state-change "
+                                 "entries; TDX guests MapGPA whole ranges")
+    pvalidate_size: int = option(LevelSize(), 2 * MiB, doc="SNP: PVALIDATE size tried first",
+                                 arches=("snp",), why="PVALIDATE, pvalidate_pages, is SEV-SNP's; TDX guests accept "
+                                 "at accept.guest_try_levels")
+    guest_try_levels: tuple[int, ...] = option(
+        Levels(), (GiB, 2 * MiB, PAGE_SIZE), doc="TDX accept levels tried per aligned piece",
+        arches=("tdx",), why="tdx_accept_memory tries TDG.MEM.PAGE.ACCEPT at 1G, 2M, then 4K; SNP guests PVALIDATE "
+        "at accept.pvalidate_size")
     pre_watermark: PreWatermark = field(default_factory=PreWatermark, metadata=nested(PreWatermark))
 
 
@@ -149,8 +165,11 @@ class SharedRegion:
     location: str = option(Choice(LOCATIONS), "rule",
                            doc="rule: as Linux/OVMF place it; low: top-down below 4 GiB; top: top-down from the "
                            "top of RAM; low_normal: just above 4 GiB; scattered: random in RAM")
-    protocol: str = option(Choice(("rule", "ghcb", "msr")), "rule", doc="SNP: GHCB PSC or early MSR protocol")
-    granule: int = option(PAGE, PAGE_SIZE, doc="pKVM hypercall granule")
+    protocol: str = option(Choice(("rule", "ghcb", "msr")), "rule", doc="SNP: GHCB PSC or early MSR protocol",
+                           arches=("snp",), why="the GHCB page-state-change and MSR protocols are SEV-SNP's")
+    granule: int = option(PAGE, PAGE_SIZE, doc="pKVM hypercall granule",
+                          arches=("pkvm",), why="a pKVM guest issues one MEM_SHARE or MMIO_GUARD_MAP call per "
+                          "hypervisor granule, ARM_SMCCC_KVM_FUNC_HYP_MEMINFO; SNP and TDX convert whole runs")
     pool: bool = option(Bool(), False, doc="part of the host-accessed shared pool (host_access)")
 
     @property
@@ -206,15 +225,30 @@ class HostAccess:
                           "the shared pool regions (DPDK)")
     touched_fraction: float = option(Number(min=0.0, max=1.0), 0.0,
                                      doc="scattered_4k: of all pages; pool: of the pool")
-    pins: Pins = field(default_factory=Pins, metadata=nested(Pins))
+    pins: Pins = field(default_factory=Pins, metadata=nested(
+        Pins, arches=CONVERTING, why="pins are taken on the shared pool, shared regions with pool = true, and only "
+        "a guest with private memory shares regions"))
+
+
+# The largest stage-2 leaf each arch allows (``arch_limits.private_max_level = "auto"``): the TDP cap on non-CoCo
+# and pKVM (max_huge_page_level); SNP 2M (the RMP has no 1G entries); TDX 2M with Yan Zhao's huge-page series
+# v3 (the model's default; upstream is 4K).
+ARCH_MAX_LEVEL = {"none": GiB, "pkvm": GiB, "snp": 2 * MiB, "tdx": 2 * MiB}
 
 
 @dataclass(frozen=True)
 class ArchLimits:
-    """Hardware and KVM limits the model enforces (§2.1 2c, §1.3 TDX huge pages); read by the engine."""
+    """Hardware and KVM limits the model enforces (§2.1 1 and 2c, §1.3 TDX huge pages); read by the engine
+    (:func:`gmemlab.sim.machine.host_config`)."""
 
-    private_max_level: int = option(LevelSize(), GiB, doc="largest stage-2 leaf for private memory (TDX upstream: 4K)")
-    map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)")
+    private_max_level: int | None = option(
+        LevelSize(auto=True), None,
+        doc="largest stage-2 leaf for private memory; non-CoCo and pKVM: the TDP cap (max_huge_page_level) on "
+        "every leaf; SNP: 2M or 4K (the largest RMP entry KVM assigns; no 1G RMP entries); TDX: 2M (Yan Zhao's "
+        "v3) or 4K (upstream); auto: the arch's largest (1G, SNP 2M, TDX 2M)")
+    map_gpa_chunk: int = option(PAGE, 2 * MiB, doc="TDX_MAP_GPA_MAX_LEN (older QEMU: 64 MiB)",
+                                arches=("tdx",), why="tdx_map_gpa exits to userspace once per TDX_MAP_GPA_MAX_LEN "
+                                "piece of a MapGPA; SNP exits once per merged PSC run, snp_begin_psc")
 
 
 @dataclass(frozen=True)
@@ -226,19 +260,26 @@ class Scenario:
     arch: str = option(Choice(ARCHES), "none", doc="the guest's confidential-computing architecture (none: "
                        "ordinary VM on guest_memfd)")
     guest_mem: int = option(Size(min=2 * MiB, multiple_of=2 * MiB), 64 * GiB, doc="guest RAM (one guest_memfd)")
-    vcpus: int = option(Number(integer=True, min=1, max=4096), 16, doc="vCPUs (boot work runs on them in parallel)")
+    vcpus: int = option(Number(integer=True, min=1, max=4096), 16, doc="vCPUs (boot work runs on them in parallel)",
+                        arches=CONVERTING, why="nothing simulated for a non-CoCo guest depends on its vCPUs: no "
+                        "acceptance, no per-vCPU shared pages, no stage-2 zap while it runs to kick them")
     policy: str = option(Choice(("eager", "deferred")), "eager", doc="split policy under test (§2.3)")
     merge: str = option(Choice(("eager", "lazy", "never")), "eager",
                         doc="when split huge folios merge back: eager (when all private again), lazy (at "
-                        "truncate: deferred), never")
+                        "truncate: deferred), never", arches=CONVERTING,
+                        why="split folios merge back once all their pages are private again, and a non-CoCo guest "
+                        "has no private pages")
     attr_store: str = option(Choice(("xarray", "maple")), "xarray", doc="VM attribute store (§0)")
-    set_attr_private: bool = option(Bool(), False, doc="VMM sets the whole slot private at creation (QEMU)")
+    set_attr_private: bool = option(Bool(), False, doc="VMM sets the whole slot private at creation (QEMU)",
+                                    arches=CONVERTING, why="KVM_MEMORY_ATTRIBUTE_PRIVATE needs a VM type with "
+                                    "private memory")
     profile: str = option(Choice(tuple(PROFILES)), "rfc-v2",
                           doc="kernel profile the run models unless --profile names one (gmemlab profiles)")
     flow: str = option(Choice(("auto", "in-place", "per-vm")), "auto",
                        doc="how the VMM converts (--flow): in-place (one copy, KVM_SET_MEMORY_ATTRIBUTES2 or the "
                        "RFC's ioctls), per-vm (two copies, KVM_SET_MEMORY_ATTRIBUTES + discard), auto: the kernel's")
-    zero_on_convert: bool = option(Bool(), True, doc="false for pKVM (§1.4)")
+    zero_on_convert: bool = option(Bool(), True, doc="false for pKVM (§1.4)", arches=CONVERTING,
+                                   why="a non-CoCo guest converts nothing")
     no_direct_map: bool = option(Bool(), False, doc="GUEST_MEMFD_FLAG_NO_DIRECT_MAP: folios leave the kernel's "
                                  "direct map (secret hiding)")
     runtime_s: int = option(Number(integer=True, min=0), 60, doc="simulated runtime seconds")
@@ -246,9 +287,13 @@ class Scenario:
     backing: Backing = field(default_factory=Backing, metadata=nested(Backing))
     gmem_flags: GmemFlags = field(default_factory=GmemFlags, metadata=nested(GmemFlags))
     populate: PopulateSpec = field(default_factory=PopulateSpec, metadata=nested(PopulateSpec))
-    accept: AcceptSpec = field(default_factory=AcceptSpec, metadata=nested(AcceptSpec))
-    shared_regions: tuple[SharedRegion, ...] = option(TableOf(SharedRegion), ())
-    runtime_churn: Churn = field(default_factory=Churn, metadata=nested(Churn))
+    accept: AcceptSpec = field(default_factory=AcceptSpec, metadata=nested(
+        AcceptSpec, arches=ACCEPTING, why="only SNP and TDX guests accept memory: EFI unaccepted memory, "
+        "accept_memory; pKVM donates pages on first fault"))
+    shared_regions: tuple[SharedRegion, ...] = option(TableOf(SharedRegion), (), arches=CONVERTING,
+                                                      why="a non-CoCo guest has no private memory to share from")
+    runtime_churn: Churn = field(default_factory=Churn, metadata=nested(
+        Churn, arches=CONVERTING, why="runtime conversions need private memory"))
     guest_touch: GuestTouch = field(default_factory=GuestTouch, metadata=nested(GuestTouch))
     host_access: HostAccess = field(default_factory=HostAccess, metadata=nested(HostAccess))
     arch_limits: ArchLimits = field(default_factory=ArchLimits, metadata=nested(ArchLimits))
@@ -272,6 +317,12 @@ class Scenario:
 
     def region_align(self, region: SharedRegion) -> int:
         return region.align if region.align is not None else region.kind.align
+
+    @property
+    def private_max_level(self) -> int:
+        """``arch_limits.private_max_level`` with ``auto`` resolved for the arch (:data:`ARCH_MAX_LEVEL`)."""
+        limit = self.arch_limits.private_max_level
+        return ARCH_MAX_LEVEL[self.arch] if limit is None else limit
 
     @property
     def low_top(self) -> int:
@@ -351,6 +402,79 @@ def _check(sc: Scenario) -> list[tuple[str, str]]:
         problems.append(("populate.method", "ranges are given but method is \"none\""))
     if sc.host_access.pattern == "pool" and not any(r.pool for r in sc.shared_regions):
         problems.append(("host_access.pattern", "\"pool\" needs a shared region with pool = true"))
+    limit = sc.arch_limits.private_max_level
+    if limit is not None and limit > ARCH_MAX_LEVEL[sc.arch]:
+        why = {"snp": "SNP private mappings are at most 2M: the RMP has no 1G entries and KVM maps no larger than "
+               "the RMP entry (sev_gmem_max_mapping_level)",
+               "tdx": "TDX private leaves are 4K (upstream) or 2M (Yan Zhao's huge-page series v3 has no 1G)"}
+        problems.append(("arch_limits.private_max_level", f"{why[sc.arch]}; use 4K, 2M or auto"))
+    reported = {path for path, _ in problems}
+    problems += [(path, reason) for path, reason in arch_problems(sc) if path not in reported]
+    return problems
+
+
+def _default(fld: dataclasses.Field[Any]) -> Any:
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    return dataclasses.MISSING
+
+
+def arch_rule(fld: dataclasses.Field[Any], inherited: tuple[tuple[str, ...], str] | None
+              ) -> tuple[tuple[str, ...], str] | None:
+    """(arches, why) of a schema field: its own ``option(arches=...)``, else its table's (``inherited``)."""
+    meta = fld.metadata
+    return (meta["arches"], meta["why"]) if "arches" in meta else inherited
+
+
+def key_arches(cls: type | None = None, prefix: str = "", inherited: tuple[tuple[str, ...], str] | None = None
+               ) -> Iterator[tuple[str, tuple[str, ...], str]]:
+    """(key, arches where it acts, why only there) for every leaf key of the schema, named as
+    :mod:`gmemlab.workload.reference` names them (``shared_regions.NAME.granule``, ``populate.ranges[N].type``);
+    every arch and ``""`` for keys that act everywhere. A table limited to some arches limits its keys."""
+    for fld in dataclasses.fields(cls or Scenario):
+        spec = fld.metadata.get("spec")
+        if spec is None:
+            continue
+        rule = arch_rule(fld, inherited)
+        key = prefix + fld.name
+        if isinstance(spec, Nested):
+            yield from key_arches(spec.cls, key + ".", rule)
+        elif isinstance(spec, TableOf):
+            yield from key_arches(spec.cls, key + ".NAME.", rule)
+        elif isinstance(spec, ArrayOf):
+            yield from key_arches(spec.cls, key + "[N].", rule)
+        else:
+            yield key, rule[0] if rule else ARCHES, rule[1] if rule else ""
+
+
+def arch_problems(sc: Scenario) -> list[tuple[str, str]]:
+    """Keys set away from their default on an arch where they act on nothing (simulator issue item 2, every
+    knob real): (key path, one-line reason naming the arches that have the choice and why)."""
+    problems: list[tuple[str, str]] = []
+
+    def walk(obj: Any, prefix: str, inherited: tuple[tuple[str, ...], str] | None) -> None:
+        for fld in dataclasses.fields(obj):
+            spec = fld.metadata.get("spec")
+            if spec is None:
+                continue
+            rule = arch_rule(fld, inherited)
+            value, path = getattr(obj, fld.name), prefix + fld.name
+            if isinstance(spec, Nested):  # a table's keys are named one by one
+                walk(value, path + ".", rule)
+            elif rule is not None and sc.arch not in rule[0] and value != _default(fld):
+                names = "/".join(ARCH_NAMES[a] for a in rule[0])
+                problems.append((path, f"{names}-only: {rule[1]}; arch {sc.arch} has no such choice (leave it at "
+                                 "its default)"))
+            elif isinstance(spec, TableOf):
+                for item in value:
+                    walk(item, f"{path}.{item.name}.", rule)
+            elif isinstance(spec, ArrayOf):
+                for i, item in enumerate(value):
+                    walk(item, f"{path}[{i}].", rule)
+
+    walk(sc, "", None)
     return problems
 
 

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from ..checks import SIZE_MAX, check_number
 from ..errors import UsageError
-from ..level import Level
+from ..level import LEVELS
 from .units import format_size, parse_size
 
 AUTO = "auto"
@@ -190,7 +190,7 @@ class Levels(Spec):
     def parse(self, value: Any, path: str, source: str) -> tuple[int, ...]:
         if not isinstance(value, list) or not value:
             raise ValueError(f"expected a non-empty list of levels such as [\"2M\", \"4K\"], got {value!r}")
-        levels = tuple(LevelSize().parse(item, path, source) for item in value)
+        levels = tuple(cast(int, LevelSize().parse(item, path, source)) for item in value)
         if list(levels) != sorted(set(levels), reverse=True):
             raise ValueError(f"levels must be distinct and largest first, got {value!r}")
         return levels
@@ -198,14 +198,25 @@ class Levels(Spec):
 
 @dataclass(frozen=True)
 class LevelSize(Spec):
-    """The size of a mapping level (:class:`gmemlab.level.Level`): ``"2M"`` -> 2 MiB."""
+    """The size of a mapping level (:class:`gmemlab.level.Level`): ``"2M"`` -> 2 MiB; ``auto=True`` also
+    accepts ``"auto"`` (returned as None: the scenario resolves it)."""
 
-    def parse(self, value: Any, path: str, source: str) -> int:
-        size = parse_size(value)
+    auto: bool = False
+
+    def parse(self, value: Any, path: str, source: str) -> int | None:
+        if self.auto and value == AUTO:
+            return None
+        size = None
         try:
-            return Level.of_size(size).bytes
+            size = parse_size(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a mapping level (4K, 2M or 1G)") from None
+            if not self.auto:
+                raise  # the size's own message (a unit, a sign)
+        level = next((lv for lv in LEVELS if lv.bytes == size), None)
+        if level is None:  # with "auto" allowed, any word but a size names the choices
+            either = ', or "auto"' if self.auto else ""
+            raise ValueError(f"{value!r} is not a mapping level (4K, 2M or 1G{either})")
+        return level.bytes
 
 
 @dataclass(frozen=True)
@@ -266,18 +277,31 @@ class TableOf(Spec):
         return tuple(build(self.cls, item, join(path, name), source, name=name) for name, item in value.items())
 
 
+def _arch_meta(arches: tuple[str, ...] | None, why: str) -> dict[str, Any]:
+    if arches is None:
+        return {}
+    if not why:
+        raise TypeError("a key limited to some arches needs the reason (why=...)")
+    return {"arches": arches, "why": why}
+
+
 def option(spec: Spec, default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None,
-           doc: str = "") -> Any:
-    """A dataclass field read with ``spec``; ``doc`` is shown by ``gmemlab scenarios describe``."""
-    meta = {"spec": spec, "doc": doc}
+           doc: str = "", arches: tuple[str, ...] | None = None, why: str = "") -> Any:
+    """A dataclass field read with ``spec``; ``doc`` is shown by ``gmemlab scenarios describe``.
+
+    ``arches``: the guest architectures where the key acts (default: every one); elsewhere a scenario may
+    only leave it at its default, and ``why`` is the one-line reason the refusal gives (the kernel or
+    guest code that has the choice on those arches and nowhere else)."""
+    meta = {"spec": spec, "doc": doc, **_arch_meta(arches, why)}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def nested(cls: type, doc: str = "") -> dict[str, Any]:
-    """Field metadata for a sub-table: ``field(default_factory=Backing, metadata=nested(Backing))``."""
-    return {"spec": Nested(cls), "doc": doc}
+def nested(cls: type, doc: str = "", *, arches: tuple[str, ...] | None = None, why: str = "") -> dict[str, Any]:
+    """Field metadata for a sub-table: ``field(default_factory=Backing, metadata=nested(Backing))``;
+    ``arches``/``why`` as for :func:`option`, inherited by every key of the table that names none itself."""
+    return {"spec": Nested(cls), "doc": doc, **_arch_meta(arches, why)}
 
 
 def _spec_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
