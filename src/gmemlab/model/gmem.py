@@ -45,7 +45,7 @@ from .host import AddressSpace, FileMappings, ModelHostMapping, ModelPin
 from .locking import RwSem
 from .metrics import Metrics, per_level
 from .mlock import mm_populate
-from .pagecache import UPTODATE, PageCache
+from .pagecache import INDEX_LIMIT, UPTODATE, PageCache
 from .profiles import Behaviour
 from .shareability import RangeShareability, Shareability, WholeFileShareability
 from .stage2 import Stage2
@@ -460,7 +460,7 @@ class GmemInode:
             return freed
         for pin in list(self.pin_objs):
             pin.detach(0, self.npages)
-        freed = self.pagecache.truncate(0, self.npages)
+        freed = self.pagecache.truncate(0, INDEX_LIMIT)  # truncate_inode_pages_final: past EOF too
         self.arch_hook(self.hooks.reclaim, freed)
         return freed
 

@@ -105,6 +105,10 @@ class SharedPolicy:
     def __init__(self, npages: int) -> None:
         self.policy: RangeMap[Policy] = RangeMap(max(npages, 1), DEFAULT_POLICY)
 
+    @property
+    def limit(self) -> int:
+        return self.policy.limit
+
     def set(self, start: int, end: int, policy: Policy) -> None:
         end = min(end, self.policy.limit)
         if start < end:

@@ -16,6 +16,10 @@ from .numa import DEFAULT_POLICY, Policy, SharedPolicy, node_for
 ABSENT = 0
 ALLOCATED = 1  # in the page cache, not uptodate ("not prepared")
 UPTODATE = 2  # zeroed or populated, folio_mark_uptodate()
+# Page-cache indices are pgoff_t. Folios normally sit below i_size, but up to 7.1 a memslot can be bound past
+# EOF (kvm_gmem_bind's signed offset + size check wraps, guest_memfd.md 5.2), and the guest's faults then
+# allocate folios there (kvm_gmem_get_pfn does not check i_size; measured on 6.18, host fuzz run seed 925).
+INDEX_LIMIT = 1 << 64
 
 
 class PageCache:
@@ -23,20 +27,20 @@ class PageCache:
 
     def __init__(self, npages: int) -> None:
         self.npages = npages
-        self.state: RangeMap[int] = RangeMap(npages, ABSENT)
+        self.state: RangeMap[int] = RangeMap(INDEX_LIMIT, ABSENT)
         self.data: dict[int, bytearray] = {}
         self.nr_allocated = 0  # kept incrementally; the invariant check recounts it from `state`
         # NUMA: the policy in force when each folio was allocated (its node is derived from it).
         self.shared_policy = SharedPolicy(npages)
-        self.placement: RangeMap[Policy] = RangeMap(max(npages, 1), DEFAULT_POLICY)
+        self.placement: RangeMap[Policy] = RangeMap(INDEX_LIMIT, DEFAULT_POLICY)
         self.stats = {"folios_allocated": 0, "folios_freed": 0, "pages_zeroed": 0}
 
     # -- queries -------------------------------------------------------------------------------
     def folio_state(self, index: int) -> int:
         return self.state.load(index)
 
-    def count_allocated(self, start: int = 0, end: int | None = None) -> int:
-        return self.state.count(start, self.npages if end is None else end, lambda v: v != ABSENT)
+    def count_allocated(self, start: int = 0, end: int = INDEX_LIMIT) -> int:
+        return self.state.count(start, end, lambda v: v != ABSENT)
 
     def node_of(self, index: int) -> int:
         """NUMA node of the folio at ``index`` (``move_pages`` status); it must be allocated."""
@@ -56,7 +60,8 @@ class PageCache:
             for s, e, v in list(self.state.runs(start, end)):
                 if v == ABSENT:
                     self.state.store(s, e, ALLOCATED)
-                    for ps, pe, pol in list(self.shared_policy.policy.runs(s, e)):
+                    # past EOF no shared policy is set: the default (mpol_shared_policy_lookup finds none)
+                    for ps, pe, pol in list(self.shared_policy.policy.runs(s, min(e, self.shared_policy.limit))):
                         self.placement.store(ps, pe, pol)
             self.nr_allocated += new
             self.stats["folios_allocated"] += new
@@ -115,7 +120,6 @@ class PageCache:
 
     def truncate(self, start: int, end: int) -> int:
         """Remove the folios of ``[start, end)`` from the page cache; returns how many were freed."""
-        end = min(end, self.npages)
         if start >= end:
             return 0
         freed = self.count_allocated(start, end)

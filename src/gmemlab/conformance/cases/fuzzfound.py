@@ -16,9 +16,9 @@ from typing import Any
 
 from ...backend import MAPPING_GUARD
 from ...errors import UnrepresentableArgument
-from ...uapi import KVM_EXIT_MMIO, Cap
+from ...uapi import KVM_EXIT_MMIO, KVM_MEM_GUEST_MEMFD, Cap
 from ..case import CaseList, Ctx
-from ..constants import P
+from ..constants import LINUX, P
 
 CASES = CaseList()
 case = CASES.case
@@ -325,3 +325,25 @@ def fuzz_pageout_of_shmem_a_child_maps(ctx: Ctx) -> None:
         ctx.check(not anon.pte_present(P), "once the child is gone the page is the parent's alone: unmapped")
     finally:
         child.exit()
+
+
+@case("2.6", profiles=LINUX)
+def fuzz_guest_memory_past_eof(ctx: Ctx) -> None:
+    """Up to 7.1 kvm_gmem_bind compares a signed offset + size with i_size: an offset near LOFF_MAX whose sum
+    wraps negative passes (guest_memfd.md 5.2), and the guest's faults then put folios past EOF
+    (kvm_gmem_get_pfn does not look at i_size): the guest reads back what it wrote. 7.2 compares unsigned:
+    EINVAL (host fuzz run, seed 925: the model had no page cache past EOF)."""
+    vm = ctx.vm(0)
+    cpu = vm.create_vcpu(0)
+    size = 16 * P
+    g = vm.create_guest_memfd(size, ctx.MMAP | ctx.INIT_SHARED)
+    gpa = ctx.gpa_base(size)
+    offset = (1 << 63) - P  # offset + size = LOFF_MAX + 1 + 15 pages: negative as loff_t
+    bind = (vm.set_user_memory_region2, 1, KVM_MEM_GUEST_MEMFD, gpa, size)
+    if ctx.since("linux-7.3"):
+        ctx.expect_errno("EINVAL", *bind, userspace_addr=0, guest_memfd=g, guest_memfd_offset=offset)
+        return
+    ctx.expect_ok(*bind, userspace_addr=0, guest_memfd=g, guest_memfd_offset=offset)
+    ctx.expect_ok(cpu.write, gpa + 12 * P - 8, b"\x5a" * 16)  # two folios, both past EOF
+    ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa + 12 * P - 8, 16), b"\x5a" * 16, "the guest's data past EOF")
+    ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa, 8), bytes(8), "a folio past EOF starts zeroed")
