@@ -79,12 +79,15 @@ def map_in_reservation(length: int, prot: int, flags: int, fd: int, offset: int,
     return base, address
 
 
-MADV_DOFORK, MADV_DONTFORK = 11, 10
+MADV_DOFORK, MADV_DONTFORK, MADV_WIPEONFORK, MADV_KEEPONFORK = 11, 10, 18, 19
+# VmFlags (smaps) a forked child sees differently, and the advice pair that clears and restores each: a
+# MADV_DONTFORK VMA is not copied, a MADV_WIPEONFORK one is copied empty (no pages, no guard markers)
+FORK_FLAGS = {"dc": (MADV_DOFORK, MADV_DONTFORK), "wf": (MADV_KEEPONFORK, MADV_WIPEONFORK)}
 
 
-def dontfork(address: int, smaps: str = "/proc/self/smaps") -> bool:
-    """Whether the VMA holding ``address`` is MADV_DONTFORK (``dc`` in its smaps VmFlags): a forked child
-    does not have it."""
+def fork_flags(address: int, smaps: str = "/proc/self/smaps") -> list[str]:
+    """The VmFlags of the VMA holding ``address`` that change what a forked child has there (``dc``
+    MADV_DONTFORK, ``wf`` MADV_WIPEONFORK)."""
     inside = False
     with open(smaps) as f:
         for line in f:
@@ -93,22 +96,23 @@ def dontfork(address: int, smaps: str = "/proc/self/smaps") -> bool:
                 lo, _, hi = head.partition("-")
                 inside = int(lo, 16) <= address < int(hi, 16)
             elif inside and head == "VmFlags:":
-                return "dc" in line.split()[1:]
-    return False
+                return [flag for flag in line.split()[1:] if flag in FORK_FLAGS]
+    return []
 
 
 def cpu_touch(address: int, write: bool, value: bytes) -> str:
     """Touch ``address`` with the CPU in a forked child of the calling process: the signal it dies of, or
-    "ok". A write stores ``value`` (one byte). A MADV_DONTFORK page is made forkable for the fork and
-    DONTFORK again right after it in this process (else the child would not have it and get SIGSEGV where
-    this process gets SIGBUS or a read)."""
+    "ok". A write stores ``value`` (one byte). A MADV_DONTFORK or MADV_WIPEONFORK page is made plainly forkable
+    for the fork and restored right after it in this process (else the child would not have it, or have it
+    empty, without its guard markers, and not get what this process gets; host fuzz run, seed 929)."""
     page = address & ~(PAGE_SIZE - 1)
-    undo = dontfork(address)
-    if undo:
-        libc.madvise(page, PAGE_SIZE, MADV_DOFORK, "forking a child to touch a MADV_DONTFORK page")
+    flags = fork_flags(address)
+    for flag in flags:
+        libc.madvise(page, PAGE_SIZE, FORK_FLAGS[flag][0], f"forking a child to touch a page with VmFlag {flag}")
     pid = os.fork()
-    if pid and undo:
-        libc.madvise(page, PAGE_SIZE, MADV_DONTFORK, "restoring MADV_DONTFORK after the fork")
+    if pid:
+        for flag in flags:
+            libc.madvise(page, PAGE_SIZE, FORK_FLAGS[flag][1], f"restoring VmFlag {flag} after the fork")
     if pid == 0:  # child: no Python-level handlers, die of the signal like a C program
         try:
             faulthandler.disable()

@@ -219,6 +219,7 @@ class ModelHostMapping:
         self.locked: RangeMap[int] = RangeMap(max(self.npages, 1), 0)
         self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
+        self.wipeonfork: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_WIPEONFORK
         self.vm_flags: RangeMap[int] = RangeMap(max(self.npages, 1), 0)  # hint advices (madvise.VM_FLAG_ADVICES)
         self.ptes: RangeMap[Pte] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
         # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
@@ -336,8 +337,8 @@ class ModelHostMapping:
     def _vma_key(self, page: int) -> tuple[object, ...]:
         """What splits VMAs in the kernel (mprotect, mlock, MADV_DONTFORK, hint advices, mbind): pages with
         equal keys side by side are one VMA there."""
-        return (self.prots.load(page), self.locked.load(page), self.dontcopy.load(page), self.vm_flags.load(page),
-                self.vma_policy.get(page))
+        return (self.prots.load(page), self.locked.load(page), self.dontcopy.load(page), self.wipeonfork.load(page),
+                self.vm_flags.load(page), self.vma_policy.get(page))
 
     def _fault_around(self, page: int) -> None:
         """``do_fault_around()`` -> ``filemap_map_pages()`` (shmem's ``->map_pages``): a read fault also maps
@@ -673,6 +674,15 @@ class ModelHostMapping:
         for s, e, marked in self.markers.runs():
             child.markers.store(s, e, marked)
         child.anon = self.anon if self.shared else {k: bytearray(v) for k, v in self.anon.items()}
+        child.wipeonfork = RangeMap(max(self.npages, 1), False)
+        for s, e, wipe in self.wipeonfork.runs():
+            if wipe:
+                # dup_mmap() skips copy_page_range() for VM_WIPEONFORK: the child's part is empty, its pages
+                # zero on first touch and without guard markers (host fuzz run, seed 929)
+                child.wipeonfork.store(s, e, True)
+                child.markers.store(s, e, False)
+                for page in [p for p in child.anon if s <= p < e]:
+                    del child.anon[page]
         child.sharers = self.sharers if self.shared else set()
         child.sharers.add(child)
         space.add(child)

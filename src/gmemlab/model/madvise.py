@@ -16,9 +16,10 @@ first. Per VMA (``madvise_vma_behavior``):
   one leaves the page cache); guest_memfd folios are unevictable and private anonymous pages have no swap here;
 * ``MADV_GUARD_INSTALL`` puts guard markers (zapping the PTEs; EINVAL on a locked VMA),
   ``MADV_GUARD_REMOVE`` takes them away;
-* ``MADV_WIPEONFORK`` only for private anonymous memory; ``MADV_COLLAPSE`` collapses nothing here (guest_memfd
+* ``MADV_WIPEONFORK`` only for private anonymous memory (a forked child gets that part empty: no pages, no
+  guard markers), ``MADV_KEEPONFORK`` undoes it; ``MADV_COLLAPSE`` collapses nothing here (guest_memfd
   and the guards are not THP-eligible: EINVAL);
-* the flag-only advices (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTFORK, DOFORK, KEEPONFORK, DONTDUMP, DODUMP,
+* the flag-only advices (NORMAL, RANDOM, SEQUENTIAL, WILLNEED, DONTFORK, DOFORK, DONTDUMP, DODUMP,
   MERGEABLE, UNMERGEABLE, HUGEPAGE, NOHUGEPAGE) succeed.
 
 ``MADV_HWPOISON`` / ``MADV_SOFT_OFFLINE`` are refused as unsupported: they would poison real pages of the
@@ -50,7 +51,7 @@ VALID = frozenset({
     MADV_HWPOISON, MADV_SOFT_OFFLINE,
 })
 FLAG_ONLY = frozenset({MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_WILLNEED, MADV_DONTFORK, MADV_DOFORK,
-                       MADV_KEEPONFORK, MADV_DONTDUMP, MADV_DODUMP, MADV_MERGEABLE, MADV_UNMERGEABLE,
+                       MADV_DONTDUMP, MADV_DODUMP, MADV_MERGEABLE, MADV_UNMERGEABLE,
                        MADV_HUGEPAGE, MADV_NOHUGEPAGE})
 U64 = 1 << 64
 # VMA flags the hint-only advices set and clear (madvise_update_vma splits the VMA where they change): read-ahead
@@ -74,6 +75,7 @@ class Vma(Protocol):
     locked: Any
     markers: Any
     dontcopy: Any
+    wipeonfork: Any
     prots: Any
     vm_flags: Any
     anon: dict[int, bytes | bytearray]
@@ -209,6 +211,9 @@ def madvise_vma_behavior(vma: Vma, first: int, last: int, behavior: int) -> None
         elif behavior == MADV_WIPEONFORK:
             if vma.has_file:
                 raise KvmError(errno.EINVAL, op, "MADV_WIPEONFORK works on private anonymous memory only")
+            vma.wipeonfork.store(s, e, True)
+        elif behavior == MADV_KEEPONFORK:
+            vma.wipeonfork.store(s, e, False)
         elif behavior == MADV_COLLAPSE:
             raise KvmError(errno.EINVAL, op, "MADV_COLLAPSE: not THP-eligible (guest_memfd folios are never "
                            "collapsed)")

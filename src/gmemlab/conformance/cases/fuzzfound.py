@@ -347,3 +347,32 @@ def fuzz_guest_memory_past_eof(ctx: Ctx) -> None:
     ctx.expect_ok(cpu.write, gpa + 12 * P - 8, b"\x5a" * 16)  # two folios, both past EOF
     ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa + 12 * P - 8, 16), b"\x5a" * 16, "the guest's data past EOF")
     ctx.expect_bytes(ctx.expect_ok(cpu.read, gpa, 8), bytes(8), "a folio past EOF starts zeroed")
+
+
+@case("2.4")
+def fuzz_wipeonfork_and_guard_markers(ctx: Ctx) -> None:
+    """MADV_WIPEONFORK private anonymous memory (a guard made accessible): the parent keeps its data and guard
+    markers, a forked child gets the part empty (dup_mmap skips copy_page_range: zero pages, no markers);
+    MADV_KEEPONFORK undoes it for the next fork (host fuzz run, seed 929)."""
+    anon = ctx.system.mmap_anonymous(2 * P)
+    ctx.expect_ok(anon.mprotect, -2 * P, 2 * P, 3)
+    anon.fill(-P, 1, 7)
+    ctx.expect_ok(anon.madvise, -2 * P, P, 102)  # a guard marker on the first page
+    ctx.expect_ok(anon.madvise, -2 * P, 2 * P, 18)
+    ctx.expect_sigsegv(anon.fill, -2 * P, 1, 1)
+    child = ctx.system.fork()
+    try:
+        copy = child.mapping(anon)
+        ctx.expect_bytes(copy.read(-P, 1), b"\x00", "the child's wiped page is zero")
+        ctx.expect_ok(copy.fill, -2 * P, 1, 1)  # no guard marker in the child
+    finally:
+        child.exit()
+    ctx.expect_bytes(anon.read(-P, 1), b"\x07", "the parent keeps its data")
+    ctx.expect_ok(anon.madvise, -2 * P, 2 * P, 19)
+    child = ctx.system.fork()
+    try:
+        copy = child.mapping(anon)
+        ctx.expect_bytes(copy.read(-P, 1), b"\x07", "after MADV_KEEPONFORK the child has the parent's data")
+        ctx.expect_sigsegv(copy.fill, -2 * P, 1, 1)
+    finally:
+        child.exit()
