@@ -220,6 +220,9 @@ class ModelHostMapping:
         self.markers: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.dontcopy: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_DONTFORK
         self.wipeonfork: RangeMap[bool] = RangeMap(max(self.npages, 1), False)  # MADV_WIPEONFORK
+        # private anonymous pages whose PTE fork write-protected (copy_present_pte: the page is shared with the
+        # child until a write fault copies it)
+        self.cow: RangeMap[bool] = RangeMap(max(self.npages, 1), False)
         self.vm_flags: RangeMap[int] = RangeMap(max(self.npages, 1), 0)  # hint advices (madvise.VM_FLAG_ADVICES)
         self.ptes: RangeMap[Pte] = RangeMap(max(self.npages, 1), None)  # host PTEs installed, by level
         # the invalidation (AddressSpace.invalidations) that last covered each page: KVM's mmu_notifier zaps
@@ -278,6 +281,13 @@ class ModelHostMapping:
         NULL), which move_pages, mbind's queueing and GUP-fast each treat apart."""
         return self.is_anonymous and page not in self.anon
 
+    def pte_writable(self, page: int) -> bool:
+        """Whether ``page`` has a present, writable PTE, which GUP-fast takes with FOLL_WRITE without looking at
+        the VMA (KVM's hva_to_pfn tries that first for a read fault on a writable memslot): PROT_WRITE, not the
+        zero page (its PTE is read-only), not write-protected by fork."""
+        return (self.held(page) is not None and bool(self.prots.load(page) & PROT_WRITE)
+                and not self.zero_page(page) and not self.cow.load(page))
+
     def mapped_shared(self, page: int) -> bool:
         """``folio_mapcount(folio) != 1`` for the anonymous page at ``page``: another VMA (a forked process's copy
         of shared anonymous memory) has a PTE on the same page."""
@@ -306,6 +316,8 @@ class ModelHostMapping:
             # a write fault on private anonymous memory allocates a page (a read fault maps the shared zero
             # page, which move_pages reports as -EFAULT)
             self.anon[page] = bytearray(PAGE_SIZE)
+        if write:
+            self.cow.store(page, page + 1, False)  # the write fault copies a page fork shared: writable again
         shmem = self.file is None and self.shared
         if shmem and write:
             self._dirty(page)  # a write through the PTE (or GUP's FOLL_WRITE touch) dirties the folio
@@ -674,6 +686,13 @@ class ModelHostMapping:
         for s, e, marked in self.markers.runs():
             child.markers.store(s, e, marked)
         child.anon = self.anon if self.shared else {k: bytearray(v) for k, v in self.anon.items()}
+        if not self.shared:
+            # copy_present_pte() write-protects the parent's present anonymous pages it shares with the child
+            # (not where MADV_DONTFORK or MADV_WIPEONFORK keeps the child from copying)
+            for page in self.anon:
+                if self.held(page) and not self.dontcopy.load(page) and not self.wipeonfork.load(page):
+                    self.cow.store(page, page + 1, True)
+        child.cow = RangeMap(max(self.npages, 1), False)  # no PTEs in the child
         child.wipeonfork = RangeMap(max(self.npages, 1), False)
         for s, e, wipe in self.wipeonfork.runs():
             if wipe:
@@ -766,6 +785,7 @@ class ModelHostMapping:
             return 0
         self.space.invalidations += 1
         self.invalidated.store(first, last, self.space.invalidations)
+        self.cow.store(first, last, False)
         n = 0
         for s, e, v in list(self.ptes.runs(first, last)):
             if v is None or (above is not None and (Level.PG_4K if isinstance(v, Strided) else v) <= above):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+from ..backend import PROT_READ
 from ..errors import GmemError, HostSigbus, HostSigsegv, UnsupportedByBackend, VcpuExit
 from ..level import Level
 from ..uapi import (
@@ -208,6 +209,9 @@ def _hva_fault(vm: Kvm, slot: Memslot, gfn: int, write: bool) -> HvaPage:
     if vma is None:
         raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write, f"no host mapping at hva {hva:#x}")
     page = (hva - vma.address) >> PAGE_SHIFT
+    if not write and not _gup_read_ok(vma, page, map_writable=not slot.flags & KVM_MEM_READONLY):
+        raise VcpuExit(KVM_EXIT_UNKNOWN, errno.EFAULT, 0, 0, 0, write,
+                       "hva_to_pfn: GUP read of a page without VM_READ (check_vma_flags)")
     try:
         # hva_to_pfn(): GUP faults the page into the VMM's page tables (its PTE is then present, as
         # /proc/self/pagemap shows), with the VMA's protection and the file's answer
@@ -217,6 +221,15 @@ def _hva_fault(vm: Kvm, slot: Memslot, gfn: int, write: bool) -> HvaPage:
     if vm.stage2.lookup(gfn) is None:
         vm.stage2.map(gfn, 1, False)
     return HvaPage(vma, page)
+
+
+def _gup_read_ok(vma: ModelHostMapping, page: int, map_writable: bool) -> bool:
+    """hva_to_pfn() for a read fault: on a writable memslot GUP-fast first tries the page with FOLL_WRITE, which
+    a present, writable PTE passes whatever the VMA says; else GUP's read needs VM_READ, although the CPU could
+    read a PROT_WRITE or PROT_EXEC page (host fuzz run, seed 933)."""
+    if map_writable and vma.pte_writable(page):
+        return True
+    return 0 <= page < vma.npages and bool(vma.prots.load(page) & PROT_READ)
 
 
 def touch_range(vm: Kvm, start: int, end: int, write: bool, max_level: Level = Level.PG_1G) -> None:
@@ -277,7 +290,14 @@ def _fault_hva_run(vm: Kvm, slot: Memslot | None, gfn: int, end: int, write: boo
     vma = vm.address_space.find(hva)
     if vma is None or vma.file is not None:
         return gfn + 1
-    vma_end = slot.base_gfn + ((vma.address + vma.length - slot.userspace_addr) >> PAGE_SHIFT)
+    # the rest decides alike only where the mapping's pages are alike: one protection, no guard marker
+    page = (hva - vma.address) >> PAGE_SHIFT
+    if not 0 <= page < vma.npages or vma.markers.load(page):
+        return gfn + 1
+    same = min(next(iter(vma.prots.runs(page, vma.npages)))[1], next(iter(vma.markers.runs(page, vma.npages)))[1])
+    if not write and not vma.prots.load(page) & PROT_READ:
+        return gfn + 1  # GUP read decided by each page's PTE (_gup_read_ok)
+    vma_end = slot.base_gfn + ((vma.address + (same << PAGE_SHIFT) - slot.userspace_addr) >> PAGE_SHIFT)
     limit = min(end, slot.end_gfn, vma_end)
     run_end = next(iter(vm.attributes.runs(gfn, limit)))[1] if limit > gfn + 1 else limit
     for a, b, spte in list(vm.stage2.sptes.runs(gfn + 1, run_end)):
