@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..backend import MAPPING_GUARD, PROT_EXEC, PROT_READ, PROT_WRITE, check_reservation
 from ..errors import FaultRefused, HostSigbus, HostSigsegv, KvmError, UnsupportedByBackend
@@ -673,18 +673,12 @@ class ModelHostMapping:
         child.ptes = RangeMap(max(self.npages, 1), None)
         child.vma_policy = numa.SharedPolicy(max(self.npages, 1))
         child.locked = RangeMap(max(self.npages, 1), 0)
-        child.prots = RangeMap(max(self.npages, 1), 0)
-        for s, e, prot in self.prots.runs():
-            child.prots.store(s, e, prot)
+        child.prots = _copy_runs(self.prots)
         for s, e, dont in self.dontcopy.runs():
             if dont:
                 child.prots.store(s, e, 0)
-        child.vm_flags = RangeMap(max(self.npages, 1), 0)
-        for s, e, flags in self.vm_flags.runs():
-            child.vm_flags.store(s, e, flags)
-        child.markers = RangeMap(max(self.npages, 1), False)
-        for s, e, marked in self.markers.runs():
-            child.markers.store(s, e, marked)
+        child.vm_flags = _copy_runs(self.vm_flags)
+        child.markers = _copy_runs(self.markers)
         child.anon = self.anon if self.shared else {k: bytearray(v) for k, v in self.anon.items()}
         if not self.shared:
             # copy_present_pte() write-protects the parent's present anonymous pages it shares with the child
@@ -693,12 +687,11 @@ class ModelHostMapping:
                 if self.held(page) and not self.dontcopy.load(page) and not self.wipeonfork.load(page):
                     self.cow.store(page, page + 1, True)
         child.cow = RangeMap(max(self.npages, 1), False)  # no PTEs in the child
-        child.wipeonfork = RangeMap(max(self.npages, 1), False)
+        child.wipeonfork = _copy_runs(self.wipeonfork)
         for s, e, wipe in self.wipeonfork.runs():
             if wipe:
                 # dup_mmap() skips copy_page_range() for VM_WIPEONFORK: the child's part is empty, its pages
                 # zero on first touch and without guard markers (host fuzz run, seed 929)
-                child.wipeonfork.store(s, e, True)
                 child.markers.store(s, e, False)
                 for page in [p for p in child.anon if s <= p < e]:
                     del child.anon[page]
@@ -819,6 +812,17 @@ class ModelHostMapping:
             if v:
                 out.append((self.pgoff + s, self.pgoff + e))
         return out
+
+
+V = TypeVar("V")
+
+
+def _copy_runs(rangemap: RangeMap[V]) -> RangeMap[V]:
+    """A copy of a per-page run map, for a fork copy of the VMA."""
+    out: RangeMap[V] = RangeMap(rangemap.limit, rangemap.load(0))
+    for s, e, v in rangemap.runs():
+        out.store(s, e, v)
+    return out
 
 
 class AnonymousPipe:
